@@ -1,0 +1,292 @@
+"""The causal Wan DiT as plain PyTorch (spec 01, "Block structure").
+
+Module and parameter names equal the published Wan layout (without the generator file's `model.`
+prefix) so published checkpoints load strictly. No parallelism, quantisation or compilation lives here:
+those are transforms applied from outside. Timesteps are per latent frame; the residual stream and all
+modulation arithmetic are float32 (as in the published model, where the float32 modulation promotes the
+stream), the Linears run in the parameters' dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from longlive.model.attention import sdpa
+from longlive.model.kv_cache import KVCache
+from longlive.model.presets import ModelConfig
+from longlive.model.rope import Rope3D, apply_rope
+
+
+class RMSNorm(nn.Module):
+    """RMS norm over the full width in float32, then the learned weight (q/k norms)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return y.to(x.dtype) * self.weight
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in float32 whatever the input dtype; returns float32."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight.float() if self.weight is not None else None
+        b = self.bias.float() if self.bias is not None else None
+        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps)
+
+
+@dataclass
+class AttnContext:
+    """What self-attention needs besides its input: RoPE angles, the KV cache and the kernel choice."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+    cache: KVCache | None = None
+    backend: str = "math"
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, eps: float = 1e-6):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q = RMSNorm(dim, eps)
+        self.norm_k = RMSNorm(dim, eps)
+
+    def forward(self, x: torch.Tensor, ctx: AttnContext, layer: int) -> torch.Tensor:
+        B, L, _ = x.shape
+        shape = (B, L, self.num_heads, self.head_dim)
+        q = apply_rope(self.norm_q(self.q(x)).view(shape), ctx.cos, ctx.sin)
+        k = apply_rope(self.norm_k(self.k(x)).view(shape), ctx.cos, ctx.sin)
+        v = self.v(x).view(shape)
+        if ctx.cache is not None:
+            k, v = ctx.cache.update(layer, k, v)
+        out = sdpa(q, k.to(q.dtype), v.to(q.dtype), ctx.backend)
+        return self.o(out.reshape(B, L, -1))
+
+
+class CrossAttention(nn.Module):
+    """Attention from video tokens to all (zero-padded) text tokens; text K/V can be precomputed."""
+
+    def __init__(self, dim: int, num_heads: int, eps: float = 1e-6):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q = RMSNorm(dim, eps)
+        self.norm_k = RMSNorm(dim, eps)
+
+    def text_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, L, _ = context.shape
+        k = self.norm_k(self.k(context)).view(B, L, self.num_heads, self.head_dim)
+        v = self.v(context).view(B, L, self.num_heads, self.head_dim)
+        return k, v
+
+    def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], backend: str) -> torch.Tensor:
+        B, L, _ = x.shape
+        q = self.norm_q(self.q(x)).view(B, L, self.num_heads, self.head_dim)
+        k, v = kv
+        if k.shape[0] != B:
+            k, v = k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)
+        return self.o(sdpa(q, k, v, backend).reshape(B, L, -1))
+
+
+class WanBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        dim = cfg.dim
+        self.norm1 = LayerNorm(dim, eps=cfg.eps, elementwise_affine=False)
+        self.self_attn = SelfAttention(dim, cfg.num_heads, cfg.eps)
+        self.norm3 = LayerNorm(dim, eps=cfg.eps, elementwise_affine=True)
+        self.cross_attn = CrossAttention(dim, cfg.num_heads, cfg.eps)
+        self.norm2 = LayerNorm(dim, eps=cfg.eps, elementwise_affine=False)
+        self.ffn = nn.Sequential(nn.Linear(dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, dim))
+        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+
+    def forward(
+        self, x: torch.Tensor, e0: torch.Tensor, frames: int, ctx: AttnContext,
+        text_kv: tuple[torch.Tensor, torch.Tensor], layer: int,
+    ) -> torch.Tensor:
+        """x: float32 [B, L, dim]; e0: float32 [B, F, 6, dim] (per-frame time projection)."""
+        B, L, D = x.shape
+        dtype = self.self_attn.q.weight.dtype
+        mod = (self.modulation.float().unsqueeze(1) + e0).unbind(2)  # 6 × [B, F, dim]
+
+        def modulate(h: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+            h = h.view(B, frames, -1, D) * (1 + scale.unsqueeze(2)) + shift.unsqueeze(2)
+            return h.view(B, L, D).to(dtype)
+
+        def gated(y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+            return (y.float().view(B, frames, -1, D) * gate.unsqueeze(2)).view(B, L, D)
+
+        y = self.self_attn(modulate(self.norm1(x), mod[0], mod[1]), ctx, layer)
+        x = x + gated(y, mod[2])
+        x = x + self.cross_attn(self.norm3(x).to(dtype), text_kv, ctx.backend).float()
+        y = self.ffn(modulate(self.norm2(x), mod[3], mod[4]))
+        return x + gated(y, mod[5])
+
+
+class Head(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        out = math.prod(cfg.patch_size) * cfg.out_channels
+        self.norm = LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=False)
+        self.head = nn.Linear(cfg.dim, out)
+        self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor, frames: int) -> torch.Tensor:
+        """x float32 [B, L, dim]; e float32 [B, F, dim] (the unprojected time embedding)."""
+        B, L, D = x.shape
+        shift, scale = (self.modulation.float().unsqueeze(1) + e.unsqueeze(2)).unbind(2)
+        h = self.norm(x).view(B, frames, -1, D) * (1 + scale.unsqueeze(2)) + shift.unsqueeze(2)
+        return self.head(h.view(B, L, D).to(self.head.weight.dtype))
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoid of t (any shape) → [..., dim]: cos half then sin half, frequencies 10000^(−i/half), float64."""
+    half = dim // 2
+    freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=t.device) / half)
+    ang = t.to(torch.float64).unsqueeze(-1) * freqs
+    return torch.cat([ang.cos(), ang.sin()], dim=-1)
+
+
+class CausalWanModel(nn.Module):
+    """Causal Wan DiT. forward() denoises one chunk given per-frame timesteps and (optionally) a KV cache."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        dim = cfg.dim
+        self.patch_embedding = nn.Conv3d(cfg.in_channels, dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.text_embedding = nn.Sequential(
+            nn.Linear(cfg.text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim)
+        )
+        self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        self.blocks = nn.ModuleList([WanBlock(cfg) for _ in range(cfg.num_layers)])
+        self.head = Head(cfg)
+        self.rope = Rope3D(cfg.head_dim, cfg.rope_theta, cfg.rope_max_positions)
+        self.attn_backend = "math"
+
+    # -- initialisation (random weights for tests and speed runs; training sets its own) -----------
+    @torch.no_grad()
+    def init_weights(self, seed: int | None = None) -> CausalWanModel:
+        gen = None
+        if seed is not None:
+            gen = torch.Generator(device=next(self.parameters()).device).manual_seed(seed)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                fan_in, fan_out = m.weight.shape[1], m.weight.shape[0]
+                bound = math.sqrt(6.0 / (fan_in + fan_out))
+                m.weight.uniform_(-bound, bound, generator=gen)
+                m.bias.zero_()
+            elif isinstance(m, (RMSNorm, nn.LayerNorm)) and getattr(m, "weight", None) is not None:
+                m.weight.fill_(1.0)
+                if getattr(m, "bias", None) is not None:
+                    m.bias.zero_()
+        w = self.patch_embedding.weight
+        bound = math.sqrt(6.0 / (w[0].numel() + w.shape[0]))
+        w.uniform_(-bound, bound, generator=gen)
+        self.patch_embedding.bias.zero_()
+        for blk in self.blocks:
+            blk.modulation.normal_(0.0, self.cfg.dim**-0.5, generator=gen)
+        self.head.modulation.normal_(0.0, self.cfg.dim**-0.5, generator=gen)
+        return self
+
+    # -- pieces the inference loop calls -----------------------------------------------------------
+    def text_kv(self, context: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Embed a prompt [B, Lt, text_dim] and project its cross-attention K/V once for every layer."""
+        dtype = self.text_embedding[0].weight.dtype
+        ctx = self.text_embedding(context.to(dtype))
+        return [blk.cross_attn.text_kv(ctx) for blk in self.blocks]
+
+    def time_embed(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-frame timesteps [B, F] → (e [B, F, dim], e0 [B, F, 6, dim]), both float32."""
+        dtype = self.time_embedding[0].weight.dtype
+        e = self.time_embedding(timestep_embedding(t, self.cfg.freq_dim).to(dtype))
+        e0 = self.time_projection(e).unflatten(-1, (6, self.cfg.dim))
+        return e.float(), e0.float()
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        context: torch.Tensor | None = None,
+        *,
+        text_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        cache: KVCache | None = None,
+        frame_offset: int = 0,
+    ) -> torch.Tensor:
+        """Predict the flow v for latents x [B, C, F, H, W] at per-frame timesteps t [B, F].
+
+        frame_offset is the temporal RoPE position of the first frame (absolute frame + shot offset).
+        With a cache, this chunk's K/V are written into the cache's current slot and attention runs over
+        the whole window; without one, attention is over the chunk's own tokens.
+        """
+        cfg = self.cfg
+        B, C, Fr, H, W = x.shape
+        pt, ph, pw = cfg.patch_size
+        if C != cfg.in_channels:
+            raise ValueError(f"expected {cfg.in_channels} latent channels, got {C}")
+        if H % ph or W % pw or Fr % pt:
+            raise ValueError(f"latent {Fr}×{H}×{W} is not divisible by the patch {cfg.patch_size}")
+        if t.shape != (B, Fr):
+            raise ValueError(f"timesteps must be per frame with shape {(B, Fr)}, got {tuple(t.shape)}")
+        if text_kv is None:
+            if context is None:
+                raise ValueError("pass either context (text embeddings) or precomputed text_kv")
+            text_kv = self.text_kv(context)
+        dtype = self.patch_embedding.weight.dtype
+        h = self.patch_embedding(x.to(dtype))  # [B, dim, F', H', W']
+        f2, h2, w2 = h.shape[2:]
+        x_tok = h.flatten(2).transpose(1, 2).float()  # [B, L, dim], tokens in (f, h, w) order
+        e, e0 = self.time_embed(t)
+        cos, sin = self.rope.cos_sin(frame_offset, f2, h2, w2, device=x.device)
+        ctx = AttnContext(cos=cos, sin=sin, cache=cache, backend=self.attn_backend)
+        for i, blk in enumerate(self.blocks):
+            x_tok = blk(x_tok, e0, f2, ctx, text_kv[i], i)
+        out = self.head(x_tok, e, f2)  # [B, L, pt·ph·pw·C]
+        return unpatchify(out, (f2, h2, w2), cfg.patch_size, cfg.out_channels)
+
+
+def unpatchify(
+    tokens: torch.Tensor, grid: tuple[int, int, int], patch: tuple[int, int, int], channels: int
+) -> torch.Tensor:
+    """[B, L, pt·ph·pw·C] with channel innermost → [B, C, F, H, W]."""
+    B = tokens.shape[0]
+    f, h, w = grid
+    pt, ph, pw = patch
+    u = tokens.view(B, f, h, w, pt, ph, pw, channels)
+    u = u.permute(0, 7, 1, 4, 2, 5, 3, 6)
+    return u.reshape(B, channels, f * pt, h * ph, w * pw)
+
+
+def build_model(
+    cfg: ModelConfig, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+    seed: int | None = 0, init: bool = True,
+) -> CausalWanModel:
+    """Construct a model directly on `device` (use 'meta' for shape checks) in `dtype`."""
+    with torch.device(device or "cpu"):
+        model = CausalWanModel(cfg)
+    if dtype is not None:
+        model = model.to(dtype)
+    if init and torch.device(device or "cpu").type != "meta":
+        model.init_weights(seed)
+    return model

@@ -1,0 +1,175 @@
+"""Rolling KV cache with a global sink and a multi-shot sink (spec 02, "KV cache").
+
+The window is `num_slots` chunk-sized slots, pre-allocated once per layer. Attention inside the window is
+non-causal and keys are stored already rotated at their absolute positions, so the result does not
+depend on the physical order of slots: we keep a ring of slots and evict in place instead of shifting
+slots left as the release does. The logical window (which chunks are attended, in the release's order)
+is tracked separately and reported by `window_chunks()`.
+
+Filled slots always form a prefix [0, n) of the buffer, so the attended K/V are a view of it — no
+concatenation and no per-call clone. Storage is pluggable (`KVStorage`): dense BF16 here; quantised
+storage implements the same three methods.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+class KVStorage(Protocol):
+    """Where K/V of one cache live: write a chunk into a slot, read the attended prefix."""
+
+    def write(self, layer: int, slot: int, k: torch.Tensor, v: torch.Tensor) -> None: ...
+
+    def window(self, layer: int, num_slots: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def nbytes(self) -> int: ...
+
+
+class DenseKVStorage:
+    """Plain K/V buffers [B, slots·chunk_tokens, heads, head_dim] per layer in one dtype (BF16 by default)."""
+
+    def __init__(
+        self, num_layers: int, batch: int, num_slots: int, chunk_tokens: int, heads: int, head_dim: int,
+        dtype: torch.dtype = torch.bfloat16, device: torch.device | str | None = None,
+    ):
+        self.chunk_tokens = chunk_tokens
+        shape = (batch, num_slots * chunk_tokens, heads, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+
+    def write(self, layer: int, slot: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        lo = slot * self.chunk_tokens
+        n = k.shape[1]
+        self.k[layer][:, lo : lo + n].copy_(k)
+        self.v[layer][:, lo : lo + n].copy_(v)
+
+    def window(self, layer: int, num_slots: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n = num_slots * self.chunk_tokens
+        return self.k[layer][:, :n], self.v[layer][:, :n]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.k, *self.v))
+
+
+STORAGES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass(frozen=True)
+class CacheGeometry:
+    """Window shape in chunk slots, validated once."""
+
+    chunk_frames: int
+    window_frames: int
+    sink_frames: int
+    tokens_per_frame: int
+    multishot_sink: bool = True
+
+    def __post_init__(self):
+        for name in ("window_frames", "sink_frames"):
+            if getattr(self, name) % self.chunk_frames:
+                raise ValueError(f"{name}={getattr(self, name)} is not a multiple of chunk_frames={self.chunk_frames}")
+        need = self.sink_slots + 1 + (1 if self.multishot_sink else 0)
+        if self.num_slots < need:
+            raise ValueError(
+                f"window of {self.window_frames} frames holds {self.num_slots} chunk slots; need at least {need} "
+                f"(sink {self.sink_slots}{', shot sink 1' if self.multishot_sink else ''}, current chunk 1)"
+            )
+
+    @property
+    def num_slots(self) -> int:
+        return self.window_frames // self.chunk_frames
+
+    @property
+    def sink_slots(self) -> int:
+        return self.sink_frames // self.chunk_frames
+
+    @property
+    def chunk_tokens(self) -> int:
+        return self.chunk_frames * self.tokens_per_frame
+
+
+class KVCache:
+    """Slot bookkeeping (which chunk lives where, what is pinned) over a `KVStorage`."""
+
+    def __init__(self, geometry: CacheGeometry, storage: KVStorage):
+        self.geo = geometry
+        self.storage = storage
+        self.reset()
+
+    @classmethod
+    def allocate(
+        cls, geometry: CacheGeometry, num_layers: int, batch: int, heads: int, head_dim: int,
+        storage: str = "bf16", device: torch.device | str | None = None,
+    ) -> KVCache:
+        if storage not in STORAGES:
+            raise ValueError(f"unknown KV storage {storage!r}; known: {', '.join(STORAGES)}")
+        dense = DenseKVStorage(
+            num_layers, batch, geometry.num_slots, geometry.chunk_tokens, heads, head_dim,
+            dtype=STORAGES[storage], device=device,
+        )
+        return cls(geometry, dense)
+
+    def reset(self) -> None:
+        self.slot_chunk: list[int | None] = [None] * self.geo.num_slots
+        self.slot_time: list[int] = [-1] * self.geo.num_slots  # when the slot was filled (for eviction)
+        self.pinned_slot: int | None = None
+        self.current_slot: int | None = None
+        self._clock = 0
+
+    # -- chunk lifecycle ------------------------------------------------------------------------------
+    def begin_chunk(self, chunk: int, *, clear_to_sink: bool = False) -> int:
+        """Choose the slot of a new chunk (the release's roll), return it. Called once per chunk."""
+        if clear_to_sink:  # the release's `shot_clean_recache`: keep only the global sink
+            for s in range(self.geo.sink_slots, self.geo.num_slots):
+                self.slot_chunk[s] = None
+                self.slot_time[s] = -1
+            self.pinned_slot = None
+        empty = [s for s, c in enumerate(self.slot_chunk) if c is None]
+        if empty:
+            slot = empty[0]
+        else:
+            candidates = [s for s in range(self.geo.sink_slots, self.geo.num_slots) if s != self.pinned_slot]
+            slot = min(candidates, key=lambda s: self.slot_time[s])
+        self.slot_chunk[slot] = chunk
+        self.slot_time[slot] = self._clock
+        self._clock += 1
+        self.current_slot = slot
+        return slot
+
+    def pin_current(self) -> None:
+        """Multi-shot sink: keep the just-generated chunk (a scene cut's first chunk) until the next cut."""
+        if not self.geo.multishot_sink:
+            raise RuntimeError("pin_current() called but the multi-shot sink is disabled")
+        if self.current_slot is None or self.current_slot < self.geo.sink_slots:
+            return  # a cut on a sink chunk is already kept
+        self.pinned_slot = self.current_slot
+
+    @property
+    def filled_slots(self) -> int:
+        return sum(c is not None for c in self.slot_chunk)
+
+    # -- per-layer traffic ------------------------------------------------------------------------------
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this forward's chunk K/V in place into its slot; return the attended window (a view)."""
+        if self.current_slot is None:
+            raise RuntimeError("KVCache.update() before begin_chunk()")
+        self.storage.write(layer, self.current_slot, k, v)
+        return self.storage.window(layer, self.filled_slots)
+
+    # -- introspection -------------------------------------------------------------------------------
+    def window_chunks(self) -> list[int]:
+        """Attended chunks in the release's physical order, which is always chronological.
+
+        (Its shift-left roll preserves order and the pin merely escapes eviction, so the steady state
+        after a cut reads [global sink | shot sink | previous chunk | current chunk].)
+        """
+        return sorted(c for c in self.slot_chunk if c is not None)
+
+    def window_frames(self) -> list[int]:
+        """Latent frame indices attended by the current chunk, in logical order."""
+        f = self.geo.chunk_frames
+        return [c * f + i for c in self.window_chunks() for i in range(f)]

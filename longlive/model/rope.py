@@ -1,0 +1,67 @@
+"""3-D rotary position embedding of the Wan DiT (spec 01, "RoPE").
+
+head_dim is split into three per-axis tables (time, height, width) of adjacent interleaved channel pairs.
+For head_dim 128 that is 22 / 21 / 21 pairs. Tables are built in float64 (as the published model does)
+and applied in float32; keys are rotated once, at their absolute positions, before they enter the cache.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def axis_pairs(head_dim: int) -> tuple[int, int, int]:
+    """Number of complex pairs for (time, height, width): 22/21/21 for head_dim 128."""
+    if head_dim % 2:
+        raise ValueError(f"head_dim must be even for RoPE, got {head_dim}")
+    hw = 2 * (head_dim // 6)
+    t = head_dim - 2 * hw
+    return t // 2, hw // 2, hw // 2
+
+
+def _axis_angles(max_positions: int, axis_dim: int, theta: float) -> torch.Tensor:
+    """Angles [max_positions, axis_dim/2] with frequencies theta^(-2i/axis_dim), computed in float64."""
+    inv = 1.0 / theta ** (torch.arange(0, axis_dim, 2, dtype=torch.float64) / axis_dim)
+    return torch.outer(torch.arange(max_positions, dtype=torch.float64), inv)
+
+
+class Rope3D:
+    """Per-axis angle tables and the cos/sin for a (frames × height × width) token grid."""
+
+    def __init__(self, head_dim: int, theta: float = 10000.0, max_positions: int = 1024):
+        pt, ph, pw = axis_pairs(head_dim)
+        self.pairs = (pt, ph, pw)
+        self.max_positions = max_positions
+        self.tables = (
+            _axis_angles(max_positions, 2 * pt, theta),
+            _axis_angles(max_positions, 2 * ph, theta),
+            _axis_angles(max_positions, 2 * pw, theta),
+        )
+
+    def cos_sin(
+        self, frame_start: int, frames: int, height: int, width: int, device: torch.device | str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin of shape [frames·height·width, head_dim/2] (float32) for tokens in (f, h, w) order."""
+        if frame_start < 0 or frame_start + frames > self.max_positions:
+            raise ValueError(
+                f"temporal RoPE positions {frame_start}..{frame_start + frames - 1} exceed the table of "
+                f"{self.max_positions} positions"
+            )
+        if height > self.max_positions or width > self.max_positions:
+            raise ValueError(f"token grid {height}×{width} exceeds the RoPE table of {self.max_positions}")
+        tt, th, tw = self.tables
+        ang_t = tt[frame_start : frame_start + frames][:, None, None, :].expand(frames, height, width, -1)
+        ang_h = th[:height][None, :, None, :].expand(frames, height, width, -1)
+        ang_w = tw[:width][None, None, :, :].expand(frames, height, width, -1)
+        ang = torch.cat([ang_t, ang_h, ang_w], dim=-1).reshape(frames * height * width, -1)
+        return ang.cos().float().to(device), ang.sin().float().to(device)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent channel pairs (2d, 2d+1) of x [B, L, H, D] by angles given as cos/sin [L, D/2]."""
+    xf = x.float().unflatten(-1, (-1, 2))
+    x0, x1 = xf[..., 0], xf[..., 1]
+    c = cos[None, :, None, :]
+    s = sin[None, :, None, :]
+    out = torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1)
+    return out.flatten(-2).to(x.dtype)
