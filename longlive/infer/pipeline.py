@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import torch
 
 from longlive.bench.timers import ChunkStats, Clock
+from longlive.infer.scheduler import make_scheduler
 from longlive.model.dit import CausalWanModel
 from longlive.model.kv_cache import CacheGeometry, KVCache
-from longlive.infer.scheduler import make_scheduler
 
 SCENE_CUT_PREFIX = "The scene transitions. "
 
@@ -62,7 +62,7 @@ def plan_chunks(prompts: list[str], num_chunks: int, switch_chunks: list[int] | 
     if len(switch_chunks) != len(prompts) - 1:
         raise ValueError(f"{len(prompts)} prompts need {len(prompts) - 1} switch chunks, got {len(switch_chunks)}")
     starts = [0, *switch_chunks]
-    if any(b <= a for a, b in zip(starts, starts[1:])) or starts[-1] >= num_chunks:
+    if any(b <= a for a, b in zip(starts, starts[1:], strict=False)) or starts[-1] >= num_chunks:
         raise ValueError(f"switch chunks {switch_chunks} must increase strictly and lie in 1..{num_chunks - 1}")
     plans, shot = [], 0
     for c in range(num_chunks):

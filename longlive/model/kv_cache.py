@@ -55,7 +55,7 @@ class DenseKVStorage:
         return sum(t.numel() * t.element_size() for t in (*self.k, *self.v))
 
 
-STORAGES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+STORAGES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp64": torch.float64}
 
 
 @dataclass(frozen=True)
