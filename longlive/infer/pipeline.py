@@ -51,6 +51,7 @@ class GenerationResult:
     stats: ChunkStats
     plans: list[ChunkPlan]
     windows: list[list[int]] = field(default_factory=list)  # latent frames each chunk attended
+    kv_cache_bytes: int = 0
 
 
 def plan_chunks(prompts: list[str], num_chunks: int, switch_chunks: list[int] | None) -> list[ChunkPlan]:
@@ -153,4 +154,5 @@ def generate(
     if on_progress is not None:
         on_progress(n_chunks - 1, n_chunks, chunk_ms[-1])
     stats = ChunkStats(chunk_ms=chunk_ms, chunk_frames=frames_per_chunk, warmup_chunks=spec.warmup_chunks)
-    return GenerationResult(latents=latents, stats=stats, plans=plans, windows=windows)
+    return GenerationResult(latents=latents, stats=stats, plans=plans, windows=windows,
+                            kv_cache_bytes=cache.storage.nbytes())

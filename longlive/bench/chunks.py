@@ -1,0 +1,96 @@
+"""Benchmark: denoise N chunks of a preset with random weights; per-chunk ms, denoise FPS, peak memory.
+
+Speed does not depend on the weights' values, so random weights measure the real cost at the real shapes.
+Timing definition: `denoise_fps` of spec 05 (device events around each chunk: all steps, the clean
+re-run and KV writes; text encoding, load and VAE excluded; chunks before the window is full dropped).
+
+    python -m longlive.bench.chunks --preset wan2.2-ti2v-5b --chunks 6 --steps 4 --out result.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from longlive.bench.manifest import manifest
+from longlive.bench.memory import peaks, reset_peaks
+from longlive.infer.pipeline import GenerationSpec, generate
+from longlive.model.attention import resolve_backend
+from longlive.model.dit import build_model
+from longlive.model.presets import get_preset
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def run(preset: str, chunks: int, steps_list: list[int], dtype: str, attn: str, device: str, seed: int,
+        warmup: int | None) -> dict:
+    cfg = get_preset(preset)
+    dev = torch.device(device)
+    t0 = time.perf_counter()
+    model = build_model(cfg, device=dev, dtype=DTYPES[dtype], seed=seed).eval().requires_grad_(False)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    load_s = time.perf_counter() - t0
+    model.attn_backend = resolve_backend(attn, dev)
+    weight_gb = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9
+    g = torch.Generator().manual_seed(seed)
+    embeds = [torch.randn(1, cfg.text_len, cfg.text_dim, generator=g).to(dev, DTYPES[dtype])]
+    slots = cfg.window_frames // cfg.chunk_frames
+    warmup = slots - 1 if warmup is None else warmup  # from chunk `slots-1` on the window is full
+    rows = []
+    for steps in steps_list:
+        reset_peaks(dev)
+        spec = GenerationSpec(prompts=["random"], frames=chunks * cfg.chunk_frames, steps=steps, seed=seed,
+                              warmup_chunks=warmup, kv_storage=dtype)
+
+        def progress(c, n, ms, steps=steps):
+            print(f"  [{steps}-step] chunk {c + 1}/{n}: {ms:8.1f} ms", flush=True)
+
+        res = generate(model, spec, embeds, on_progress=progress)
+        row = {
+            "preset": preset, "precision": dtype, "steps": steps, "chunks": chunks, "attn_backend": model.attn_backend,
+            "kv_quant": "none", "sp": 1, "decode": "none", "resolution": f"{cfg.height}x{cfg.width}",
+            "chunk_frames": cfg.chunk_frames, "window_frames": cfg.window_frames, "sink_frames": cfg.sink_frames,
+            "tokens_per_chunk": cfg.tokens_per_frame * cfg.chunk_frames,
+            "timing_definition": res.stats.timing_definition,
+            "chunk_ms": [round(x, 2) for x in res.stats.chunk_ms],
+            **res.stats.summary(), **peaks(dev), "weights_gb": weight_gb, "load_s": load_s,
+            "kv_cache_gb": res.kv_cache_bytes / 1e9,
+        }
+        rows.append(row)
+        print(f"{preset} {dtype} {steps}-step: denoise_fps {row['denoise_fps']:.2f} "
+              f"(chunks {warmup}..{chunks - 1}), median chunk {row['chunk_ms_median']:.1f} ms, "
+              f"first chunk {row['first_chunk_latency_s'] * 1e3:.1f} ms, peak allocated "
+              f"{row['peak_allocated_gb'] or 0:.2f} GB, reserved {row['peak_reserved_gb'] or 0:.2f} GB", flush=True)
+    config = {"preset": preset, "chunks": chunks, "steps": steps_list, "dtype": dtype, "attn": attn,
+              "device": device, "warmup_chunks": warmup, "weights": "random", "model_config": asdict(cfg)}
+    return {"rows": rows, "manifest": manifest(config, seed)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="wan2.2-ti2v-5b")
+    ap.add_argument("--chunks", type=int, default=6)
+    ap.add_argument("--steps", type=int, nargs="+", default=[4])
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    ap.add_argument("--attn", default="auto")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--warmup", type=int, default=None,
+                    help="chunks dropped from denoise_fps (default: until the window fills)")
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args(argv)
+    result = run(a.preset, a.chunks, a.steps, a.dtype, a.attn, a.device, a.seed, a.warmup)
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(result, indent=2, default=str))
+        print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
