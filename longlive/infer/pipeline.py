@@ -122,8 +122,8 @@ def generate(
 
     latents = torch.empty((B, cfg.in_channels, spec.frames, h, w), device=device)
     clock, windows, frames_per_chunk = Clock(device), [], []
-    clock.mark()
     for c, plan in enumerate(plans):
+        clock.mark()  # marks 2c / 2c+1 bracket chunk c's device work only (decoding happens outside)
         cache.begin_chunk(c, clear_to_sink=plan.cut and spec.clean_recache_at_cut)
         windows.append(cache.window_frames())
         offset = c * cf + plan.shot * cfg.shot_rope_offset
@@ -149,8 +149,8 @@ def generate(
         if on_chunk is not None:
             on_chunk(c, x)
         if on_progress is not None and c > 0:
-            on_progress(c - 1, n_chunks, clock.interval_ms(c - 1))
-    chunk_ms = clock.intervals_ms()
+            on_progress(c - 1, n_chunks, clock.interval_ms(2 * c - 2))
+    chunk_ms = clock.intervals_ms()[::2]
     if on_progress is not None:
         on_progress(n_chunks - 1, n_chunks, chunk_ms[-1])
     stats = ChunkStats(chunk_ms=chunk_ms, chunk_frames=frames_per_chunk, warmup_chunks=spec.warmup_chunks)

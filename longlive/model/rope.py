@@ -37,11 +37,17 @@ class Rope3D:
             _axis_angles(max_positions, 2 * ph, theta),
             _axis_angles(max_positions, 2 * pw, theta),
         )
+        self._device_tables: dict[str, tuple[torch.Tensor, ...]] = {}
+        self._memo: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def cos_sin(
         self, frame_start: int, frames: int, height: int, width: int, device: torch.device | str | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin of shape [frames·height·width, head_dim/2] (float32) for tokens in (f, h, w) order."""
+        """cos, sin of shape [frames·height·width, head_dim/2] (float32) for tokens in (f, h, w) order.
+
+        Built on the target device (no host→device copy, so no sync in the chunk loop) and memoised for the
+        last few grids, since every step of a chunk reuses the same positions.
+        """
         if frame_start < 0 or frame_start + frames > self.max_positions:
             raise ValueError(
                 f"temporal RoPE positions {frame_start}..{frame_start + frames - 1} exceed the table of "
@@ -49,12 +55,24 @@ class Rope3D:
             )
         if height > self.max_positions or width > self.max_positions:
             raise ValueError(f"token grid {height}×{width} exceeds the RoPE table of {self.max_positions}")
-        tt, th, tw = self.tables
+        device = torch.device(device or "cpu")
+        key = (frame_start, frames, height, width, str(device))
+        hit = self._memo.get(key)
+        if hit is not None:
+            return hit
+        dev_key = str(device)
+        if dev_key not in self._device_tables:
+            self._device_tables[dev_key] = tuple(t.to(device) for t in self.tables)
+        tt, th, tw = self._device_tables[dev_key]
         ang_t = tt[frame_start : frame_start + frames][:, None, None, :].expand(frames, height, width, -1)
         ang_h = th[:height][None, :, None, :].expand(frames, height, width, -1)
         ang_w = tw[:width][None, None, :, :].expand(frames, height, width, -1)
         ang = torch.cat([ang_t, ang_h, ang_w], dim=-1).reshape(frames * height * width, -1)
-        return ang.cos().float().to(device), ang.sin().float().to(device)
+        out = ang.cos().float(), ang.sin().float()
+        if len(self._memo) >= 8:
+            self._memo.pop(next(iter(self._memo)))
+        self._memo[key] = out
+        return out
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,20 @@
+"""longlive.vae: our Wan2.2 / Wan2.1 causal video VAEs with streaming decode (spec 01, "Wan2.2 VAE")."""
+
+from .causal import CausalCache, CausalConv3d
+from .config import VAE_PRESETS, VAEConfig, get_vae_config
+from .loading import build_vae, check_state_dict, load_vae, read_state_dict
+from .wan_vae import StreamingDecoder, WanVAE
+
+__all__ = [
+    "VAE_PRESETS",
+    "CausalCache",
+    "CausalConv3d",
+    "StreamingDecoder",
+    "VAEConfig",
+    "WanVAE",
+    "build_vae",
+    "check_state_dict",
+    "get_vae_config",
+    "load_vae",
+    "read_state_dict",
+]

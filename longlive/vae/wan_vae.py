@@ -1,0 +1,180 @@
+"""The Wan VAE (Wan2.2 z=48 / Wan2.1 z=16 / tiny): public encode / decode / streaming-decode API.
+
+Layout everywhere is [B, C, T, H, W]; pixels are in [-1, 1]; latents are normalised per channel with
+the shipped mean/std. Time is causal: frame 0 is encoded alone and every later group of
+``stride_t`` (= 4) frames gives one latent, so T latents ↔ 1 + 4(T − 1) frames.
+
+Decoding always runs one latent frame per decoder pass, as the published code does: that bounds
+activation memory at full resolution and makes chunked (streaming) decoding bit-identical to
+decoding everything at once, because both run exactly the same passes with the same carried caches.
+"""
+
+from __future__ import annotations
+
+from itertools import pairwise
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .causal import CausalCache, CausalConv3d
+from .config import VAEConfig
+from .layers import patchify, unpatchify_into
+from .wan21 import Decoder21, Encoder21
+from .wan22 import Decoder22, Encoder22
+
+
+class WanVAE(nn.Module):
+    """Wan causal video VAE; parameter names equal the published ``Wan2.x_VAE.pth`` keys."""
+
+    def __init__(self, config: VAEConfig) -> None:
+        super().__init__()
+        self.config = config
+        c, z = config, config.z_dim
+        if c.arch == "wan2.2":
+            self.encoder: nn.Module = Encoder22(c.enc_dim, 2 * z, c.dim_mult, c.num_res_blocks, c.temporal_down)
+        else:
+            self.encoder = Encoder21(c.enc_dim, 2 * z, c.dim_mult, c.num_res_blocks, c.temporal_down)
+        self.conv1 = CausalConv3d(2 * z, 2 * z, 1)  # → (μ, log σ²); we only ever use μ
+        self.conv2 = CausalConv3d(z, z, 1)
+        temporal_up = tuple(reversed(c.temporal_down))
+        if c.arch == "wan2.2":
+            self.decoder: nn.Module = Decoder22(c.dec_dim, z, c.dim_mult, c.num_res_blocks, temporal_up)
+        else:
+            if c.dec_dim != c.enc_dim:
+                raise ValueError("the wan2.1 graph uses one base width for encoder and decoder")
+            self.decoder = Decoder21(c.dec_dim, z, c.dim_mult, c.num_res_blocks, temporal_up)
+        self.register_buffer("latent_mean", torch.empty(z), persistent=False)
+        self.register_buffer("latent_std", torch.empty(z), persistent=False)
+        self.reset_latent_stats()
+
+    # ---- properties -------------------------------------------------------------------------------
+    @property
+    def z_dim(self) -> int:
+        return self.config.z_dim
+
+    @property
+    def stride(self) -> tuple[int, int, int]:
+        """Pixels per latent along (t, h, w)."""
+        return self.config.stride
+
+    @property
+    def device(self) -> torch.device:
+        return self.conv1.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.conv1.weight.dtype
+
+    def to_channels_last(self) -> WanVAE:
+        """Store conv weights channels-last (NDHWC / NHWC) so cuDNN runs its channels-last kernels;
+        activations then stay channels-last through the network. Returns self."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv3d | nn.Conv2d):
+                fmt = torch.channels_last_3d if m.weight.dim() == 5 else torch.channels_last
+                m.weight.data = m.weight.data.contiguous(memory_format=fmt)
+        return self
+
+    def reset_latent_stats(self) -> None:
+        """(Re)build the mean/std buffers from the config, on the parameters' device.
+
+        They are not in the checkpoint, so after a meta-device build plus ``load_state_dict(assign=True)``
+        they must be materialised again.
+        """
+        z, dev = self.z_dim, self.conv1.weight.device
+        mean = self.config.latent_mean or (0.0,) * z
+        std = self.config.latent_std or (1.0,) * z
+        self.latent_mean = torch.tensor(mean, dtype=torch.float32, device=dev)
+        self.latent_std = torch.tensor(std, dtype=torch.float32, device=dev)
+
+    def _stats(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        shape = (1, self.z_dim, 1, 1, 1)
+        return (
+            self.latent_mean.to(like.dtype).view(shape),
+            self.latent_std.to(like.dtype).view(shape),
+        )
+
+    # ---- encode -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, video: Tensor) -> Tensor:
+        """[B, 3, 1+4k, H, W] pixels in [-1, 1] → normalised μ latents [B, z, 1+k, H/s, W/s] (no sampling)."""
+        st, sh, sw = self.stride
+        if video.dim() != 5 or video.shape[1] != 3:
+            raise ValueError(f"encode expects video [B, 3, T, H, W], got shape {tuple(video.shape)}")
+        t, h, w = video.shape[2:]
+        if t < 1 or (t - 1) % st:
+            raise ValueError(f"encode needs T = 1 + {st}·k frames (causal VAE), got T={t}")
+        if h % sh or w % sw:
+            raise ValueError(f"encode needs H, W divisible by the VAE stride {sh}×{sw}, got {h}×{w}")
+        x = patchify(video.to(device=self.device, dtype=self.dtype), self.config.patch_size)
+        cache = CausalCache()
+        bounds = [0, *range(1, t + 1, st)]  # frame 0 alone, then groups of stride_t frames
+        outs = []
+        for a, b in pairwise(bounds):
+            outs.append(self.encoder(x[:, :, a:b], cache))
+            cache.advance()
+        h_enc = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+        z = self.z_dim
+        mu = F.conv3d(h_enc, self.conv1.weight[:z], self.conv1.bias[:z])
+        mean, std = self._stats(mu)
+        return mu.sub_(mean).div_(std)
+
+    # ---- decode -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:
+        """Normalised latents [B, z, T, h, w] → video [B, 3, 1+4(T−1), h·s, w·s], clamped to [-1, 1]."""
+        return self.streaming_decoder().decode(latents)
+
+    def streaming_decoder(self) -> StreamingDecoder:
+        """A decoder that carries the causal caches across calls (chunk-by-chunk == all at once)."""
+        return StreamingDecoder(self)
+
+    def decode_step(self, z: Tensor, cache: CausalCache) -> Tensor:
+        """One decoder pass on de-normalised latent frames; returns patch-packed pixels, clamped."""
+        y = self.decoder(self.conv2(z), cache)
+        cache.advance()
+        return y.clamp_(-1.0, 1.0)
+
+
+class StreamingDecoder:
+    """Decodes a latent video chunk by chunk, carrying the decoder's causal caches between calls.
+
+    The first call with t latents returns 1 + 4(t − 1) frames, later calls 4t; concatenated, the
+    outputs equal ``vae.decode`` of the whole latent video. ``reset()`` starts a new video.
+    """
+
+    def __init__(self, vae: WanVAE) -> None:
+        self.vae = vae
+        self.cache = CausalCache()
+
+    @property
+    def first(self) -> bool:
+        """Whether the next call starts a new video."""
+        return self.cache.first
+
+    def reset(self) -> None:
+        self.cache.reset()
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:
+        vae = self.vae
+        st, sh, sw = vae.stride
+        if latents.dim() != 5 or latents.shape[1] != vae.z_dim:
+            raise ValueError(f"decode expects latents [B, {vae.z_dim}, T, h, w], got shape {tuple(latents.shape)}")
+        b, _, t, h, w = latents.shape
+        if t == 0:
+            raise ValueError("decode needs at least one latent frame")
+        z = latents.to(device=vae.device, dtype=vae.dtype)
+        mean, std = vae._stats(z)
+        z = z * std + mean
+        n_out = st * t - (st - 1 if self.cache.first else 0)
+        out = torch.empty(b, 3, n_out, h * sh, w * sw, device=z.device, dtype=z.dtype)
+        pos = 0
+        for i in range(t):
+            y = vae.decode_step(z[:, :, i : i + 1], self.cache)
+            n = y.shape[2]
+            unpatchify_into(out[:, :, pos : pos + n], y, vae.config.patch_size)
+            pos += n
+        if pos != n_out:  # would mean the temporal layout disagrees with the stride
+            raise RuntimeError(f"decoder produced {pos} frames, expected {n_out}")
+        return out
