@@ -165,3 +165,20 @@ def test_to_host_uses_pinned_memory() -> None:
     frames = torch.randint(0, 255, (1, 4, 8, 8, 3), dtype=torch.uint8, device="cuda")
     host = to_host(frames)
     assert host.is_pinned() and torch.equal(host, frames.cpu())
+
+
+def test_decode_ignores_process_global_sdpa_restrictions():
+    """The DiT narrows SDPA kernels with a process-global context while an async decode thread runs."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from longlive.vae import build_vae
+
+    torch.manual_seed(0)
+    vae = build_vae("tiny")
+    z = torch.randn(1, vae.z_dim, 2, 2, 2)
+    ref = vae.decode(z)
+    with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION]):  # no CPU kernel of this kind exists
+        dec = make_decoder("async", vae)
+        dec.submit(z)
+        out = dec.finish()
+    assert torch.equal(out, frames_to_uint8(ref).cpu())

@@ -150,6 +150,19 @@ def test_latent_normalisation_uses_stats(tiny: torch.nn.Module) -> None:
     torch.testing.assert_close(other.decode((raw - m) / s), tiny.decode(raw), rtol=1e-5, atol=1e-5)
 
 
+def test_channels_last_is_numerically_the_same(tiny: torch.nn.Module) -> None:
+    vae = build_vae("tiny")
+    vae.load_state_dict(tiny.state_dict())
+    vae.to(memory_format=torch.channels_last_3d)  # the stock Module.to would reject the 4-D Conv2d weights
+    assert vae.decoder.conv1.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    latents = torch.randn(1, 16, 3, 2, 2)
+    torch.testing.assert_close(vae.decode(latents), tiny.decode(latents), rtol=1e-5, atol=1e-5)
+    video = torch.rand(1, 3, 5, 32, 32) * 2 - 1
+    torch.testing.assert_close(vae.encode(video), tiny.encode(video), rtol=1e-5, atol=1e-5)
+    vae.to(memory_format=torch.contiguous_format)
+    assert vae.decoder.conv1.weight.is_contiguous()
+
+
 def test_bfloat16_decode(tiny: torch.nn.Module) -> None:
     vae = build_vae("tiny", dtype=torch.bfloat16)
     vae.load_state_dict(tiny.state_dict())

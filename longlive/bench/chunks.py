@@ -28,7 +28,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def run(preset: str, chunks: int, steps_list: list[int], dtype: str, attn: str, device: str, seed: int,
-        warmup: int | None) -> dict:
+        warmup: int | None, profile: Path | None = None) -> dict:
     cfg = get_preset(preset)
     dev = torch.device(device)
     t0 = time.perf_counter()
@@ -67,9 +67,29 @@ def run(preset: str, chunks: int, steps_list: list[int], dtype: str, attn: str, 
               f"(chunks {warmup}..{chunks - 1}), median chunk {row['chunk_ms_median']:.1f} ms, "
               f"first chunk {row['first_chunk_latency_s'] * 1e3:.1f} ms, peak allocated "
               f"{row['peak_allocated_gb'] or 0:.2f} GB, reserved {row['peak_reserved_gb'] or 0:.2f} GB", flush=True)
+    if profile is not None:
+        profile_chunks(model, cfg, embeds, steps_list[0], seed, dtype, profile)
     config = {"preset": preset, "chunks": chunks, "steps": steps_list, "dtype": dtype, "attn": attn,
               "device": device, "warmup_chunks": warmup, "weights": "random", "model_config": asdict(cfg)}
     return {"rows": rows, "manifest": manifest(config, seed)}
+
+
+def profile_chunks(model, cfg, embeds, steps: int, seed: int, dtype: str, path: Path) -> None:
+    """Profile a run long enough to fill the window plus one steady chunk; write the top device kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    slots = cfg.window_frames // cfg.chunk_frames
+    spec = GenerationSpec(prompts=["random"], frames=(slots + 1) * cfg.chunk_frames, steps=steps, seed=seed,
+                          warmup_chunks=slots, kv_storage=dtype)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=acts) as prof:
+        generate(model, spec, embeds)
+    sort = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort, row_limit=30, max_name_column_width=70)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{cfg.name} {dtype} {steps}-step, {slots + 1} chunks (window fills at chunk {slots - 1})\n"
+                    + table)
+    print(table[:6000])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -84,8 +104,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=None,
                     help="chunks dropped from denoise_fps (default: until the window fills)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--profile", type=Path, default=None, help="also profile a short run; kernel table to this file")
     a = ap.parse_args(argv)
-    result = run(a.preset, a.chunks, a.steps, a.dtype, a.attn, a.device, a.seed, a.warmup)
+    result = run(a.preset, a.chunks, a.steps, a.dtype, a.attn, a.device, a.seed, a.warmup, a.profile)
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(result, indent=2, default=str))

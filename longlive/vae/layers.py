@@ -64,6 +64,18 @@ class ResidualBlock(nn.Module):
         return y.add_(h)
 
 
+def _frame_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """softmax(q kᵀ/√c) v with explicit GEMMs, scores in float32.
+
+    Deliberately not F.scaled_dot_product_attention: its kernel choice follows process-global flags that
+    the DiT's `sdpa_kernel(...)` context sets from the main thread, so an async decode thread could find
+    every kernel disabled (head_dim here is the full width, e.g. 1024, which only the math kernel takes).
+    """
+    scale = q.shape[-1] ** -0.5
+    scores = torch.matmul(q, k.transpose(-1, -2)).float().mul_(scale)
+    return torch.matmul(scores.softmax(dim=-1).to(v.dtype), v)
+
+
 class AttentionBlock(nn.Module):
     """Single-head self-attention over the pixels of each frame (no mixing across time)."""
 
@@ -78,7 +90,7 @@ class AttentionBlock(nn.Module):
         tokens = self.norm(x).permute(0, 2, 3, 4, 1).reshape(b, t, h * w, c)
         qkv = F.linear(tokens, self.to_qkv.weight.view(3 * c, c), self.to_qkv.bias)
         q, k, v = qkv.chunk(3, dim=-1)
-        o = F.scaled_dot_product_attention(q, k, v)  # (b, t) act as batch dims: one frame per "head"
+        o = _frame_attention(q, k, v)  # (b, t) act as batch dims: one frame per "head"
         o = F.linear(o, self.proj.weight.view(c, c), self.proj.bias)
         return x + o.view(b, t, h, w, c).permute(0, 4, 1, 2, 3)
 

@@ -15,7 +15,7 @@ fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-}
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/nvidia-smi.txt"
 python -m longlive.bench.chunks --preset wan2.2-ti2v-5b --chunks 6 --steps 4 --dtype bf16 --attn auto \
-  --out "$OUT/chunks6_bf16_4step.json"
+  --out "$OUT/chunks6_bf16_4step.json" --profile "$OUT/profile_bf16_4step.txt"
 python -m longlive.bench.chunks --preset wan2.2-ti2v-5b --chunks 12 --steps 4 2 --warmup 4 --dtype bf16 --attn auto \
   --out "$OUT/chunks12_bf16_4and2step.json"
 python -m longlive.bench.vae_decode --preset wan2.2-ti2v-5b --chunks 3 --dtype bf16 --out "$OUT/vae_decode_bf16.json"
