@@ -224,3 +224,26 @@ def test_bad_inputs_raise_before_work():
         m(x[:, :3], t, ctx)
     with pytest.raises(ValueError, match="unknown preset 'nope'"):
         get_preset("nope")
+
+
+def test_keys_enter_the_cache_already_rotated_at_absolute_positions():
+    from longlive.model.kv_cache import CacheGeometry, KVCache
+
+    cfg = get_preset("tiny")
+    m = build_model(cfg, seed=7)
+    x, t, ctx = _tiny_inputs(cfg, seed=8)
+    geo = CacheGeometry(cfg.chunk_frames, cfg.window_frames, cfg.sink_frames, cfg.tokens_per_frame)
+    cache = KVCache.allocate(geo, cfg.num_layers, 1, cfg.num_heads, cfg.head_dim, storage="fp32")
+    pre = {}
+    m.blocks[0].self_attn.norm_k.register_forward_hook(lambda mod, inp, out: pre.setdefault("k", out))
+    for c in range(3):  # the third chunk sits at absolute frames 4, 5 (+ a shot offset of 8)
+        cache.begin_chunk(c)
+        pre.clear()
+        m(x, t, ctx, cache=cache, frame_offset=2 * c + 8)
+    h, w = cfg.latent_hw
+    cos, sin = m.rope.cos_sin(4 + 8, cfg.chunk_frames, h // 2, w // 2)
+    expected = apply_rope(pre["k"].view(1, -1, cfg.num_heads, cfg.head_dim), cos, sin)
+    n = cfg.chunk_frames * cfg.tokens_per_frame
+    stored = cache.storage.k[0][:, cache.current_slot * n : (cache.current_slot + 1) * n]
+    torch.testing.assert_close(stored, expected, rtol=0, atol=0)
+    assert not torch.allclose(stored, pre["k"].view_as(stored))  # rotation really applied

@@ -95,6 +95,20 @@ class AttentionBlock(nn.Module):
         return x + o.view(b, t, h, w, c).permute(0, 4, 1, 2, 3)
 
 
+class CausalStack(nn.Module):
+    """Encoder/decoder walk shared by both Wan graphs: conv1 → body module lists (in `body` order) → head,
+    every causal conv reading and updating one `CausalCache`."""
+
+    body: tuple[str, ...] = ()
+
+    def forward(self, x: Tensor, cache: CausalCache) -> Tensor:
+        x = self.conv1(x, cache)
+        for name in self.body:
+            for layer in getattr(self, name):
+                x = layer(x, cache)
+        return run_head(self.head, x, cache)
+
+
 def middle_blocks(dim: int) -> nn.ModuleList:
     """The middle of both halves: ResidualBlock → per-frame attention → ResidualBlock."""
     return nn.ModuleList([ResidualBlock(dim, dim), AttentionBlock(dim), ResidualBlock(dim, dim)])

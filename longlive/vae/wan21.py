@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from torch import Tensor, nn
+from torch import nn
 
-from .causal import CausalCache, CausalConv3d
-from .layers import Resample, ResidualBlock, head_blocks, middle_blocks, run_head
+from .causal import CausalConv3d
+from .layers import CausalStack, Resample, ResidualBlock, head_blocks, middle_blocks
 
 
-class Encoder21(nn.Module):
+class Encoder21(CausalStack):
     """RGB video → 2·z channels at 1/4 time, 1/8 space."""
+
+    body = ("downsamples", "middle")
 
     def __init__(
         self, dim: int, z2: int, dim_mult: Sequence[int], num_res_blocks: int, temporal_down: Sequence[bool]
@@ -35,15 +37,11 @@ class Encoder21(nn.Module):
         self.middle = middle_blocks(dims[-1])
         self.head = head_blocks(dims[-1], z2)
 
-    def forward(self, x: Tensor, cache: CausalCache) -> Tensor:
-        x = self.conv1(x, cache)
-        for layer in (*self.downsamples, *self.middle):
-            x = layer(x, cache)
-        return run_head(self.head, x, cache)
 
-
-class Decoder21(nn.Module):
+class Decoder21(CausalStack):
     """z channels → RGB at 4× time, 8× space."""
+
+    body = ("middle", "upsamples")
 
     def __init__(
         self, dim: int, z: int, dim_mult: Sequence[int], num_res_blocks: int, temporal_up: Sequence[bool]
@@ -63,9 +61,3 @@ class Decoder21(nn.Module):
                 blocks.append(Resample(out_dim, mode, out_dim=out_dim // 2))
         self.upsamples = nn.ModuleList(blocks)
         self.head = head_blocks(dims[-1], 3)
-
-    def forward(self, x: Tensor, cache: CausalCache) -> Tensor:
-        x = self.conv1(x, cache)
-        for layer in (*self.middle, *self.upsamples):
-            x = layer(x, cache)
-        return run_head(self.head, x, cache)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from .causal import CausalCache, CausalConv3d
-from .layers import AvgDown3D, DupUp3D, Resample, ResidualBlock, head_blocks, middle_blocks, run_head
+from .layers import AvgDown3D, CausalStack, DupUp3D, Resample, ResidualBlock, head_blocks, middle_blocks
 
 
 class DownStage(nn.Module):
@@ -53,8 +53,10 @@ class UpStage(nn.Module):
         return y if self.avg_shortcut is None else y.add_(self.avg_shortcut(x, cache))
 
 
-class Encoder22(nn.Module):
+class Encoder22(CausalStack):
     """Patchified video (12 channels) → 2·z channels at 1/4 time, 1/8 space (of the patchified grid)."""
+
+    body = ("downsamples", "middle")
 
     def __init__(
         self,
@@ -75,15 +77,11 @@ class Encoder22(nn.Module):
         self.middle = middle_blocks(dims[-1])
         self.head = head_blocks(dims[-1], z2)
 
-    def forward(self, x: Tensor, cache: CausalCache) -> Tensor:
-        x = self.conv1(x, cache)
-        for layer in (*self.downsamples, *self.middle):
-            x = layer(x, cache)
-        return run_head(self.head, x, cache)
 
-
-class Decoder22(nn.Module):
+class Decoder22(CausalStack):
     """z channels → 12 channels (2×2-packed RGB) at 4× time, 8× space."""
+
+    body = ("middle", "upsamples")
 
     def __init__(
         self,
@@ -103,9 +101,3 @@ class Decoder22(nn.Module):
             UpStage(dims[i], dims[i + 1], num_res_blocks + 1, i < n - 1 and temporal_up[i], i < n - 1) for i in range(n)
         )
         self.head = head_blocks(dims[-1], out_channels)
-
-    def forward(self, x: Tensor, cache: CausalCache) -> Tensor:
-        x = self.conv1(x, cache)
-        for layer in (*self.middle, *self.upsamples):
-            x = layer(x, cache)
-        return run_head(self.head, x, cache)
