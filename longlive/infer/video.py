@@ -1,0 +1,230 @@
+"""One video from a request: validate cheaply, load components, generate, decode, write artifacts.
+
+Shared by `longlive generate` and the runner's `infer` workload, so a sweep cell and a CLI run of the same
+config do exactly the same work.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from longlive.model.presets import ModelConfig, get_preset
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DEFAULT_PROMPT = "A red ball bounces across a blue floor"
+E2E_DEFINITION = ("e2e_fps: video frames / wall time from the first chunk's noise to the last decoded frame in "
+                  "host memory (load and text encoding excluded, reported as load_s / text_encode_s)")
+
+
+@dataclass
+class VideoRequest:
+    preset: str
+    frames: int
+    prompts: list[str] = field(default_factory=lambda: [DEFAULT_PROMPT])
+    steps: int = 4
+    seed: int = 0
+    switch_at: list[int] | None = None
+    device: str = "cpu"
+    vae_device: str | None = None
+    dtype: str | None = None  # None: bf16 on GPU, fp32 on CPU
+    attn: str = "auto"
+    decode: str = "streaming"
+    checkpoint: Path | None = None
+    vae: Path | None = None
+    text_encoder: Path | None = None
+    tokenizer: Path | None = None
+    random_weights: bool = False
+    image: Path | None = None
+    multishot_sink: bool = True
+    clean_recache: bool = False
+    cache_dir: Path = Path(".cache") / "prompt_embeddings"
+    warmup_chunks: int | None = None  # None: until the window is full
+    progress: bool = True
+    save_latents: bool = False
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        if self.dtype is not None:
+            if self.dtype not in DTYPES:
+                raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+            return DTYPES[self.dtype]
+        return torch.bfloat16 if torch.device(self.device).type == "cuda" else torch.float32
+
+
+def validate(req: VideoRequest):
+    """All cheap checks before anything heavy. Returns (preset config, default weight paths or None)."""
+    from longlive.infer.decode import DECODE_MODES
+    from longlive.infer.pipeline import plan_chunks
+    from longlive.model.attention import BACKENDS
+    from longlive.weights import default_paths, require
+
+    cfg = get_preset(req.preset)
+    if req.frames <= 0 or req.frames % cfg.chunk_frames:
+        raise ValueError(
+            f"--frames {req.frames} is not a multiple of the {req.preset} chunk of {cfg.chunk_frames} latent frames"
+        )
+    if req.decode not in DECODE_MODES:
+        raise ValueError(f"unknown --decode {req.decode!r}; choose one of {', '.join(DECODE_MODES)}")
+    if req.attn not in BACKENDS:
+        raise ValueError(f"unknown --attn {req.attn!r}; choose one of {', '.join(BACKENDS)}")
+    req.torch_dtype  # noqa: B018  (validates dtype)
+    for dev in filter(None, (req.device, req.vae_device)):
+        d = torch.device(dev)
+        if d.type == "cuda" and (not torch.cuda.is_available() or (d.index or 0) >= torch.cuda.device_count()):
+            raise ValueError(f"device {dev} is not available on this machine")
+    plan_chunks(req.prompts, req.frames // cfg.chunk_frames, req.switch_at)
+    if req.image is not None:
+        require(req.image, "--image")
+    if req.random_weights:
+        return cfg, None
+    paths = default_paths(cfg)
+    if cfg.name == "tiny":  # our own weights are optional: seeded random ones otherwise
+        return cfg, paths
+    require(req.checkpoint or paths.generator, "generator checkpoint")
+    require(req.vae or paths.vae, "VAE checkpoint")
+    require(req.text_encoder or paths.text, "umT5 text encoder checkpoint")
+    require(req.tokenizer or paths.tokenizer, "umT5 tokenizer folder")
+    return cfg, paths
+
+
+def load_components(req: VideoRequest, cfg: ModelConfig, paths):
+    """Generator, VAE and text encoder on their devices; notes say which are untrained stand-ins."""
+    from longlive.model.checkpoint import load_generator
+    from longlive.model.dit import build_model
+    from longlive.text import build_text_encoder
+    from longlive.vae import build_vae, load_vae
+
+    dev = torch.device(req.device)
+    vae_dev = torch.device(req.vae_device or req.device)
+    dtype = req.torch_dtype
+    notes = []
+    model = build_model(cfg, device=dev, dtype=dtype, seed=req.seed).eval().requires_grad_(False)
+    gen_path = req.checkpoint or (paths.generator if paths else None)
+    if gen_path is not None and Path(gen_path).exists():
+        load_generator(model, gen_path)
+    elif req.checkpoint is not None:
+        raise FileNotFoundError(f"generator checkpoint not found: expected {req.checkpoint}")
+    else:
+        notes.append("generator: seeded random weights (no trained checkpoint found)")
+    vae_path = req.vae or (paths.vae if paths else None)
+    vae_dtype = dtype if vae_dev.type == "cuda" else torch.float32
+    if vae_path is not None and Path(vae_path).exists():
+        vae = load_vae(cfg.vae, vae_path, device=vae_dev, dtype=vae_dtype)
+    elif req.vae is not None:
+        raise FileNotFoundError(f"VAE checkpoint not found: expected {req.vae}")
+    else:
+        torch.manual_seed(req.seed)
+        vae = build_vae(cfg.vae, device=vae_dev, dtype=vae_dtype)
+        notes.append("vae: seeded random weights (no trained checkpoint found)")
+    text_path = req.text_encoder or (paths.text if paths else None)
+    if cfg.text_encoder == "tiny":
+        ckpt = text_path if text_path is not None and Path(text_path).exists() else None
+        text = build_text_encoder("tiny", checkpoint=ckpt, device=dev, seed=req.seed if ckpt is None else None)
+        if ckpt is None:
+            notes.append("text encoder: seeded random tiny umT5")
+    elif req.random_weights:
+        text = None
+        notes.append("text encoder: skipped (random prompt embeddings)")
+    else:
+        text = build_text_encoder(cfg.text_encoder, checkpoint=text_path,
+                                  tokenizer_dir=req.tokenizer or paths.tokenizer, device=dev)
+    return model, vae, text, notes
+
+
+def embed_prompts(req: VideoRequest, text, cfg: ModelConfig) -> list[torch.Tensor]:
+    from longlive.text import EmbeddingCache
+
+    dev, dtype = torch.device(req.device), req.torch_dtype
+    if text is None:
+        g = torch.Generator().manual_seed(req.seed)
+        return [torch.randn(1, cfg.text_len, cfg.text_dim, generator=g).to(dev, dtype) for _ in req.prompts]
+    embs = EmbeddingCache(req.cache_dir).encode(text, req.prompts)
+    return [embs[i : i + 1].to(dev, dtype) for i in range(len(req.prompts))]
+
+
+def image_latent(path: Path, vae, cfg: ModelConfig) -> torch.Tensor:
+    from PIL import Image
+
+    img = Image.open(path).convert("RGB").resize((cfg.width, cfg.height), Image.BICUBIC)
+    x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(cfg.height, cfg.width, 3)
+    x = x.permute(2, 0, 1).float().div(127.5).sub(1.0)[None, :, None]  # [1, 3, 1, H, W]
+    return vae.encode(x.to(vae.device, vae.dtype)).float()
+
+
+def make_video(req: VideoRequest, out: Path) -> dict:
+    """Generate and decode one video into `out` (video.mp4, strip.png[, latents.safetensors]).
+
+    Returns a dict of metric columns plus `timing_definition`, `artifacts` (names relative to `out`),
+    `frames`, `windows` and `notes`.
+    """
+    from tqdm import tqdm
+
+    from longlive.bench.memory import peaks, reset_peaks
+    from longlive.infer.decode import make_decoder
+    from longlive.infer.pipeline import GenerationSpec, generate, video_frames
+    from longlive.model.attention import resolve_backend
+    from longlive.output import write_frame_strip, write_mp4
+
+    cfg, paths = validate(req)
+    dev = torch.device(req.device)
+    slots = cfg.window_frames // cfg.chunk_frames
+    spec = GenerationSpec(prompts=req.prompts, frames=req.frames, steps=req.steps, seed=req.seed,
+                          switch_chunks=req.switch_at, multishot_sink=req.multishot_sink,
+                          clean_recache_at_cut=req.clean_recache,
+                          warmup_chunks=slots - 1 if req.warmup_chunks is None else req.warmup_chunks)
+    t0 = time.perf_counter()
+    model, vae, text, notes = load_components(req, cfg, paths)
+    model.attn_backend = resolve_backend(req.attn, dev)
+    load_s = time.perf_counter() - t0
+    for n in notes:
+        print(f"note: {n}", file=sys.stderr)
+    t0 = time.perf_counter()
+    embeds = embed_prompts(req, text, cfg)
+    text_encode_s = time.perf_counter() - t0
+    img = image_latent(req.image, vae, cfg) if req.image is not None else None
+
+    n_chunks = req.frames // cfg.chunk_frames
+    decoder = make_decoder(req.decode, vae, device=req.vae_device)
+    bar = tqdm(total=n_chunks, desc=f"{cfg.name} {req.steps}-step", unit="chunk", disable=not req.progress,
+               file=sys.stderr)
+
+    def on_progress(c: int, n: int, ms: float) -> None:
+        bar.set_postfix_str(f"chunk {c + 1}/{n} {ms:.0f} ms")
+        bar.update(1)
+
+    reset_peaks(dev)
+    t_start = time.perf_counter()
+    res = generate(model, spec, embeds, image_latent=img,
+                   on_chunk=lambda c, x: decoder.submit(x.to(vae.dtype)), on_progress=on_progress)
+    video = decoder.finish()  # uint8 [B, T, H, W, 3] on the host
+    e2e_s = decoder.last_frame_time - t_start
+    bar.close()
+    mem = peaks(dev)
+
+    out.mkdir(parents=True, exist_ok=True)
+    frames = video[0]
+    artifacts = {"video": "video.mp4", "strip": "strip.png"}
+    write_mp4(frames, out / "video.mp4", fps=cfg.fps)
+    write_frame_strip(frames, out / "strip.png", num=8)
+    if req.save_latents:
+        from safetensors.torch import save_file
+
+        tmp = out / "latents.safetensors.tmp"
+        save_file({"latents": res.latents.float().cpu().contiguous()}, str(tmp))
+        tmp.replace(out / "latents.safetensors")
+        artifacts["latents"] = "latents.safetensors"
+    n_frames = video_frames(req.frames)
+    return {
+        **res.stats.summary(), "e2e_s": e2e_s, "e2e_fps": n_frames / e2e_s, "load_s": load_s,
+        "text_encode_s": text_encode_s, "frames_video": n_frames, "video_seconds": n_frames / cfg.fps, **mem,
+        "kv_cache_gb": res.kv_cache_bytes / 1e9,
+        "weights_gb": sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9,
+        "timing_definition": {"denoise_fps": res.stats.timing_definition, "e2e_fps": E2E_DEFINITION},
+        "artifacts": artifacts, "chunk_ms": res.stats.chunk_ms, "windows": res.windows, "notes": notes,
+        "video_uint8": frames, "model_config": asdict(cfg),
+    }

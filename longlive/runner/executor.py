@@ -1,0 +1,103 @@
+"""Run a matrix: skip finished cells, check each cell cheaply, run the rest one process each, append rows.
+
+A killed sweep loses nothing: rows are appended as each cell finishes, and a re-run skips every cell that
+already has a row (`force` redoes them, `retry_failed` redoes failed ones).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from longlive.runner.cell import build_row, classify_failure, now, write_json_atomic
+from longlive.runner.matrix import EXPERIMENTS_DIR, Cell, expand, reference_cell
+from longlive.runner.store import ResultsStore
+from longlive.runner.workloads import get_workload
+
+
+def cell_command(cell: Cell, spec_path: Path, row_path: Path) -> list[str]:
+    """The cell's process: plain Python, or torchrun with one rank per SP degree."""
+    sp = int(cell.config["sp"])
+    args = ["-m", "longlive.runner.cell", str(spec_path), str(row_path)]
+    if sp > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={sp}", *args]
+    return [sys.executable, *args]
+
+
+def run_cell(cell: Cell, store: ResultsStore, config_dir: Path = EXPERIMENTS_DIR) -> dict[str, Any]:
+    """One cell → one row (ok, failed or skipped), never an exception."""
+    started, t0 = now(), time.perf_counter()
+    spec = {"cell_id": cell.cell_id, "config": cell.config, "axes": cell.axes, "overrides": cell.overrides}
+    try:
+        workload = get_workload(cell.config["workload"]["name"])
+        reason = workload.check(cell.config)
+    except Exception as exc:
+        return build_row(spec, "failed", classify_failure(f"{type(exc).__name__}: {exc}"), None, started, t0)
+    if reason:
+        return build_row(spec, "skipped", reason, None, started, t0)
+    out = store.cell_dir(cell.cell_id)
+    ref = reference_cell(cell, config_dir)
+    ref_row = store.latest().get(ref.cell_id) if ref is not None else None
+    spec["out"] = str(out)
+    if ref is not None and ref.cell_id == cell.cell_id:
+        spec["reference_dir"] = str(out)  # the reference itself: error 0, PSNR inf, by construction
+    elif ref_row and ref_row["status"] == "ok":
+        spec["reference_dir"] = str(store.cell_dir(ref.cell_id))
+    else:
+        spec["reference_dir"] = None
+    spec_path, row_path = out / "cell.json", out / "row.json"
+    row_path.unlink(missing_ok=True)
+    write_json_atomic(spec_path, spec)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", NCCL_NVLS_ENABLE="0")
+    timeout = float(cell.config.get("cell_timeout_s") or 1800)
+    with (out / "stdout.log").open("w") as so, (out / "stderr.log").open("w") as se:
+        try:
+            proc = subprocess.run(cell_command(cell, spec_path, row_path), stdout=so, stderr=se, env=env,
+                                  timeout=timeout, check=False)
+            code = proc.returncode
+        except subprocess.TimeoutExpired:
+            return build_row(spec, "failed", f"timeout after {timeout:.0f} s", None, started, t0)
+    if row_path.exists():
+        row = json.loads(row_path.read_text())
+        row["artifacts"] = {k: f"cells/{cell.cell_id}/{v}" for k, v in (row.get("artifacts") or {}).items()}
+        return row
+    tail = (out / "stderr.log").read_text()[-4000:]
+    return build_row(spec, "failed", classify_failure(tail) or f"exit code {code}", None, started, t0)
+
+
+def order_cells(cells: list[Cell], config_dir: Path = EXPERIMENTS_DIR) -> list[Cell]:
+    """Reference cells first, so every other cell can be compared with its reference."""
+    refs = set()
+    for c in cells:
+        r = reference_cell(c, config_dir)
+        if r is not None:
+            refs.add(r.cell_id)
+    return sorted(cells, key=lambda c: c.cell_id not in refs)
+
+
+def run_sweep(experiment: str | None, overrides: list[str], results: Path, *, force: bool = False,
+              retry_failed: bool = False, progress: bool = True, config_dir: Path = EXPERIMENTS_DIR) -> dict[str, int]:
+    """Expand, resume and run a matrix; returns counts of ok / failed / skipped / reused rows."""
+    from tqdm import tqdm
+
+    cells = order_cells(expand(experiment, overrides, config_dir), config_dir)
+    store = ResultsStore(results)
+    done = store.latest()
+    counts = {"ok": 0, "failed": 0, "skipped": 0, "reused": 0}
+    bar = tqdm(cells, desc=f"sweep {experiment or 'adhoc'}", unit="cell", disable=not progress, file=sys.stderr)
+    for cell in bar:
+        prev = done.get(cell.cell_id)
+        if prev is not None and not force and not (retry_failed and prev["status"] == "failed"):
+            counts["reused"] += 1
+            continue
+        bar.set_postfix_str(" ".join(f"{k}={v}" for k, v in cell.axes.items()))
+        row = run_cell(cell, store, config_dir)
+        store.append(row)
+        counts[row["status"]] += 1
+    store.write_parquet()
+    return counts

@@ -1,0 +1,117 @@
+"""Matrix expansion with Hydra: an experiment preset's `hydra.sweeper.params` plus command-line sweeps
+(`steps=4,2`) are expanded by Hydra's own basic sweeper into cells; each cell is one composed config.
+
+A cell's id is a hash of its resolved config (minus run-time knobs such as timeouts), so the same cell in a
+re-run — or in another experiment — has the same id and a finished one is never redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from longlive.runner.schema import AXES
+
+EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
+NOT_IDENTITY = ("cell_timeout_s", "hydra")
+"""Keys that do not change what a cell measures (excluded from its id)."""
+
+
+@dataclass
+class Cell:
+    overrides: list[str]
+    config: dict[str, Any]
+    cell_id: str
+    axes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def experiment(self) -> str:
+        return self.config.get("experiment", "adhoc")
+
+
+def cell_hash(config: dict[str, Any]) -> str:
+    ident = {k: v for k, v in config.items() if k not in NOT_IDENTITY}
+    blob = json.dumps(ident, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def axes_of(config: dict[str, Any]) -> dict[str, Any]:
+    """The result columns of the matrix axes, read off a resolved config."""
+    return {
+        "model": config["model"]["name"], "precision": config["precision"]["name"], "kv_quant": config["kv"]["name"],
+        "sp": int(config["sp"]), "steps": int(config["steps"]), "decode": config["decode"]["mode"],
+        "gpu": config["hardware"]["name"],
+    }
+
+
+def _compose(overrides: list[str], config_dir: Path, hydra_cfg: bool = False):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        return compose("config", overrides=overrides, return_hydra_config=hydra_cfg)
+
+
+def _resolve(cfg) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    out = OmegaConf.to_container(cfg, resolve=True)
+    out.pop("hydra", None)
+    return out
+
+
+def make_cell(overrides: list[str], config_dir: Path = EXPERIMENTS_DIR) -> Cell:
+    """Compose one cell's config from a full list of (non-sweep) overrides."""
+    config = _resolve(_compose(overrides, config_dir))
+    assert set(axes_of(config)) == set(AXES)
+    return Cell(overrides=list(overrides), config=config, cell_id=cell_hash(config), axes=axes_of(config))
+
+
+def expand(experiment: str | None, overrides: list[str] = (), config_dir: Path = EXPERIMENTS_DIR) -> list[Cell]:
+    """All cells of `+experiment=NAME` with extra overrides (sweeps like `steps=4,2` allowed), in Hydra's order."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if experiment is not None:
+        known = sorted(p.stem for p in (config_dir / "experiment").glob("*.yaml"))
+        if experiment not in known:
+            raise ValueError(f"unknown experiment {experiment!r}; known: {', '.join(known)}")
+    parser = OverridesParser.create()
+    user = parser.parse_overrides(list(overrides))
+    fixed = [o.input_line for o in user if not o.is_sweep_override()]
+    swept_user = {o.get_key_element(): o.input_line for o in user if o.is_sweep_override()}
+    base = ([f"+experiment={experiment}"] if experiment else []) + fixed
+    try:
+        root = _compose(base, config_dir, hydra_cfg=True)
+    except Exception as exc:  # unknown group option or key: Hydra's first line says which, before any work
+        raise ValueError(f"cannot compose the config for {base}: {str(exc).splitlines()[0]}") from exc
+    params = dict(root.hydra.sweeper.params or {})
+    sweep_lines = [f"{k}={v}" for k, v in params.items() if k not in swept_user and k not in _keys(fixed, parser)]
+    sweep_lines += list(swept_user.values())
+    if not sweep_lines:
+        return [make_cell(base, config_dir)]
+    batches = BasicSweeper.split_arguments(parser.parse_overrides(sweep_lines), max_batch_size=None)
+    cells, seen = [], set()
+    for batch in batches:
+        for combo in batch:
+            cell = make_cell(base + list(combo), config_dir)
+            if cell.cell_id not in seen:
+                seen.add(cell.cell_id)
+                cells.append(cell)
+    return cells
+
+
+def _keys(lines: list[str], parser) -> set[str]:
+    return {o.get_key_element() for o in parser.parse_overrides(lines)} if lines else set()
+
+
+def reference_cell(cell: Cell, config_dir: Path = EXPERIMENTS_DIR) -> Cell | None:
+    """The cell that differs from `cell` only in the axes named by `quality.reference` (fidelity baseline)."""
+    ref = (cell.config.get("quality") or {}).get("reference")
+    if not ref:
+        return None
+    keys = set(ref)
+    kept = [o for o in cell.overrides if o.split("=", 1)[0].lstrip("+~") not in keys]
+    return make_cell(kept + [f"{k}={v}" for k, v in ref.items()], config_dir)

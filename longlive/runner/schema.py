@@ -1,0 +1,42 @@
+"""The result row: one per matrix cell, flat columns for pandas plus nested provenance.
+
+Every row, whatever its status, has the axis columns, `status` and `reason`; finished rows add metric
+columns (None where a metric does not apply), `timing_definition`, `artifacts` and the `manifest`.
+"""
+
+from __future__ import annotations
+
+AXES = ("model", "precision", "kv_quant", "sp", "steps", "decode", "gpu")
+"""Matrix axes: config key = CLI override = result column (DESIGN.md conventions)."""
+
+IDENTITY = ("cell_id", "experiment", "workload", "status", "reason", "frames", "seed")
+"""status: ok | failed | skipped; reason: why a cell failed or was skipped (OOM, unsupported, missing extra)."""
+
+METRICS = (
+    # inference speed (spec 05 timing definitions)
+    "denoise_fps", "e2e_fps", "e2e_s", "first_chunk_latency_s",
+    "chunk_ms_p10", "chunk_ms_median", "chunk_ms_p90", "load_s", "text_encode_s",
+    "frames_video", "video_seconds",
+    # roofline: ceilings measured in the same run
+    "gemm_tflops", "attn_tflops", "flop_per_frame", "ceiling_fps", "achieved_tflops", "mfu", "fraction_of_ceiling",
+    # training
+    "iter_s", "tokens_per_s",
+    # memory
+    "peak_allocated_gb", "peak_reserved_gb", "device_used_gb", "kv_cache_gb", "weights_gb",
+    # quality
+    "temporal_flickering", "latent_rel_err_vs_ref", "psnr_vs_ref", "vbench_quality", "vbench_semantic", "vbench_total",
+)
+NESTED = ("timing_definition", "artifacts", "manifest", "config", "metrics_extra")
+TIMES = ("started_at", "finished_at", "duration_s")
+STATUSES = ("ok", "failed", "skipped")
+
+
+def empty_row(cell_id: str, experiment: str, workload: str, axes: dict, frames: int | None, seed: int | None) -> dict:
+    """A row with every column present (metrics None) so rows of any status stack into one table."""
+    row = {"cell_id": cell_id, "experiment": experiment, "workload": workload, "status": "skipped", "reason": None,
+           "frames": frames, "seed": seed}
+    row.update({a: axes.get(a) for a in AXES})
+    row.update({m: None for m in METRICS})
+    row.update({n: {} for n in NESTED})
+    row.update({t: None for t in TIMES})
+    return row

@@ -1,0 +1,189 @@
+"""Workloads registered by name. The runner only calls `check` (cheap, in the parent: why a cell cannot run
+here, or None) and `run` (in the cell's own process: metric columns); it knows nothing else about them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+WORKLOADS: dict[str, Workload] = {}
+
+
+@dataclass
+class CellContext:
+    out: Path                      # this cell's artifact folder
+    reference_dir: Path | None     # the fidelity reference cell's artifact folder, when it has finished
+
+
+class Workload(Protocol):
+    name: str
+
+    def check(self, cfg: dict[str, Any]) -> str | None: ...
+
+    def run(self, cfg: dict[str, Any], ctx: CellContext) -> dict[str, Any]: ...
+
+
+def register_workload(name: str):
+    def wrap(cls):
+        cls.name = name
+        WORKLOADS[name] = cls()
+        return cls
+
+    return wrap
+
+
+def get_workload(name: str) -> Workload:
+    if name not in WORKLOADS:
+        raise ValueError(f"unknown workload {name!r}; registered: {', '.join(WORKLOADS)}")
+    return WORKLOADS[name]
+
+
+# -- shared environment checks ---------------------------------------------------------------------------------
+def hardware_reason(cfg: dict[str, Any]) -> str | None:
+    """Why this machine is not the hardware the cell asks for (or cannot host its GPU count), else None."""
+    import torch
+
+    hw = cfg["hardware"]
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if hw["device"] == "cuda" and gpus == 0:
+        return f"hardware {hw['name']} needs a CUDA GPU; this machine has none"
+    if hw.get("gpu_name"):
+        actual = torch.cuda.get_device_name(0)
+        if hw["gpu_name"].lower() not in actual.lower():
+            return f"hardware {hw['name']} asks for a {hw['gpu_name']} GPU; this machine has {actual}"
+    need = max(int(cfg["sp"]), int(hw.get("min_gpus") or 0))
+    if cfg["decode"].get("vae_device"):
+        need += 1 if hw["device"] == "cuda" else 0
+    if hw["device"] == "cuda" and need > gpus:
+        return f"needs {need} GPUs (sp={cfg['sp']}, decode={cfg['decode']['mode']}); this machine has {gpus}"
+    if cfg["decode"]["mode"] == "device" and hw["device"] != "cuda":
+        return "decode=device puts the VAE on a second GPU; this cell runs on the CPU"
+    return None
+
+
+def feature_reason(cfg: dict[str, Any]) -> str | None:
+    """Axis values whose implementation has not landed yet: an explained skip, never a silent fallback."""
+    if int(cfg["sp"]) > 1:
+        return f"sp={cfg['sp']}: sequence-parallel inference is not implemented yet (SP issue #5)"
+    if cfg["precision"].get("linear", "dense") != "dense":
+        return (f"precision={cfg['precision']['name']}: quantised Linear backends are not implemented yet "
+                "(low-precision issue #4)")
+    if cfg["kv"]["name"] != "none":
+        return f"kv={cfg['kv']['name']}: quantised KV-cache storage is not implemented yet (low-precision issue #4)"
+    return None
+
+
+# -- inference ------------------------------------------------------------------------------------------------
+def video_request(cfg: dict[str, Any], progress: bool = False):
+    from longlive.infer.video import VideoRequest
+
+    return VideoRequest(
+        preset=cfg["model"]["name"], frames=int(cfg["frames"]), prompts=list(cfg["prompts"]), steps=int(cfg["steps"]),
+        seed=int(cfg["seed"]), switch_at=cfg.get("switch_at"), device=cfg["hardware"]["device"],
+        vae_device=cfg["decode"].get("vae_device"), dtype=cfg["precision"]["dtype"], attn=cfg.get("attn", "auto"),
+        decode=cfg["decode"]["mode"], random_weights=bool(cfg.get("random_weights")), progress=progress,
+        save_latents=True,
+    )
+
+
+@register_workload("infer")
+class InferWorkload:
+    """Generate one video; speed, memory, roofline and the configured quality metrics."""
+
+    def check(self, cfg: dict[str, Any]) -> str | None:
+        from longlive.infer.video import validate
+
+        reason = hardware_reason(cfg) or feature_reason(cfg)
+        if reason:
+            return reason
+        try:
+            validate(video_request(cfg))
+        except FileNotFoundError as exc:
+            return f"missing weights: {exc}"
+        return None
+
+    def run(self, cfg: dict[str, Any], ctx: CellContext) -> dict[str, Any]:
+        import torch
+
+        from longlive.bench.roofline import roofline_metrics
+        from longlive.infer.video import make_video
+        from longlive.model.attention import resolve_backend
+        from longlive.model.presets import get_preset
+
+        req = video_request(cfg)
+        out = make_video(req, ctx.out)
+        frames = out.pop("video_uint8")
+        out.pop("model_config")
+        extra = {"chunk_ms": out.pop("chunk_ms"), "windows": out.pop("windows"), "notes": out.pop("notes")}
+        dev = torch.device(req.device)
+        model_cfg = get_preset(req.preset)
+        if cfg.get("roofline", True):
+            out.update(roofline_metrics(model_cfg, req.steps, out["denoise_fps"], dev, req.torch_dtype,
+                                        resolve_backend(req.attn, dev)))
+            out["timing_definition"]["roofline"] = (
+                "gemm_tflops / attn_tflops measured in this process at the model's shapes; ceiling_fps = frames "
+                "per chunk / ((steps+1) x (GEMM FLOP / gemm rate + attention FLOP / attention rate)); mfu = "
+                "achieved FLOP/s / measured dense GEMM rate")
+        out.update(quality_metrics(cfg, frames, ctx))
+        out["metrics_extra"] = extra
+        return out
+
+
+def quality_metrics(cfg: dict[str, Any], frames, ctx: CellContext) -> dict[str, Any]:
+    """Registered weight-free metrics on the video, and fidelity against the reference cell's artifacts."""
+    out: dict[str, Any] = {}
+    names = list((cfg.get("quality") or {}).get("metrics") or [])
+    if names:
+        from longlive.runner.quality import compute_metric
+
+        for name in names:
+            out[name] = compute_metric(name, frames=frames)
+    if ctx.reference_dir is not None:
+        from longlive.runner.quality import fidelity_against
+
+        out.update(fidelity_against(ctx.out, ctx.reference_dir))
+    return out
+
+
+@register_workload("quality")
+class QualityWorkload(InferWorkload):
+    """Inference plus VBench dimensions (optional extra, offline weights)."""
+
+    def check(self, cfg: dict[str, Any]) -> str | None:
+        reason = super().check(cfg)
+        if reason:
+            return reason
+        dims = (cfg.get("quality") or {}).get("vbench_dimensions") or []
+        if dims:
+            from longlive.runner.quality import vbench_unavailable_reason
+
+            return vbench_unavailable_reason(dims)
+        return None
+
+    def run(self, cfg: dict[str, Any], ctx: CellContext) -> dict[str, Any]:
+        out = super().run(cfg, ctx)
+        dims = (cfg.get("quality") or {}).get("vbench_dimensions") or []
+        if dims:
+            from longlive.runner.quality import vbench_scores
+
+            out.update(vbench_scores(ctx.out, dims))
+        return out
+
+
+@register_workload("train")
+class TrainWorkload:
+    def check(self, cfg: dict[str, Any]) -> str | None:
+        return hardware_reason(cfg) or "workload train: AR teacher-forcing training is not implemented yet (issue #6)"
+
+    def run(self, cfg: dict[str, Any], ctx: CellContext) -> dict[str, Any]:
+        raise NotImplementedError("training arrives with issue #6")
+
+
+@register_workload("dmd")
+class DMDWorkload:
+    def check(self, cfg: dict[str, Any]) -> str | None:
+        return hardware_reason(cfg) or "workload dmd: DMD distillation is not implemented yet (issue #6)"
+
+    def run(self, cfg: dict[str, Any], ctx: CellContext) -> dict[str, Any]:
+        raise NotImplementedError("DMD arrives with issue #6")

@@ -1,0 +1,139 @@
+"""The experiment matrix runner: expansion, the append-only store, skip/failure rows, resume after a kill."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from longlive.runner.cell import classify_failure
+from longlive.runner.executor import run_sweep
+from longlive.runner.matrix import expand, make_cell, reference_cell
+from longlive.runner.schema import AXES, METRICS
+from longlive.runner.store import ResultsStore
+
+FAST = ["frames=4", "quality.metrics=[temporal_flickering]"]
+
+
+def test_smoke_matrix_covers_every_declared_axis_value():
+    cells = expand("smoke")
+    combos = {(c.axes["steps"], c.axes["decode"], c.axes["precision"], c.axes["sp"]) for c in cells}
+    assert len(cells) == len(combos) == 2 * 3 * 2 * 2
+    assert {c.axes["model"] for c in cells} == {"tiny"} and {c.axes["gpu"] for c in cells} == {"cpu"}
+    assert len({c.cell_id for c in cells}) == len(cells)
+    assert all(set(c.axes) == set(AXES) for c in cells)
+
+
+def test_command_line_sweep_replaces_the_presets_axis_and_ids_are_stable():
+    cells = expand("smoke", ["steps=3", "decode=batch", "sp=1", "precision=fp32,bf16"])
+    assert [(c.axes["steps"], c.axes["precision"]) for c in cells] == [(3, "fp32"), (3, "bf16")]
+    again = expand("smoke", ["steps=3", "decode=batch", "sp=1", "precision=fp32,bf16"])
+    assert [c.cell_id for c in cells] == [c.cell_id for c in again]
+    other = expand("smoke", ["steps=3", "decode=batch", "sp=1", "precision=fp32", "seed=1"])
+    assert other[0].cell_id != cells[0].cell_id  # any config change is a different cell
+
+
+def test_every_experiment_preset_expands():
+    for name in ("smoke", "table1_training", "table2_dmd_memory", "table3_inference", "table4_quality",
+                 "sp_scaling", "full_matrix"):
+        cells = expand(name)
+        assert cells and all(c.experiment == name for c in cells)
+
+
+def test_bad_experiment_or_axis_value_fails_before_work():
+    with pytest.raises(ValueError, match="unknown experiment 'nope'; known: full_matrix"):
+        expand("nope")
+    with pytest.raises(ValueError, match="Could not find 'precision/fp99'"):
+        expand("smoke", ["precision=fp99"])
+
+
+def test_reference_cell_differs_only_in_reference_axes():
+    cell = make_cell(["+experiment=smoke", "steps=2", "decode=async", "precision=bf16", "sp=1"])
+    ref = reference_cell(cell)
+    assert ref.axes == {**cell.axes, "steps": 4, "decode": "batch", "precision": "fp32"}
+
+
+def test_store_last_row_wins_and_torn_line_is_dropped(tmp_path):
+    store = ResultsStore(tmp_path)
+    store.append({"cell_id": "a", "status": "failed"})
+    store.append({"cell_id": "b", "status": "ok"})
+    store.append({"cell_id": "a", "status": "ok"})
+    with store.jsonl.open("a") as f:
+        f.write('{"cell_id": "c", "sta')  # a writer killed mid-line
+    assert {k: v["status"] for k, v in store.latest().items()} == {"a": "ok", "b": "ok"}
+    import pandas as pd
+
+    df = pd.read_parquet(store.write_parquet())
+    assert sorted(df.cell_id) == ["a", "b"]
+
+
+def test_classify_failure_reasons():
+    assert classify_failure("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB").startswith("OOM")
+    assert classify_failure("ModuleNotFoundError: No module named 'vbench'") == "missing extra: No module named 'vbench'"
+    assert classify_failure("Traceback ...\nValueError: bad thing\n") == "ValueError: bad thing"
+
+
+def _rows(results: Path) -> list[dict]:
+    return [json.loads(line) for line in (results / "results.jsonl").read_text().splitlines()]
+
+
+def test_skip_and_failure_rows_never_stop_the_sweep(tmp_path):
+    counts = run_sweep(None, ["sp=1,2", "frames=5", "hardware=cpu,h200"], tmp_path, progress=False)
+    rows = _rows(tmp_path)
+    assert counts == {"ok": 0, "failed": 1, "skipped": 3, "reused": 0} and len(rows) == 4
+    by = {(r["sp"], r["gpu"]): r for r in rows}
+    assert by[(1, "cpu")]["status"] == "failed" and "not a multiple of the tiny chunk" in by[(1, "cpu")]["reason"]
+    assert by[(2, "cpu")]["status"] == "skipped" and "sequence-parallel" in by[(2, "cpu")]["reason"]
+    assert "needs a CUDA GPU" in by[(1, "h200")]["reason"]
+    assert all(set(METRICS) <= set(r) for r in rows)  # every row has every column
+
+
+def test_finished_cells_are_reused_and_force_redoes_them(tmp_path):
+    args = [*FAST, "steps=2", "decode=batch,streaming"]
+    first = run_sweep(None, args, tmp_path, progress=False)
+    assert first["ok"] == 2
+    rows = _rows(tmp_path)
+    assert all(r["status"] == "ok" and r["denoise_fps"] > 0 and r["manifest"]["git_commit"] for r in rows)
+    assert all(r["timing_definition"]["denoise_fps"] and r["mfu"] > 0 for r in rows)
+    assert all((tmp_path / r["artifacts"]["video"]).exists() for r in rows)
+    second = run_sweep(None, args, tmp_path, progress=False)
+    assert second == {"ok": 0, "failed": 0, "skipped": 0, "reused": 2} and len(_rows(tmp_path)) == 2
+    third = run_sweep(None, [*FAST, "steps=2", "decode=batch"], tmp_path, force=True, progress=False)
+    assert third["ok"] == 1 and len(_rows(tmp_path)) == 3
+
+
+def test_killed_sweep_resumes_without_redoing_finished_cells(tmp_path):
+    results = tmp_path / "res"
+    cmd = [sys.executable, "-m", "longlive.cli", "sweep", *FAST, "steps=4,3,2", "decode=batch",
+           "--results", str(results), "--no-progress"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (results / "results.jsonl").exists():
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its running cell, mid-matrix
+    proc.wait()
+    before = _rows(results)
+    assert 1 <= len(before) < 3
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    after = _rows(results)
+    assert after[: len(before)] == before
+    ids = [r["cell_id"] for r in after]
+    assert len(ids) == len(set(ids)) == 3  # nothing redone, nothing lost
+    assert {r["steps"] for r in after} == {4, 3, 2} and all(r["status"] == "ok" for r in after)
+
+
+def test_slurm_launcher_config_composes():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra import compose, initialize_config_dir
+
+    from longlive.runner.matrix import EXPERIMENTS_DIR
+
+    with initialize_config_dir(config_dir=str(EXPERIMENTS_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["+experiment=sp_scaling", "hydra/launcher=slurm", "sp=4"],
+                      return_hydra_config=True)
+    assert "SlurmLauncher" in cfg.hydra.launcher._target_
+    assert cfg.hydra.launcher.gpus_per_node == 4
