@@ -5,10 +5,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed-dev
-OUT ?= outputs/reproduce
+OUT ?= outputs/demo
 PYTEST_ARGS ?=
 
-.PHONY: install test reproduce lint clean reproduce-gpu-5b
+.PHONY: install test reproduce lint clean reproduce-gpu-5b demo report reproduce-table1 reproduce-table2 \
+	reproduce-table3 reproduce-table4 reproduce-sp
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,8 +24,37 @@ test: $(STAMP)
 	$(BIN)/ruff check longlive tests
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-# For now: one tiny-preset video on CPU, end to end (text → AR chunk loop → streaming VAE → mp4 + strip).
+# The smoke experiment on CPU end to end: matrix -> results/smoke -> reports/smoke/index.html (resumable:
+# re-running reuses finished cells; FORCE=1 redoes them).
 reproduce: $(STAMP)
+	$(BIN)/longlive sweep +experiment=smoke --results results/smoke $(if $(FORCE),--force,)
+	$(BIN)/longlive report results/smoke --out reports/smoke --title "Smoke matrix (tiny preset, CPU)"
+
+# GPU machines: the paper's tables and SP scaling (cells this machine cannot run are explained skips).
+reproduce-table1: $(STAMP)
+	$(BIN)/longlive sweep +experiment=table1_training --results results/table1_training
+	$(BIN)/longlive report results/table1_training --out reports/table1_training
+reproduce-table2: $(STAMP)
+	$(BIN)/longlive sweep +experiment=table2_dmd_memory --results results/table2_dmd_memory
+	$(BIN)/longlive report results/table2_dmd_memory --out reports/table2_dmd_memory
+reproduce-table3: $(STAMP)
+	$(BIN)/longlive sweep +experiment=table3_inference --results results/table3_inference
+	$(BIN)/longlive report results/table3_inference --out reports/table3_inference
+reproduce-table4: $(STAMP)
+	$(BIN)/longlive sweep +experiment=table4_quality --results results/table4_quality
+	$(BIN)/longlive report results/table4_quality --out reports/table4_quality
+reproduce-sp: $(STAMP)
+	$(BIN)/longlive sweep +experiment=sp_scaling --results results/sp_scaling
+	$(BIN)/longlive report results/sp_scaling --out reports/sp_scaling
+
+# Re-render a report from existing results: make report RESULTS=results/smoke NAME=smoke
+RESULTS ?= results/smoke
+NAME ?= smoke
+report: $(STAMP)
+	$(BIN)/longlive report $(RESULTS) --out reports/$(NAME)
+
+# One tiny video through `longlive generate` (the single-video path).
+demo: $(STAMP)
 	$(BIN)/longlive generate --preset tiny --device cpu --frames 16 --steps 4 --seed 0 --decode streaming \
 		--prompt "A red ball bounces across a blue floor" \
 		--prompt "The scene transitions. A green square slides to the right" \
@@ -38,4 +68,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check longlive tests
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache .ruff_cache
+	rm -rf $(VENV) outputs results reports/smoke .pytest_cache .ruff_cache

@@ -38,10 +38,21 @@ def test_command_line_sweep_replaces_the_presets_axis_and_ids_are_stable():
 
 
 def test_every_experiment_preset_expands():
-    for name in ("smoke", "table1_training", "table2_dmd_memory", "table3_inference", "table4_quality",
-                 "sp_scaling", "full_matrix"):
+    import math
+
+    from omegaconf import OmegaConf
+
+    from longlive.runner.matrix import EXPERIMENTS_DIR
+
+    for name in ("smoke", "table1_training", "table2_dmd_memory", "table4_quality"):
         cells = expand(name)
         assert cells and all(c.experiment == name for c in cells)
+    for name in ("table3_inference", "sp_scaling", "full_matrix"):  # large: size from the declared axes
+        params = OmegaConf.load(EXPERIMENTS_DIR / "experiment" / f"{name}.yaml").hydra.sweeper.params
+        first = [f"{k}={str(v).split(',')[0]}" for k, v in params.items()]
+        cell = make_cell([f"+experiment={name}", *first])
+        assert cell.experiment == name and cell.axes["model"] == "wan2.2-ti2v-5b"
+        assert math.prod(len(str(v).split(",")) for v in params.values()) >= 96
 
 
 def test_bad_experiment_or_axis_value_fails_before_work():
@@ -73,7 +84,8 @@ def test_store_last_row_wins_and_torn_line_is_dropped(tmp_path):
 
 def test_classify_failure_reasons():
     assert classify_failure("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB").startswith("OOM")
-    assert classify_failure("ModuleNotFoundError: No module named 'vbench'") == "missing extra: No module named 'vbench'"
+    missing = classify_failure("ModuleNotFoundError: No module named 'vbench'")
+    assert missing == "missing extra: No module named 'vbench'"
     assert classify_failure("Traceback ...\nValueError: bad thing\n") == "ValueError: bad thing"
 
 

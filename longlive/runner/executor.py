@@ -72,11 +72,14 @@ def run_cell(cell: Cell, store: ResultsStore, config_dir: Path = EXPERIMENTS_DIR
 
 def order_cells(cells: list[Cell], config_dir: Path = EXPERIMENTS_DIR) -> list[Cell]:
     """Reference cells first, so every other cell can be compared with its reference."""
+    from longlive.runner.matrix import _HydraContext
+
     refs = set()
-    for c in cells:
-        r = reference_cell(c, config_dir)
-        if r is not None:
-            refs.add(r.cell_id)
+    with _HydraContext(config_dir):
+        for c in cells:
+            r = reference_cell(c, config_dir)
+            if r is not None:
+                refs.add(r.cell_id)
     return sorted(cells, key=lambda c: c.cell_id not in refs)
 
 

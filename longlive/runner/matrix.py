@@ -47,11 +47,35 @@ def axes_of(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+_ACTIVE_DIR: list[Path] = []  # set while a sweep's cells are composed inside one Hydra context
+
+
 def _compose(overrides: list[str], config_dir: Path, hydra_cfg: bool = False):
     from hydra import compose, initialize_config_dir
 
+    if _ACTIVE_DIR and _ACTIVE_DIR[-1] == config_dir:
+        return compose("config", overrides=overrides, return_hydra_config=hydra_cfg)
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
         return compose("config", overrides=overrides, return_hydra_config=hydra_cfg)
+
+
+class _HydraContext:
+    """One Hydra initialisation for many compositions (hundreds of cells in a large matrix)."""
+
+    def __init__(self, config_dir: Path):
+        from hydra import initialize_config_dir
+
+        self.config_dir = config_dir
+        self.ctx = initialize_config_dir(config_dir=str(config_dir), version_base="1.3")
+
+    def __enter__(self):
+        self.ctx.__enter__()
+        _ACTIVE_DIR.append(self.config_dir)
+        return self
+
+    def __exit__(self, *exc):
+        _ACTIVE_DIR.pop()
+        return self.ctx.__exit__(*exc)
 
 
 def _resolve(cfg) -> dict[str, Any]:
@@ -94,12 +118,13 @@ def expand(experiment: str | None, overrides: list[str] = (), config_dir: Path =
         return [make_cell(base, config_dir)]
     batches = BasicSweeper.split_arguments(parser.parse_overrides(sweep_lines), max_batch_size=None)
     cells, seen = [], set()
-    for batch in batches:
-        for combo in batch:
-            cell = make_cell(base + list(combo), config_dir)
-            if cell.cell_id not in seen:
-                seen.add(cell.cell_id)
-                cells.append(cell)
+    with _HydraContext(config_dir):
+        for batch in batches:
+            for combo in batch:
+                cell = make_cell(base + list(combo), config_dir)
+                if cell.cell_id not in seen:
+                    seen.add(cell.cell_id)
+                    cells.append(cell)
     return cells
 
 

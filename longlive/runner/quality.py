@@ -1,51 +1,39 @@
-"""Glue between the runner's rows and `longlive.eval`: metric columns by name, fidelity against a reference
-cell's artifacts, and VBench availability as a skip reason (checked before any video is generated)."""
+"""Glue between the runner's rows and `longlive.eval`: registered metrics by name, fidelity against a
+reference cell's artifacts, and VBench availability as a skip reason (checked before any video is made)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-FRAME_METRICS = {"temporal_flickering"}
 
+def compute_metric(name: str, *, frames) -> float | None:
+    """A registered metric of a uint8 video [T, H, W, 3] (metrics needing other inputs are None here)."""
+    from longlive.eval.metrics import compute_metrics
 
-def compute_metric(name: str, *, frames) -> float:
-    """A weight-free metric of a uint8 video [T, H, W, 3], by registered name."""
-    if name == "temporal_flickering":
-        from longlive.eval.flicker import temporal_flickering
-
-        return float(temporal_flickering(frames))
-    raise ValueError(f"unknown quality metric {name!r}; weight-free metrics: {', '.join(sorted(FRAME_METRICS))}")
+    return compute_metrics([name], skip_missing=True, frames=frames)[name]
 
 
 def fidelity_against(cell_dir: Path, ref_dir: Path) -> dict[str, Any]:
     """Latent relative error and PSNR of this cell's outputs against the reference cell's."""
-    from longlive.eval.fidelity import latent_rel_err, psnr
-    from longlive.eval.loading import load_frames, load_latents
+    from longlive.eval.metrics import compute_metrics
 
+    cell_dir, ref_dir = Path(cell_dir), Path(ref_dir)
     out: dict[str, Any] = {}
-    lat, ref_lat = Path(cell_dir) / "latents.safetensors", Path(ref_dir) / "latents.safetensors"
+    lat, ref_lat = cell_dir / "latents.safetensors", ref_dir / "latents.safetensors"
     if lat.exists() and ref_lat.exists():
-        out["latent_rel_err_vs_ref"] = float(latent_rel_err(load_latents(lat), load_latents(ref_lat)))
-    vid, ref_vid = Path(cell_dir) / "video.mp4", Path(ref_dir) / "video.mp4"
+        out.update(compute_metrics(["latent_rel_err_vs_ref"], latents=lat, ref_latents=ref_lat))
+    vid, ref_vid = cell_dir / "video.mp4", ref_dir / "video.mp4"
     if vid.exists() and ref_vid.exists():
-        out["psnr_vs_ref"] = float(psnr(load_frames(vid), load_frames(ref_vid)))
+        out.update(compute_metrics(["psnr_vs_ref"], frames=vid, ref_frames=ref_vid))
     return out
 
 
 def vbench_unavailable_reason(dimensions: list[str]) -> str | None:
-    """Why VBench cannot score these dimensions here (missing extra or weights), or None."""
-    from longlive.eval import vbench_adapter as va
+    """Why VBench cannot score these dimensions here (missing extra or weight files), or None."""
+    from longlive.eval.vbench_adapter import unavailable_reason
 
-    try:
-        va.check_weights(dimensions)
-    except va.MissingWeightsError as exc:
-        return f"missing VBench weights: {str(exc).splitlines()[-1].strip()} (and {len(exc.args[1]) - 1} more)"
-    try:
-        import vbench  # noqa: F401
-    except ImportError:
-        return f"missing extra: vbench ({va.install_hint()})"
-    return None
+    return unavailable_reason(dimensions)
 
 
 def vbench_scores(cell_dir: Path, dimensions: list[str]) -> dict[str, Any]:

@@ -1,0 +1,130 @@
+"""Metrics by name: the runner asks for `"psnr_vs_ref"` and hands over what it has; each metric says what it needs.
+
+A metric is registered with `@register_metric(name, needs=Needs(...))`. Its function takes keyword arguments
+named after the inputs it declares (`frames`, `latents`, `ref_frames`, `ref_latents`, `fps`) and returns a
+float. Names equal to a result-row column (`longlive.runner.schema.METRICS`) fill that column; the others go to
+`metrics_extra`. Inputs may be tensors, ndarrays or paths (mp4 for frames, safetensors for latents).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import clips, fidelity, flicker
+
+INPUTS = ("frames", "latents", "ref_frames", "ref_latents", "fps")
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a metric consumes; `reference` means the reference of the same kind (ref_frames / ref_latents)."""
+
+    frames: bool = False
+    latents: bool = False
+    reference: bool = False
+    fps: bool = False
+
+    def inputs(self) -> tuple[str, ...]:
+        """The keyword inputs these needs translate to, in `INPUTS` order."""
+        names = []
+        if self.frames:
+            names += ["frames"] + (["ref_frames"] if self.reference else [])
+        if self.latents:
+            names += ["latents"] + (["ref_latents"] if self.reference else [])
+        if self.fps:
+            names.append("fps")
+        return tuple(n for n in INPUTS if n in names)
+
+
+class MissingInputError(ValueError):
+    """A metric was asked for without the inputs it declares."""
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A registered metric: callable with keyword inputs; extra inputs it does not need are ignored."""
+
+    name: str
+    fn: Callable[..., float]
+    needs: Needs
+    description: str = field(default="", compare=False)
+
+    def missing(self, available: Iterable[str]) -> list[str]:
+        have = set(available)
+        return [n for n in self.needs.inputs() if n not in have]
+
+    def __call__(self, **inputs: Any) -> float:
+        given = {k: v for k, v in inputs.items() if v is not None}
+        unknown = set(given) - set(INPUTS)
+        if unknown:
+            raise TypeError(f"unknown metric inputs {sorted(unknown)}; known: {', '.join(INPUTS)}")
+        missing = self.missing(given)
+        if missing:
+            raise MissingInputError(f"metric {self.name!r} needs {', '.join(missing)}")
+        return float(self.fn(**{k: given[k] for k in self.needs.inputs()}))
+
+
+METRICS: dict[str, Metric] = {}
+
+
+def register_metric(name: str, *, needs: Needs, description: str | None = None) -> Callable[[Callable], Callable]:
+    """Decorator: register `fn` under `name` with its declared needs (a duplicate name is an error)."""
+
+    def wrap(fn: Callable[..., float]) -> Callable[..., float]:
+        if name in METRICS:
+            raise ValueError(f"metric {name!r} is already registered")
+        doc = description if description is not None else ((fn.__doc__ or "").strip().splitlines() or [""])[0]
+        METRICS[name] = Metric(name, fn, needs, doc)
+        return fn
+
+    return wrap
+
+
+def get_metric(name: str) -> Metric:
+    try:
+        return METRICS[name]
+    except KeyError:
+        raise KeyError(f"unknown metric {name!r}; registered: {', '.join(sorted(METRICS))}") from None
+
+
+def compute_metrics(names: Iterable[str], *, skip_missing: bool = False, **inputs: Any) -> dict[str, float | None]:
+    """{name: value} for each metric; with `skip_missing`, a metric lacking inputs gives None instead of raising."""
+    out: dict[str, float | None] = {}
+    available = [k for k, v in inputs.items() if v is not None]
+    for name in names:
+        metric = get_metric(name)
+        if skip_missing and metric.missing(available):
+            out[name] = None
+            continue
+        out[name] = metric(**inputs)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Built-in metrics (names = result-row columns where one exists).
+
+
+@register_metric("temporal_flickering", needs=Needs(frames=True))
+def _temporal_flickering(frames: Any) -> float:
+    """VBench temporal flickering of the whole video, raw fraction (static video = 1.0)."""
+    return flicker.temporal_flickering(frames)
+
+
+@register_metric("temporal_flickering_long", needs=Needs(frames=True, fps=True))
+def _temporal_flickering_long(frames: Any, fps: float) -> float:
+    """Temporal flickering averaged over VBench-Long's 2 s clips (pairs across clip cuts are not counted)."""
+    return clips.score_long_video(frames, fps, flicker.temporal_flickering)
+
+
+@register_metric("psnr_vs_ref", needs=Needs(frames=True, reference=True))
+def _psnr_vs_ref(frames: Any, ref_frames: Any) -> float:
+    """PSNR (dB) of the video against the reference run's video; inf when identical."""
+    return fidelity.psnr(frames, ref_frames)
+
+
+@register_metric("latent_rel_err_vs_ref", needs=Needs(latents=True, reference=True))
+def _latent_rel_err_vs_ref(latents: Any, ref_latents: Any) -> float:
+    """||x − ref|| / ||ref|| of the final latents against the reference run's."""
+    return fidelity.latent_rel_err(latents, ref_latents)
