@@ -41,6 +41,14 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=DTYPES, default=None, help="default: bf16 on GPU, fp32 on CPU")
     p.add_argument("--attn", default="auto", help="attention backend: auto, math, flash, cudnn, efficient")
     p.add_argument("--decode", default="streaming", help="batch, streaming, async or device")
+    p.add_argument("--quant", choices=["none", "fp8", "nvfp4"], default="none",
+                   help="post-training quantisation of the 300 block Linears")
+    p.add_argument("--linear-backend", choices=["emulated", "fp8", "te"], default="emulated",
+                   help="emulated: dequantise + high-precision GEMM (any device); fp8: torch._scaled_mm (cc>=8.9); "
+                        "te: TransformerEngine (optional extra)")
+    p.add_argument("--weight-rule", default="static_6", help="NVFP4 weight rule: static_6, static_4, mse, mae")
+    p.add_argument("--weight-only", action="store_true", help="quantise weights only (no activation quantisation)")
+    p.add_argument("--kv-quant", choices=["none", "fp8", "nvfp4"], default="none", help="quantised KV cache")
     p.add_argument("--no-multishot-sink", action="store_true", help="do not pin the first chunk of a new shot")
     p.add_argument("--clean-recache", action="store_true", help="at a scene cut keep only the global sink")
     p.add_argument("--cache-dir", type=Path, default=Path(".cache") / "prompt_embeddings")
@@ -57,6 +65,8 @@ def _request(a: argparse.Namespace):
         decode=a.decode, checkpoint=a.checkpoint, vae=a.vae, text_encoder=a.text_encoder, tokenizer=a.tokenizer,
         random_weights=a.random_weights, image=a.image, multishot_sink=not a.no_multishot_sink,
         clean_recache=a.clean_recache, cache_dir=a.cache_dir, progress=not a.no_progress,
+        quant=a.quant, linear_backend=a.linear_backend, weight_rule=a.weight_rule, act_quant=not a.weight_only,
+        kv_quant=a.kv_quant,
     )
 
 
@@ -69,13 +79,49 @@ def cmd_generate(a: argparse.Namespace) -> int:
     out.pop("video_uint8")
     model_config = out.pop("model_config")
     row = {"preset": a.preset, "precision": str(req.torch_dtype).replace("torch.", ""), "steps": a.steps,
-           "decode": a.decode, "kv_quant": "none", "sp": 1, "frames_latent": a.frames, **out}
+           "decode": a.decode, "quant": a.quant, "linear_backend": a.linear_backend if a.quant != "none" else None,
+           "kv_quant": a.kv_quant, "sp": 1, "frames_latent": a.frames, **out}
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items() if k != "func"}
     config["model_config"] = model_config
     result = {"rows": [row], "manifest": manifest(config, a.seed)}
     (a.out / "result.json").write_text(json.dumps(result, indent=2, default=str))
     print(f"wrote {a.out / 'video.mp4'} ({row['frames_video']} frames), {a.out / 'strip.png'}; "
           f"denoise {row['denoise_fps']:.1f} FPS, end to end {row['e2e_fps']:.1f} FPS ({a.decode} decode)")
+    return 0
+
+
+def _add_fidelity(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fidelity", help="same seed through a reference and a quantised configuration: latent "
+                                        "relative error and decoded-video PSNR")
+    p.add_argument("--preset", required=True)
+    p.add_argument("--frames", type=int, required=True)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prompt", action="append", default=None)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--random-weights", action="store_true")
+    p.add_argument("--ref-precision", default="bf16", help="a name from experiments/precision/")
+    p.add_argument("--ref-kv-quant", default="none")
+    p.add_argument("--precision", required=True, help="candidate precision (experiments/precision/<name>.yaml)")
+    p.add_argument("--kv-quant", default="none", help="candidate KV cache: none, fp8, nvfp4")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_fidelity)
+
+
+def cmd_fidelity(a: argparse.Namespace) -> int:
+    from longlive.bench.manifest import manifest
+    from longlive.infer.fidelity import compare, precision_fields
+    from longlive.infer.video import DEFAULT_PROMPT, VideoRequest
+
+    precision_fields(a.ref_precision), precision_fields(a.precision)  # unknown names fail before any work
+    base = VideoRequest(preset=a.preset, frames=a.frames, prompts=a.prompt or [DEFAULT_PROMPT], steps=a.steps,
+                        seed=a.seed, device=a.device, random_weights=a.random_weights, progress=False)
+    res = compare(base, (a.ref_precision, a.ref_kv_quant), (a.precision, a.kv_quant), a.out)
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items() if k != "func"}
+    (a.out / "fidelity.json").write_text(json.dumps({**res, "manifest": manifest(config, a.seed)}, indent=2,
+                                                    default=str))
+    print(f"{a.precision}/kv={a.kv_quant} vs {a.ref_precision}/kv={a.ref_kv_quant}: latent rel. error "
+          f"{res['latent_rel_err_vs_ref']:.4f}, PSNR {res['psnr_vs_ref']:.2f} dB -> {a.out / 'fidelity.json'}")
     return 0
 
 
@@ -136,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_sweep(sub)
+    _add_fidelity(sub)
     try:
         from longlive.report import add_report_parser
 
@@ -147,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         return a.func(a)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError) as exc:  # includes BackendUnavailable
         print(f"longlive {a.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -34,7 +34,7 @@ class GenerationSpec:
     batch: int = 1
     multishot_sink: bool = True
     clean_recache_at_cut: bool = False
-    kv_storage: str | None = None  # None: the model's dtype
+    kv_storage: str | None = None  # None: the model's dtype; or fp8 / nvfp4 (quantised KV cache)
     warmup_chunks: int = 4
 
 
@@ -51,7 +51,8 @@ class GenerationResult:
     stats: ChunkStats
     plans: list[ChunkPlan]
     windows: list[list[int]] = field(default_factory=list)  # latent frames each chunk attended
-    kv_cache_bytes: int = 0
+    kv_cache_bytes: int = 0   # everything the cache holds (packed slots + dequantisation scratch)
+    kv_packed_bytes: int = 0  # the stored K/V alone (equal to kv_cache_bytes for a dense cache)
 
 
 def plan_chunks(prompts: list[str], num_chunks: int, switch_chunks: list[int] | None) -> list[ChunkPlan]:
@@ -110,7 +111,8 @@ def generate(
     dtype_name = str(next(model.parameters()).dtype).replace("torch.bfloat16", "bf16").replace(
         "torch.float16", "fp16").replace("torch.float32", "fp32")
     cache = KVCache.allocate(geo, cfg.num_layers, B, cfg.num_heads, cfg.head_dim,
-                             storage=spec.kv_storage or dtype_name, device=device)
+                             storage=spec.kv_storage or dtype_name, device=device,
+                             compute_dtype=next(model.parameters()).dtype)
     text_kvs = [model.text_kv(e.to(device)) for e in prompt_embeds]
 
     # Noise for the whole video, drawn once on the CPU from the seed: identical on every device.
@@ -140,7 +142,9 @@ def generate(
             x, _ = sched.step(v, x)
         if image_latent is not None and c == 0:
             x[:, :, :1] = image_latent
-        model(x, t.zero_(), text_kv=kv, cache=cache, frame_offset=offset)  # clean K/V into the slot
+        cache.committing = True  # the clean re-run's K/V are the ones the cache keeps
+        model(x, t.zero_(), text_kv=kv, cache=cache, frame_offset=offset)
+        cache.committing = False
         if plan.cut and spec.multishot_sink:
             cache.pin_current()
         latents[:, :, c * cf : (c + 1) * cf] = x
@@ -155,4 +159,5 @@ def generate(
         on_progress(n_chunks - 1, n_chunks, chunk_ms[-1])
     stats = ChunkStats(chunk_ms=chunk_ms, chunk_frames=frames_per_chunk, warmup_chunks=spec.warmup_chunks)
     return GenerationResult(latents=latents, stats=stats, plans=plans, windows=windows,
-                            kv_cache_bytes=cache.storage.nbytes())
+                            kv_cache_bytes=cache.storage.nbytes(),
+                            kv_packed_bytes=getattr(cache.storage, "packed_nbytes", cache.storage.nbytes)())

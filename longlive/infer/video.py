@@ -46,6 +46,11 @@ class VideoRequest:
     warmup_chunks: int | None = None  # None: until the window is full
     progress: bool = True
     save_latents: bool = False
+    quant: str = "none"               # block Linears: none | fp8 | nvfp4 (PTQ at load)
+    linear_backend: str = "emulated"  # emulated | fp8 | te (explicit; recorded in results)
+    weight_rule: str = "static_6"     # NVFP4 weight rule (mse: the release's 4-over-6)
+    act_quant: bool = True            # W4A4 / W8A8 (False: weight-only)
+    kv_quant: str = "none"            # none | fp8 | nvfp4
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -78,6 +83,12 @@ def validate(req: VideoRequest):
         if d.type == "cuda" and (not torch.cuda.is_available() or (d.index or 0) >= torch.cuda.device_count()):
             raise ValueError(f"device {dev} is not available on this machine")
     plan_chunks(req.prompts, req.frames // cfg.chunk_frames, req.switch_at)
+    if req.kv_quant not in ("none", "fp8", "nvfp4"):
+        raise ValueError(f"unknown --kv-quant {req.kv_quant!r}; choose none, fp8 or nvfp4")
+    if req.quant != "none":
+        from longlive.quant.linear import check_backend
+
+        check_backend(req.quant, req.linear_backend, req.device)
     if req.image is not None:
         require(req.image, "--image")
     if req.random_weights:
@@ -111,6 +122,15 @@ def load_components(req: VideoRequest, cfg: ModelConfig, paths):
         raise FileNotFoundError(f"generator checkpoint not found: expected {req.checkpoint}")
     else:
         notes.append("generator: seeded random weights (no trained checkpoint found)")
+    if req.quant != "none":
+        from longlive.quant.linear import LinearQuantConfig
+        from longlive.quant.recipes import quantize_model
+
+        qcfg = LinearQuantConfig(fmt=req.quant, backend=req.linear_backend, weight_rule=req.weight_rule,
+                                 act_quant=req.act_quant)
+        rep = quantize_model(model, qcfg, device=dev)
+        notes.append(f"PTQ: {len(rep.quantised)} block Linears -> {req.quant} ({req.linear_backend} backend), "
+                     f"{rep.bytes_before / 1e9:.2f} -> {rep.bytes_after / 1e9:.2f} GB")
     vae_path = req.vae or (paths.vae if paths else None)
     vae_dtype = dtype if vae_dev.type == "cuda" else torch.float32
     if vae_path is not None and Path(vae_path).exists():
@@ -169,6 +189,7 @@ def make_video(req: VideoRequest, out: Path) -> dict:
     from longlive.infer.pipeline import GenerationSpec, generate, video_frames
     from longlive.model.attention import resolve_backend
     from longlive.output import write_frame_strip, write_mp4
+    from longlive.quant.recipes import model_weight_bytes
 
     cfg, paths = validate(req)
     dev = torch.device(req.device)
@@ -176,7 +197,8 @@ def make_video(req: VideoRequest, out: Path) -> dict:
     spec = GenerationSpec(prompts=req.prompts, frames=req.frames, steps=req.steps, seed=req.seed,
                           switch_chunks=req.switch_at, multishot_sink=req.multishot_sink,
                           clean_recache_at_cut=req.clean_recache,
-                          warmup_chunks=slots - 1 if req.warmup_chunks is None else req.warmup_chunks)
+                          warmup_chunks=slots - 1 if req.warmup_chunks is None else req.warmup_chunks,
+                          kv_storage=None if req.kv_quant == "none" else req.kv_quant)
     t0 = time.perf_counter()
     model, vae, text, notes = load_components(req, cfg, paths)
     model.attn_backend = resolve_backend(req.attn, dev)
@@ -222,8 +244,8 @@ def make_video(req: VideoRequest, out: Path) -> dict:
     return {
         **res.stats.summary(), "e2e_s": e2e_s, "e2e_fps": n_frames / e2e_s, "load_s": load_s,
         "text_encode_s": text_encode_s, "frames_video": n_frames, "video_seconds": n_frames / cfg.fps, **mem,
-        "kv_cache_gb": res.kv_cache_bytes / 1e9,
-        "weights_gb": sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9,
+        "kv_cache_gb": res.kv_cache_bytes / 1e9, "kv_packed_gb": res.kv_packed_bytes / 1e9,
+        "weights_gb": model_weight_bytes(model) / 1e9,
         "timing_definition": {"denoise_fps": res.stats.timing_definition, "e2e_fps": E2E_DEFINITION},
         "artifacts": artifacts, "chunk_ms": res.stats.chunk_ms, "windows": res.windows, "notes": notes,
         "video_uint8": frames, "model_config": asdict(cfg),

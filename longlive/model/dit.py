@@ -126,7 +126,7 @@ class WanBlock(nn.Module):
     ) -> torch.Tensor:
         """x: float32 [B, L, dim]; e0: float32 [B, F, 6, dim] (per-frame time projection)."""
         B, L, D = x.shape
-        dtype = self.self_attn.q.weight.dtype
+        dtype = self.norm3.weight.dtype  # the compute dtype (q may be a packed QuantLinear)
         mod = (self.modulation.float().unsqueeze(1) + e0).unbind(2)  # 6 × [B, F, dim]
 
         def modulate(h: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -20,11 +20,15 @@ import torch
 
 
 class KVStorage(Protocol):
-    """Where K/V of one cache live: write a chunk into a slot, read the attended prefix."""
+    """Where K/V of one cache live.
 
-    def write(self, layer: int, slot: int, k: torch.Tensor, v: torch.Tensor) -> None: ...
+    attend(): this forward's chunk K/V for `slot`, the number of filled slots (a prefix of the buffer, the
+    current slot among them) and whether this is the chunk's final (clean) forward; returns the attended
+    window K/V [B, filled·chunk_tokens, H, D] in the compute dtype.
+    """
 
-    def window(self, layer: int, num_slots: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def attend(self, layer: int, slot: int, filled: int, k: torch.Tensor, v: torch.Tensor,
+               commit: bool) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def nbytes(self) -> int: ...
 
@@ -41,21 +45,22 @@ class DenseKVStorage:
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
 
-    def write(self, layer: int, slot: int, k: torch.Tensor, v: torch.Tensor) -> None:
+    def attend(self, layer: int, slot: int, filled: int, k: torch.Tensor, v: torch.Tensor,
+               commit: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every forward writes its chunk in place (the next one overwrites it); the window is a view."""
         lo = slot * self.chunk_tokens
         n = k.shape[1]
         self.k[layer][:, lo : lo + n].copy_(k)
         self.v[layer][:, lo : lo + n].copy_(v)
-
-    def window(self, layer: int, num_slots: int) -> tuple[torch.Tensor, torch.Tensor]:
-        n = num_slots * self.chunk_tokens
-        return self.k[layer][:, :n], self.v[layer][:, :n]
+        end = filled * self.chunk_tokens
+        return self.k[layer][:, :end], self.v[layer][:, :end]
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (*self.k, *self.v))
 
 
 STORAGES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp64": torch.float64}
+QUANTISED = ("fp8", "nvfp4")
 
 
 @dataclass(frozen=True)
@@ -103,21 +108,25 @@ class KVCache:
     @classmethod
     def allocate(
         cls, geometry: CacheGeometry, num_layers: int, batch: int, heads: int, head_dim: int,
-        storage: str = "bf16", device: torch.device | str | None = None,
+        storage: str = "bf16", device: torch.device | str | None = None, compute_dtype: torch.dtype | None = None,
     ) -> KVCache:
+        """storage: a dense dtype name (bf16, fp16, fp32, fp64) or a quantised format (fp8, nvfp4)."""
+        args = (num_layers, batch, geometry.num_slots, geometry.chunk_tokens, heads, head_dim)
+        if storage in QUANTISED:
+            from longlive.quant.kv import QuantKVStorage
+
+            return cls(geometry, QuantKVStorage(*args, fmt=storage, dtype=compute_dtype or torch.bfloat16,
+                                                device=device))
         if storage not in STORAGES:
-            raise ValueError(f"unknown KV storage {storage!r}; known: {', '.join(STORAGES)}")
-        dense = DenseKVStorage(
-            num_layers, batch, geometry.num_slots, geometry.chunk_tokens, heads, head_dim,
-            dtype=STORAGES[storage], device=device,
-        )
-        return cls(geometry, dense)
+            raise ValueError(f"unknown KV storage {storage!r}; known: {', '.join([*STORAGES, *QUANTISED])}")
+        return cls(geometry, DenseKVStorage(*args, dtype=STORAGES[storage], device=device))
 
     def reset(self) -> None:
         self.slot_chunk: list[int | None] = [None] * self.geo.num_slots
         self.slot_time: list[int] = [-1] * self.geo.num_slots  # when the slot was filled (for eviction)
         self.pinned_slot: int | None = None
         self.current_slot: int | None = None
+        self.committing = False  # set by the loop around the chunk's clean re-run
         self._clock = 0
 
     # -- chunk lifecycle ------------------------------------------------------------------------------
@@ -154,11 +163,10 @@ class KVCache:
 
     # -- per-layer traffic ------------------------------------------------------------------------------
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write this forward's chunk K/V in place into its slot; return the attended window (a view)."""
+        """Hand this forward's chunk K/V to the storage (kept if committing); return the attended window."""
         if self.current_slot is None:
             raise RuntimeError("KVCache.update() before begin_chunk()")
-        self.storage.write(layer, self.current_slot, k, v)
-        return self.storage.window(layer, self.filled_slots)
+        return self.storage.attend(layer, self.current_slot, self.filled_slots, k, v, self.committing)
 
     # -- introspection -------------------------------------------------------------------------------
     def window_chunks(self) -> list[int]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 AXES = ("model", "precision", "kv_quant", "sp", "steps", "decode", "gpu")
 """Matrix axes: config key = CLI override = result column (DESIGN.md conventions)."""
 
-IDENTITY = ("cell_id", "experiment", "workload", "status", "reason", "frames", "seed")
+IDENTITY = ("cell_id", "experiment", "workload", "status", "reason", "frames", "seed", "linear_backend")
 """status: ok | failed | skipped; reason: why a cell failed or was skipped (OOM, unsupported, missing extra)."""
 
 METRICS = (
@@ -22,7 +22,7 @@ METRICS = (
     # training
     "iter_s", "tokens_per_s",
     # memory
-    "peak_allocated_gb", "peak_reserved_gb", "device_used_gb", "kv_cache_gb", "weights_gb",
+    "peak_allocated_gb", "peak_reserved_gb", "device_used_gb", "kv_cache_gb", "kv_packed_gb", "weights_gb",
     # quality
     "temporal_flickering", "latent_rel_err_vs_ref", "psnr_vs_ref", "vbench_quality", "vbench_semantic", "vbench_total",
 )
@@ -34,7 +34,7 @@ STATUSES = ("ok", "failed", "skipped")
 def empty_row(cell_id: str, experiment: str, workload: str, axes: dict, frames: int | None, seed: int | None) -> dict:
     """A row with every column present (metrics None) so rows of any status stack into one table."""
     row = {"cell_id": cell_id, "experiment": experiment, "workload": workload, "status": "skipped", "reason": None,
-           "frames": frames, "seed": seed}
+           "frames": frames, "seed": seed, "linear_backend": None}
     row.update({a: axes.get(a) for a in AXES})
     row.update({m: None for m in METRICS})
     row.update({n: {} for n in NESTED})

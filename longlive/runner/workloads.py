@@ -63,14 +63,17 @@ def hardware_reason(cfg: dict[str, Any]) -> str | None:
 
 
 def feature_reason(cfg: dict[str, Any]) -> str | None:
-    """Axis values whose implementation has not landed yet: an explained skip, never a silent fallback."""
+    """Axis values this machine or this build cannot run: an explained skip, never a silent fallback."""
     if int(cfg["sp"]) > 1:
         return f"sp={cfg['sp']}: sequence-parallel inference is not implemented yet (SP issue #5)"
-    if cfg["precision"].get("linear", "dense") != "dense":
-        return (f"precision={cfg['precision']['name']}: quantised Linear backends are not implemented yet "
-                "(low-precision issue #4)")
-    if cfg["kv"]["name"] != "none":
-        return f"kv={cfg['kv']['name']}: quantised KV-cache storage is not implemented yet (low-precision issue #4)"
+    prec = cfg["precision"]
+    if prec.get("weights", "none") != "none":
+        from longlive.quant.linear import BackendUnavailable, check_backend
+
+        try:
+            check_backend(prec["weights"], prec["backend"], cfg["hardware"]["device"])
+        except BackendUnavailable as exc:
+            return f"precision={prec['name']}: {exc}"
     return None
 
 
@@ -83,7 +86,10 @@ def video_request(cfg: dict[str, Any], progress: bool = False):
         seed=int(cfg["seed"]), switch_at=cfg.get("switch_at"), device=cfg["hardware"]["device"],
         vae_device=cfg["decode"].get("vae_device"), dtype=cfg["precision"]["dtype"], attn=cfg.get("attn", "auto"),
         decode=cfg["decode"]["mode"], random_weights=bool(cfg.get("random_weights")), progress=progress,
-        save_latents=True,
+        save_latents=True, quant=cfg["precision"].get("weights", "none"),
+        linear_backend=cfg["precision"].get("backend") or "emulated",
+        weight_rule=cfg["precision"].get("weight_rule", "static_6"), act_quant=cfg["precision"].get("act_quant", True),
+        kv_quant=cfg["kv"]["name"],
     )
 
 
@@ -125,6 +131,7 @@ class InferWorkload:
                 "gemm_tflops / attn_tflops measured in this process at the model's shapes; ceiling_fps = frames "
                 "per chunk / ((steps+1) x (GEMM FLOP / gemm rate + attention FLOP / attention rate)); mfu = "
                 "achieved FLOP/s / measured dense GEMM rate")
+        out["linear_backend"] = req.linear_backend if req.quant != "none" else None
         out.update(quality_metrics(cfg, frames, ctx))
         out["metrics_extra"] = extra
         return out
