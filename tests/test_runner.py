@@ -21,19 +21,21 @@ FAST = ["frames=4", "quality.metrics=[temporal_flickering]"]
 
 def test_smoke_matrix_covers_every_declared_axis_value():
     cells = expand("smoke")
-    combos = {(c.axes["steps"], c.axes["decode"], c.axes["precision"], c.axes["sp"]) for c in cells}
-    assert len(cells) == len(combos) == 2 * 3 * 2 * 2
+    combos = {(c.axes["steps"], c.axes["decode"], c.axes["precision"], c.axes["kv_quant"], c.axes["sp"]) for c in cells}
+    assert len(cells) == len(combos) == 2 * 3 * 4 * 3 * 2
+    assert {c.axes["precision"] for c in cells} == {"fp32", "bf16", "fp8-emulated", "nvfp4"}
+    assert {c.axes["kv_quant"] for c in cells} == {"none", "fp8", "nvfp4"}
     assert {c.axes["model"] for c in cells} == {"tiny"} and {c.axes["gpu"] for c in cells} == {"cpu"}
     assert len({c.cell_id for c in cells}) == len(cells)
     assert all(set(c.axes) == set(AXES) for c in cells)
 
 
 def test_command_line_sweep_replaces_the_presets_axis_and_ids_are_stable():
-    cells = expand("smoke", ["steps=3", "decode=batch", "sp=1", "precision=fp32,bf16"])
+    cells = expand("smoke", ["steps=3", "decode=batch", "sp=1", "kv=none", "precision=fp32,bf16"])
     assert [(c.axes["steps"], c.axes["precision"]) for c in cells] == [(3, "fp32"), (3, "bf16")]
-    again = expand("smoke", ["steps=3", "decode=batch", "sp=1", "precision=fp32,bf16"])
+    again = expand("smoke", ["steps=3", "decode=batch", "sp=1", "kv=none", "precision=fp32,bf16"])
     assert [c.cell_id for c in cells] == [c.cell_id for c in again]
-    other = expand("smoke", ["steps=3", "decode=batch", "sp=1", "precision=fp32", "seed=1"])
+    other = expand("smoke", ["steps=3", "decode=batch", "sp=1", "kv=none", "precision=fp32", "seed=1"])
     assert other[0].cell_id != cells[0].cell_id  # any config change is a different cell
 
 
