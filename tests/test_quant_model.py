@@ -162,3 +162,28 @@ def test_fidelity_cli(tmp_path, capsys):
     assert 0 < res["latent_rel_err_vs_ref"] < 1 and res["psnr_vs_ref"] > 10
     assert res["candidate"]["weights_gb"] < res["reference"]["weights_gb"]
     assert res["candidate"]["kv_quant"] == "nvfp4" and "manifest" in res
+
+
+def test_nvfp4_generator_round_trip_in_published_layout(tmp_path):
+    from longlive.model.checkpoint import CheckpointError, checkpoint_format
+    from longlive.quant.recipes import load_nvfp4_model, save_nvfp4_model
+
+    cfg = get_preset("tiny")
+    a = build_model(cfg, seed=4, dtype=torch.bfloat16)
+    quantize_model(a, LinearQuantConfig(fmt="nvfp4", backend="emulated", weight_rule="mse"))
+    save_nvfp4_model(a, tmp_path / "model_4o6.pt", rule="mse")
+    assert checkpoint_format(tmp_path / "model_4o6.pt") == "longlive_generator_nvfp4"
+    raw = torch.load(tmp_path / "model_4o6.pt", weights_only=True)
+    sd = raw.get("generator", raw)
+    assert sd["model.blocks.0.ffn.0.quantized_weight_values"].dtype == torch.uint8
+    assert "model.blocks.0.ffn.0.weight" not in sd and "model.head.head.weight" in sd
+    b = build_model(cfg, seed=9, dtype=torch.bfloat16)
+    load_nvfp4_model(b, tmp_path / "model_4o6.pt")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, cfg.in_channels, cfg.chunk_frames, *cfg.latent_hw, generator=g)
+    t = torch.tensor([[999.0, 500.0]])
+    ctx = torch.randn(1, cfg.text_len, cfg.text_dim, generator=g)
+    assert torch.equal(a(x, t, ctx), b(x, t, ctx))
+    other = build_model(cfg.with_overrides(ffn_dim=256), dtype=torch.bfloat16)
+    with pytest.raises(CheckpointError, match=r"model\.blocks\.0\.ffn\.0 is NVFP4 \[384, 128\]"):
+        load_nvfp4_model(other, tmp_path / "model_4o6.pt")

@@ -116,13 +116,24 @@ def load_components(req: VideoRequest, cfg: ModelConfig, paths):
     notes = []
     model = build_model(cfg, device=dev, dtype=dtype, seed=req.seed).eval().requires_grad_(False)
     gen_path = req.checkpoint or (paths.generator if paths else None)
+    packed_checkpoint = False
     if gen_path is not None and Path(gen_path).exists():
-        load_generator(model, gen_path)
+        from longlive.model.checkpoint import NVFP4_FORMAT, checkpoint_format
+
+        if checkpoint_format(gen_path) == NVFP4_FORMAT:  # the release's model_4o6.pt: weights stay packed
+            from longlive.quant.recipes import load_nvfp4_model
+
+            backend = req.linear_backend if req.quant == "nvfp4" else "emulated"
+            load_nvfp4_model(model, gen_path, backend=backend, act_quant=req.act_quant)
+            notes.append(f"generator: NVFP4 checkpoint loaded packed ({backend} backend)")
+            packed_checkpoint = True
+        else:
+            load_generator(model, gen_path)
     elif req.checkpoint is not None:
         raise FileNotFoundError(f"generator checkpoint not found: expected {req.checkpoint}")
     else:
         notes.append("generator: seeded random weights (no trained checkpoint found)")
-    if req.quant != "none":
+    if req.quant != "none" and not packed_checkpoint:
         from longlive.quant.linear import LinearQuantConfig
         from longlive.quant.recipes import quantize_model
 

@@ -75,6 +75,15 @@ def read_generator_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict
     return {_strip(k): v for k, v in tensors.items()}, meta
 
 
+def checkpoint_format(path: str | Path) -> str | None:
+    """The `checkpoint_format` recorded in a generator pickle (None for folders, safetensors and raw dicts)."""
+    path = Path(path)
+    if path.is_dir() or path.suffix == ".safetensors" or not path.exists():
+        return None
+    obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    return obj.get("checkpoint_format") if isinstance(obj, dict) else None
+
+
 def check_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], *, prefix: str = PREFIX) -> None:
     """Raise CheckpointError naming the first key that is missing, unexpected or of the wrong shape."""
     expected = model.state_dict()

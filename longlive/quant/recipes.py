@@ -91,3 +91,76 @@ def merge_lora(model: nn.Module, lora: dict[str, torch.Tensor], scale: float = 1
                              .to(lin.weight.dtype))
         merged.append(name)
     return merged
+
+
+# -- the published NVFP4 generator layout (model_4o6.pt) ------------------------------------------------------
+def nvfp4_generator_parts(model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Split a PTQ'd NVFP4 model into ({linear name: NVFP4Tensor}, {every other tensor incl. Linear biases})."""
+    from longlive.quant.tensors import NVFP4Tensor
+
+    quantised, other = {}, {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, QuantLinear):
+            w = mod._weight()
+            if not isinstance(w, NVFP4Tensor):
+                raise ValueError(f"{name} holds {type(w).__name__}; only NVFP4 models export to model_4o6 layout")
+            quantised[name] = NVFP4Tensor(*(t.detach().cpu() for t in (w.values, w.scales, w.amax, w.global_scale)),
+                                          w.shape, w.rule, w.block)
+            if mod.bias is not None:
+                other[f"{name}.bias"] = mod.bias.detach().cpu()
+    qnames = set(quantised)
+    for key, t in model.state_dict().items():
+        owner = key.rsplit(".", 1)[0]
+        if owner not in qnames and not key.split(".")[-1].startswith("w_"):
+            other[key] = t.detach().cpu()
+    return quantised, other
+
+
+def save_nvfp4_model(model: nn.Module, path, rule: str) -> None:
+    from longlive.quant.nvfp4_checkpoint import save_nvfp4_generator
+
+    quantised, other = nvfp4_generator_parts(model)
+    save_nvfp4_generator(path, quantised, other, rule)
+
+
+def load_nvfp4_model(model: nn.Module, path, *, backend: str = "emulated", act_quant: bool = True,
+                     act_rule: str = "static_6") -> dict:
+    """Install a published-layout NVFP4 generator into `model` (built in BF16): packed QuantLinears for the
+    quantised Linears, strict load of everything else. Errors name the first missing or unexpected key."""
+    from longlive.model.checkpoint import CheckpointError
+    from longlive.quant.nvfp4_checkpoint import load_nvfp4_generator
+
+    quantised, other, meta = load_nvfp4_generator(path)
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    check_backend("nvfp4", backend, device)
+    for name, q in sorted(quantised.items()):
+        try:
+            lin = model.get_submodule(name)
+        except AttributeError:
+            raise CheckpointError(f"checkpoint quantises model.{name}, which the model does not have") from None
+        if not isinstance(lin, nn.Linear) or tuple(q.shape) != (lin.out_features, lin.in_features):
+            raise CheckpointError(f"checkpoint model.{name} is NVFP4 {list(q.shape)} but the model has "
+                                  f"{type(lin).__name__} {[lin.out_features, lin.in_features]}")
+        q = type(q)(*(t.to(device) for t in (q.values, q.scales, q.amax, q.global_scale)), q.shape, q.rule, q.block)
+        bias = other.pop(f"{name}.bias", None)
+        cfg = LinearQuantConfig(fmt="nvfp4", backend=backend, weight_rule=q.rule, act_quant=act_quant,
+                                act_rule=act_rule)
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr,
+                QuantLinear(q, bias.to(device) if bias is not None else None, cfg, dtype))
+    expected = {k: v for k, v in model.state_dict().items() if not k.split(".")[-1].startswith("w_")
+                and k.rsplit(".", 1)[0] not in quantised}
+    for key, ref in expected.items():
+        if key not in other:
+            raise CheckpointError(f"checkpoint is missing key model.{key}")
+        if tuple(other[key].shape) != tuple(ref.shape):
+            raise CheckpointError(f"checkpoint key model.{key} has shape {list(other[key].shape)} but the model "
+                                  f"expects {list(ref.shape)}")
+    extra = sorted(set(other) - set(expected))
+    if extra:
+        raise CheckpointError(f"checkpoint has unexpected key model.{extra[0]}")
+    with torch.no_grad():
+        for key, ref in expected.items():
+            ref.copy_(other[key])
+    return meta
