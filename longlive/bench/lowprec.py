@@ -25,6 +25,7 @@ from longlive.infer.pipeline import GenerationSpec, generate
 from longlive.model.attention import resolve_backend
 from longlive.model.dit import build_model
 from longlive.model.presets import get_preset
+from longlive.quant.kernels import active_kernels
 from longlive.quant.linear import BackendUnavailable, LinearQuantConfig, check_backend
 from longlive.quant.recipes import model_weight_bytes, quantize_model
 
@@ -91,7 +92,8 @@ def run(preset: str, chunks: int, steps: int, precisions: list[str], kvs: list[s
             row = {**row_base, "kv_quant": kv, "status": "ok", "weights_gb": weights / 1e9,
                    "weights_gb_before_ptq": bf16_bytes / 1e9, **ptq, "kv_cache_gb": res.kv_cache_bytes / 1e9,
                    "kv_packed_gb": res.kv_packed_bytes / 1e9, "chunk_ms": [round(x, 1) for x in res.stats.chunk_ms],
-                   **res.stats.summary(), **peaks(dev), "timing_definition": res.stats.timing_definition}
+                   **res.stats.summary(), **peaks(dev), "timing_definition": res.stats.timing_definition,
+                   "quant_kernels": active_kernels()}
             if ref_lat is None:
                 ref_lat = lat
             row["latent_rel_err_vs_ref"] = ((lat - ref_lat).norm() / ref_lat.norm()).item()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from longlive.quant import kernels
 from longlive.quant.tensors import FP8Tensor, NVFP4Tensor
 
 
@@ -48,33 +49,25 @@ class QuantKVStorage:
     def _store(self, layer: int, kv: int, slot: int, x: torch.Tensor) -> None:
         flat = x.reshape(-1, self.head_dim)
         if self.fmt == "nvfp4":
-            from longlive.quant.nvfp4 import quantize_nvfp4
-
-            q = quantize_nvfp4(flat, block=(1, 16), rule=self.rule)
+            q = kernels.quantize_nvfp4(flat, block=(1, 16), rule=self.rule)
             self.values[layer, kv, slot].copy_(q.values)
             self.scales[layer, kv, slot].copy_(q.scales)
             self.amax[layer, kv, slot].copy_(q.amax.reshape(1))
             self.gscale[layer, kv, slot].copy_(q.global_scale.reshape(1))
         else:
-            from longlive.quant.fp8 import quantize_fp8
-
-            q = quantize_fp8(flat, granularity="row")
+            q = kernels.quantize_fp8(flat, granularity="row")
             self.data[layer, kv, slot].copy_(q.data)
             self.scale[layer, kv, slot].copy_(q.scale.reshape(-1, 1))
 
     def _load(self, layer: int, kv: int, slot: int) -> torch.Tensor:
         rows = self.batch * self.chunk_tokens * self.heads
         if self.fmt == "nvfp4":
-            from longlive.quant.nvfp4 import dequantize_nvfp4
-
             q = NVFP4Tensor(self.values[layer, kv, slot], self.scales[layer, kv, slot], self.amax[layer, kv, slot],
                             self.gscale[layer, kv, slot], (rows, self.head_dim), self.rule)
-            out = dequantize_nvfp4(q, self.dtype)
+            out = kernels.dequantize_nvfp4(q, self.dtype)
         else:
-            from longlive.quant.fp8 import dequantize_fp8
-
             q = FP8Tensor(self.data[layer, kv, slot], self.scale[layer, kv, slot], (rows, self.head_dim), "row")
-            out = dequantize_fp8(q, self.dtype)
+            out = kernels.dequantize_fp8(q, self.dtype)
         return out.view(self.batch, self.chunk_tokens, self.heads, self.head_dim)
 
     # -- KVStorage -----------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from longlive.quant import kernels
 from longlive.quant.tensors import FP8Tensor, NVFP4Tensor
 
 BACKENDS = ("emulated", "fp8", "te")
@@ -78,35 +79,23 @@ class LinearQuantConfig:
 
 def quantize_weight(w: torch.Tensor, cfg: LinearQuantConfig) -> NVFP4Tensor | FP8Tensor:
     if cfg.fmt == "nvfp4":
-        from longlive.quant.nvfp4 import quantize_nvfp4
-
-        return quantize_nvfp4(w, block=cfg.weight_block, rule=cfg.weight_rule)
-    from longlive.quant.fp8 import quantize_fp8
-
-    return quantize_fp8(w, granularity=cfg.fp8_granularity)
+        return kernels.quantize_nvfp4(w, block=cfg.weight_block, rule=cfg.weight_rule)
+    return kernels.quantize_fp8(w, granularity=cfg.fp8_granularity)
 
 
 def dequantize(q: NVFP4Tensor | FP8Tensor, dtype: torch.dtype) -> torch.Tensor:
     if isinstance(q, NVFP4Tensor):
-        from longlive.quant.nvfp4 import dequantize_nvfp4
-
-        return dequantize_nvfp4(q, dtype)
-    from longlive.quant.fp8 import dequantize_fp8
-
-    return dequantize_fp8(q, dtype)
+        return kernels.dequantize_nvfp4(q, dtype)
+    return kernels.dequantize_fp8(q, dtype)
 
 
 def fake_quant_activations(x: torch.Tensor, cfg: LinearQuantConfig) -> torch.Tensor:
     """Quantise→dequantise activations per token along K (1×16 NVFP4 blocks or FP8 per row)."""
     flat = x.reshape(-1, x.shape[-1])
     if cfg.fmt == "nvfp4":
-        from longlive.quant.nvfp4 import dequantize_nvfp4, quantize_nvfp4
-
-        y = dequantize_nvfp4(quantize_nvfp4(flat, block=(1, 16), rule=cfg.act_rule), x.dtype)
+        y = kernels.dequantize_nvfp4(kernels.quantize_nvfp4(flat, block=(1, 16), rule=cfg.act_rule), x.dtype)
     else:
-        from longlive.quant.fp8 import dequantize_fp8, quantize_fp8
-
-        y = dequantize_fp8(quantize_fp8(flat, granularity="row"), x.dtype)
+        y = kernels.dequantize_fp8(kernels.quantize_fp8(flat, granularity="row"), x.dtype)
     return y.view_as(x)
 
 
@@ -159,10 +148,8 @@ def _fields(q) -> tuple[str, ...]:
 
 def _scaled_mm_rowwise(x: torch.Tensor, w: FP8Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """FP8 × FP8 → BF16 with per-token activation scales and per-output-channel weight scales."""
-    from longlive.quant.fp8 import quantize_fp8
-
     flat = x.reshape(-1, x.shape[-1])
-    xq = quantize_fp8(flat, granularity="row")
+    xq = kernels.quantize_fp8(flat, granularity="row")
     out = torch._scaled_mm(
         xq.data, w.data.t(), scale_a=xq.scale.float().reshape(-1, 1), scale_b=w.scale.float().reshape(1, -1),
         bias=bias, out_dtype=torch.bfloat16,

@@ -133,6 +133,9 @@ class InferWorkload:
                 "achieved FLOP/s / measured dense GEMM rate")
         out["linear_backend"] = req.linear_backend if req.quant != "none" else None
         out.update(quality_metrics(cfg, frames, ctx))
+        from longlive.quant.kernels import active_kernels
+
+        extra["quant_kernels"] = active_kernels()
         out["metrics_extra"] = extra
         return out
 
