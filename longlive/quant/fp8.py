@@ -59,7 +59,7 @@ def quantize_fp8(x: torch.Tensor, granularity: str = "row") -> FP8Tensor:
     if granularity.startswith("block") and cols % TILE:
         raise ValueError(f"FP8 {granularity} scaling needs the last dim to be a multiple of {TILE}, got {shape}")
     amax = _group_amax(xf, granularity)
-    scale = amax / E4M3_MAX
+    scale = amax / torch.tensor(E4M3_MAX, dtype=amax.dtype, device=amax.device)  # true division on CUDA too
     scale = torch.where(scale == 0, torch.ones_like(scale), scale)
     data = to_e4m3(xf / _expand(scale, rows, cols, granularity))
     return FP8Tensor(data=data, scale=scale, shape=shape, granularity=granularity)

@@ -76,7 +76,10 @@ def block_scale_candidates(
     _, m = rule_constants(rule)
     bm = block_amax.to(torch.float32)
     g = global_scale.to(torch.float32)
-    s_f = torch.where(g == 0, torch.zeros_like(bm), (bm / m) / g)
+    # Divide by a tensor, not a Python float: on CUDA PyTorch turns `t / float` into `t * fp32(1/float)`, which
+    # is not the correctly rounded division this reference (and the Triton kernels) define.
+    m_t = torch.tensor(m, dtype=bm.dtype, device=bm.device)
+    s_f = torch.where(g == 0, torch.zeros_like(bm), (bm / m_t) / g)
     s = to_e4m3(torch.clamp(s_f, max=E4M3_MAX))
     if rule not in FOUR_OVER_SIX_RULES:
         return s, None
