@@ -15,3 +15,4 @@ export PYTHONPATH=$PWD:${PYTHONPATH:-}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/nvidia-smi.txt"
 python -m longlive.bench.lowprec --preset wan2.2-ti2v-5b --chunks 6 --steps 4 --precisions bf16 fp8 nvfp4 \
   --kv none fp8 nvfp4 --decode-latents 8 --out "$OUT/lowprec_5b.json"
+# Results: triton-kernels/ (fused kernels in the hot paths) and torch-reference-kernels/ (reference quantisers).
