@@ -10,6 +10,7 @@ stream), the Linears run in the parameters' dtype.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -53,6 +54,10 @@ class AttnContext:
     sin: torch.Tensor
     cache: KVCache | None = None
     backend: str = "math"
+    # Replaces cache + SDPA: attn_fn(q, k, v, layer) -> out, all [B, L, H, D] with q, k already rotated. This is
+    # how parallelism (Ulysses all-to-alls) and training masks (FlexAttention) are applied from outside.
+    attn_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor] | None = None
+    frame_prompt: torch.Tensor | None = None  # [F]: which stacked prompt each latent frame attends to
 
 
 class SelfAttention(nn.Module):
@@ -73,6 +78,8 @@ class SelfAttention(nn.Module):
         q = apply_rope(self.norm_q(self.q(x)).view(shape), ctx.cos, ctx.sin)
         k = apply_rope(self.norm_k(self.k(x)).view(shape), ctx.cos, ctx.sin)
         v = self.v(x).view(shape)
+        if ctx.attn_fn is not None:
+            return self.o(ctx.attn_fn(q, k, v, layer).reshape(B, L, -1))
         if ctx.cache is not None:
             k, v = ctx.cache.update(layer, k, v)
         out = sdpa(q, k.to(q.dtype), v.to(q.dtype), ctx.backend)
@@ -99,13 +106,25 @@ class CrossAttention(nn.Module):
         v = self.v(context).view(B, L, self.num_heads, self.head_dim)
         return k, v
 
-    def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], backend: str) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], backend: str,
+                frame_prompt: torch.Tensor | None = None) -> torch.Tensor:
+        """frame_prompt [F] (batch 1): frame f's tokens attend to prompt frame_prompt[f] of the stacked kv."""
         B, L, _ = x.shape
         q = self.norm_q(self.q(x)).view(B, L, self.num_heads, self.head_dim)
         k, v = kv
-        if k.shape[0] != B:
-            k, v = k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)
-        return self.o(sdpa(q, k, v, backend).reshape(B, L, -1))
+        if frame_prompt is None:
+            if k.shape[0] != B:
+                k, v = k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)
+            return self.o(sdpa(q, k, v, backend).reshape(B, L, -1))
+        if B != 1:
+            raise ValueError("per-frame prompts need batch 1 (prompts are stacked on the batch axis of text_kv)")
+        per_frame = L // frame_prompt.numel()
+        token_prompt = frame_prompt.repeat_interleave(per_frame)
+        out = torch.empty_like(q)
+        for p in torch.unique(frame_prompt).tolist():
+            sel = (token_prompt == p).nonzero().squeeze(1)
+            out[:, sel] = sdpa(q[:, sel], k[p : p + 1], v[p : p + 1], backend)
+        return self.o(out.reshape(B, L, -1))
 
 
 class WanBlock(nn.Module):
@@ -138,7 +157,7 @@ class WanBlock(nn.Module):
 
         y = self.self_attn(modulate(self.norm1(x), mod[0], mod[1]), ctx, layer)
         x = x + gated(y, mod[2])
-        x = x + self.cross_attn(self.norm3(x).to(dtype), text_kv, ctx.backend).float()
+        x = x + self.cross_attn(self.norm3(x).to(dtype), text_kv, ctx.backend, ctx.frame_prompt).float()
         y = self.ffn(modulate(self.norm2(x), mod[3], mod[4]))
         return x + gated(y, mod[5])
 
@@ -233,12 +252,18 @@ class CausalWanModel(nn.Module):
         text_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
         cache: KVCache | None = None,
         frame_offset: int = 0,
+        frame_positions: torch.Tensor | list[int] | None = None,
+        attn_fn: Callable | None = None,
+        frame_prompt: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict the flow v for latents x [B, C, F, H, W] at per-frame timesteps t [B, F].
 
-        frame_offset is the temporal RoPE position of the first frame (absolute frame + shot offset).
-        With a cache, this chunk's K/V are written into the cache's current slot and attention runs over
-        the whole window; without one, attention is over the chunk's own tokens.
+        frame_offset is the temporal RoPE position of the first frame (absolute frame + shot offset);
+        frame_positions gives every frame's position explicitly instead (teacher forcing: both copies of a
+        frame share one; sequence parallelism: a rank's frames). With a cache, this chunk's K/V are written into
+        the cache's current slot and attention runs over the whole window; without one, attention is over the
+        input's own tokens; attn_fn replaces both (see AttnContext). frame_prompt [F] selects, per frame, one of
+        the prompts stacked in text_kv / context.
         """
         cfg = self.cfg
         B, C, Fr, H, W = x.shape
@@ -258,8 +283,18 @@ class CausalWanModel(nn.Module):
         f2, h2, w2 = h.shape[2:]
         x_tok = h.flatten(2).transpose(1, 2).float()  # [B, L, dim], tokens in (f, h, w) order
         e, e0 = self.time_embed(t)
-        cos, sin = self.rope.cos_sin(frame_offset, f2, h2, w2, device=x.device)
-        ctx = AttnContext(cos=cos, sin=sin, cache=cache, backend=self.attn_backend)
+        if frame_positions is None:
+            cos, sin = self.rope.cos_sin(frame_offset, f2, h2, w2, device=x.device)
+        else:
+            positions = [int(p) for p in (frame_positions.tolist() if torch.is_tensor(frame_positions)
+                                          else frame_positions)]
+            if len(positions) != f2:
+                raise ValueError(f"frame_positions has {len(positions)} entries for {f2} latent frames")
+            cos, sin = self.rope.cos_sin_positions(positions, h2, w2, device=x.device)
+        if frame_prompt is not None:
+            frame_prompt = torch.as_tensor(frame_prompt, device=x.device)
+        ctx = AttnContext(cos=cos, sin=sin, cache=cache, backend=self.attn_backend, attn_fn=attn_fn,
+                          frame_prompt=frame_prompt)
         for i, blk in enumerate(self.blocks):
             x_tok = blk(x_tok, e0, f2, ctx, text_kv[i], i)
         out = self.head(x_tok, e, f2)  # [B, L, pt·ph·pw·C]

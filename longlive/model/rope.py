@@ -75,6 +75,16 @@ class Rope3D:
         return out
 
 
+    def cos_sin_positions(
+        self, positions: list[int], height: int, width: int, device: torch.device | str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin for frames at arbitrary temporal positions (one entry per latent frame), (f, h, w) order."""
+        if positions == list(range(positions[0], positions[0] + len(positions))):
+            return self.cos_sin(positions[0], len(positions), height, width, device)
+        parts = [self.cos_sin(p, 1, height, width, device) for p in positions]
+        return torch.cat([c for c, _ in parts]), torch.cat([s for _, s in parts])
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate adjacent channel pairs (2d, 2d+1) of x [B, L, H, D] by angles given as cos/sin [L, D/2]."""
     xf = x.float().unflatten(-1, (-1, 2))
