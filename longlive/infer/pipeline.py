@@ -89,12 +89,15 @@ def generate(
     image_latent: torch.Tensor | None = None,
     on_chunk: Callable[[int, torch.Tensor], None] | None = None,
     on_progress: Callable[[int, int, float], None] | None = None,
+    sp=None,
 ) -> GenerationResult:
     """Generate spec.frames latent frames chunk by chunk.
 
     prompt_embeds: one [B or 1, text_len, text_dim] tensor per prompt. image_latent [B, C, 1, H, W]
     conditions latent 0 (I2V). on_chunk(c, latents) receives each finished chunk (e.g. a decoder);
     on_progress(c, n, ms) reports the previous chunk's device time without stalling the queue.
+    sp: a `longlive.parallel.sp_infer.SPContext`; this rank then denoises its frames of each chunk with a
+    head-sharded cache and every rank receives the full chunk.
     """
     cfg = model.cfg
     device = next(model.parameters()).device
@@ -110,7 +113,9 @@ def generate(
     geo = CacheGeometry(cf, cfg.window_frames, cfg.sink_frames, cfg.tokens_per_frame, spec.multishot_sink)
     dtype_name = str(next(model.parameters()).dtype).replace("torch.bfloat16", "bf16").replace(
         "torch.float16", "fp16").replace("torch.float32", "fp32")
-    cache = KVCache.allocate(geo, cfg.num_layers, B, cfg.num_heads, cfg.head_dim,
+    heads = cfg.num_heads // (sp.size if sp is not None else 1)
+    lo, hi = sp.frame_range(cf) if sp is not None else (0, cf)  # this rank's frames of every chunk
+    cache = KVCache.allocate(geo, cfg.num_layers, B, heads, cfg.head_dim,
                              storage=spec.kv_storage or dtype_name, device=device,
                              compute_dtype=next(model.parameters()).dtype)
     text_kvs = [model.text_kv(e.to(device)) for e in prompt_embeds]
@@ -128,25 +133,32 @@ def generate(
         clock.mark()  # marks 2c / 2c+1 bracket chunk c's device work only (decoding happens outside)
         cache.begin_chunk(c, clear_to_sink=plan.cut and spec.clean_recache_at_cut)
         windows.append(cache.window_frames())
-        offset = c * cf + plan.shot * cfg.shot_rope_offset
+        offset = c * cf + plan.shot * cfg.shot_rope_offset + lo
         kv = text_kvs[plan.prompt]
-        x = noise[:, :, c * cf : (c + 1) * cf].clone()
+        x = noise[:, :, c * cf + lo : c * cf + hi].clone()
         sched = make_scheduler(spec.scheduler, spec.steps, spec.shift)
-        t = torch.empty((B, cf), device=device)
+        t = torch.empty((B, hi - lo), device=device)
+        cond = image_latent is not None and c == 0 and lo == 0  # latent 0 lives on the first SP rank
+        call = {"text_kv": kv, "frame_offset": offset}
+        if sp is None:
+            call["cache"] = cache
+        else:
+            call["attn_fn"] = sp.attn_fn(cache, model.attn_backend)
         for step_t in sched.timesteps:
             t.fill_(step_t)
-            if image_latent is not None and c == 0:
+            if cond:
                 x[:, :, :1] = image_latent
                 t[:, 0] = 0
-            v = model(x, t, text_kv=kv, cache=cache, frame_offset=offset)
-            x, _ = sched.step(v, x)
-        if image_latent is not None and c == 0:
+            x, _ = sched.step(model(x, t, **call), x)
+        if cond:
             x[:, :, :1] = image_latent
         cache.committing = True  # the clean re-run's K/V are the ones the cache keeps
-        model(x, t.zero_(), text_kv=kv, cache=cache, frame_offset=offset)
+        model(x, t.zero_(), **call)
         cache.committing = False
         if plan.cut and spec.multishot_sink:
             cache.pin_current()
+        if sp is not None:
+            x = sp.gather_frames(x)
         latents[:, :, c * cf : (c + 1) * cf] = x
         clock.mark()
         frames_per_chunk.append(video_frames(cf) if c == 0 else 4 * cf)

@@ -1,0 +1,121 @@
+"""Sequence-parallel inference: run under torchrun, compare with one process, measure the exchange.
+
+    torchrun --nproc_per_node=2 -m longlive.bench.sp --preset tiny --chunks 4 --exchange none fp8 nvfp4 --out r.json
+    python -m longlive.bench.sp --preset wan2.2-ti2v-5b --chunks 6 --out sp1.json        # the sp = 1 baseline
+
+For each exchange (none | fp8 | nvfp4 on the all-to-all of K and V) every rank generates the same video with
+its share of every chunk; rank 0 records per-chunk ms and denoise FPS (spec 05 definition, its own device
+events), bytes sent per forward pass (all ranks' all-to-all payloads, summed), and the fidelity of the final
+latents against a reference (`--reference single`: a single-process run on rank 0, for small presets;
+`--reference first`: the first exchange in the list).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from longlive.bench.manifest import manifest
+from longlive.bench.memory import peaks, reset_peaks
+from longlive.infer.pipeline import GenerationSpec, generate
+from longlive.model.attention import resolve_backend
+from longlive.model.dit import build_model
+from longlive.model.presets import get_preset
+from longlive.parallel.groups import check_sp, init_parallel
+from longlive.parallel.sp_infer import SPContext
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def run(preset: str, chunks: int, steps: int, exchanges: list[str], dtype: str, seed: int, reference: str,
+        kv_quant: str, compress_q: bool, compress_out: bool, attn: str) -> dict | None:
+    cfg = get_preset(preset)
+    import os
+
+    sp_size = int(os.environ.get("WORLD_SIZE", "1"))
+    check_sp(cfg, sp_size)
+    dims = init_parallel(sp_size)
+    dev = dims.device
+    model = build_model(cfg, device=dev, dtype=DTYPES[dtype], seed=seed).eval().requires_grad_(False)
+    model.attn_backend = resolve_backend(attn, dev)
+    g = torch.Generator().manual_seed(seed)
+    embeds = [torch.randn(1, cfg.text_len, cfg.text_dim, generator=g).to(dev, DTYPES[dtype])]
+    slots = cfg.window_frames // cfg.chunk_frames
+    spec = GenerationSpec(prompts=["random"], frames=chunks * cfg.chunk_frames, steps=steps, seed=seed,
+                          warmup_chunks=min(slots - 1, chunks - 1), kv_storage=None if kv_quant == "none" else kv_quant)
+    ref_lat = None
+    if reference == "single" and dims.is_main:
+        ref_lat = generate(model, spec, embeds).latents.float()
+    rows = []
+    for ex in exchanges:
+        ctx = None
+        if dims.world > 1:
+            ctx = SPContext(dims.sp_group, dims.sp_rank, dims.sp, compress_kv=ex, compress_q=compress_q,
+                            compress_out=compress_out)
+        reset_peaks(dev)
+        res = generate(model, spec, embeds, sp=ctx)
+        lat = res.latents.float()
+        forwards = chunks * (steps + 1)
+        sent = torch.tensor([ctx.stats.bytes_sent if ctx else 0], dtype=torch.float64, device=dev)
+        if dims.world > 1:
+            dist.all_reduce(sent)
+        if ref_lat is None and reference == "first" and dims.is_main:
+            ref_lat = lat
+        row = {"preset": preset, "sp": dims.sp, "exchange": ex if dims.world > 1 else "none", "steps": steps,
+               "chunks": chunks, "precision": dtype, "kv_quant": kv_quant, "compress_q": compress_q,
+               "compress_out": compress_out, "attn_backend": model.attn_backend,
+               "chunk_ms": [round(x, 2) for x in res.stats.chunk_ms], **res.stats.summary(), **peaks(dev),
+               "bytes_per_forward": sent.item() / forwards,
+               "bytes_by_kind_rank0": {k: v / forwards for k, v in (ctx.stats.by_kind if ctx else {}).items()},
+               "kv_cache_gb_per_rank": res.kv_cache_bytes / 1e9, "timing_definition": res.stats.timing_definition}
+        if dims.is_main and ref_lat is not None:
+            row["latent_rel_err_vs_ref"] = _rel(lat, ref_lat)
+            row["latent_max_abs_err_vs_ref"] = (lat - ref_lat).abs().max().item()
+        rows.append(row)
+        if dims.is_main:
+            print(f"{preset} sp={dims.sp} exchange={row['exchange']:<5} median chunk {row['chunk_ms_median']:.1f} ms, "
+                  f"{row['denoise_fps']:.2f} FPS, {row['bytes_per_forward'] / 1e6:.1f} MB/forward, rel.err "
+                  f"{row.get('latent_rel_err_vs_ref', float('nan')):.2e}", flush=True)
+    if dims.world > 1:
+        dist.barrier()
+    if not dims.is_main:
+        return None
+    config = {"preset": preset, "chunks": chunks, "steps": steps, "exchanges": exchanges, "dtype": dtype, "seed": seed,
+              "reference": reference, "kv_quant": kv_quant, "sp": dims.sp, "world": dims.world, "weights": "random"}
+    return {"rows": rows, "manifest": manifest(config, seed)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="wan2.2-ti2v-5b")
+    ap.add_argument("--chunks", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--exchange", nargs="+", default=["none", "fp8", "nvfp4"])
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="bf16" if torch.cuda.is_available() else "fp32")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reference", choices=["single", "first"], default="first")
+    ap.add_argument("--kv-quant", default="none")
+    ap.add_argument("--compress-q", action="store_true")
+    ap.add_argument("--compress-out", action="store_true")
+    ap.add_argument("--attn", default="auto")
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args(argv)
+    result = run(a.preset, a.chunks, a.steps, a.exchange, a.dtype, a.seed, a.reference, a.kv_quant, a.compress_q,
+                 a.compress_out, a.attn)
+    if result is not None and a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(result, indent=2, default=str))
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
