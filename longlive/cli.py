@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from longlive.model.presets import PRESETS
+from longlive.model.presets import PRESETS, get_preset
 
 DTYPES = ("bf16", "fp16", "fp32")
 
@@ -49,6 +49,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-rule", default="static_6", help="NVFP4 weight rule: static_6, static_4, mse, mae")
     p.add_argument("--weight-only", action="store_true", help="quantise weights only (no activation quantisation)")
     p.add_argument("--kv-quant", choices=["none", "fp8", "nvfp4"], default="none", help="quantised KV cache")
+    p.add_argument("--sp", type=int, default=1, help="sequence-parallel ranks (launches torchrun itself)")
+    p.add_argument("--exchange", choices=["none", "fp8", "nvfp4"], default="none",
+                   help="compress K/V on the SP all-to-all")
     p.add_argument("--no-multishot-sink", action="store_true", help="do not pin the first chunk of a new shot")
     p.add_argument("--clean-recache", action="store_true", help="at a scene cut keep only the global sink")
     p.add_argument("--cache-dir", type=Path, default=Path(".cache") / "prompt_embeddings")
@@ -66,22 +69,35 @@ def _request(a: argparse.Namespace):
         random_weights=a.random_weights, image=a.image, multishot_sink=not a.no_multishot_sink,
         clean_recache=a.clean_recache, cache_dir=a.cache_dir, progress=not a.no_progress,
         quant=a.quant, linear_backend=a.linear_backend, weight_rule=a.weight_rule, act_quant=not a.weight_only,
-        kv_quant=a.kv_quant,
+        kv_quant=a.kv_quant, sp=a.sp, exchange=a.exchange,
     )
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
+    import os
+    import subprocess
+
     from longlive.bench.manifest import manifest
-    from longlive.infer.video import make_video
+    from longlive.infer.video import make_video, validate
 
     req = _request(a)
+    if a.sp > 1 and "WORLD_SIZE" not in os.environ:  # start the ranks ourselves, with the same arguments
+        from longlive.parallel.groups import check_sp
+
+        check_sp(get_preset(a.preset), a.sp)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={a.sp}", "-m",
+               "longlive.cli", *a.argv]
+        return subprocess.call(cmd)
+    validate(req)
     out = make_video(req, a.out)
+    if out.get("rank_not_main"):
+        return 0
     out.pop("video_uint8")
     model_config = out.pop("model_config")
     row = {"preset": a.preset, "precision": str(req.torch_dtype).replace("torch.", ""), "steps": a.steps,
            "decode": a.decode, "quant": a.quant, "linear_backend": a.linear_backend if a.quant != "none" else None,
-           "kv_quant": a.kv_quant, "sp": 1, "frames_latent": a.frames, **out}
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items() if k != "func"}
+           "kv_quant": a.kv_quant, "sp": a.sp, "exchange": a.exchange, "frames_latent": a.frames, **out}
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items() if k not in ("func", "argv")}
     config["model_config"] = model_config
     result = {"rows": [row], "manifest": manifest(config, a.seed)}
     (a.out / "result.json").write_text(json.dumps(result, indent=2, default=str))
@@ -192,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     env = sub.add_parser("env", help="print the environment manifest")
     env.set_defaults(func=cmd_env)
     a = ap.parse_args(argv)
+    a.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return a.func(a)
     except (ValueError, FileNotFoundError) as exc:  # includes BackendUnavailable

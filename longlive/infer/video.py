@@ -6,6 +6,7 @@ config do exactly the same work.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -51,6 +52,8 @@ class VideoRequest:
     weight_rule: str = "static_6"     # NVFP4 weight rule (mse: the release's 4-over-6)
     act_quant: bool = True            # W4A4 / W8A8 (False: weight-only)
     kv_quant: str = "none"            # none | fp8 | nvfp4
+    sp: int = 1                       # sequence-parallel ranks (run under torchrun; `longlive generate` does it)
+    exchange: str = "none"            # SP all-to-all compression of K/V: none | fp8 | nvfp4
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -83,6 +86,18 @@ def validate(req: VideoRequest):
         if d.type == "cuda" and (not torch.cuda.is_available() or (d.index or 0) >= torch.cuda.device_count()):
             raise ValueError(f"device {dev} is not available on this machine")
     plan_chunks(req.prompts, req.frames // cfg.chunk_frames, req.switch_at)
+    if req.sp > 1:
+        import os
+
+        from longlive.parallel.groups import check_sp
+        from longlive.parallel.ulysses import COMPRESSION
+
+        check_sp(cfg, req.sp)
+        if req.exchange not in COMPRESSION:
+            raise ValueError(f"unknown --exchange {req.exchange!r}; choose one of {', '.join(COMPRESSION)}")
+        if int(os.environ.get("WORLD_SIZE", "1")) != req.sp:
+            raise ValueError(f"sp={req.sp} runs as {req.sp} processes under torchrun (WORLD_SIZE={req.sp}); "
+                             f"`longlive generate --sp {req.sp}` launches them for you")
     if req.kv_quant not in ("none", "fp8", "nvfp4"):
         raise ValueError(f"unknown --kv-quant {req.kv_quant!r}; choose none, fp8 or nvfp4")
     if req.quant != "none":
@@ -203,6 +218,16 @@ def make_video(req: VideoRequest, out: Path) -> dict:
     from longlive.quant.recipes import model_weight_bytes
 
     cfg, paths = validate(req)
+    sp_ctx, is_main = None, True
+    if req.sp > 1:
+        from longlive.parallel.groups import init_parallel
+        from longlive.parallel.sp_infer import SPContext
+
+        dims = init_parallel(req.sp, device=None if torch.device(req.device).type == "cuda" else "cpu")
+        req = dataclasses.replace(req, device=str(dims.device), vae_device=req.vae_device if dims.is_main else None,
+                                  progress=req.progress and dims.is_main)
+        sp_ctx = SPContext(dims.sp_group, dims.sp_rank, dims.sp, compress_kv=req.exchange)
+        is_main = dims.is_main
     dev = torch.device(req.device)
     slots = cfg.window_frames // cfg.chunk_frames
     spec = GenerationSpec(prompts=req.prompts, frames=req.frames, steps=req.steps, seed=req.seed,
@@ -222,7 +247,7 @@ def make_video(req: VideoRequest, out: Path) -> dict:
     img = image_latent(req.image, vae, cfg) if req.image is not None else None
 
     n_chunks = req.frames // cfg.chunk_frames
-    decoder = make_decoder(req.decode, vae, device=req.vae_device)
+    decoder = make_decoder(req.decode, vae, device=req.vae_device) if is_main else None
     bar = tqdm(total=n_chunks, desc=f"{cfg.name} {req.steps}-step", unit="chunk", disable=not req.progress,
                file=sys.stderr)
 
@@ -232,12 +257,14 @@ def make_video(req: VideoRequest, out: Path) -> dict:
 
     reset_peaks(dev)
     t_start = time.perf_counter()
-    res = generate(model, spec, embeds, image_latent=img,
-                   on_chunk=lambda c, x: decoder.submit(x.to(vae.dtype)), on_progress=on_progress)
-    video = decoder.finish()  # uint8 [B, T, H, W, 3] on the host
-    e2e_s = decoder.last_frame_time - t_start
+    res = generate(model, spec, embeds, image_latent=img, sp=sp_ctx, on_progress=on_progress,
+                   on_chunk=(lambda c, x: decoder.submit(x.to(vae.dtype))) if decoder is not None else None)
     bar.close()
     mem = peaks(dev)
+    if not is_main:  # other SP ranks: their share is in rank 0's latents; rank 0 decodes and writes
+        return {"rank_not_main": True}
+    video = decoder.finish()  # uint8 [B, T, H, W, 3] on the host
+    e2e_s = decoder.last_frame_time - t_start
 
     out.mkdir(parents=True, exist_ok=True)
     frames = video[0]
@@ -260,4 +287,5 @@ def make_video(req: VideoRequest, out: Path) -> dict:
         "timing_definition": {"denoise_fps": res.stats.timing_definition, "e2e_fps": E2E_DEFINITION},
         "artifacts": artifacts, "chunk_ms": res.stats.chunk_ms, "windows": res.windows, "notes": notes,
         "video_uint8": frames, "model_config": asdict(cfg),
+        "sp_bytes_per_forward": (sp_ctx.stats.bytes_sent / (n_chunks * (req.steps + 1))) if sp_ctx else None,
     }

@@ -78,7 +78,7 @@ def seq_to_heads(x: torch.Tensor, group, compress: str = "none", stats: Exchange
     """[B, Ls, H, D] sequence shard → [B, sp·Ls, H/sp, D] full sequence on this rank's heads."""
     sp = dist.get_world_size(group)
     B, Ls, H, D = x.shape
-    blocks = x.view(B, Ls, sp, H // sp, D).permute(2, 0, 1, 3, 4)  # [sp(dest head group), B, Ls, H/sp, D]
+    blocks = x.reshape(B, Ls, sp, H // sp, D).permute(2, 0, 1, 3, 4)  # [sp(dest head group), B, Ls, H/sp, D]
     got = _exchange(blocks.contiguous(), group, compress, stats, kind)  # [sp(src = seq shard), B, Ls, H/sp, D]
     return got.permute(1, 0, 2, 3, 4).reshape(B, sp * Ls, H // sp, D)
 
@@ -88,7 +88,7 @@ def heads_to_seq(y: torch.Tensor, group, compress: str = "none", stats: Exchange
     """[B, L, H/sp, D] full sequence on local heads → [B, L/sp, H, D] this rank's sequence shard, all heads."""
     sp = dist.get_world_size(group)
     B, L, Hl, D = y.shape
-    blocks = y.view(B, sp, L // sp, Hl, D).permute(1, 0, 2, 3, 4)  # [sp(dest seq shard), B, L/sp, H/sp, D]
+    blocks = y.reshape(B, sp, L // sp, Hl, D).permute(1, 0, 2, 3, 4)  # [sp(dest seq shard), B, L/sp, H/sp, D]
     got = _exchange(blocks.contiguous(), group, compress, stats, kind)  # [sp(src head group), B, L/sp, H/sp, D]
     return got.permute(1, 2, 0, 3, 4).reshape(B, L // sp, sp * Hl, D)
 

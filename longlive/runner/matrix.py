@@ -42,7 +42,8 @@ def axes_of(config: dict[str, Any]) -> dict[str, Any]:
     """The result columns of the matrix axes, read off a resolved config."""
     return {
         "model": config["model"]["name"], "precision": config["precision"]["name"], "kv_quant": config["kv"]["name"],
-        "sp": int(config["sp"]), "steps": int(config["steps"]), "decode": config["decode"]["mode"],
+        "sp": int(config["sp"]), "exchange": config.get("exchange", "none"), "steps": int(config["steps"]),
+        "decode": config["decode"]["mode"],
         "gpu": config["hardware"]["name"],
     }
 

@@ -6,7 +6,7 @@ columns (None where a metric does not apply), `timing_definition`, `artifacts` a
 
 from __future__ import annotations
 
-AXES = ("model", "precision", "kv_quant", "sp", "steps", "decode", "gpu")
+AXES = ("model", "precision", "kv_quant", "sp", "exchange", "steps", "decode", "gpu")
 """Matrix axes: config key = CLI override = result column (DESIGN.md conventions)."""
 
 IDENTITY = ("cell_id", "experiment", "workload", "status", "reason", "frames", "seed", "linear_backend")

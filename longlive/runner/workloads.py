@@ -64,8 +64,6 @@ def hardware_reason(cfg: dict[str, Any]) -> str | None:
 
 def feature_reason(cfg: dict[str, Any]) -> str | None:
     """Axis values this machine or this build cannot run: an explained skip, never a silent fallback."""
-    if int(cfg["sp"]) > 1:
-        return f"sp={cfg['sp']}: sequence-parallel inference is not implemented yet (SP issue #5)"
     prec = cfg["precision"]
     if prec.get("weights", "none") != "none":
         from longlive.quant.linear import BackendUnavailable, check_backend
@@ -89,7 +87,7 @@ def video_request(cfg: dict[str, Any], progress: bool = False):
         save_latents=True, quant=cfg["precision"].get("weights", "none"),
         linear_backend=cfg["precision"].get("backend") or "emulated",
         weight_rule=cfg["precision"].get("weight_rule", "static_6"), act_quant=cfg["precision"].get("act_quant", True),
-        kv_quant=cfg["kv"]["name"],
+        kv_quant=cfg["kv"]["name"], sp=int(cfg["sp"]), exchange=cfg.get("exchange", "none"),
     )
 
 
@@ -98,13 +96,18 @@ class InferWorkload:
     """Generate one video; speed, memory, roofline and the configured quality metrics."""
 
     def check(self, cfg: dict[str, Any]) -> str | None:
+        import dataclasses
+
         from longlive.infer.video import validate
+        from longlive.model.presets import get_preset
+        from longlive.parallel.groups import check_sp
 
         reason = hardware_reason(cfg) or feature_reason(cfg)
         if reason:
             return reason
+        check_sp(get_preset(cfg["model"]["name"]), int(cfg["sp"]))
         try:
-            validate(video_request(cfg))
+            validate(dataclasses.replace(video_request(cfg), sp=1))  # the cell's ranks check the SP launch itself
         except FileNotFoundError as exc:
             return f"missing weights: {exc}"
         return None
@@ -119,6 +122,8 @@ class InferWorkload:
 
         req = video_request(cfg)
         out = make_video(req, ctx.out)
+        if out.get("rank_not_main"):
+            return {}
         frames = out.pop("video_uint8")
         out.pop("model_config")
         extra = {"chunk_ms": out.pop("chunk_ms"), "windows": out.pop("windows"), "notes": out.pop("notes")}

@@ -1,0 +1,281 @@
+"""Stage-1 teacher-forcing flow-matching objective on one process (spec 04, "Stage 1", "Teacher-forcing layout").
+
+The model sees [clean copy of all F frames ; noisy copy] in one forward pass. Both copies of frame f share RoPE
+position f and block f // chunk's prompt; the clean copy runs at t = 0. A block-causal mask makes the noisy block i
+see the clean history 0..i−1 and itself, so one pass trains every block as if it were generated autoregressively.
+Only the noisy half's velocity enters the loss. Sequence parallelism (`longlive.parallel.balanced`) reuses every
+piece here; only the layout of the tokens and how the mask decodes them differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+NUM_TRAIN_TIMESTEPS = 1000
+SHIFT = 5.0
+
+MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+AttnFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
+ATTN_BACKENDS = ("auto", "flex", "dense")
+
+
+# -- the flow-matching schedule ---------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=4)
+def _table(num: int, shift: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    u = torch.linspace(1.0, 0.0, num + 1)[:-1]  # float32, as the released scheduler builds it
+    sigmas = shift * u / (1 + (shift - 1) * u)
+    timesteps = sigmas * NUM_TRAIN_TIMESTEPS
+    y = torch.exp(-2 * ((timesteps - NUM_TRAIN_TIMESTEPS / 2) / NUM_TRAIN_TIMESTEPS) ** 2)
+    y = y - y.min()
+    weights = y * (num / y.sum())  # mean 1 over the table
+    return sigmas, timesteps, weights
+
+
+def sigma_table(num: int = NUM_TRAIN_TIMESTEPS, shift: float = SHIFT) -> tuple[torch.Tensor, torch.Tensor]:
+    """(σ, t) [num] float32, descending: u = linspace(1, 0, num+1)[:-1], σ = shift·u/(1+(shift−1)u), t = 1000σ."""
+    sigmas, timesteps, _ = _table(num, shift)
+    return sigmas.clone(), timesteps.clone()
+
+
+def loss_weight_table(num: int = NUM_TRAIN_TIMESTEPS, shift: float = SHIFT) -> torch.Tensor:
+    """w over the table: exp(−2((t−500)/1000)²) minus its minimum, rescaled to mean 1 (0 at t = 1000, ≈2.08 peak)."""
+    return _table(num, shift)[2].clone()
+
+
+def snap_index(t: torch.Tensor, timesteps: torch.Tensor | None = None) -> torch.Tensor:
+    """Index of the nearest table entry for each t (look-ups snap; BF16-rounded t is not on the table)."""
+    if timesteps is None:
+        timesteps = _table(NUM_TRAIN_TIMESTEPS, SHIFT)[1]
+    timesteps = timesteps.to(t.device)
+    return (timesteps[None, :] - t.float().reshape(-1, 1)).abs().argmin(dim=1).reshape(t.shape)
+
+
+@dataclass
+class FrameSchedule:
+    """Per-frame quantities of one sample's noisy copy: what the time embedding, the noising and the loss see."""
+
+    t: torch.Tensor       # [F] float32 holding BF16-representable values (what the time embedding sees)
+    sigma: torch.Tensor   # [F] σ of the snapped table entry (noising)
+    weight: torch.Tensor  # [F] loss weight of the snapped table entry
+
+
+def frame_schedule(t_index: torch.Tensor, chunk_frames: int) -> FrameSchedule:
+    """Block timestep indices [N] → per-frame schedule [N·chunk].
+
+    The drawn t is cast to BF16 first (spacing 4 above t = 512, as the released trainer does by running the
+    timestep tensor in BF16), and the noising σ and the loss weight are looked up at the table entry nearest to
+    that rounded t, so all three stay consistent with each other.
+    """
+    sigmas, timesteps, weights = _table(NUM_TRAIN_TIMESTEPS, SHIFT)
+    t_index = torch.as_tensor(t_index).long().reshape(-1).cpu()
+    if t_index.numel() and (t_index.min() < 0 or t_index.max() >= NUM_TRAIN_TIMESTEPS):
+        raise ValueError(f"t_index must lie in [0, {NUM_TRAIN_TIMESTEPS}), got {t_index.tolist()}")
+    t = timesteps[t_index].to(torch.bfloat16).float()
+    idx = snap_index(t, timesteps)
+    return FrameSchedule(
+        t=t.repeat_interleave(chunk_frames), sigma=sigmas[idx].repeat_interleave(chunk_frames),
+        weight=weights[idx].repeat_interleave(chunk_frames),
+    )
+
+
+def sample_t_index(num_blocks: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One table index per block, uniform over the 1000 entries (seed the generator with base seed + rank)."""
+    return torch.randint(0, NUM_TRAIN_TIMESTEPS, (num_blocks,), generator=generator)
+
+
+def add_noise(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """x_t = (1−σ)·x0 + σ·ε with σ per latent frame (x0 [B, C, F, H, W], σ [F])."""
+    s = sigma.to(device=x0.device, dtype=torch.float32).view(1, 1, -1, 1, 1)
+    return ((1 - s) * x0.float() + s * noise.float()).to(x0.dtype)
+
+
+def weighted_frame_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Per-frame MSE over (C, H, W) times the frame's weight → [B, F] (float32)."""
+    per_frame = (pred.float() - target.float()).pow(2).mean(dim=(1, 3, 4))
+    return per_frame * weight.to(per_frame.device, torch.float32)[None]
+
+
+# -- the block-causal teacher-forcing mask ----------------------------------------------------------------------
+
+
+def tf_rule(q_noisy: torch.Tensor, q_block: torch.Tensor, k_noisy: torch.Tensor, k_block: torch.Tensor) -> torch.Tensor:
+    """Spec 04: clean i sees clean 0..i; noisy i sees clean 0..i−1 and noisy i; clean never sees noisy."""
+    sees_clean = ~k_noisy & ((k_block < q_block) | ((k_block == q_block) & ~q_noisy))
+    sees_noisy = k_noisy & q_noisy & (k_block == q_block)
+    return sees_clean | sees_noisy
+
+
+def natural_decoder(frames: int, tokens_per_frame: int, chunk_frames: int):
+    """Token index of [clean F frames ; noisy F frames] → (is_noisy, block)."""
+
+    def decode(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        slot = idx // tokens_per_frame
+        return slot >= frames, (slot % frames) // chunk_frames
+
+    return decode
+
+
+def mask_mod_from(decode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]) -> MaskMod:
+    """FlexAttention mask_mod applying the teacher-forcing rule to whatever token order `decode` describes."""
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        qn, qb = decode(q_idx)
+        kn, kb = decode(kv_idx)
+        return tf_rule(qn, qb, kn, kb)
+
+    return mask_mod
+
+
+def tf_mask_mod(frames: int, tokens_per_frame: int, chunk_frames: int) -> MaskMod:
+    """The teacher-forcing mask on the natural single-process order [clean ; noisy]."""
+    return mask_mod_from(natural_decoder(frames, tokens_per_frame, chunk_frames))
+
+
+def dense_mask(mask_mod: MaskMod, length: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Boolean [L, L] (True = attend) evaluated from the same mask_mod (CPU training and tests)."""
+    idx = torch.arange(length, device=device)
+    zero = torch.zeros((), dtype=torch.long, device=device)
+    return mask_mod(zero, zero, idx[:, None], idx[None, :])
+
+
+_COMPILED_FLEX = None
+
+
+def _flex_attention():
+    """flex_attention compiled once (on GPU eager Flex is a slow reference path)."""
+    global _COMPILED_FLEX
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if _COMPILED_FLEX is None:
+        _COMPILED_FLEX = torch.compile(flex_attention, dynamic=False)
+    return _COMPILED_FLEX
+
+
+def resolve_attn(attn: str, device: torch.device | str) -> str:
+    """auto → Flex on CUDA, the dense mask elsewhere (CPU FlexAttention has no backward)."""
+    if attn not in ATTN_BACKENDS:
+        raise ValueError(f"unknown teacher-forcing attention {attn!r}; choose one of {', '.join(ATTN_BACKENDS)}")
+    if attn == "auto":
+        return "flex" if torch.device(device).type == "cuda" else "dense"
+    return attn
+
+
+_MASK_CACHE: dict[tuple, object] = {}
+
+
+class MaskedAttention:
+    """Masked attention on [B, L, H, D]; the mask (dense or BlockMask) is built once and reused by every layer.
+
+    With a `cache_key` (everything the mask depends on) the mask is also reused across training steps, since on
+    GPU building a BlockMask for ~170k tokens is not free.
+    """
+
+    def __init__(self, mask_mod: MaskMod, length: int, attn: str = "auto", cache_key: tuple | None = None):
+        self.mask_mod, self.length, self.attn, self.cache_key = mask_mod, length, attn, cache_key
+        self._mask = None
+
+    def _get_mask(self, kind: str, device: torch.device):
+        if self._mask is not None:
+            return self._mask
+        key = None if self.cache_key is None else (*self.cache_key, self.length, kind, str(device))
+        if key is not None and key in _MASK_CACHE:
+            self._mask = _MASK_CACHE[key]
+            return self._mask
+        if kind == "dense":
+            self._mask = dense_mask(self.mask_mod, self.length, device)
+        else:
+            from torch.nn.attention.flex_attention import create_block_mask
+
+            self._mask = create_block_mask(self.mask_mod, None, None, self.length, self.length, device=device,
+                                           _compile=device.type == "cuda")
+        if key is not None:
+            if len(_MASK_CACHE) >= 8:
+                _MASK_CACHE.pop(next(iter(_MASK_CACHE)))
+            _MASK_CACHE[key] = self._mask
+        return self._mask
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if q.shape[1] != self.length or k.shape[1] != self.length:
+            raise ValueError(f"masked attention built for {self.length} tokens got q {q.shape[1]}, k {k.shape[1]}")
+        kind = resolve_attn(self.attn, q.device)
+        qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        mask = self._get_mask(kind, q.device)
+        if kind == "dense":
+            out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask)
+        else:
+            from torch.nn.attention.flex_attention import flex_attention
+
+            if q.device.type != "cuda" and torch.is_grad_enabled() and q.requires_grad:
+                raise ValueError("FlexAttention has no CPU backward; use attn='dense' (or 'auto') for CPU training")
+            fn = _flex_attention() if q.device.type == "cuda" else flex_attention
+            out = fn(qh, kh, vh, block_mask=mask)
+        return out.transpose(1, 2)
+
+
+# -- the objective ------------------------------------------------------------------------------------------------
+
+
+def check_tf_shapes(model, x0: torch.Tensor, t_index: torch.Tensor, frame_prompt: torch.Tensor) -> tuple[int, int]:
+    """Validate one sample's shapes; returns (frames, tokens_per_frame)."""
+    cfg = model.cfg
+    if x0.dim() != 5 or x0.shape[0] != 1:
+        raise ValueError(f"teacher forcing takes one sample x0 [1, C, F, H, W], got {tuple(x0.shape)}")
+    pt, ph, pw = cfg.patch_size
+    if pt != 1:
+        raise ValueError("teacher forcing assumes one latent frame per token frame (temporal patch 1)")
+    frames = x0.shape[2]
+    chunk = cfg.chunk_frames
+    if frames % chunk:
+        raise ValueError(f"{frames} latent frames are not whole blocks of {chunk}")
+    blocks = torch.as_tensor(t_index).numel()
+    if blocks != frames // chunk:
+        raise ValueError(f"need one timestep index per block ({frames // chunk}), got {blocks}")
+    if torch.as_tensor(frame_prompt).numel() != frames:
+        raise ValueError(f"frame_prompt needs one prompt index per latent frame ({frames})")
+    return frames, (x0.shape[3] // ph) * (x0.shape[4] // pw)
+
+
+def teacher_forcing_loss(
+    model,
+    x0: torch.Tensor,
+    prompts_embeds: torch.Tensor,
+    frame_prompt: torch.Tensor,
+    *,
+    noise: torch.Tensor,
+    t_index: torch.Tensor,
+    attn: str = "auto",
+) -> torch.Tensor:
+    """Weighted flow-matching loss of one sample under the teacher-forcing layout (deterministic given noise, t).
+
+    x0 [1, C, F, H, W] clean latents; prompts_embeds [P, Lt, text_dim] stacked prompts; frame_prompt [F] which
+    prompt each latent frame uses (constant within a block); noise like x0; t_index [F/chunk] table indices.
+    Returns mean over the F noisy frames of w(t_block)·MSE_(C,H,W)(v̂ − (ε − x0)).
+    """
+    frames, tpf = check_tf_shapes(model, x0, t_index, frame_prompt)
+    sched = frame_schedule(t_index, model.cfg.chunk_frames)
+    dev = x0.device
+    x_t = add_noise(x0, noise, sched.sigma)
+    seq = torch.cat([x0, x_t], dim=2)
+    t_seq = torch.cat([torch.zeros(frames), sched.t]).to(dev)[None]
+    frame_prompt = torch.as_tensor(frame_prompt, device=dev).long()
+    chunk = model.cfg.chunk_frames
+    masked = MaskedAttention(tf_mask_mod(frames, tpf, chunk), 2 * frames * tpf, attn,
+                             cache_key=("natural", frames, tpf, chunk))
+    out = model(
+        seq, t_seq, prompts_embeds, frame_positions=list(range(frames)) * 2,
+        attn_fn=lambda q, k, v, layer: masked(q, k, v), frame_prompt=torch.cat([frame_prompt, frame_prompt]),
+    )
+    return weighted_frame_mse(out[:, :, frames:], noise - x0, sched.weight).mean()
+
+
+def predicted_x0(x_t: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """x̂0 = x_t − σ·v̂ (σ per latent frame), e.g. for error recycling."""
+    s = sigma.to(device=x_t.device, dtype=torch.float32).view(1, 1, -1, 1, 1)
+    return (x_t.float() - s * v.float()).to(x_t.dtype)
