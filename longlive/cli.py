@@ -85,6 +85,10 @@ def cmd_generate(a: argparse.Namespace) -> int:
         from longlive.parallel.groups import check_sp
 
         check_sp(get_preset(a.preset), a.sp)
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if torch.device(a.device).type == "cuda" and a.sp > gpus:
+            raise ValueError(f"--sp {a.sp} needs {a.sp} GPUs (one rank per GPU); this machine has {gpus}. Use a "
+                             f"machine with {a.sp} GPUs, a smaller --sp, or --device cpu (gloo) for a functional run")
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={a.sp}", "-m",
                "longlive.cli", *a.argv]
         return subprocess.call(cmd)

@@ -151,3 +151,11 @@ def test_slurm_launcher_config_composes():
                       return_hydra_config=True)
     assert "SlurmLauncher" in cfg.hydra.launcher._target_
     assert cfg.hydra.launcher.gpus_per_node == 4
+
+
+def test_sp8_cells_are_explained_skips_without_8_gpus(tmp_path):
+    counts = run_sweep("sp_scaling", ["sp=8", "precision=bf16", "exchange=none", "steps=4", "decode=streaming"],
+                       tmp_path, progress=False)
+    row = _rows(tmp_path)[0]
+    assert counts["skipped"] == 1 and row["sp"] == 8
+    assert "needs a CUDA GPU" in row["reason"] or "needs 8 GPUs" in row["reason"]
