@@ -203,12 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     _add_generate(sub)
     _add_sweep(sub)
     _add_fidelity(sub)
-    try:
-        from longlive.report import add_report_parser
+    from longlive.report import add_report_parser
+    from longlive.train.lora import add_lora_parser
 
-        add_report_parser(sub)
-    except ImportError:  # the report package is optional only while it is being built
-        pass
+    add_report_parser(sub)
+    add_lora_parser(sub)
     env = sub.add_parser("env", help="print the environment manifest")
     env.set_defaults(func=cmd_env)
     a = ap.parse_args(argv)
