@@ -145,6 +145,23 @@ def cmd_fidelity(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(a: argparse.Namespace) -> int:
+    if a.tiny_default:
+        from longlive.train.tiny import train_tiny
+        from longlive.weights import weights_root
+
+        if a.preset != "tiny":
+            raise ValueError("--tiny-default trains the tiny preset; pass --preset tiny")
+        out = Path(a.out) if a.out else weights_root() / "tiny"
+        train_tiny(out, minutes=a.minutes, seed=a.seed)
+        return 0
+    from longlive.train.trainer import cmd_train as run_trainer
+
+    if a.out is None:
+        raise ValueError("--out is required (the run directory for metrics and checkpoints)")
+    return run_trainer(a)
+
+
 def cmd_env(a: argparse.Namespace) -> int:
     from longlive.bench.manifest import manifest
 
@@ -205,9 +222,16 @@ def main(argv: list[str] | None = None) -> int:
     _add_fidelity(sub)
     from longlive.report import add_report_parser
     from longlive.train.lora import add_lora_parser
+    from longlive.train.trainer import add_train_parser
 
     add_report_parser(sub)
     add_lora_parser(sub)
+    tp = add_train_parser(sub)
+    tp.add_argument("--tiny-default", action="store_true",
+                    help="train every tiny-preset component on procedural video (VAE, AR model, 2-step LoRA) into "
+                         "LONGLIVE_WEIGHTS/tiny, where generate and make reproduce find them")
+    tp.add_argument("--minutes", type=float, default=14.0, help="time budget of --tiny-default")
+    tp.set_defaults(func=cmd_train)
     env = sub.add_parser("env", help="print the environment manifest")
     env.set_defaults(func=cmd_env)
     a = ap.parse_args(argv)

@@ -161,6 +161,9 @@ def load_components(req: VideoRequest, cfg: ModelConfig, paths):
     vae_dtype = dtype if vae_dev.type == "cuda" else torch.float32
     if vae_path is not None and Path(vae_path).exists():
         vae = load_vae(cfg.vae, vae_path, device=vae_dev, dtype=vae_dtype)
+        from longlive.train.vae_train import apply_stats
+
+        apply_stats(vae, Path(vae_path).with_name("vae_stats.json"))  # our trained VAEs ship their latent stats
     elif req.vae is not None:
         raise FileNotFoundError(f"VAE checkpoint not found: expected {req.vae}")
     else:

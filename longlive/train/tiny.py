@@ -1,0 +1,154 @@
+"""The tiny default: train every component of the `tiny` preset on procedural video, on CPU, in minutes.
+
+    longlive train --preset tiny --tiny-default [--minutes 14] [--out DIR]
+
+1. the autoencoder (the Wan2.2 VAE graph at tiny widths) on random crops of procedural clips;
+2. the tiny umT5 text encoder stays at its seeded initialisation (the captions only need to be told apart);
+3. the AR model by teacher forcing on cached latents of procedural clips;
+4. a 2-step LoRA by DMD on top of it, merged into its own checkpoint.
+Weights land in LONGLIVE_WEIGHTS/tiny (where `longlive generate --preset tiny` and `make reproduce` look), with
+`tiny_eval.json`: palette match (fraction of pixels on the procedural palette; 1.0 for real clips) and temporal
+flickering of generations for 4-step, 2-step (LoRA) and NVFP4-quantised variants, plus frame strips.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from pathlib import Path
+
+import torch
+
+
+def _log(msg: str) -> None:
+    print(f"[tiny] {msg}", flush=True)
+
+
+def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0) -> dict:
+    from longlive.eval.palette import palette_match
+    from longlive.model.checkpoint import save_generator
+    from longlive.model.dit import build_model
+    from longlive.model.presets import get_preset
+    from longlive.text import EmbeddingCache, build_text_encoder
+    from longlive.text.tiny import save_tiny_text_encoder
+    from longlive.train.data import COLOURS, LatentCache, ProceduralDataset, ProceduralVideos, training_samples
+    from longlive.train.trainer import ARTrainer, TrainConfig
+    from longlive.train.vae_train import apply_stats, measure_latent_stats, save_vae, train_vae
+    from longlive.vae import build_vae
+
+    t_start = time.perf_counter()
+    budget = minutes * 60
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    cfg = get_preset("tiny")
+    gen = ProceduralVideos(cfg.height, cfg.width, cfg.fps, seed=seed)
+
+    # 1. autoencoder ------------------------------------------------------------------------------------------
+    vae = build_vae("tiny")
+    vae_losses = train_vae(vae, lambda i: gen.clip(i, 5)[0], steps=10**6, seconds=0.3 * budget, batch=2, crop=64,
+                           log=_log, seed=seed)
+    mean, std = measure_latent_stats(vae, lambda i: gen.clip(i, 9)[0])
+    save_vae(vae, out / "vae.safetensors", mean, std)
+    apply_stats(vae, out / "vae_stats.json")
+    _log(f"vae: {len(vae_losses)} steps, loss {vae_losses[0]:.3f} -> {vae_losses[-1]:.3f}")
+
+    # 2. text encoder (seeded) ----------------------------------------------------------------------------------
+    text = build_text_encoder("tiny", seed=seed, device="cpu")
+    save_tiny_text_encoder(text, out / "text_encoder.safetensors")
+
+    # 3. AR teacher forcing -------------------------------------------------------------------------------------
+    frames = 4 * cfg.chunk_frames  # 8 latents = 29 frames per sample
+    ds = ProceduralDataset(gen, n_samples=48, shots=1, frames_per_shot=1 + 4 * (frames - 1))
+    samples = list(training_samples(ds, vae, text, LatentCache(out / "cache" / "latents"),
+                                    EmbeddingCache(out / "cache" / "text"), num_latents=frames))
+    _log(f"encoded {len(samples)} training samples ({time.perf_counter() - t_start:.0f} s so far)")
+    model = build_model(cfg, seed=seed)
+    remaining = budget - (time.perf_counter() - t_start)
+    ar_seconds = 0.75 * remaining
+    probe = ARTrainer(model, TrainConfig(steps=3, lr=3e-4, ema_start=10**9, ckpt_every=10**9, progress=False,
+                                         resume=False, seed=seed), itertools.cycle(samples), out / "ar_probe")
+    t0 = time.perf_counter()
+    probe.run()
+    per_step = (time.perf_counter() - t0) / 3
+    steps = max(10, int(ar_seconds / per_step))
+    trainer = ARTrainer(model, TrainConfig(steps=steps, lr=3e-4, ema_start=steps // 2, ema_decay=0.99,
+                                           ckpt_every=max(50, steps // 4), progress=True, resume=False, seed=seed),
+                        itertools.cycle(samples), out / "ar")
+    summary = trainer.run()
+    save_generator(model, out / "model_bf16.pt")
+    _log(f"AR: {steps} steps at {per_step:.2f} s/step; summary {summary}")
+
+    # 4. 2-step LoRA by DMD -------------------------------------------------------------------------------------
+    lora_info = _train_lora(model, samples, out, seconds=budget - (time.perf_counter() - t_start) - 60, seed=seed)
+
+    # 5. evaluation ---------------------------------------------------------------------------------------------
+    palette = torch.tensor(list(COLOURS.values()), dtype=torch.uint8)
+    real = torch.cat([gen.clip(20_000 + i, 29)[0] for i in range(2)])
+    evals = {"procedural (real clips)": {"palette_match": palette_match(real, palette)}}
+    evals.update(_evaluate(out, palette))
+    result = {"minutes": (time.perf_counter() - t_start) / 60, "vae_steps": len(vae_losses),
+              "vae_loss": [vae_losses[0], vae_losses[-1]], "ar_steps": steps, "ar_summary": summary,
+              "lora": lora_info, "eval": evals,
+              "metric": "palette_match: fraction of pixels within 24/255 (L∞) of a procedural palette colour; "
+                        "temporal_flickering: VBench's definition"}
+    (out / "tiny_eval.json").write_text(json.dumps(result, indent=2, default=str))
+    _log(f"done in {result['minutes']:.1f} min: {json.dumps(evals)}")
+    return result
+
+
+def _train_lora(model, samples, out: Path, *, seconds: float, seed: int) -> dict:
+    """A few DMD steps with a LoRA generator (2-step target); merged into model_2step.pt."""
+    import copy
+
+    from longlive.model.checkpoint import save_generator
+    from longlive.quant.recipes import merge_lora
+    from longlive.train.dmd import DMDConfig, DMDTrainer
+    from longlive.train.lora import load_lora, normalise_lora_keys
+
+    if seconds < 20:
+        _log("LoRA: skipped (no time left in the budget)")
+        return {"steps": 0}
+    base = copy.deepcopy(model)
+    prompts = itertools.cycle([s["prompt_embeds"][:1] for s in samples])
+    dmd = DMDTrainer(base, DMDConfig(num_blocks=2, steps=4, rank=8, alpha=8, seed=seed, lr_generator=1e-4,
+                                     lr_critic=1e-4), prompts, out / "lora")
+    t0, n = time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds:
+        dmd.step()
+        n += 1
+    path = dmd.save() or out / "lora" / "lora.pt"
+    lora = load_lora(path)
+    merged = copy.deepcopy(model)
+    merge_lora(merged, normalise_lora_keys(lora["generator_lora"]), scale=lora.get("lora_alpha", 8) /
+               lora.get("lora_rank", 8))
+    save_generator(merged, out / "model_2step.pt", checkpoint_format="longlive_generator_merged_lora",
+                   merged_lora=True)
+    _log(f"LoRA: {n} DMD steps -> {path}")
+    return {"steps": n, "path": str(path)}
+
+
+def _evaluate(out: Path, palette: torch.Tensor) -> dict:
+    from longlive.eval.flicker import temporal_flickering
+    from longlive.eval.palette import palette_match
+    from longlive.infer.video import VideoRequest, make_video
+
+    prompts = ["A red circle bounces on a grey background"]
+    runs = {"4-step": {}, "2-step (LoRA)": {"steps": 2, "checkpoint": out / "model_2step.pt"},
+            "4-step NVFP4 W4A4 + NVFP4 KV": {"quant": "nvfp4", "kv_quant": "nvfp4"}}
+    res = {}
+    for name, kw in runs.items():
+        if "checkpoint" in kw and not Path(kw["checkpoint"]).exists():
+            continue
+        req = VideoRequest(preset="tiny", frames=16, prompts=prompts, steps=kw.get("steps", 4),
+                           checkpoint=kw.get("checkpoint", out / "model_bf16.pt"), vae=out / "vae.safetensors",
+                           text_encoder=out / "text_encoder.safetensors", quant=kw.get("quant", "none"),
+                           kv_quant=kw.get("kv_quant", "none"), progress=False)
+        tag = name.split(" ")[0] + ("-lora" if "LoRA" in name else "") + ("-nvfp4" if "NVFP4" in name else "")
+        r = make_video(req, out / "samples" / tag)
+        frames = r["video_uint8"]
+        res[name] = {"palette_match": palette_match(frames, palette),
+                     "temporal_flickering": float(temporal_flickering(frames)), "denoise_fps": r["denoise_fps"],
+                     "strip": str(out / "samples" / tag / "strip.png")}
+    return res

@@ -1,0 +1,587 @@
+"""Stage-1 AR teacher-forcing trainer (spec 04): AdamW + clip + EMA, resumable, FSDP2/AC applied from outside.
+
+Determinism is by construction: each step's noise and per-block timestep indices come from a fresh generator
+seeded by (seed, step, rank), and the data iterator's position is checkpointed, so a run killed and resumed from
+its latest checkpoint continues on exactly the loss trajectory of an uninterrupted run (bit-identical on CPU).
+
+Distributed: pass `sp_group` (an SP process group of consecutive ranks) for Balanced/traditional SP and
+`fsdp_mesh` (a DeviceMesh or process group over the whole world) for FSDP2. FSDP is skipped, with a log line, on
+CPU or a world of one; then gradients are averaged over the world by hand so the global-mean semantics stay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from longlive.train.checkpoint import (
+    capture_rng,
+    checkpoint_path,
+    load_latest,
+    prune_checkpoints,
+    restore_rng,
+    save_checkpoint,
+)
+from longlive.train.teacher_forcing import sample_t_index, teacher_forcing_loss
+
+log = logging.getLogger("longlive.train")
+
+SP_LAYOUTS = ("none", "balanced", "traditional")
+BASE_PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    """Stage-1 hyper-parameters; defaults follow the release (spec 04) except the step count."""
+
+    steps: int = 600
+    lr: float = 1e-5
+    betas: tuple[float, float] = (0.0, 0.999)
+    weight_decay: float = 0.0
+    grad_clip: float = 10.0
+    ema_decay: float = 0.99
+    ema_start: int = 100
+    log_every: int = 1
+    ckpt_every: int = 100
+    keep_checkpoints: int = 2
+    seed: int = 0
+    sp_layout: str = "none"
+    activation_checkpointing: bool = False
+    fsdp: bool = False
+    precision: str = "fp32"
+    attn: str = "auto"
+    resume: bool = True
+    progress: bool = True
+    peak_tflops: float | None = None  # for MFU in the summary; None → no MFU reported
+    # Error recycling (spec 04) is NOT implemented: enabling it raises instead of silently training without it.
+    error_recycling: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        if self.sp_layout not in SP_LAYOUTS:
+            raise ValueError(f"unknown sp layout {self.sp_layout!r}; choose one of {', '.join(SP_LAYOUTS)}")
+        if self.error_recycling:
+            raise NotImplementedError("error_recycling is not implemented in this trainer yet (spec 04 'Error "
+                                      "recycling'); run with error_recycling=False")
+        if self.steps < 0 or self.ckpt_every < 1 or self.log_every < 1:
+            raise ValueError("steps must be ≥ 0 and ckpt_every / log_every ≥ 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# -- transforms applied from outside the model --------------------------------------------------------------------
+
+
+def apply_activation_checkpointing(model: nn.Module) -> nn.Module:
+    """Recompute every block's activations in backward (non-reentrant torch.utils.checkpoint).
+
+    Patches each block's forward in place instead of wrapping the module, so parameter names (and hence
+    checkpoints and FSDP's per-block sharding) are unchanged. Idempotent.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    for blk in model.blocks:
+        if getattr(blk, "_longlive_ac", False):
+            continue
+        inner = blk.forward
+
+        def forward(*args, _inner=inner, **kwargs):
+            return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
+
+        blk.forward = forward
+        blk._longlive_ac = True
+    return model
+
+
+def apply_fsdp(model: nn.Module, mesh_or_group, *, param_dtype: torch.dtype = torch.bfloat16) -> bool:
+    """FSDP2: fully_shard each block, then the root; params cast to `param_dtype` for compute, fp32 reduce.
+
+    A 2-D DeviceMesh (replicate, shard) gives hybrid sharding as in the release. Returns False (and logs why)
+    when sharding would be meaningless or unsupported: on CPU or with a world of one.
+    """
+    dev = next(model.parameters()).device
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if dev.type != "cuda" or world == 1:
+        log.info("FSDP skipped: %s", "model is on CPU" if dev.type != "cuda" else "world size is 1")
+        return False
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = mesh_or_group
+    if mesh is None:
+        mesh = DeviceMesh.from_group(dist.group.WORLD, "cuda")
+    elif not isinstance(mesh, DeviceMesh):
+        mesh = DeviceMesh.from_group(mesh, "cuda")
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    for blk in model.blocks:
+        fully_shard(blk, mesh=mesh, mp_policy=mp)
+    fully_shard(model, mesh=mesh, mp_policy=mp)
+    log.info("FSDP2 applied on %d ranks (param %s, reduce fp32)", world, param_dtype)
+    return True
+
+
+def prepare_precision(model: nn.Module, name: str) -> nn.Module:
+    """fp32/bf16 are handled by the trainer (autocast or FSDP mixed precision); anything else is delegated to
+    `longlive.quant.training.prepare_training_precision` when that module exists."""
+    if name in BASE_PRECISIONS:
+        return model
+    try:
+        from longlive.quant.training import prepare_training_precision
+    except ImportError:
+        raise ValueError(f"training precision {name!r} needs longlive.quant.training, which is not available; "
+                         f"choose one of {', '.join(BASE_PRECISIONS)}") from None
+    report = prepare_training_precision(model, name, device=next(model.parameters()).device)  # swaps in place
+    log.info("training precision %s: %s", name, report)
+    return model
+
+
+# -- data ---------------------------------------------------------------------------------------------------------
+
+
+class RandomLatentData:
+    """Stand-in data (`--data random`): random latents + random prompt embeddings, one sample per step.
+
+    Sample i is drawn from a generator seeded by (seed, i), or always sample 0 with fixed=True (overfitting tests),
+    and the position is in state_dict, so resuming reproduces the stream exactly.
+    """
+
+    def __init__(self, model_cfg, frames: int, *, seed: int = 0, fixed: bool = False, num_prompts: int = 2,
+                 rank: int = 0):
+        if frames % model_cfg.chunk_frames:
+            raise ValueError(f"frames={frames} must be whole blocks of {model_cfg.chunk_frames}")
+        self.cfg, self.frames, self.seed, self.fixed, self.num_prompts = model_cfg, frames, seed, fixed, num_prompts
+        self.rank = rank
+        self.index = 0
+
+    def __iter__(self) -> RandomLatentData:
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        i = 0 if self.fixed else self.index
+        self.index += 1
+        g = torch.Generator().manual_seed(mix_seed(self.seed, i, self.rank, 0x5EED))
+        c = self.cfg
+        h, w = c.latent_hw
+        x0 = torch.randn(1, c.in_channels, self.frames, h, w, generator=g)
+        pe = torch.randn(self.num_prompts, c.text_len, c.text_dim, generator=g)
+        blocks = self.frames // c.chunk_frames
+        fp = (torch.arange(blocks) % self.num_prompts).repeat_interleave(c.chunk_frames)
+        return {"x0": x0, "prompts_embeds": pe, "frame_prompt": fp}
+
+    def state_dict(self) -> dict[str, int]:
+        return {"index": self.index}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.index = int(state["index"])
+
+
+def unpack_sample(sample: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x0 [1,C,F,H,W], prompts_embeds [P,Lt,D], frame_prompt [F]) from a dict or an object with attributes."""
+
+    def get(*names: str) -> Any:
+        for n in names:
+            if isinstance(sample, dict) and n in sample:
+                return sample[n]
+            if not isinstance(sample, dict) and hasattr(sample, n):
+                return getattr(sample, n)
+        have = list(sample) if isinstance(sample, dict) else type(sample).__name__
+        raise KeyError(f"training sample lacks {names[0]!r} (have {have})")
+
+    x0 = get("x0", "latents")
+    if x0.dim() == 4:
+        x0 = x0.unsqueeze(0)
+    return x0, get("prompts_embeds", "prompt_embeds", "context"), torch.as_tensor(get("frame_prompt"))
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (splitmix-style), so (seed, step, rank) never collide for small values."""
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h = (h ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+# -- the trainer --------------------------------------------------------------------------------------------------
+
+
+def memory_gb(device: torch.device) -> float:
+    """Peak allocated GPU memory (torch) on CUDA; current process RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
+    except (OSError, ValueError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def train_flops_per_step(model_cfg, frames: int, tokens_per_frame: int) -> float:
+    """Useful FLOPs of one teacher-forcing step: 3 × forward (fwd + 2× bwd), AC recompute not counted.
+
+    Forward on L = 2·F·tpf tokens: GEMMs + masked self-attention at the mask density (N+1)/(4N) + cross-attention.
+    """
+    from longlive.bench.roofline import linear_macs_per_token_layer
+
+    L = 2 * frames * tokens_per_frame
+    n = max(1, frames // model_cfg.chunk_frames)
+    layers, d = model_cfg.num_layers, model_cfg.dim
+    fwd = (2.0 * linear_macs_per_token_layer(model_cfg) * L * layers + 4.0 * L * L * d * layers * (n + 1) / (4 * n)
+           + 4.0 * L * model_cfg.text_len * d * layers)
+    return 3.0 * fwd
+
+
+class ARTrainer:
+    """Teacher-forcing fine-tune of all parameters with AdamW, grad clipping, fp32 EMA and atomic checkpoints."""
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, data_iter: Iterable, out_dir: str | os.PathLike, *,
+                 device: torch.device | str | None = None, sp_group=None, fsdp_mesh=None):
+        self.cfg = cfg
+        self.out_dir = Path(out_dir)
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.distributed = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world = dist.get_world_size() if self.distributed else 1
+        self.sp_group = sp_group
+        self.sp = dist.get_world_size(sp_group) if (sp_group is not None and self.distributed) else 1
+        self.sp_rank = dist.get_rank(sp_group) if self.sp > 1 else 0
+        if self.sp > 1 and cfg.sp_layout == "none":
+            raise ValueError(f"an SP group of {self.sp} ranks was given but sp_layout is 'none'")
+        if self.sp == 1 and cfg.sp_layout != "none":
+            log.info("sp_layout=%s ignored: no SP group with more than one rank", cfg.sp_layout)
+        self.is_main = self.rank == 0
+
+        model = prepare_precision(model.to(self.device), cfg.precision)
+        if cfg.activation_checkpointing:
+            apply_activation_checkpointing(model)
+        self.fsdp = False
+        if cfg.fsdp:
+            dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
+            self.fsdp = apply_fsdp(model, fsdp_mesh, param_dtype=dtype)
+        elif self.world > 1:
+            log.info("FSDP disabled by config: gradients are all-reduced by hand over %d ranks", self.world)
+        self.model = model
+        self.named_params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in self.named_params]
+        fused = self.device.type == "cuda" and all(p.is_cuda for p in self.params)
+        self.optim = torch.optim.AdamW(self.params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+                                       **({"fused": True} if fused else {}))
+        self.ema = [p.detach().float().clone() for p in self.params]
+        self.data_src = data_iter
+        self.data: Iterator = data_iter if hasattr(data_iter, "__next__") else iter(data_iter)
+        self.step = 0
+        self.step_seconds: list[float] = []
+        self.tokens_per_step = 0
+        self.flops_per_step = 0.0
+        if cfg.resume:
+            self._try_resume()
+
+    # -- one step ----------------------------------------------------------------------------------------------
+    def _generator(self, step: int, rank: int) -> torch.Generator:
+        return torch.Generator().manual_seed(mix_seed(self.cfg.seed, step, rank))
+
+    def compute_loss(self, sample: Any, step: int) -> torch.Tensor:
+        """The step's loss: teacher forcing on one process, or this rank's Balanced/traditional SP loss."""
+        x0, pe, fp = unpack_sample(sample)
+        mc = self.model.cfg
+        chunk = mc.chunk_frames
+        frames = x0.shape[2]
+        tpf = (x0.shape[3] // mc.patch_size[1]) * (x0.shape[4] // mc.patch_size[2])
+        self.tokens_per_step = 2 * frames * tpf
+        self.flops_per_step = train_flops_per_step(mc, frames, tpf)
+        dev = self.device
+        pe = pe.to(dev)
+        if self.sp == 1:
+            g = self._generator(step, self.rank)
+            t_index = sample_t_index(frames // chunk, g)
+            noise = torch.randn(x0.shape, generator=g).to(dev, x0.dtype)
+            return teacher_forcing_loss(self.model, x0.to(dev), pe, fp, noise=noise, t_index=t_index,
+                                        attn=self.cfg.attn)
+        from longlive.parallel.balanced import local_frame_range, sp_loss
+
+        if self.cfg.sp_layout == "balanced":
+            # per-rank timesteps/noise for this rank's own frames, seeded by base seed + global rank (spec 04)
+            lo, hi = local_frame_range(frames, self.sp_rank, self.sp)
+            g = self._generator(step, self.rank)
+            t_index = sample_t_index((hi - lo) // chunk, g)
+            xl = x0[:, :, lo:hi]
+            noise = torch.randn(xl.shape, generator=g).to(dev, x0.dtype)
+            return sp_loss("balanced", self.model, xl.to(dev), pe, fp[lo:hi], noise_local=noise, t_index_local=t_index,
+                           group=self.sp_group, sp=self.sp, attn=self.cfg.attn)
+        # traditional takes the GLOBAL sample, identical on every rank of the SP group: seed by the group's first rank
+        g = self._generator(step, self.rank - self.sp_rank)
+        t_index = sample_t_index(frames // chunk, g)
+        noise = torch.randn(x0.shape, generator=g).to(dev, x0.dtype)
+        return sp_loss("traditional", self.model, x0.to(dev), pe, fp, noise=noise, t_index=t_index,
+                       group=self.sp_group, sp=self.sp, attn=self.cfg.attn)
+
+    @torch.no_grad()
+    def update_ema(self, step: int) -> None:
+        """Before `ema_start` the EMA tracks the weights exactly; from it on, ema ← d·ema + (1−d)·θ (fp32)."""
+        if step < self.cfg.ema_start:
+            for e, p in zip(self.ema, self.params, strict=True):
+                e.copy_(p.detach().float())
+        else:
+            torch._foreach_lerp_(self.ema, [p.detach().float() for p in self.params], 1.0 - self.cfg.ema_decay)
+
+    def _average_grads(self) -> None:
+        """Without FSDP, average gradients over the world by hand (same global-mean semantics as FSDP)."""
+        if self.fsdp or self.world == 1:
+            return
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
+            p.grad.div_(self.world)
+
+    def train_step(self) -> dict[str, float]:
+        step = self.step
+        sample = next(self.data)
+        autocast = self.cfg.precision == "bf16" and not self.fsdp
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
+            loss = self.compute_loss(sample, step)
+        loss.backward()
+        self._average_grads()
+        gn = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        gn = gn.full_tensor() if hasattr(gn, "full_tensor") else gn
+        self.optim.step()
+        self.optim.zero_grad(set_to_none=True)
+        self.update_ema(step)
+        self.step = step + 1
+        loss_v = loss.detach().float()
+        if self.world > 1:
+            dist.all_reduce(loss_v)
+            loss_v /= self.world
+        return {"loss": loss_v.item(), "grad_norm": float(gn)}
+
+    # -- the loop ----------------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Train from the current step to cfg.steps; returns (and writes) the summary."""
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="it",
+                   disable=not (cfg.progress and self.is_main))
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        while self.step < cfg.steps:
+            t0 = time.perf_counter()
+            m = self.train_step()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            dt = time.perf_counter() - t0
+            self.step_seconds.append(dt)
+            mem = memory_gb(self.device)
+            rec = {"step": self.step, "loss": m["loss"], "grad_norm": m["grad_norm"], "lr": cfg.lr, "step_s": dt,
+                   "mem_gb": mem, "mem_kind": "cuda_peak_allocated" if self.device.type == "cuda" else "rss"}
+            if self.is_main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
+                with open(self.out_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+            bar.set_postfix(loss=f"{m['loss']:.4f}", mem=f"{mem:.2f}GB")
+            bar.update(1)
+            if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+                self.save()
+        bar.close()
+        return self._summary()
+
+    def _summary(self) -> dict[str, Any]:
+        from longlive.bench.roofline import training_metrics
+
+        s: dict[str, Any] = {"steps": self.step, "steps_this_run": len(self.step_seconds), "fsdp": self.fsdp,
+                             "sp": self.sp, "world": self.world, "device": str(self.device),
+                             "tokens_per_step": self.tokens_per_step, "flops_per_step": self.flops_per_step}
+        if len(self.step_seconds) > 1:
+            tm = training_metrics(self.step_seconds, self.tokens_per_step, self.flops_per_step,
+                                  self.cfg.peak_tflops or 1.0)
+            if self.cfg.peak_tflops is None:
+                tm.pop("mfu")
+            s.update(tm)
+        if self.is_main:
+            (self.out_dir / "summary.json").write_text(json.dumps(s, indent=2) + "\n")
+        return s
+
+    # -- checkpoints -------------------------------------------------------------------------------------------
+    def _model_state(self) -> dict[str, torch.Tensor]:
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+
+    def _optim_state(self) -> dict[str, Any]:
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+            return get_optimizer_state_dict(self.model, self.optim,
+                                            options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return self.optim.state_dict()
+
+    def _ema_state(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for (n, _), e in zip(self.named_params, self.ema, strict=True):
+            out[n] = (e.full_tensor() if hasattr(e, "full_tensor") else e).cpu()
+        return out
+
+    def save(self) -> Path | None:
+        """Collective under FSDP (every rank gathers); rank 0 writes atomically and prunes old checkpoints."""
+        state = {
+            "step": self.step, "model": self._model_state(), "ema": self._ema_state(), "optim": self._optim_state(),
+            "rng": capture_rng(), "config": self.cfg.to_dict(),
+            "data": self.data_src.state_dict() if hasattr(self.data_src, "state_dict") else None,
+            "world": self.world,
+        }
+        path = None
+        if self.is_main:
+            path = save_checkpoint(checkpoint_path(self.out_dir, self.step), state)
+            prune_checkpoints(self.out_dir, self.cfg.keep_checkpoints)
+        if self.distributed:
+            dist.barrier()
+        return path
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore everything a step depends on; the data stream is restored or, lacking state_dict, fast-forwarded."""
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_model_state_dict,
+                set_optimizer_state_dict,
+            )
+
+            opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
+            set_model_state_dict(self.model, state["model"], options=opts)
+            set_optimizer_state_dict(self.model, self.optim, state["optim"], options=opts)
+        else:
+            self.model.load_state_dict(state["model"])
+            self.optim.load_state_dict(state["optim"])
+        with torch.no_grad():
+            for (n, _), e in zip(self.named_params, self.ema, strict=True):
+                src = state["ema"][n]
+                if hasattr(e, "device_mesh"):
+                    from torch.distributed.tensor import distribute_tensor
+
+                    src = distribute_tensor(src.to(e.device), e.device_mesh, e.placements)
+                    e.copy_(src)
+                else:
+                    e.copy_(src.to(e.device))
+        restore_rng(state["rng"])
+        self.step = int(state["step"])
+        if state.get("data") is not None and hasattr(self.data_src, "load_state_dict"):
+            self.data_src.load_state_dict(state["data"])
+        else:
+            log.info("data iterator has no state_dict: fast-forwarding %d samples", self.step)
+            for _ in range(self.step):
+                next(self.data)
+
+    def _try_resume(self) -> None:
+        state = load_latest(self.out_dir)
+        if state is None:
+            return
+        old = {k: v for k, v in state.get("config", {}).items() if k not in ("steps", "resume", "progress")}
+        new = {k: v for k, v in self.cfg.to_dict().items() if k not in ("steps", "resume", "progress")}
+        diff = {k: (old.get(k), new.get(k)) for k in new if old.get(k) != new.get(k) and k in old}
+        if diff:
+            log.warning("resuming with a changed config: %s", diff)
+        self.load_state(state)
+        self._truncate_metrics()
+        log.info("resumed from step %d in %s", self.step, self.out_dir)
+
+    def _truncate_metrics(self) -> None:
+        """Drop metric lines written after the checkpoint we resume from (a killed run logged them, then died)."""
+        f = self.out_dir / "metrics.jsonl"
+        if not (self.is_main and f.exists()):
+            return
+        keep = [ln for ln in f.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= self.step]
+        f.write_text("".join(ln + "\n" for ln in keep))
+
+
+# -- CLI ----------------------------------------------------------------------------------------------------------
+
+
+def add_train_parser(subparsers) -> argparse.ArgumentParser:
+    """`longlive train`: Stage-1 teacher-forcing fine-tune (the lead wires this into longlive/cli.py)."""
+    p = subparsers.add_parser("train", help="Stage-1 AR teacher-forcing fine-tune (resumable)")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--out", default=None, help="run directory: metrics.jsonl, summary.json, checkpoints/ (required "
+                   "except with --tiny-default)")
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", default=None, help="fp32 | bf16 | a longlive.quant.training recipe "
+                                                      "(default: bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--data", default="random", help="random | procedural | folder:PATH (random = internal stand-in: "
+                                                     "random latents + random prompt embeddings)")
+    p.add_argument("--frames", type=int, default=None, help="latent frames per sample (default: 2 blocks)")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--ckpt-every", type=int, default=100)
+    p.add_argument("--log-every", type=int, default=1)
+    p.add_argument("--ema-start", type=int, default=100)
+    p.add_argument("--sp", type=int, default=1, help="sequence-parallel degree (launch with torchrun)")
+    p.add_argument("--sp-layout", choices=["balanced", "traditional"], default="balanced")
+    p.add_argument("--fsdp", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--device", default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train)
+    return p
+
+
+def build_data(spec: str, model_cfg, frames: int, seed: int, rank: int = 0):
+    """Resolve --data; procedural/folder come from longlive.train.data (`build_train_data(spec, model_cfg=...,
+    frames=..., seed=..., rank=...)`), with a clear error while that module is not available."""
+    if spec == "random":
+        return RandomLatentData(model_cfg, frames, seed=seed, rank=rank)
+    if spec == "procedural" or spec.startswith("folder:"):
+        try:
+            from longlive.train.data import build_train_data
+        except ImportError as exc:
+            raise ValueError(f"--data {spec} needs longlive.train.data.build_train_data ({exc}); "
+                             f"use --data random for the internal stand-in") from None
+        return build_train_data(spec, model_cfg=model_cfg, frames=frames, seed=seed, rank=rank)
+    raise ValueError(f"unknown --data {spec!r}; use random, procedural or folder:PATH")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from longlive.model.dit import build_model
+    from longlive.model.presets import get_preset
+
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    mc = get_preset(args.preset)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
+    frames = args.frames or 2 * mc.chunk_frames
+    sp_group, rank = None, 0
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or args.sp > 1:
+        from longlive.parallel.groups import init_parallel
+
+        pd = init_parallel(args.sp, device=str(device) if args.device else None)
+        device, sp_group, rank = pd.device, pd.sp_group, pd.rank
+    cfg = TrainConfig(steps=args.steps, lr=args.lr, seed=args.seed, precision=precision, resume=args.resume,
+                      ckpt_every=args.ckpt_every, log_every=args.log_every, ema_start=args.ema_start,
+                      sp_layout=args.sp_layout if args.sp > 1 else "none", fsdp=args.fsdp,
+                      activation_checkpointing=args.activation_checkpointing, progress=not args.no_progress)
+    model = build_model(mc, device=device, seed=args.seed)
+    # every rank of an SP group must see the same sample: seed the data by the data-parallel rank
+    data = build_data(args.data, mc, frames, args.seed, rank=rank // max(1, args.sp))
+    summary = ARTrainer(model, cfg, data, args.out, device=device, sp_group=sp_group).run()
+    if rank == 0:
+        shown = {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in summary.items()}
+        print(json.dumps(shown))
+    return 0
