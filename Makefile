@@ -31,21 +31,15 @@ reproduce: $(STAMP)
 	$(BIN)/longlive report results/smoke --out reports/smoke --title "Smoke matrix (tiny preset, CPU)"
 
 # GPU machines: the paper's tables and SP scaling (cells this machine cannot run are explained skips).
-reproduce-table1: $(STAMP)
-	$(BIN)/longlive sweep +experiment=table1_training --results results/table1_training
-	$(BIN)/longlive report results/table1_training --out reports/table1_training
-reproduce-table2: $(STAMP)
-	$(BIN)/longlive sweep +experiment=table2_dmd_memory --results results/table2_dmd_memory
-	$(BIN)/longlive report results/table2_dmd_memory --out reports/table2_dmd_memory
-reproduce-table3: $(STAMP)
-	$(BIN)/longlive sweep +experiment=table3_inference --results results/table3_inference
-	$(BIN)/longlive report results/table3_inference --out reports/table3_inference
-reproduce-table4: $(STAMP)
-	$(BIN)/longlive sweep +experiment=table4_quality --results results/table4_quality
-	$(BIN)/longlive report results/table4_quality --out reports/table4_quality
-reproduce-sp: $(STAMP)
-	$(BIN)/longlive sweep +experiment=sp_scaling --results results/sp_scaling
-	$(BIN)/longlive report results/sp_scaling --out reports/sp_scaling
+define sweep_and_report
+	$(BIN)/longlive sweep +experiment=$(1) --results results/$(1)
+	$(BIN)/longlive report results/$(1) --out reports/$(1)
+endef
+reproduce-table1: $(STAMP) ; $(call sweep_and_report,table1_training)
+reproduce-table2: $(STAMP) ; $(call sweep_and_report,table2_dmd_memory)
+reproduce-table3: $(STAMP) ; $(call sweep_and_report,table3_inference)
+reproduce-table4: $(STAMP) ; $(call sweep_and_report,table4_quality)
+reproduce-sp: $(STAMP) ; $(call sweep_and_report,sp_scaling)
 
 # Re-render a report from existing results: make report RESULTS=results/smoke NAME=smoke
 RESULTS ?= results/smoke
