@@ -22,7 +22,7 @@ SPEED_DEFS = {
     "e2e_fps": "end to end: first chunk's noise to last decoded frame in host memory; decode included",
 }
 SPEED_SHORT = {"denoise_fps": "denoise FPS (chunk loop only)", "e2e_fps": "E2E FPS (noise → decoded frames)"}
-LABEL_AXES = ("precision", "kv_quant", "decode", "steps", "sp")
+LABEL_AXES = ("precision", "kv_quant", "exchange", "decode", "steps", "sp")
 QUALITY = (
     ("vbench_total", True, "VBench total"),
     ("psnr_vs_ref", True, "PSNR vs reference run (dB)"),
