@@ -63,10 +63,6 @@ def train_vae(vae, clips, *, steps: int, lr: float = 1e-3, batch: int = 2, secon
     opt = torch.optim.Adam(vae.parameters(), lr=lr)
     losses, t0 = [], time.perf_counter()
     for step in range(steps):
-        if seconds is not None:  # linear decay to 10 % over the time budget: steadier end point than constant lr
-            frac = min(1.0, (time.perf_counter() - t0) / seconds)
-            for group in opt.param_groups:
-                group["lr"] = lr * (1.0 - 0.9 * frac)
         video = torch.stack([to_unit(clips(step * batch + j)) for j in range(batch)])
         if crop:
             video = random_crop(video, crop, g)
