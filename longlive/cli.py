@@ -93,7 +93,14 @@ def cmd_generate(a: argparse.Namespace) -> int:
                "longlive.cli", *a.argv]
         return subprocess.call(cmd)
     validate(req)
-    out = make_video(req, a.out)
+    try:
+        out = make_video(req, a.out)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():  # under torchrun: exit cleanly once rank 0 has written the video
+            dist.barrier()
+            dist.destroy_process_group()
     if out.get("rank_not_main"):
         return 0
     out.pop("video_uint8")

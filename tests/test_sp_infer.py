@@ -75,7 +75,8 @@ def test_ulysses_all_to_alls_are_inverse_and_differentiable(tmp_path):
         "parts = [torch.zeros_like(w) for _ in range(2)]; dist.all_gather(parts, w)\n"
         "g = parts[0] + parts[1]\n"
         "assert torch.equal(x.grad, g[:, 4 * r : 4 * r + 4]), 'backward is the inverse all-to-all'\n"
-        "print('ok', r)\n")
+        "print('ok', r)\n"
+        "dist.barrier(); dist.destroy_process_group()  # without this, gloo's threads can abort at exit\n")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            str(script)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
