@@ -189,16 +189,18 @@ class QualityWorkload(InferWorkload):
 @register_workload("train")
 class TrainWorkload:
     def check(self, cfg: dict[str, Any]) -> str | None:
-        return hardware_reason(cfg) or "workload train: AR teacher-forcing training is not implemented yet (issue #6)"
+        return hardware_reason(cfg) or ("workload train: the AR trainer exists (`longlive train`) but is not yet a "
+                                        "runner workload (issue #6)")
 
     def run(self, cfg: dict[str, Any], ctx: CellContext) -> dict[str, Any]:
-        raise NotImplementedError("training arrives with issue #6")
+        raise NotImplementedError("the train workload is not wired into the runner yet (issue #6); use longlive train")
 
 
 @register_workload("dmd")
 class DMDWorkload:
     def check(self, cfg: dict[str, Any]) -> str | None:
-        return hardware_reason(cfg) or "workload dmd: DMD distillation is not implemented yet (issue #6)"
+        return hardware_reason(cfg) or ("workload dmd: DMD with LoRA exists (`longlive.train.dmd`) but is not yet a "
+                                        "runner workload (issue #6)")
 
     def run(self, cfg: dict[str, Any], ctx: CellContext) -> dict[str, Any]:
-        raise NotImplementedError("DMD arrives with issue #6")
+        raise NotImplementedError("the dmd workload is not wired into the runner yet (issue #6)")
