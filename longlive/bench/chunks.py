@@ -20,11 +20,10 @@ import torch
 from longlive.bench.manifest import manifest
 from longlive.bench.memory import peaks, reset_peaks
 from longlive.infer.pipeline import GenerationSpec, generate
+from longlive.infer.video import DTYPES
 from longlive.model.attention import resolve_backend
 from longlive.model.dit import build_model
 from longlive.model.presets import get_preset
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def run(preset: str, chunks: int, steps_list: list[int], dtype: str, attn: str, device: str, seed: int,

@@ -20,21 +20,16 @@ import torch
 
 from longlive.bench.manifest import manifest
 from longlive.bench.memory import peaks, reset_peaks
+from longlive.eval.fidelity import latent_rel_err, psnr
 from longlive.infer.fidelity import precision_fields
 from longlive.infer.pipeline import GenerationSpec, generate
+from longlive.infer.video import DTYPES
 from longlive.model.attention import resolve_backend
 from longlive.model.dit import build_model
 from longlive.model.presets import get_preset
 from longlive.quant.kernels import active_kernels
 from longlive.quant.linear import BackendUnavailable, LinearQuantConfig, check_backend
 from longlive.quant.recipes import model_weight_bytes, quantize_model
-
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-
-
-def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = (a.double() - b.double()).pow(2).mean().item()
-    return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(255.0**2 / mse)).item()
 
 
 def _frames(vae, lat: torch.Tensor) -> torch.Tensor:
@@ -96,11 +91,11 @@ def run(preset: str, chunks: int, steps: int, precisions: list[str], kvs: list[s
                    "quant_kernels": active_kernels()}
             if ref_lat is None:
                 ref_lat = lat
-            row["latent_rel_err_vs_ref"] = ((lat - ref_lat).norm() / ref_lat.norm()).item()
+            row["latent_rel_err_vs_ref"] = latent_rel_err(lat, ref_lat)
             if vae is not None:
                 fr = _frames(vae, lat[:, :, :decode_latents])
                 ref_frames = fr if ref_frames is None else ref_frames
-                row["psnr_vs_ref"] = _psnr(fr, ref_frames)
+                row["psnr_vs_ref"] = psnr(fr[0], ref_frames[0])
                 row["psnr_frames"] = fr.shape[1]
             rows.append(row)
             print(f"{prec:>12} kv={kv:<5} weights {row['weights_gb']:.2f} GB, KV {row['kv_cache_gb']:.2f} GB "

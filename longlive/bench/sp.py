@@ -21,18 +21,14 @@ import torch.distributed as dist
 
 from longlive.bench.manifest import manifest
 from longlive.bench.memory import peaks, reset_peaks
+from longlive.eval.fidelity import latent_rel_err
 from longlive.infer.pipeline import GenerationSpec, generate
+from longlive.infer.video import DTYPES
 from longlive.model.attention import resolve_backend
 from longlive.model.dit import build_model
 from longlive.model.presets import get_preset
 from longlive.parallel.groups import check_sp, init_parallel
 from longlive.parallel.sp_infer import SPContext
-
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 def _e2e(model, spec, embeds, dims, decode: str, exchange: str, preset: str, steps: int, chunks: int,
@@ -136,7 +132,7 @@ def run(preset: str, chunks: int, steps: int, exchanges: list[str], dtype: str, 
                "bytes_by_kind_rank0": {k: v / forwards for k, v in (ctx.stats.by_kind if ctx else {}).items()},
                "kv_cache_gb_per_rank": res.kv_cache_bytes / 1e9, "timing_definition": res.stats.timing_definition}
         if dims.is_main and ref_lat is not None:
-            row["latent_rel_err_vs_ref"] = _rel(lat, ref_lat)
+            row["latent_rel_err_vs_ref"] = latent_rel_err(lat, ref_lat)
             row["latent_max_abs_err_vs_ref"] = (lat - ref_lat).abs().max().item()
         rows.append(row)
         if dims.is_main:

@@ -18,10 +18,9 @@ import torch
 from longlive.bench.manifest import manifest
 from longlive.bench.memory import peaks, reset_peaks
 from longlive.bench.timers import Clock
+from longlive.infer.video import DTYPES
 from longlive.model.presets import get_preset
 from longlive.vae import build_vae
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def run(preset: str, chunks: int, dtype: str, device: str, seed: int, channels_last: bool) -> dict:

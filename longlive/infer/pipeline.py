@@ -15,7 +15,7 @@ import torch
 from longlive.bench.timers import ChunkStats, Clock
 from longlive.infer.scheduler import make_scheduler
 from longlive.model.dit import CausalWanModel
-from longlive.model.kv_cache import CacheGeometry, KVCache
+from longlive.model.kv_cache import STORAGES, CacheGeometry, KVCache
 
 SCENE_CUT_PREFIX = "The scene transitions. "
 
@@ -111,8 +111,7 @@ def generate(
     h, w = cfg.latent_hw
     B = spec.batch
     geo = CacheGeometry(cf, cfg.window_frames, cfg.sink_frames, cfg.tokens_per_frame, spec.multishot_sink)
-    dtype_name = str(next(model.parameters()).dtype).replace("torch.bfloat16", "bf16").replace(
-        "torch.float16", "fp16").replace("torch.float32", "fp32")
+    dtype_name = {v: k for k, v in STORAGES.items()}[next(model.parameters()).dtype]
     heads = cfg.num_heads // (sp.size if sp is not None else 1)
     lo, hi = sp.frame_range(cf) if sp is not None else (0, cf)  # this rank's frames of every chunk
     cache = KVCache.allocate(geo, cfg.num_layers, B, heads, cfg.head_dim,
