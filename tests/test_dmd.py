@@ -257,3 +257,43 @@ def test_dmd_steps_update_on_schedule_and_keep_base_frozen(tmp_path):
     got = load_lora(path)
     assert got["step"] == 6 and got["critic_lora"] is not None
     assert all(torch.equal(got["generator_lora"][k], v) for k, v in lora_state_dict(tr.generator).items())
+
+
+def test_activation_checkpointing_gives_the_same_generator_gradients():
+    """AC recomputes each block in backward after later blocks were committed to the rollout cache; the pinned
+    attn_fn must make the recompute attend to exactly what the forward saw."""
+    from longlive.train.trainer import apply_activation_checkpointing
+
+    grads = []
+    for ac in (False, True):
+        torch.manual_seed(0)  # PEFT draws lora_A from the global RNG
+        gen = add_lora(_model(), rank=4, alpha=4)
+        _nudge(gen)
+        if ac:
+            apply_activation_checkpointing(gen)
+        ctx = _inputs()[2]
+        x = rollout(gen, gen.text_kv(ctx), _noise(3), num_blocks=3, exit_step=1, grad=True)
+        (x * torch.linspace(-1, 1, x.numel()).view_as(x)).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in gen.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-5, atol=1e-6)
+
+
+def test_dmd_with_quantised_frozen_networks_steps_and_shrinks_weights(tmp_path):
+    from longlive.quant.linear import QuantLinear
+    from longlive.quant.recipes import model_weight_bytes
+
+    cfg = DMDConfig(num_blocks=2, rank=4, alpha=4, quant_generator="nvfp4", quant_teacher="nvfp4",
+                    quant_critic="fp8", activation_checkpointing=True)
+    tr = DMDTrainer(_model(), cfg, _prompts(), tmp_path)
+    for net, kind in ((tr.generator, "nvfp4"), (tr.teacher, "nvfp4"), (tr.critic, "fp8")):
+        q = [m for m in net.modules() if isinstance(m, QuantLinear)]
+        assert len(q) == 10 * CFG.num_layers and all(m.cfg.fmt == kind and not m.cfg.act_quant for m in q)
+    assert model_weight_bytes(tr.teacher) < model_weight_bytes(_model())
+    for _ in range(2):
+        out = tr.step()
+        assert torch.isfinite(torch.tensor(out["critic_loss"]))
+    assert out["generator_updated"] is False
+    with pytest.raises(ValueError, match="quant_critic='int4'"):
+        DMDConfig(quant_critic="int4")

@@ -123,7 +123,7 @@ class CrossAttention(nn.Module):
         out = torch.empty_like(q)
         for p in torch.unique(frame_prompt).tolist():
             sel = (token_prompt == p).nonzero().squeeze(1)
-            out[:, sel] = sdpa(q[:, sel], k[p : p + 1], v[p : p + 1], backend)
+            out[:, sel] = sdpa(q[:, sel], k[p : p + 1], v[p : p + 1], backend).to(out.dtype)  # autocast: bf16 out
         return self.o(out.reshape(B, L, -1))
 
 
@@ -141,10 +141,16 @@ class WanBlock(nn.Module):
 
     def forward(
         self, x: torch.Tensor, e0: torch.Tensor, frames: int, ctx: AttnContext,
-        text_kv: tuple[torch.Tensor, torch.Tensor], layer: int,
+        text_kv: tuple[torch.Tensor, torch.Tensor] | torch.Tensor, layer: int,
     ) -> torch.Tensor:
-        """x: float32 [B, L, dim]; e0: float32 [B, F, 6, dim] (per-frame time projection)."""
+        """x: float32 [B, L, dim]; e0: float32 [B, F, 6, dim] (per-frame time projection).
+
+        text_kv: this layer's precomputed cross-attention (K, V), or the embedded prompt [B, Lt, dim], projected
+        here — inside the block, so a sharded (FSDP) or checkpointed block owns its own K/V projection.
+        """
         B, L, D = x.shape
+        if torch.is_tensor(text_kv):
+            text_kv = self.cross_attn.text_kv(text_kv)
         dtype = self.norm3.weight.dtype  # the compute dtype (q may be a packed QuantLinear)
         mod = (self.modulation.float().unsqueeze(1) + e0).unbind(2)  # 6 × [B, F, dim]
 
@@ -230,10 +236,14 @@ class CausalWanModel(nn.Module):
         return self
 
     # -- pieces the inference loop calls -----------------------------------------------------------
+    def embed_text(self, context: torch.Tensor) -> torch.Tensor:
+        """Prompt embeddings [B, Lt, text_dim] → the model's text tokens [B, Lt, dim]."""
+        dtype = self.text_embedding[0].weight.dtype
+        return self.text_embedding(context.to(dtype))
+
     def text_kv(self, context: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Embed a prompt [B, Lt, text_dim] and project its cross-attention K/V once for every layer."""
-        dtype = self.text_embedding[0].weight.dtype
-        ctx = self.text_embedding(context.to(dtype))
+        ctx = self.embed_text(context)
         return [blk.cross_attn.text_kv(ctx) for blk in self.blocks]
 
     def time_embed(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -277,7 +287,7 @@ class CausalWanModel(nn.Module):
         if text_kv is None:
             if context is None:
                 raise ValueError("pass either context (text embeddings) or precomputed text_kv")
-            text_kv = self.text_kv(context)
+            text_kv = [self.embed_text(context)] * len(self.blocks)  # each block projects its own K/V
         dtype = self.patch_embedding.weight.dtype
         h = self.patch_embedding(x.to(dtype))  # [B, dim, F', H', W']
         f2, h2, w2 = h.shape[2:]

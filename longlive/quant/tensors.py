@@ -33,6 +33,11 @@ class NVFP4Tensor:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.values, self.scales, self.amax, self.global_scale))
 
+    @property
+    def device(self) -> torch.device:
+        """Where the packed data lives (libraries such as PEFT place adapters by the base weight's device)."""
+        return self.values.device
+
 
 @dataclass
 class FP8Tensor:
@@ -49,6 +54,10 @@ class FP8Tensor:
 
     def nbytes(self) -> int:
         return self.data.numel() * self.data.element_size() + self.scale.numel() * self.scale.element_size()
+
+    @property
+    def device(self) -> torch.device:
+        return self.data.device
 
 
 @dataclass

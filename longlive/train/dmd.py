@@ -52,6 +52,18 @@ class DMDConfig:
     alpha: float = 128.0
     save_every: int = 0  # 0: save only when save() is called
     seed: int = 0
+    # Frozen base weights of each network: "none" (as given), or packed "nvfp4" / "fp8" weight-only (activations stay
+    # in the compute dtype so gradients flow through them) — the Table 2 memory ladder.
+    quant_generator: str = "none"
+    quant_teacher: str = "none"
+    quant_critic: str = "none"
+    activation_checkpointing: bool = False  # recompute each block in backward (generator and critic)
+    attn: str = "auto"  # rollout attention backend (auto: cuDNN/flash on CUDA, math on CPU)
+
+    def __post_init__(self) -> None:
+        for name in ("quant_generator", "quant_teacher", "quant_critic"):
+            if getattr(self, name) not in QUANT_FROZEN:
+                raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {', '.join(QUANT_FROZEN)}")
     extra: dict = field(default_factory=dict)
 
 
@@ -89,13 +101,21 @@ class RolloutCache:
         self.backend = backend
         self.commit = False
 
-    def attn_fn(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int) -> torch.Tensor:
-        ks = torch.cat([*self.k[layer], k.to(q.dtype)], dim=1) if self.k[layer] else k
-        vs = torch.cat([*self.v[layer], v.to(q.dtype)], dim=1) if self.v[layer] else v
+    def attn_fn(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int,
+                upto: int | None = None) -> torch.Tensor:
+        """Attend over the first `upto` committed blocks (all when None) and this forward's own K/V."""
+        past_k, past_v = self.k[layer][:upto], self.v[layer][:upto]
+        ks = torch.cat([*past_k, k.to(q.dtype)], dim=1) if past_k else k
+        vs = torch.cat([*past_v, v.to(q.dtype)], dim=1) if past_v else v
         if self.commit:
             self.k[layer].append(k.detach())
             self.v[layer].append(v.detach())
         return sdpa(q, ks.to(q.dtype), vs.to(q.dtype), self.backend)
+
+    def upto(self, blocks: int):
+        """attn_fn pinned to the first `blocks` committed blocks: an activation-checkpointed block recomputed in
+        backward (after later blocks were committed) must attend to exactly what its forward saw."""
+        return lambda q, k, v, layer: self.attn_fn(q, k, v, layer, upto=blocks)
 
     @property
     def frames_cached(self) -> int:
@@ -124,7 +144,7 @@ def rollout(
     for b in range(num_blocks):
         x = noise[:, :, b * cf : (b + 1) * cf].float()
         sched = FlowUniPC(steps, shift)
-        call = {"text_kv": text_kv, "frame_offset": b * cf, "attn_fn": cache.attn_fn}
+        call = {"text_kv": text_kv, "frame_offset": b * cf, "attn_fn": cache.upto(b)}
         x0 = None
         for i, ts in enumerate(sched.timesteps):
             t = torch.full((B, cf), float(ts), device=x.device)
@@ -188,6 +208,25 @@ def dmd_loss(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 # -- the trainer --------------------------------------------------------------------------------------------------
 
 
+QUANT_FROZEN = ("none", "nvfp4", "fp8")
+
+
+def _quantise_frozen(model: nn.Module, fmt: str) -> nn.Module:
+    """Replace the block Linears of a frozen network by packed weight-only QuantLinears (in place)."""
+    if fmt not in QUANT_FROZEN:
+        raise ValueError(f"unknown frozen-network quantisation {fmt!r}; choose one of {', '.join(QUANT_FROZEN)}")
+    if fmt != "none":
+        from longlive.quant.linear import LinearQuantConfig
+        from longlive.quant.recipes import quantize_model
+
+        quantize_model(model, LinearQuantConfig(fmt=fmt, backend="emulated", act_quant=False))
+    return model
+
+
+def _frozen_copy(model: nn.Module, fmt: str) -> nn.Module:
+    return _quantise_frozen(copy.deepcopy(model), fmt)
+
+
 def _as_batch(embed: torch.Tensor) -> torch.Tensor:
     return embed.unsqueeze(0) if embed.dim() == 2 else embed
 
@@ -207,11 +246,21 @@ class DMDTrainer:
         self.device = next(base_model.parameters()).device
         mcfg = base_model.cfg
         self.chunk = mcfg.chunk_frames
+        from longlive.model.attention import resolve_backend
+
         with torch.random.fork_rng(devices=[]):  # PEFT draws lora_A from the global RNG
             torch.manual_seed(cfg.seed)
-            self.generator = add_lora(copy.deepcopy(base_model), cfg.rank, cfg.alpha)
-            self.critic = add_lora(copy.deepcopy(base_model), cfg.rank, cfg.alpha)
-        self.teacher = base_model.requires_grad_(False).eval()
+            self.generator = add_lora(_frozen_copy(base_model, cfg.quant_generator), cfg.rank, cfg.alpha)
+            self.critic = add_lora(_frozen_copy(base_model, cfg.quant_critic), cfg.rank, cfg.alpha)
+        self.teacher = _quantise_frozen(base_model, cfg.quant_teacher).requires_grad_(False).eval()
+        backend = resolve_backend(cfg.attn, self.device)
+        for m in (self.generator, self.critic, self.teacher):
+            m.attn_backend = backend
+        if cfg.activation_checkpointing:
+            from longlive.train.trainer import apply_activation_checkpointing
+
+            apply_activation_checkpointing(self.generator)
+            apply_activation_checkpointing(self.critic)
         if negative_embed is None:
             negative_embed = torch.zeros(1, mcfg.text_len, mcfg.text_dim)
         self.negative = _as_batch(negative_embed).to(self.device)

@@ -1,0 +1,158 @@
+"""Table 1 on Hopper: seconds per AR teacher-forcing iteration under each SP layout and training precision.
+
+    torchrun --nproc_per_node=4 -m longlive.bench.train_ladder --preset wan2.2-ti2v-5b --frames 96 \
+        --config bf16-balanced fp8-balanced --out reports/train-5b/h200
+
+Each config runs in the same processes one after another (the model is rebuilt from the same seed for each):
+the release's Stage-1 step (FSDP2 over the world with BF16 params and FP32 reduce, activation checkpointing on
+every block, AdamW, grad clip, EMA) on random latents of `--frames` latent frames (the step's cost does not depend
+on the data) with per-GPU batch 1.
+
+Timing definition (`timing = "train_iter_s"`): wall time of one optimiser iteration — data, forward, backward,
+gradient reduce-scatter, clip, AdamW, EMA — between two `cuda.synchronize` + world barriers, median over the
+iterations after `--warmup` (the first compiles FlexAttention). MFU = useful FLOPs of the iteration (3 × forward,
+recompute not counted, masked attention at its density; every SP group's sample) / (iter_s · world · peak), peak =
+dense BF16 989.4 TFLOP/s per H100/H200 SXM for every config (the FP8 rows too, so MFU compares like with like).
+Memory: torch peak allocated / reserved per rank and NVML device use. One JSON per config, rank 0 writes.
+On CPU (gloo, no FSDP, dense mask) it runs the same plumbing on the tiny preset — a check, not a measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from longlive.bench.manifest import manifest
+from longlive.bench.memory import peaks, reset_peaks
+
+# name → (training precision recipe, sp layout, use SP over the whole world)
+CONFIGS = {
+    "bf16-nosp": ("bf16", "none", False),
+    "bf16-traditional": ("bf16", "traditional", True),
+    "bf16-balanced": ("bf16", "balanced", True),
+    "fp8-balanced": ("fp8", "balanced", True),
+    "nvfp4-emulated-balanced": ("nvfp4", "balanced", True),
+}
+PEAK_BF16_TFLOPS = 989.4  # H100/H200 SXM dense BF16
+
+
+def run_config(name: str, args: argparse.Namespace, dims) -> dict:
+    from longlive.model.dit import build_model
+    from longlive.model.presets import get_preset
+    from longlive.train.trainer import ARTrainer, RandomLatentData, TrainConfig
+
+    precision, layout, use_sp = CONFIGS[name]
+    mc = get_preset(args.preset)
+    sp = dims.world if use_sp else 1
+    if use_sp and args.frames % (sp * mc.chunk_frames):
+        raise ValueError(f"Balanced SP needs frames divisible by sp·chunk = {sp * mc.chunk_frames}; got {args.frames}")
+    sp_group = None
+    if sp > 1:
+        sp_group = dist.group.WORLD
+    dev = dims.device
+    reset_peaks(dev)
+    model = build_model(mc, device=dev, seed=args.seed)
+    cfg = TrainConfig(steps=10**9, precision=precision, sp_layout=layout if sp > 1 else "none", fsdp=True,
+                      activation_checkpointing=True, resume=False, progress=False, ckpt_every=10**9,
+                      seed=args.seed, attn=args.attn)
+    dp_rank = dims.rank // sp
+    data = RandomLatentData(mc, args.frames, seed=args.seed, rank=dp_rank)
+    trainer = ARTrainer(model, cfg, data, Path(args.out) / name, device=dev, sp_group=sp_group)
+    secs, losses = [], []
+    for i in range(args.warmup + args.iters):
+        _sync(dev)
+        t0 = time.perf_counter()
+        m = trainer.train_step()
+        _sync(dev)
+        secs.append(time.perf_counter() - t0)
+        losses.append(m["loss"])
+        if dims.is_main:
+            print(f"[{name}] iter {i}: {secs[-1]:.2f} s loss {m['loss']:.4f} grad_norm {m['grad_norm']:.3f}",
+                  flush=True)
+    mem = peaks(dev)
+    all_mem = [None] * dims.world
+    dist.all_gather_object(all_mem, mem)
+    timed = secs[args.warmup:]
+    iter_s = statistics.median(timed)
+    groups = dims.world // sp
+    flops = trainer.flops_per_step * groups
+    row = {
+        "config": name, "preset": args.preset, "frames": args.frames, "precision": precision, "sp_layout": layout,
+        "sp": sp, "world": dims.world, "samples_per_iter": groups, "tokens_per_sample": trainer.tokens_per_step,
+        "timing": "train_iter_s", "status": "ok", "iter_s": iter_s, "iter_s_all": secs, "warmup": args.warmup,
+        "flops_per_iter": flops, "mfu_bf16_peak": flops / iter_s / (dims.world * PEAK_BF16_TFLOPS * 1e12),
+        "peak_tflops_assumed": PEAK_BF16_TFLOPS, "loss": losses, "fsdp": trainer.fsdp,
+        "activation_checkpointing": True, "attn": args.attn,
+        "peak_allocated_gb_per_rank": [m["peak_allocated_gb"] for m in all_mem],
+        "peak_reserved_gb_per_rank": [m["peak_reserved_gb"] for m in all_mem],
+        "device_used_gb_per_rank": [m["device_used_gb"] for m in all_mem],
+    }
+    del trainer, model
+    _release()
+    return row
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    dist.barrier()
+
+
+def _release() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from longlive.parallel.groups import init_parallel
+    from longlive.quant.linear import BackendUnavailable
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="wan2.2-ti2v-5b")
+    p.add_argument("--frames", type=int, default=96, help="latent frames per sample (96 = 16 s)")
+    p.add_argument("--config", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--iters", type=int, default=2)
+    p.add_argument("--attn", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    if args.iters < 1:
+        raise ValueError("--iters must be ≥ 1")
+    logging.basicConfig(level=logging.WARNING)
+    dims = init_parallel(1)  # the per-config SP group is the whole world; dp groups are built per config
+    if dims.world < 2:
+        raise SystemExit("launch with torchrun --nproc_per_node=N (N ≥ 2): FSDP and SP need several ranks")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in args.config:
+        try:
+            row = run_config(name, args, dims)
+        except BackendUnavailable as exc:  # raised on every rank before any collective: safe to go on
+            row = {"config": name, "preset": args.preset, "frames": args.frames, "status": "unavailable",
+                   "error": str(exc), "timing": "train_iter_s"}
+        except torch.OutOfMemoryError as exc:
+            row = {"config": name, "preset": args.preset, "frames": args.frames, "status": "oom",
+                   "error": str(exc).splitlines()[0], "timing": "train_iter_s"}
+            _release()
+        row["manifest"] = manifest(config=vars(args), seed=args.seed)
+        if dims.is_main:
+            (out / f"{name}.json").write_text(json.dumps(row, indent=2, default=str) + "\n")
+            print(json.dumps({k: row.get(k) for k in ("config", "status", "iter_s", "mfu_bf16_peak",
+                                                       "peak_allocated_gb_per_rank")}, default=str), flush=True)
+    dist.barrier()
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
