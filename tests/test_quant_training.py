@@ -162,11 +162,14 @@ def test_nvfp4_leading_dims_and_saved_tensors():
     xx = x.view(2, 24, K).clone().requires_grad_(True)
     y = lin(xx)
     fn = y.grad_fn
-    # saved for backward: the packed NVFP4 activation (column-wise, RHT along tokens) and packed weight only
-    assert len(fn.saved_tensors) == 0
-    assert isinstance(fn.xtq, NVFP4Tensor) and fn.xtq.values.dtype == torch.uint8 and fn.xtq.shape == (K, 48)
-    assert isinstance(fn.wq, NVFP4Tensor) and fn.wq.block == (16, 16)
+    # saved for backward (through save_for_backward, so activation checkpointing can free them): the packed NVFP4
+    # activation (column-wise, RHT along tokens) and the packed weight only — values, scales, amax, global scale
+    saved = fn.saved_tensors
+    assert [t.dtype for t in saved] == [torch.uint8, torch.float8_e4m3fn, torch.float32, torch.float32] * 2
+    assert saved[0].shape == (K, 24) and fn.meta[1] == ("nvfp4", (K, 48), "mse", (1, 16))
+    assert saved[4].shape == (N, K // 2) and fn.meta[2][3] == (16, 16)
     y.backward(gy.view(2, 24, N))
+    assert isinstance(fn.xtq, NVFP4Tensor) and fn.xtq.shape == (K, 48) and fn.wq.block == (16, 16)
     flat = _run(_layer(get_training_recipe("nvfp4"), gen_seed=3), x, gy)
     assert torch.equal(y.detach().reshape(48, N), flat[0]) and torch.equal(xx.grad.reshape(48, K), flat[1])
     assert torch.equal(lin.weight.grad, flat[2])
@@ -176,8 +179,10 @@ def test_fp8_saves_fp8_activation_only():
     lin = _layer(get_training_recipe("fp8-emulated"))
     y = lin(_inputs(40)[0].requires_grad_(True))
     fn = y.grad_fn
-    assert isinstance(fn.xtq, FP8Tensor) and fn.xtq.data.dtype == torch.float8_e4m3fn
-    assert len(fn.saved_tensors) == 1 and fn.saved_tensors[0] is lin.weight  # the parameter itself, no copy
+    saved = fn.saved_tensors
+    assert len(saved) == 3 and saved[0] is lin.weight  # the parameter itself, no copy
+    assert saved[1].dtype == torch.float8_e4m3fn and saved[1].shape == (K, 48)  # xᵀ in FP8, tokens padded to 16
+    assert fn.xt_meta == ("fp8", (K, 48), "row")
 
 
 def test_wgrad_hadamard_cancels():
@@ -192,8 +197,8 @@ def test_wgrad_hadamard_cancels():
     for a, r in zip(got, want, strict=True):
         _close(a, r)
     y = lin(x)  # the WGRAD operand really is rotated
-    assert torch.allclose(y.grad_fn.xtq, random_hadamard_transform(_pad(x).T), atol=0)
-    assert not torch.allclose(y.grad_fn.xtq, _pad(x).T, atol=1e-3)
+    assert torch.allclose(y.grad_fn.saved_tensors[0], random_hadamard_transform(_pad(x).T), atol=0)
+    assert not torch.allclose(y.grad_fn.saved_tensors[0], _pad(x).T, atol=1e-3)
     # with quantisation on, the RHT changes the WGRAD numerics (the option is live), never FPROP/DGRAD
     on = _run(_layer(get_training_recipe("nvfp4")), x, gy)
     off = _run(_layer(get_training_recipe("nvfp4", hadamard=False)), x, gy)
@@ -339,3 +344,22 @@ def test_fp8_real_path_layouts_with_fake_scaled_mm(monkeypatch):
     assert calls == [((48, K), (K, N)), ((48, N), (N, K)), ((N, 48), (48, K))]  # FPROP, DGRAD, WGRAD
     for a, r in zip(real, emu, strict=True):
         assert (a - r).abs().max() <= 2**-7 * r.abs().max()  # BF16 output rounding
+
+
+@pytest.mark.parametrize("name", ["fp8-emulated", "nvfp4"])
+def test_quantised_activations_go_through_saved_tensor_hooks(name):
+    """Activation checkpointing (and CPU offload) manage exactly what passes the saved-tensor hooks: the low-precision
+    WGRAD operand must be among them, or it stays alive across the whole forward (seen on H200: FP8 Balanced SP used
+    2× the BF16 peak memory before this)."""
+    lin = _layer(get_training_recipe(name))
+    packed: list[torch.Tensor] = []
+
+    def pack(t):
+        packed.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = lin(_inputs(40)[0].requires_grad_(True))
+    low = torch.float8_e4m3fn if name.startswith("fp8") else torch.uint8
+    assert any(t.dtype == low and t.shape[0] == K for t in packed)
+    y.sum().backward()

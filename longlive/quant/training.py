@@ -145,6 +145,25 @@ def _scaled_mm_abt(a: FP8Tensor, b: FP8Tensor) -> torch.Tensor:
                             scale_b=b.scale.float().reshape(1, -1), out_dtype=torch.bfloat16)
 
 
+def _unpack(q) -> tuple[list[torch.Tensor], tuple]:
+    """A quantised container (or a plain tensor, when quantisation is off) → (tensors, metadata) for
+    save_for_backward."""
+    if isinstance(q, FP8Tensor):
+        return [q.data, q.scale], ("fp8", q.shape, q.granularity)
+    if isinstance(q, NVFP4Tensor):
+        return [q.values, q.scales, q.amax, q.global_scale], ("nvfp4", q.shape, q.rule, q.block)
+    return [q], ("plain",)
+
+
+def _repack(tensors, meta: tuple):
+    kind, *rest = meta
+    if kind == "fp8":
+        return FP8Tensor(*tensors, *rest)
+    if kind == "nvfp4":
+        return NVFP4Tensor(*tensors, *rest)
+    return tensors[0]
+
+
 # -- autograd functions ------------------------------------------------------------------------------------
 class _FP8LinearFn(torch.autograd.Function):
     """FP8 Linear (real `_scaled_mm` or emulated); saves the column-wise FP8 activation and the weight."""
@@ -168,13 +187,16 @@ class _FP8LinearFn(torch.autograd.Function):
             y = y + bias.to(dt)
         ctx.recipe, ctx.m, ctx.mp, ctx.xdtype, ctx.has_bias = recipe, m, mp, dt, bias is not None
         ctx.bias_dtype = bias.dtype if bias is not None else None
-        ctx.xtq = xtq  # FP8Tensor (not a plain tensor, so kept on ctx); 1 byte/element
-        ctx.save_for_backward(weight)
+        # The column-wise FP8 copy (1 byte/element) goes through save_for_backward as plain tensors, so activation
+        # checkpointing can drop and recompute it (tensors stashed as ctx attributes would live until backward).
+        tensors, ctx.xt_meta = _unpack(xtq)
+        ctx.save_for_backward(weight, *tensors)
         return y.reshape(*lead, -1)
 
     @staticmethod
     def backward(ctx, gy):
-        (weight,) = ctx.saved_tensors
+        weight, *tensors = ctx.saved_tensors
+        ctx.xtq = _repack(tensors, ctx.xt_meta)
         r, m, mp, dt = ctx.recipe, ctx.m, ctx.mp, ctx.xdtype
         g = _pad_tokens(gy.reshape(-1, gy.shape[-1]).to(dt), mp)
         gq, wtq = _fp8_row(g, r), _fp8_row(weight.to(dt).t(), r)
@@ -207,11 +229,16 @@ class _NVFP4LinearFn(torch.autograd.Function):
             y = y + bias.to(dt)
         ctx.recipe, ctx.gen, ctx.m, ctx.mp, ctx.xdtype = recipe, generator, m, mp, dt
         ctx.has_bias, ctx.bias_dtype, ctx.wdtype = bias is not None, getattr(bias, "dtype", None), weight.dtype
-        ctx.xtq, ctx.wq = xtq, wq
+        # packed operands through save_for_backward (see _FP8LinearFn): checkpointing can then free them
+        (tx, mx), (tw, mw) = _unpack(xtq), _unpack(wq)
+        ctx.meta = (len(tx), mx, mw)
+        ctx.save_for_backward(*tx, *tw)
         return y.reshape(*lead, -1)
 
     @staticmethod
     def backward(ctx, gy):
+        saved, (n, mx, mw) = ctx.saved_tensors, ctx.meta
+        ctx.xtq, ctx.wq = _repack(saved[:n], mx), _repack(saved[n:], mw)
         r, m, mp, dt = ctx.recipe, ctx.m, ctx.mp, ctx.xdtype
         g = gy.reshape(-1, gy.shape[-1]).to(dt)
         n = g.shape[1]
