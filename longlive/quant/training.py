@@ -196,17 +196,17 @@ class _FP8LinearFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy):
         weight, *tensors = ctx.saved_tensors
-        ctx.xtq = _repack(tensors, ctx.xt_meta)
+        xtq = _repack(tensors, ctx.xt_meta)  # a local: anything put on ctx lives as long as the whole graph
         r, m, mp, dt = ctx.recipe, ctx.m, ctx.mp, ctx.xdtype
         g = _pad_tokens(gy.reshape(-1, gy.shape[-1]).to(dt), mp)
         gq, wtq = _fp8_row(g, r), _fp8_row(weight.to(dt).t(), r)
         gtq = _fp8_row(g.t(), r)
         if r.emulated:
             dx = _fp8_hp(gq) @ _fp8_hp(wtq).t()
-            dw = _fp8_hp(gtq) @ _fp8_hp(ctx.xtq).t()
+            dw = _fp8_hp(gtq) @ _fp8_hp(xtq).t()
         else:
             dx = _scaled_mm_abt(gq, wtq)
-            dw = _scaled_mm_abt(gtq, ctx.xtq)
+            dw = _scaled_mm_abt(gtq, xtq)
         db = gy.reshape(-1, gy.shape[-1]).float().sum(0).to(ctx.bias_dtype) if ctx.has_bias else None
         return dx[:m].to(dt).reshape(*gy.shape[:-1], -1), dw.to(weight.dtype), db, None
 
@@ -238,7 +238,7 @@ class _NVFP4LinearFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy):
         saved, (n, mx, mw) = ctx.saved_tensors, ctx.meta
-        ctx.xtq, ctx.wq = _repack(saved[:n], mx), _repack(saved[n:], mw)
+        xtq, wq = _repack(saved[:n], mx), _repack(saved[n:], mw)  # locals, not ctx attributes (see _FP8LinearFn)
         r, m, mp, dt = ctx.recipe, ctx.m, ctx.mp, ctx.xdtype
         g = gy.reshape(-1, gy.shape[-1]).to(dt)
         n = g.shape[1]
@@ -246,9 +246,9 @@ class _NVFP4LinearFn(torch.autograd.Function):
         noise_d = _rand((m, n), ctx.gen, g.device) if sr else None
         noise_w = _rand((n, mp), ctx.gen, g.device) if sr else None
         gq = _nv(g, r, rule=r.grad_rule, stochastic=sr, noise=noise_d)
-        dx = _nv_hp(gq) @ _nv_hp(ctx.wq)  # g · W  (= A·Bᵀ with B = Wᵀ, whose 16×16 quantisation is wqᵀ)
+        dx = _nv_hp(gq) @ _nv_hp(wq)  # g · W  (= A·Bᵀ with B = Wᵀ, whose 16×16 quantisation is wqᵀ)
         gtq = _nv(_pad_tokens(g, mp).t(), r, rule=r.grad_rule, stochastic=sr, noise=noise_w, hadamard=r.hadamard)
-        dw = _nv_hp(gtq) @ _nv_hp(ctx.xtq).t()
+        dw = _nv_hp(gtq) @ _nv_hp(xtq).t()
         db = g.float().sum(0).to(ctx.bias_dtype) if ctx.has_bias else None
         return dx.to(dt).reshape(*gy.shape[:-1], -1), dw.to(ctx.wdtype), db, None, None
 
