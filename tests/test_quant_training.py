@@ -17,7 +17,7 @@ from longlive.quant.hadamard import random_hadamard_transform
 from longlive.quant.linear import BackendUnavailable
 from longlive.quant.nvfp4 import fake_quantize_nvfp4
 from longlive.quant.recipes import BLOCK_LINEARS
-from longlive.quant.tensors import FP8Tensor, NVFP4Tensor
+from longlive.quant.tensors import NVFP4Tensor
 from longlive.quant.training import (
     QuantTrainLinear,
     TrainingRecipe,

@@ -81,3 +81,13 @@ def test_train_ladder_bench_runs_on_cpu(tmp_path):
     assert row["iter_s"] > 0 and len(row["iter_s_all"]) == 2 and row["manifest"]["config"]["frames"] == 8
     fp8 = json.loads((tmp_path / "fp8-balanced.json").read_text())
     assert fp8["status"] == "unavailable" and "compute capability" in fp8["error"]
+
+
+def test_manifest_commit_prefers_the_stated_commit(monkeypatch):
+    """A copied tree (the GPU machine's) may carry a stale .git: the commit the caller states wins."""
+    from longlive.bench.manifest import git_commit
+
+    monkeypatch.setenv("LONGLIVE_GIT_COMMIT", "abc1234+wip")
+    assert git_commit() == "abc1234+wip"
+    monkeypatch.delenv("LONGLIVE_GIT_COMMIT")
+    assert git_commit() != "abc1234+wip"

@@ -149,9 +149,10 @@ def test_checkpoint_is_atomic(tmp_path, monkeypatch):
     assert ckpt.load_latest(tmp_path)["step"] == 2 and not stray.exists()
 
 
-def test_error_recycling_is_refused():
-    with pytest.raises(NotImplementedError, match="error_recycling"):
-        TrainConfig(error_recycling=True)
+def test_error_recycling_is_accepted():
+    """Error recycling is implemented (tests/test_error_recycling.py); enabling it no longer raises."""
+    cfg = TrainConfig(error_recycling=True)
+    assert cfg.error_recycling and cfg.error_recycling_config.p_clean == 0.2
 
 
 def test_cli_hook(tmp_path, capsys):

@@ -17,7 +17,10 @@ KEY_PACKAGES = ("torch", "numpy", "transformers", "triton", "safetensors", "nvid
 
 
 def git_commit(repo: Path | None = None) -> str:
-    """HEAD of the checkout (with '+dirty' if it has changes); LONGLIVE_GIT_COMMIT where there is no .git."""
+    """LONGLIVE_GIT_COMMIT when set (a copied tree's .git may be stale: seen on the GPU machine, whose copy reported
+    an older HEAD); else HEAD of the checkout, with '+dirty' if it has changes."""
+    if os.environ.get("LONGLIVE_GIT_COMMIT"):
+        return os.environ["LONGLIVE_GIT_COMMIT"]
     repo = repo or Path(__file__).resolve().parents[2]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
@@ -25,7 +28,7 @@ def git_commit(repo: Path | None = None) -> str:
                                capture_output=True, text=True, check=True).stdout.strip()
         return head.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("LONGLIVE_GIT_COMMIT", "unknown")
+        return "unknown"
 
 
 def _versions() -> dict[str, str]:

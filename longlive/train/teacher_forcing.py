@@ -12,9 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from longlive.train.error_recycling import ErrorRecycler
 
 NUM_TRAIN_TIMESTEPS = 1000
 SHIFT = 5.0
@@ -251,28 +255,53 @@ def teacher_forcing_loss(
     noise: torch.Tensor,
     t_index: torch.Tensor,
     attn: str = "auto",
+    recycler: ErrorRecycler | None = None,
+    recycle_generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Weighted flow-matching loss of one sample under the teacher-forcing layout (deterministic given noise, t).
 
     x0 [1, C, F, H, W] clean latents; prompts_embeds [P, Lt, text_dim] stacked prompts; frame_prompt [F] which
     prompt each latent frame uses (constant within a block); noise like x0; t_index [F/chunk] table indices.
     Returns mean over the F noisy frames of w(t_block)·MSE_(C,H,W)(v̂ − (ε − x0)).
+
+    With an `ErrorRecycler` (`longlive.train.error_recycling`, spec 04 "Error recycling"), drawn from
+    `recycle_generator` before the forward: the clean context copy becomes x0 + Δ_ctx and the noisy input
+    x_t + Δ_lat (Δ_lat includes σ·Δ_ε of a noise injection); after it, every block's x̂0 − x0 and v̂ − (ε − x0)
+    (x0, ε un-perturbed) are recorded, detached, at the block's timestep bucket. The target stays v = ε − x0 of
+    the un-perturbed sample (recycler target "clean"), or with target "corrective" becomes (x_t + Δ_lat − x0)/σ,
+    the velocity from the perturbed input to the true data. Clean steps (probability p_clean) are exactly the
+    plain loss.
     """
     frames, tpf = check_tf_shapes(model, x0, t_index, frame_prompt)
-    sched = frame_schedule(t_index, model.cfg.chunk_frames)
+    chunk = model.cfg.chunk_frames
+    sched = frame_schedule(t_index, chunk)
     dev = x0.device
     x_t = add_noise(x0, noise, sched.sigma)
-    seq = torch.cat([x0, x_t], dim=2)
+    target = noise - x0
+    ctx = x0
+    if recycler is not None:
+        if recycle_generator is None:
+            raise ValueError("error recycling needs recycle_generator (seeded per step and rank) for determinism")
+        inj = recycler.plan(sched.t[::chunk], sched.sigma[::chunk], x0.shape, chunk, recycle_generator, dev)
+        if inj is not None:
+            ctx = (x0.float() + inj.context).to(x0.dtype)
+            x_t = (x_t.float() + inj.latent).to(x0.dtype)
+            if recycler.cfg.target == "corrective":
+                s = sched.sigma.to(device=dev, dtype=torch.float32).view(1, 1, -1, 1, 1)
+                target = target.float() + inj.latent / s
+    seq = torch.cat([ctx, x_t], dim=2)
     t_seq = torch.cat([torch.zeros(frames), sched.t]).to(dev)[None]
     frame_prompt = torch.as_tensor(frame_prompt, device=dev).long()
-    chunk = model.cfg.chunk_frames
     masked = MaskedAttention(tf_mask_mod(frames, tpf, chunk), 2 * frames * tpf, attn,
                              cache_key=("natural", frames, tpf, chunk))
     out = model(
         seq, t_seq, prompts_embeds, frame_positions=list(range(frames)) * 2,
         attn_fn=lambda q, k, v, layer: masked(q, k, v), frame_prompt=torch.cat([frame_prompt, frame_prompt]),
     )
-    return weighted_frame_mse(out[:, :, frames:], noise - x0, sched.weight).mean()
+    v_hat = out[:, :, frames:]
+    if recycler is not None:
+        recycler.record(sched.t[::chunk], x_t, v_hat, x0, noise, sched.sigma, chunk)
+    return weighted_frame_mse(v_hat, target, sched.weight).mean()
 
 
 def predicted_x0(x_t: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

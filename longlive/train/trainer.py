@@ -5,8 +5,13 @@ seeded by (seed, step, rank), and the data iterator's position is checkpointed, 
 its latest checkpoint continues on exactly the loss trajectory of an uninterrupted run (bit-identical on CPU).
 
 Distributed: pass `sp_group` (an SP process group of consecutive ranks) for Balanced/traditional SP and
-`fsdp_mesh` (a DeviceMesh or process group over the whole world) for FSDP2. FSDP is skipped, with a log line, on
-CPU or a world of one; then gradients are averaged over the world by hand so the global-mean semantics stay.
+`fsdp_mesh` (a DeviceMesh or process group over the whole world) for FSDP2 (NCCL on GPU, gloo on CPU). Without
+FSDP (disabled, or a world of one) gradients are averaged over the world by hand, so the global-mean semantics
+stay.
+
+Error recycling (`error_recycling=True`, knobs in `error_recycling_config`; `longlive.train.error_recycling`) runs
+on the single-process teacher-forcing path (also data parallel); its error banks are checkpointed per rank, so
+resume stays bit-identical. It is refused (ValueError) together with an SP group of more than one rank.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from longlive.train.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
+from longlive.train.error_recycling import ErrorRecycler, ErrorRecyclingConfig
 from longlive.train.teacher_forcing import sample_t_index, teacher_forcing_loss
 
 log = logging.getLogger("longlive.train")
@@ -66,17 +72,18 @@ class TrainConfig:
     resume: bool = True
     progress: bool = True
     peak_tflops: float | None = None  # for MFU in the summary; None → no MFU reported
-    # Error recycling (spec 04) is NOT implemented: enabling it raises instead of silently training without it.
+    # Error recycling (spec 04; longlive.train.error_recycling): off by default, release knobs in the nested config.
+    # Single-process / data-parallel only: combined with an SP group of more than one rank the trainer raises.
     error_recycling: bool = False
+    error_recycling_config: ErrorRecyclingConfig = field(default_factory=ErrorRecyclingConfig)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
         if self.sp_layout not in SP_LAYOUTS:
             raise ValueError(f"unknown sp layout {self.sp_layout!r}; choose one of {', '.join(SP_LAYOUTS)}")
-        if self.error_recycling:
-            raise NotImplementedError("error_recycling is not implemented in this trainer yet (spec 04 'Error "
-                                      "recycling'); run with error_recycling=False")
+        if isinstance(self.error_recycling_config, dict):
+            self.error_recycling_config = ErrorRecyclingConfig(**self.error_recycling_config)
         if self.steps < 0 or self.ckpt_every < 1 or self.log_every < 1:
             raise ValueError("steps must be ≥ 0 and ckpt_every / log_every ≥ 1")
 
@@ -112,21 +119,21 @@ def apply_fsdp(model: nn.Module, mesh_or_group, *, param_dtype: torch.dtype = to
     """FSDP2: fully_shard each block, then the root; params cast to `param_dtype` for compute, fp32 reduce.
 
     A 2-D DeviceMesh (replicate, shard) gives hybrid sharding as in the release. Returns False (and logs why)
-    when sharding would be meaningless or unsupported: on CPU or with a world of one.
+    with a world of one, where sharding means nothing. On CPU it shards over gloo (how CI tests this path).
     """
     dev = next(model.parameters()).device
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    if dev.type != "cuda" or world == 1:
-        log.info("FSDP skipped: %s", "model is on CPU" if dev.type != "cuda" else "world size is 1")
+    if world == 1:
+        log.info("FSDP skipped: world size is 1")
         return False
     from torch.distributed.device_mesh import DeviceMesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mesh = mesh_or_group
     if mesh is None:
-        mesh = DeviceMesh.from_group(dist.group.WORLD, "cuda")
+        mesh = DeviceMesh.from_group(dist.group.WORLD, dev.type)
     elif not isinstance(mesh, DeviceMesh):
-        mesh = DeviceMesh.from_group(mesh, "cuda")
+        mesh = DeviceMesh.from_group(mesh, dev.type)
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     for blk in model.blocks:
         fully_shard(blk, mesh=mesh, mp_policy=mp)
@@ -267,13 +274,21 @@ class ARTrainer:
         if self.sp == 1 and cfg.sp_layout != "none":
             log.info("sp_layout=%s ignored: no SP group with more than one rank", cfg.sp_layout)
         self.is_main = self.rank == 0
+        self.recycler: ErrorRecycler | None = None
+        if cfg.error_recycling:
+            if self.sp > 1:
+                raise ValueError(f"error_recycling is not supported with sequence parallelism (sp={self.sp}, "
+                                 f"{cfg.sp_layout} layout): the SP losses do not expose the per-block predictions "
+                                 f"it records; run error recycling with sp=1 (data parallel is fine)")
+            self.recycler = ErrorRecycler(cfg.error_recycling_config)
 
         model = prepare_precision(model.to(self.device), cfg.precision)
         if cfg.activation_checkpointing:
             apply_activation_checkpointing(model)
         self.fsdp = False
         if cfg.fsdp:
-            dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
+            # low-precision recipes run BF16 around their quantised GEMMs
+            dtype = torch.float32 if cfg.precision == "fp32" else torch.bfloat16
             self.fsdp = apply_fsdp(model, fsdp_mesh, param_dtype=dtype)
         elif self.world > 1:
             log.info("FSDP disabled by config: gradients are all-reduced by hand over %d ranks", self.world)
@@ -297,8 +312,13 @@ class ARTrainer:
     def _generator(self, step: int, rank: int) -> torch.Generator:
         return torch.Generator().manual_seed(mix_seed(self.cfg.seed, step, rank))
 
-    def compute_loss(self, sample: Any, step: int) -> torch.Tensor:
-        """The step's loss: teacher forcing on one process, or this rank's Balanced/traditional SP loss."""
+    def compute_loss(self, sample: Any, step: int, *, recycle: bool = True) -> torch.Tensor:
+        """The step's loss: teacher forcing on one process, or this rank's Balanced/traditional SP loss.
+
+        With error recycling on (and `recycle`), the injection is drawn from its own generator seeded by
+        (seed, step, rank, tag), so the step's t and ε are the same draws as without recycling, and the banks
+        record this step's errors. recycle=False evaluates the plain loss and leaves the banks untouched (probes).
+        """
         x0, pe, fp = unpack_sample(sample)
         mc = self.model.cfg
         chunk = mc.chunk_frames
@@ -312,8 +332,10 @@ class ARTrainer:
             g = self._generator(step, self.rank)
             t_index = sample_t_index(frames // chunk, g)
             noise = torch.randn(x0.shape, generator=g).to(dev, x0.dtype)
+            rec = self.recycler if recycle else None
+            rg = torch.Generator().manual_seed(mix_seed(self.cfg.seed, step, self.rank, 0xE22)) if rec else None
             return teacher_forcing_loss(self.model, x0.to(dev), pe, fp, noise=noise, t_index=t_index,
-                                        attn=self.cfg.attn)
+                                        attn=self.cfg.attn, recycler=rec, recycle_generator=rg)
         from longlive.parallel.balanced import local_frame_range, sp_loss
 
         if self.cfg.sp_layout == "balanced":
@@ -440,6 +462,15 @@ class ARTrainer:
             out[n] = (e.full_tensor() if hasattr(e, "full_tensor") else e).cpu()
         return out
 
+    def _recycler_states(self) -> list[dict[str, Any]] | None:
+        """Every rank's error banks (each rank records its own errors), gathered to rank 0 (None elsewhere)."""
+        mine = self.recycler.state_dict()
+        if self.world == 1:
+            return [mine]
+        got: list[Any] = [None] * self.world if self.is_main else None
+        dist.gather_object(mine, got, dst=0)
+        return got
+
     def save(self) -> Path | None:
         """Collective under FSDP (every rank gathers); rank 0 writes atomically and prunes old checkpoints."""
         state = {
@@ -448,6 +479,8 @@ class ARTrainer:
             "data": self.data_src.state_dict() if hasattr(self.data_src, "state_dict") else None,
             "world": self.world,
         }
+        if self.recycler is not None:
+            state["error_recycling"] = self._recycler_states()
         path = None
         if self.is_main:
             path = save_checkpoint(checkpoint_path(self.out_dir, self.step), state)
@@ -481,6 +514,15 @@ class ARTrainer:
                     e.copy_(src)
                 else:
                     e.copy_(src.to(e.device))
+        if self.recycler is not None:
+            banks = state.get("error_recycling")
+            if banks is None:
+                log.warning("checkpoint has no error-recycling banks: error recycling resumes with empty banks")
+            elif len(banks) != self.world:
+                log.warning("checkpoint holds error banks of %d ranks, this run has %d: resuming with empty banks",
+                            len(banks), self.world)
+            else:
+                self.recycler.load_state_dict(banks[self.rank])
         restore_rng(state["rng"])
         self.step = int(state["step"])
         if state.get("data") is not None and hasattr(self.data_src, "load_state_dict"):
@@ -537,6 +579,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--sp-layout", choices=["balanced", "traditional"], default="balanced")
     p.add_argument("--fsdp", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--error-recycling", action=argparse.BooleanOptionalAction, default=False,
+                   help="spec 04 error recycling with the release knobs (50 buckets × 500, p_clean 0.2, "
+                        "context/latent/noise 0.9/0.9/0.01, scale U(0.7, 1.3)); sp = 1 only")
     p.add_argument("--device", default=None)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
@@ -567,6 +612,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
     frames = args.frames or 2 * mc.chunk_frames
+    if args.error_recycling and args.sp > 1:
+        raise ValueError(f"--error-recycling is not supported with --sp {args.sp} (sequence parallelism); use --sp 1")
     sp_group, rank = None, 0
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 or args.sp > 1:
         from longlive.parallel.groups import init_parallel
@@ -576,7 +623,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(steps=args.steps, lr=args.lr, seed=args.seed, precision=precision, resume=args.resume,
                       ckpt_every=args.ckpt_every, log_every=args.log_every, ema_start=args.ema_start,
                       sp_layout=args.sp_layout if args.sp > 1 else "none", fsdp=args.fsdp,
-                      activation_checkpointing=args.activation_checkpointing, progress=not args.no_progress)
+                      activation_checkpointing=args.activation_checkpointing, progress=not args.no_progress,
+                      error_recycling=args.error_recycling)
     model = build_model(mc, device=device, seed=args.seed)
     # every rank of an SP group must see the same sample: seed the data by the data-parallel rank
     data = build_data(args.data, mc, frames, args.seed, rank=rank // max(1, args.sp))
