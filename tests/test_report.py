@@ -234,3 +234,236 @@ def test_html_renders_in_chromium(report: tuple[Path, Path], tmp_path: Path) -> 
     dark = sum(band.histogram()[:160])
     assert dark > 2000, f"only {dark} dark pixels where the first table should be"
 
+
+
+# --- training (workload train) and DMD (workload dmd) rows -----------------------------------------------------
+
+TRAIN_DEF = "median wall time of one optimiser iteration after 1 warm-up iteration (synchronised)"
+DMD_DEF = "iter_s: wall time of one DMD iteration, median; peak_allocated_gb: torch peak over the iterations"
+
+
+def _train(cell: str, precision: str, sp: int, layout: str, iter_s: float, *, er: bool = False, frames: int = 96,
+           mem: float | None = 44.7, rss: float | None = None, model: str = MODEL) -> dict:
+    axes = {"model": model, "precision": precision, "sp": sp, "gpu": GPU_AXIS, "train_layout": layout,
+            "error_recycling": er}  # kv_quant, exchange, steps, decode, dmd_quantised: None
+    r = empty_row(cell, "table1_training", "train", axes, frames=frames, seed=0)
+    r.update(status="ok", iter_s=iter_s, tokens_per_s=168960 / iter_s, mfu=None if mem is None else 0.233,
+             peak_allocated_gb=mem, loss_first=1.25, loss_last=0.875)
+    r["metrics_extra"] = {"rss_gb": rss} if rss is not None else {}
+    r["timing_definition"] = {"iter_s": TRAIN_DEF}
+    r["manifest"] = _manifest() if mem is not None else {}
+    r["finished_at"] = "2026-11-21T11:00:00+00:00"
+    return r
+
+
+def _dmd(cell: str, rung: str, peak: float, *, precision: str = "bf16", frames: int = 96) -> dict:
+    axes = {"model": MODEL, "precision": precision, "gpu": GPU_AXIS, "dmd_quantised": rung}
+    r = empty_row(cell, "table2_dmd_memory", "dmd", axes, frames=frames, seed=0)
+    r.update(status="ok", peak_allocated_gb=peak, resident_gb=peak / 2, iter_s=30.5, generator_loss=0.4375,
+             critic_loss=0.3125)
+    r["timing_definition"] = {"iter_s": DMD_DEF, "peak_allocated_gb": DMD_DEF}  # one text names both, like the runner's
+    r["manifest"] = _manifest()
+    return r
+
+
+TRAIN_ROWS = [
+    _train("t-bf16-nosp", "bf16", 1, "none", 54.4, mem=112.3),
+    _train("t-bf16-trad", "bf16", 4, "traditional", 14.67),
+    _train("t-bf16-bal", "bf16", 4, "balanced", 14.14),
+    _train("t-bf16-bal-er", "bf16", 4, "balanced", 14.36, er=True),
+    _train("t-fp8emu-bal", "fp8-emulated", 4, "balanced", 19.99),  # no Table 1 column: never compared
+    _train("t-cpu-tiny", "fp32", 1, "none", 0.777, frames=12, mem=None, rss=3.21, model="tiny"),
+]
+DMD_ROWS = [
+    _dmd("d-none", "none", 56.8),
+    _dmd("d-gen", "generator", 50.8),
+    _dmd("d-gen-real", "generator+real", 43.8),
+    _dmd("d-gen-real-critic", "generator+real+critic", 39.3),
+    _dmd("d-fp32-gen", "generator", 77.7, precision="fp32"),  # no unquantised rung of its own: no ratio
+]
+
+
+def _sections(md: str) -> dict[str, str]:
+    """Level-2 sections of the Markdown report by title."""
+    return {part.split("\n", 1)[0].strip(): part for part in md.split("\n## ")[1:]}
+
+
+def _subsections(section: str) -> dict[str, str]:
+    return {part.split("\n", 1)[0].strip(): part for part in section.split("\n### ")[1:]}
+
+
+def _table_row(section: str, cell: str) -> list[str]:
+    line = next(s for s in section.splitlines() if s.startswith(f"| {cell} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def _header(section: str, html_first: str = "| cell |") -> list[str]:
+    line = next(s for s in section.splitlines() if s.startswith(html_first))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+@pytest.fixture(scope="module")
+def mixed_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, Path]:
+    root = tmp_path_factory.mktemp("mixed")
+    store = _write_store(root / "run")
+    failed = empty_row("t-bf16-nosp-192", "table1_training", "train", {"model": MODEL, "precision": "bf16", "sp": 1,
+                       "gpu": GPU_AXIS, "train_layout": "none", "error_recycling": False}, frames=192, seed=0)
+    failed.update(status="failed", reason="OOM at 192 latents without SP")
+    with store.open("a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in [*TRAIN_ROWS, *DMD_ROWS, failed])
+    index = build_report([store], root / "out", title="Mixed")
+    return (root / "out" / "index.md").read_text(), index.read_text(), root / "out"
+
+
+def test_training_section(mixed_report: tuple[str, str, Path]) -> None:
+    md, page, _ = mixed_report
+    sec = _sections(md)
+    train = sec["Training (teacher forcing)"]
+    head = _header(train)
+    assert head[:8] == ["cell", "experiment", "model", "precision", "sp", "dp", "train_layout", "error_recycling"] or \
+        head[:7] == ["cell", "model", "precision", "sp", "dp", "train_layout", "error_recycling"]
+    for col in ("gpu", "gpu_name", "frames", "iter_s", "tokens_per_s", "mfu", "peak_allocated_gb", "loss_first",
+                "loss_last", "host RSS GB (CPU, no device peak)"):
+        assert col in head
+    for r in TRAIN_ROWS:
+        assert f"| {r['cell_id']} |" in train
+    for cell in ("c-bf16-4-str", "d-none", "d-gen"):
+        assert cell not in train  # inference and dmd rows stay out
+    row = dict(zip(head, _table_row(train, "t-bf16-bal"), strict=True))
+    assert row["iter_s"] == "14.1" and row["sp"] == "4" and row["train_layout"] == "balanced"
+    assert row["error_recycling"] == "no" and row["mfu"] == "23%" and row["gpu_name"] == GPU
+    assert row["loss_first"] == "1.25" and row["loss_last"] == "0.875"
+    assert row["host RSS GB (CPU, no device peak)"] == "—"
+    assert dict(zip(head, _table_row(train, "t-bf16-bal-er"), strict=True))["error_recycling"] == "yes"
+    cpu = dict(zip(head, _table_row(train, "t-cpu-tiny"), strict=True))
+    assert cpu["peak_allocated_gb"] == "—" and cpu["host RSS GB (CPU, no device peak)"] == "3.21"
+    assert cpu["mfu"] == "—" and cpu["iter_s"] == "0.777"
+    assert f"iter_s: {TRAIN_DEF}" in train  # the timing definition, from the rows
+    # ladder order: fp32 before bf16 before the emulated recipe; no SP before traditional before balanced
+    order = [c for c in ("t-cpu-tiny", "t-bf16-nosp", "t-bf16-trad", "t-bf16-bal", "t-bf16-bal-er", "t-fp8emu-bal")]
+    assert sorted(order, key=lambda c: train.index(f"| {c} |")) == [
+        "t-bf16-nosp", "t-bf16-trad", "t-bf16-bal", "t-bf16-bal-er", "t-fp8emu-bal", "t-cpu-tiny"]  # experiment, gpu
+    assert '<table id="train-table">' in page
+
+
+def test_dmd_section(mixed_report: tuple[str, str, Path]) -> None:
+    md, page, _ = mixed_report
+    dmd = _sections(md)["DMD (distillation memory ladder)"]
+    head = _header(dmd)
+    for col in ("model", "precision", "dmd_quantised", "gpu", "frames", "peak_allocated_gb",
+                "× of the unquantised rung", "resident_gb", "iter_s", "generator_loss", "critic_loss"):
+        assert col in head
+    assert head.index("× of the unquantised rung") == head.index("peak_allocated_gb") + 1
+    for r in TRAIN_ROWS:
+        assert r["cell_id"] not in dmd
+    assert "c-bf16-4-str" not in dmd
+    ratios = {c: dict(zip(head, _table_row(dmd, c), strict=True))["× of the unquantised rung"]
+              for c in ("d-none", "d-gen", "d-gen-real", "d-gen-real-critic", "d-fp32-gen")}
+    assert ratios == {"d-none": "1.00×", "d-gen": f"{50.8 / 56.8:.2f}×", "d-gen-real": f"{43.8 / 56.8:.2f}×",
+                      "d-gen-real-critic": f"{39.3 / 56.8:.2f}×", "d-fp32-gen": "—"}
+    row = dict(zip(head, _table_row(dmd, "d-gen-real"), strict=True))
+    assert row["peak_allocated_gb"] == "43.8" and row["resident_gb"] == "21.9" and row["critic_loss"] == "0.312"
+    # rung order
+    assert dmd.index("| d-none |") < dmd.index("| d-gen |") < dmd.index("| d-gen-real |") \
+        < dmd.index("| d-gen-real-critic |")
+    assert dmd.count(DMD_DEF) == 1 and "iter_s: iter_s" not in dmd  # printed once, not prefixed twice
+    assert '<table id="dmd-table">' in page
+
+
+def test_main_table_holds_inference_only(mixed_report: tuple[str, str, Path]) -> None:
+    md, page, _ = mixed_report
+    main = _sections(md)["Results (ok cells)"]
+    assert "| c-bf16-4-str |" in main
+    for r in [*TRAIN_ROWS, *DMD_ROWS]:
+        assert r["cell_id"] not in main
+    head = _header(main)
+    for axis in ("train_layout", "error_recycling", "dmd_quantised"):
+        assert axis not in head
+    bad = _sections(md)["Failed and skipped cells"]
+    assert "| t-bf16-nosp-192 |" in bad and "OOM at 192 latents without SP" in bad
+    assert "train 7" in md and "dmd 5" in md  # cells per workload in the summary
+
+
+def test_table1_and_table2_comparisons(mixed_report: tuple[str, str, Path]) -> None:
+    md, _, _ = mixed_report
+    comp = _subsections(_sections(md)["Ours vs published numbers"])
+    t1 = comp["Table 1 AR training (paper)"]
+    head = _header(t1)
+    assert {"gpu (ours)", "hardware (paper)", "s/iter ours", "s/iter paper", "s/iter ours/paper"} <= set(head)
+    bal = dict(zip(head, _table_row(t1, "t-bf16-bal"), strict=True))
+    assert bal["s/iter paper"] == "45.8" and bal["s/iter ours/paper"] == f"{14.14 / 45.8:.2f}×"
+    assert bal["paper row"] == "BF16 Balanced SP, 16 s" and bal["gpu (ours)"] == GPU
+    assert bal["hardware (paper)"] == "GPU type and SP degree not stated"
+    assert dict(zip(head, _table_row(t1, "t-bf16-nosp"), strict=True))["s/iter paper"] == "75.3"
+    assert dict(zip(head, _table_row(t1, "t-bf16-trad"), strict=True))["s/iter paper"] == "52.2"
+    assert "error recycling" in dict(zip(head, _table_row(t1, "t-bf16-bal-er"), strict=True))["note"]
+    assert "t-fp8emu-bal" not in t1 and "t-cpu-tiny" not in t1  # no Table 1 column / not the 5B model
+    t2 = comp["Table 2 DMD peak memory (paper)"]
+    head = _header(t2)
+    row = dict(zip(head, _table_row(t2, "d-gen-real-critic"), strict=True))
+    assert row["peak GB paper"] == "49" and row["peak GB ours/paper"] == f"{39.3 / 49.0:.2f}×"
+    assert row["× unquantised ours"] == f"{39.3 / 56.8:.2f}×" and row["× unquantised paper"] == "0.69×"
+    assert row["paper row"] == "+ NVFP4 critic with LoRA" and row["hardware (paper)"] == "GPU type not stated"
+    assert dict(zip(head, _table_row(t2, "d-none"), strict=True))["peak GB paper"] == "70.5"
+    assert "fp32" in dict(zip(head, _table_row(t2, "d-fp32-gen"), strict=True))["note"]
+    for t in (t1, t2):
+        assert "c-bf16-4-str" not in t
+
+
+def test_training_plots(mixed_report: tuple[str, str, Path]) -> None:
+    md, page, out = mixed_report
+    plots = _subsections(_sections(md)["Plots"])
+    srcs = [s.split('"')[0] for s in page.split('<img src="')[1:]]
+    for stem in ("train-", "dmd-", "ladder-"):
+        src = next(s for s in srcs if s.startswith(f"assets/{stem}"))
+        assert (out / src).read_bytes()[:8] == PNG_MAGIC
+    assert "Training: seconds per iteration per configuration" in plots
+    assert "DMD: peak memory per quantisation rung" in plots
+
+
+def test_plots_ignore_training_rows(tmp_path: Path) -> None:
+    infer = [_ok("i1", "bf16", "none", "streaming", 4, 20.0, 10.0), _ok("i2", "fp8", "none", "streaming", 4, 23.0,
+                                                                            12.0)]
+    train = [_train("a", "bf16", 1, "none", 50.0, frames=96), _train("b", "bf16", 1, "none", 150.0, frames=192)]
+    plots = {p.key: p for p in make_plots(pd.DataFrame([*infer, *train, *DMD_ROWS[:1]]), tmp_path / "mix")}
+    assert plots["memory"].file is None  # train peaks at two lengths are not an inference memory curve
+    assert plots["ladder"].file is not None and plots["train"].file is not None
+    assert plots["dmd"].file is None and "not enough data" in (plots["dmd"].note or "")
+    only = {p.key: p for p in make_plots(pd.DataFrame([*TRAIN_ROWS, *DMD_ROWS]), tmp_path / "only")}
+    assert set(only) == {"inference", "train", "dmd"} and "no ok inference cells" in (only["inference"].note or "")
+    assert only["train"].file is not None and only["dmd"].file is not None
+    assert "train" not in {p.key for p in make_plots(pd.DataFrame(infer), tmp_path / "infer")}
+    one = {p.key: p for p in make_plots(pd.DataFrame(train[:1]), tmp_path / "one")}
+    assert one["train"].file is None and "not enough data" in (one["train"].note or "")
+
+
+def test_sections_noted_without_training_rows(report: tuple[Path, Path]) -> None:
+    _, index = report
+    md = (index.parent / "index.md").read_text()
+    sec = _sections(md)
+    assert "no ok train cells" in sec["Training (teacher forcing)"]
+    assert "no ok dmd cells" in sec["DMD (distillation memory ladder)"]
+    comp = _subsections(sec["Ours vs published numbers"])
+    for name in ("Table 1 AR training (paper)", "Table 2 DMD peak memory (paper)"):
+        assert "no ok cell matches a row of this table" in comp[name]
+    assert "train" not in _subsections(sec["Plots"]) and "Training: seconds" not in md
+    assert "train-table" not in index.read_text()
+
+
+def test_training_only_report_and_false_flag_in_inference(tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    folder.mkdir()
+    inf = _ok("i-er-false", "bf16", "none", "streaming", 4, 20.0, 10.0)
+    inf["error_recycling"] = False  # a default that leaked into an inference row: still no column there
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [*TRAIN_ROWS[:2], inf]))
+    build_report([folder], tmp_path / "out")
+    sec = _sections((tmp_path / "out" / "index.md").read_text())
+    assert "error_recycling" not in _header(sec["Results (ok cells)"])
+    assert "no ok dmd cells" in sec["DMD (distillation memory ladder)"]
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in DMD_ROWS))
+    build_report([folder], tmp_path / "out2")
+    md = (tmp_path / "out2" / "index.md").read_text()
+    sec = _sections(md)
+    assert "no ok inference cells" in sec["Results (ok cells)"] and "no ok train cells" in sec[
+        "Training (teacher forcing)"]
+    assert "| d-gen |" in sec["DMD (distillation memory ladder)"]

@@ -20,7 +20,7 @@ FAST = ["frames=4", "quality.metrics=[temporal_flickering]"]
 
 
 def test_smoke_matrix_covers_every_declared_axis_value():
-    cells = expand("smoke")
+    cells = [c for c in expand("smoke") if c.config["workload"]["name"] == "infer"]
     combos = {(c.axes["steps"], c.axes["decode"], c.axes["precision"], c.axes["kv_quant"], c.axes["sp"]) for c in cells}
     assert len(cells) == len(combos) == 2 * 2 * 4 * 2 * 2
     assert {c.axes["precision"] for c in cells} == {"fp32", "bf16", "fp8-emulated", "nvfp4"}
@@ -31,12 +31,59 @@ def test_smoke_matrix_covers_every_declared_axis_value():
 
 
 def test_command_line_sweep_replaces_the_presets_axis_and_ids_are_stable():
-    cells = expand("smoke", ["steps=3", "decode=batch", "sp=1", "kv=none", "precision=fp32,bf16"])
+    cells = expand("smoke", ["steps=3", "decode=batch", "sp=1", "kv=none", "precision=fp32,bf16", "matrices=[]"])
     assert [(c.axes["steps"], c.axes["precision"]) for c in cells] == [(3, "fp32"), (3, "bf16")]
-    again = expand("smoke", ["steps=3", "decode=batch", "sp=1", "kv=none", "precision=fp32,bf16"])
+    again = expand("smoke", ["steps=3", "decode=batch", "sp=1", "kv=none", "precision=fp32,bf16", "matrices=[]"])
     assert [c.cell_id for c in cells] == [c.cell_id for c in again]
-    other = expand("smoke", ["steps=3", "decode=batch", "sp=1", "kv=none", "precision=fp32", "seed=1"])
+    other = expand("smoke", ["steps=3", "decode=batch", "sp=1", "kv=none", "precision=fp32", "seed=1",
+                             "matrices=[]"])
     assert other[0].cell_id != cells[0].cell_id  # any config change is a different cell
+
+
+def test_smoke_training_sub_matrices_are_a_union_not_a_product():
+    cells = expand("smoke")
+    train = [c for c in cells if c.config["workload"]["name"] == "train"]
+    dmd = [c for c in cells if c.config["workload"]["name"] == "dmd"]
+    assert len(cells) == 64 + len(train) + len(dmd) and len({c.cell_id for c in cells}) == len(cells)
+    assert {(c.axes["precision"], c.axes["error_recycling"]) for c in train if c.axes["sp"] == 1} == {
+        (p, e) for p in ("fp32", "bf16", "fp8-emulated", "nvfp4") for e in (False, True)}
+    assert {(c.axes["precision"], c.axes["train_layout"]) for c in train if c.axes["sp"] == 2} == {
+        (p, t) for p in ("fp32", "bf16") for t in ("traditional", "balanced")}
+    assert {c.axes["dmd_quantised"] for c in dmd} == {"none", "generator", "generator+real", "generator+real+critic"}
+    for c in train + dmd:  # inference-only axes are empty in training rows, and the other way round
+        assert c.axes["decode"] is c.axes["steps"] is c.axes["kv_quant"] is c.axes["exchange"] is None
+        assert reference_cell(c) is None
+    assert all(c.axes["train_layout"] is c.axes["dmd_quantised"] is None for c in cells[:64])
+    assert all(c.axes["train_layout"] is None and c.axes["dp"] is None for c in dmd)
+    # a command-line sweep of an inference axis does not multiply the training cells
+    more = expand("smoke", ["steps=4,3,2"])
+    assert len([c for c in more if c.config["workload"]["name"] != "infer"]) == len(train) + len(dmd)
+
+
+def test_train_and_dmd_cells_run_skip_and_fail_with_reasons(tmp_path):
+    fast = ["frames=4", "train_iters=1", "dmd_iters=1", "dmd_lora_rank=4"]
+    run_sweep(None, ["workload=train", *fast, "precision=fp32,fp8,fp8-te"], tmp_path, progress=False)
+    run_sweep(None, ["workload=train", *fast, "sp=2", "train_layout=balanced", "error_recycling=false,true"],
+              tmp_path, progress=False)
+    run_sweep(None, ["workload=dmd", "frames=2", *fast[1:], "dmd_quantised=none,generator+real+critic",
+                     "precision=fp32,nvfp4"], tmp_path, progress=False)
+    rows = _rows(tmp_path)
+    by = {(r["workload"], r["precision"], r["sp"], r["error_recycling"], r["dmd_quantised"]): r for r in rows}
+    ok = by[("train", "fp32", 1, False, None)]
+    assert ok["status"] == "ok" and ok["iter_s"] > 0 and ok["tokens_per_s"] > 0
+    assert ok["loss_first"] > 0 and ok["decode"] is None and ok["train_layout"] == "none" and ok["dp"] == 1
+    assert "iter_s" in ok["timing_definition"] and ok["metrics_extra"]["losses"]
+    assert by[("train", "fp8", 1, False, None)]["status"] == "skipped"
+    assert "compute capability" in by[("train", "fp8", 1, False, None)]["reason"]
+    assert "no training recipe" in by[("train", "fp8-te", 1, False, None)]["reason"]
+    sp2 = by[("train", "fp32", 2, False, None)]
+    assert sp2["status"] == "ok" and sp2["train_layout"] == "balanced" and sp2["metrics_extra"]["sp"] == 2
+    assert by[("train", "fp32", 2, True, None)]["status"] == "skipped"
+    for rung in ("none", "generator+real+critic"):
+        r = by[("dmd", "fp32", 1, None, rung)]
+        assert r["status"] == "ok" and r["iter_s"] > 0 and r["critic_loss"] is not None, r["reason"]
+    assert r["metrics_extra"]["frozen_formats"] == {"generator": "nvfp4", "teacher": "nvfp4", "critic": "nvfp4"}
+    assert "dmd_quantised axis" in by[("dmd", "nvfp4", 1, None, "none")]["reason"]
 
 
 def test_every_experiment_preset_expands():

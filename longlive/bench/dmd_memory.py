@@ -20,13 +20,11 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import time
 from pathlib import Path
 
 import torch
 
 from longlive.bench.manifest import manifest
-from longlive.bench.memory import peaks, reset_peaks
 
 # name → (generator, teacher, critic) frozen-base formats
 LADDER = {
@@ -39,55 +37,19 @@ LADDER = {
 
 
 def run_config(name: str, args: argparse.Namespace, dev: torch.device) -> dict:
-    from longlive.model.dit import build_model
-    from longlive.model.presets import get_preset
-    from longlive.train.dmd import DMDConfig, DMDTrainer
+    from longlive.train.measure import measure_dmd
 
-    mc = get_preset(args.preset)
-    if args.latents % mc.chunk_frames:
-        raise ValueError(f"--latents must be whole blocks of {mc.chunk_frames}")
     gq, tq, cq = LADDER[name]
-    cfg = DMDConfig(num_blocks=args.latents // mc.chunk_frames, rank=args.rank, alpha=float(args.rank),
-                    quant_generator=gq, quant_teacher=tq, quant_critic=cq, activation_checkpointing=True,
-                    attn=args.attn, seed=args.seed)
-    g = torch.Generator().manual_seed(args.seed)
-
-    def prompts():
-        while True:
-            yield torch.randn(1, mc.text_len, mc.text_dim, generator=g)
-
-    base = build_model(mc, device=dev, dtype=torch.bfloat16, seed=args.seed)
-    trainer = DMDTrainer(base, cfg, prompts(), Path(args.out) / name,
-                         negative_embed=torch.zeros(1, mc.text_len, mc.text_dim))
-    del base
-    gc.collect()
-    if dev.type == "cuda":
-        torch.cuda.empty_cache()
-    resident = torch.cuda.memory_allocated(dev) / 1e9 if dev.type == "cuda" else None
-    reset_peaks(dev)
-    secs, outs = [], []
-    for i in range(args.iters):
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        t0 = time.perf_counter()
-        out = trainer.step()
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        secs.append(time.perf_counter() - t0)
-        outs.append({k: out.get(k) for k in ("generator_updated", "generator_loss", "critic_loss", "exit_step")})
-        print(f"[{name}] iter {i}: {secs[-1]:.2f} s {outs[-1]}", flush=True)
-    mem = peaks(dev)
-    row = {"config": name, "status": "ok", "preset": args.preset, "latents": args.latents,
-           "frozen_formats": {"generator": gq, "teacher": tq, "critic": cq}, "lora_rank": args.rank,
-           "activation_checkpointing": True, "attn": args.attn, "memory": "peak_allocated_gb",
-           "peak_allocated_gb": mem["peak_allocated_gb"], "peak_reserved_gb": mem["peak_reserved_gb"],
-           "device_used_gb": mem["device_used_gb"], "resident_gb": resident,
-           "timing": "dmd_iter_s", "iter_s_all": secs, "steps": outs}
-    del trainer
-    gc.collect()
-    if dev.type == "cuda":
-        torch.cuda.empty_cache()
-    return row
+    m = measure_dmd(args.preset, args.latents, rung=(gq, tq, cq), iters=args.iters, device=dev,
+                    out_dir=Path(args.out) / name, seed=args.seed, rank=args.rank, attn=args.attn,
+                    log=lambda s: print(f"[{name}] {s}", flush=True))
+    extra = m.pop("extra")
+    return {"config": name, "status": "ok", "preset": args.preset, "latents": args.latents,
+            "frozen_formats": extra["frozen_formats"], "lora_rank": args.rank, "activation_checkpointing": True,
+            "attn": args.attn, "memory": "peak_allocated_gb", "peak_allocated_gb": m["peak_allocated_gb"],
+            "peak_reserved_gb": m["peak_reserved_gb"], "device_used_gb": m["device_used_gb"],
+            "resident_gb": m["resident_gb"], "timing": "dmd_iter_s", "iter_s_all": extra["iter_s_all"],
+            "steps": extra["steps"]}
 
 
 def main(argv: list[str] | None = None) -> int:

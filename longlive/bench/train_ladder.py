@@ -10,7 +10,7 @@ on the data) with per-GPU batch 1.
 
 Timing definition (`timing = "train_iter_s"`): wall time of one optimiser iteration — data, forward, backward,
 gradient reduce-scatter, clip, AdamW, EMA — between two `cuda.synchronize` + world barriers, median over the
-iterations after `--warmup` (the first compiles FlexAttention). MFU = useful FLOPs of the iteration (3 × forward,
+iterations after the first (a warm-up: it compiles FlexAttention). MFU = useful FLOPs of the iteration (3 × forward,
 recompute not counted, masked attention at its density; every SP group's sample) / (iter_s · world · peak), peak =
 dense BF16 989.4 TFLOP/s per H100/H200 SXM for every config (the FP8 rows too, so MFU compares like with like).
 Memory: torch peak allocated / reserved per rank and NVML device use. One JSON per config, rank 0 writes.
@@ -23,15 +23,12 @@ import argparse
 import gc
 import json
 import logging
-import statistics
-import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from longlive.bench.manifest import manifest
-from longlive.bench.memory import peaks, reset_peaks
 
 # name → (training precision recipe, sp layout, use SP over the whole world)
 CONFIGS = {
@@ -45,65 +42,29 @@ PEAK_BF16_TFLOPS = 989.4  # H100/H200 SXM dense BF16
 
 
 def run_config(name: str, args: argparse.Namespace, dims) -> dict:
-    from longlive.model.dit import build_model
-    from longlive.model.presets import get_preset
-    from longlive.train.trainer import ARTrainer, RandomLatentData, TrainConfig
+    from longlive.train.measure import measure_train
 
     precision, layout, use_sp = CONFIGS[name]
-    mc = get_preset(args.preset)
-    sp = dims.world if use_sp else 1
-    if use_sp and args.frames % (sp * mc.chunk_frames):
-        raise ValueError(f"Balanced SP needs frames divisible by sp·chunk = {sp * mc.chunk_frames}; got {args.frames}")
-    sp_group = None
-    if sp > 1:
-        sp_group = dist.group.WORLD
-    dev = dims.device
-    reset_peaks(dev)
-    model = build_model(mc, device=dev, seed=args.seed)
-    cfg = TrainConfig(steps=10**9, precision=precision, sp_layout=layout if sp > 1 else "none", fsdp=True,
-                      activation_checkpointing=True, resume=False, progress=False, ckpt_every=10**9,
-                      seed=args.seed, attn=args.attn)
-    dp_rank = dims.rank // sp
-    data = RandomLatentData(mc, args.frames, seed=args.seed, rank=dp_rank)
-    trainer = ARTrainer(model, cfg, data, Path(args.out) / name, device=dev, sp_group=sp_group)
-    secs, losses = [], []
-    for i in range(args.warmup + args.iters):
-        _sync(dev)
-        t0 = time.perf_counter()
-        m = trainer.train_step()
-        _sync(dev)
-        secs.append(time.perf_counter() - t0)
-        losses.append(m["loss"])
-        if dims.is_main:
-            print(f"[{name}] iter {i}: {secs[-1]:.2f} s loss {m['loss']:.4f} grad_norm {m['grad_norm']:.3f}",
-                  flush=True)
-    mem = peaks(dev)
+    sp_group = dist.group.WORLD if use_sp else None
+    m = measure_train(args.preset, args.frames, precision=precision, layout=layout, iters=args.iters,
+                      device=dims.device, out_dir=Path(args.out) / name, seed=args.seed, attn=args.attn,
+                      sp_group=sp_group, log=lambda s: print(f"[{name}] {s}", flush=True))
+    extra = m.pop("extra")
     all_mem = [None] * dims.world
-    dist.all_gather_object(all_mem, mem)
-    timed = secs[args.warmup:]
-    iter_s = statistics.median(timed)
-    groups = dims.world // sp
-    flops = trainer.flops_per_step * groups
-    row = {
-        "config": name, "preset": args.preset, "frames": args.frames, "precision": precision, "sp_layout": layout,
-        "sp": sp, "world": dims.world, "samples_per_iter": groups, "tokens_per_sample": trainer.tokens_per_step,
-        "timing": "train_iter_s", "status": "ok", "iter_s": iter_s, "iter_s_all": secs, "warmup": args.warmup,
-        "flops_per_iter": flops, "mfu_bf16_peak": flops / iter_s / (dims.world * PEAK_BF16_TFLOPS * 1e12),
-        "peak_tflops_assumed": PEAK_BF16_TFLOPS, "loss": losses, "fsdp": trainer.fsdp,
+    dist.all_gather_object(all_mem, {k: m.get(k) for k in ("peak_allocated_gb", "peak_reserved_gb",
+                                                          "device_used_gb")})
+    return {
+        "config": name, "status": "ok", "preset": args.preset, "frames": args.frames, "precision": precision,
+        "sp_layout": layout, "sp": extra["sp"], "world": dims.world, "samples_per_iter": extra["samples_per_iter"],
+        "tokens_per_sample": extra["tokens_per_sample"], "timing": "train_iter_s", "iter_s": m["iter_s"],
+        "iter_s_all": extra["iter_s_all"], "warmup": 1, "flops_per_iter": extra["flops_per_iter"],
+        "mfu_bf16_peak": extra["flops_per_iter"] / m["iter_s"] / (dims.world * PEAK_BF16_TFLOPS * 1e12),
+        "peak_tflops_assumed": PEAK_BF16_TFLOPS, "loss": extra["losses"], "fsdp": extra["fsdp"],
         "activation_checkpointing": True, "attn": args.attn,
-        "peak_allocated_gb_per_rank": [m["peak_allocated_gb"] for m in all_mem],
-        "peak_reserved_gb_per_rank": [m["peak_reserved_gb"] for m in all_mem],
-        "device_used_gb_per_rank": [m["device_used_gb"] for m in all_mem],
+        "peak_allocated_gb_per_rank": [r["peak_allocated_gb"] for r in all_mem],
+        "peak_reserved_gb_per_rank": [r["peak_reserved_gb"] for r in all_mem],
+        "device_used_gb_per_rank": [r["device_used_gb"] for r in all_mem],
     }
-    del trainer, model
-    _release()
-    return row
-
-
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    dist.barrier()
 
 
 def _release() -> None:
@@ -120,7 +81,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="wan2.2-ti2v-5b")
     p.add_argument("--frames", type=int, default=96, help="latent frames per sample (96 = 16 s)")
     p.add_argument("--config", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--iters", type=int, default=2)
     p.add_argument("--attn", default="auto")
     p.add_argument("--seed", type=int, default=0)

@@ -20,11 +20,29 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from longlive.report.compare import compare_release, compare_table3, compare_table4, is_missing
+from longlive.report.compare import (
+    DMD_RUNGS,
+    LAYOUT_ORDER,
+    RECIPE_ORDER,
+    compare_release,
+    compare_table1,
+    compare_table2,
+    compare_table3,
+    compare_table4,
+    dmd_ratio_to_none,
+    flag,
+    is_missing,
+    memory_gb,
+    norm_layout,
+    norm_recipe,
+    norm_rung,
+    split_workloads,
+)
 from longlive.report.load import artifact_path, load_results
-from longlive.report.paper import PAPER, TABLE3_HARDWARE, PaperTable, all_tables
+from longlive.report.paper import PAPER, TABLE3_HARDWARE, PaperTable, all_tables, table1, table2
 from longlive.report.plots import SPEED_DEFS, config_label, ladder_key, make_plots, num, text, varying
 from longlive.runner.schema import AXES
 
@@ -34,7 +52,15 @@ KEY_METRICS = (
     "temporal_flickering", "psnr_vs_ref", "latent_rel_err_vs_ref", "vbench_total",
 )
 PERCENT_COLUMNS = ("fraction_of_ceiling", "mfu")
-INT_COLUMNS = ("sp", "steps", "frames", "seed", "latents", "video_s", "cells", "ok", "failed", "skipped", "total")
+TRAINING_AXES = ("dp", "train_layout", "error_recycling", "dmd_quantised")
+"""Axes only the train / dmd workloads read: never columns of the inference table (a default False there would
+otherwise show as a column of 'no')."""
+INFER_AXES = tuple(a for a in AXES if a not in TRAINING_AXES)
+TRAIN_METRICS = ("iter_s", "tokens_per_s", "mfu", "peak_allocated_gb", "loss_first", "loss_last")
+DMD_METRICS = ("peak_allocated_gb", "resident_gb", "iter_s", "generator_loss", "critic_loss")
+RSS_COLUMN = "host RSS GB (CPU, no device peak)"
+RATIO_COLUMN = "× of the unquantised rung"
+INT_COLUMNS = ("sp", "dp", "steps", "frames", "seed", "latents", "video_s", "cells", "ok", "failed", "skipped", "total")
 WRAP_COLUMNS = ("reason", "note", "definition", "release run", "paper row", "setting")
 MAX_STRIPS = 12
 MAX_REASON = 400
@@ -85,10 +111,10 @@ def fmt_cell(col: str, v: Any, exact: bool = False) -> str:
     """
     if is_missing(v):
         return "—"
-    if isinstance(v, bool):
+    if isinstance(v, (bool, np.bool_)):
         return "yes" if v else "no"
     if isinstance(v, numbers.Real):
-        if "ours/" in col:
+        if "ours/" in col or col.startswith("×"):
             return f"{v:.2f}×"
         if col in PERCENT_COLUMNS:
             return f"{v:.0%}"
@@ -243,24 +269,141 @@ def _summary(doc: Doc, df: pd.DataFrame, sources: list[str]) -> None:
     gpus = sorted({text(g) for g in df.loc[df["status"] == "ok", "gpu_name"]}) if not df.empty else []
     finished = [t for t in df["finished_at"] if isinstance(t, str)] if not df.empty else []
     items = [f"results: {', '.join(sources)}", f"GPUs (ours): {', '.join(gpus) or '—'}"]
+    if not df.empty and df["workload"].map(text).nunique() > 1:
+        per_workload = df["workload"].map(text).value_counts()
+        items.append("cells per workload: " + ", ".join(f"{w} {n}" for w, n in per_workload.items()))
     if finished:
         items.append(f"cells finished between {min(finished)} and {max(finished)}")
     items.append(f"report generated {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}")
     doc.bullets(items)
 
 
-def _main_table(doc: Doc, ok: pd.DataFrame) -> None:
+def _device_cols(df: pd.DataFrame) -> list[str]:
+    """['gpu_name'] when the device that ran a cell differs from its gpu axis (the hardware request)."""
+    return ["gpu_name"] if (df["gpu_name"].map(text) != df["gpu"].map(text)).any() else []
+
+
+def _main_table(doc: Doc, ok: pd.DataFrame, others: int = 0) -> None:
+    """Inference (and quality) cells; `others` = how many ok train/dmd cells have their own sections."""
     doc.heading(2, "Results (ok cells)")
     if ok.empty:
-        doc.note("no ok cells")
+        doc.note("no ok inference cells" + (" (training and DMD cells: see their sections)" if others else ""))
         return
-    device = ["gpu_name"] if (ok["gpu_name"].map(text) != ok["gpu"].map(text)).any() else []
-    cols = [*_identity_cols(ok), *_present(ok, AXES), *device, *_present(ok, ["frames"]), *_present(ok, KEY_METRICS)]
+    cols = [*_identity_cols(ok), *_present(ok, INFER_AXES), *_device_cols(ok), *_present(ok, ["frames"]),
+            *_present(ok, KEY_METRICS)]
     t = ok[cols].copy()
     t.insert(0, "cell", ok["cell_id"].map(_short_id))
-    doc.para("Metric columns follow the timing definitions listed at the end; memory in GB (1e9 bytes).",
+    doc.para("Inference cells (workload infer / quality)"
+             + ("; training and DMD cells have their own sections below" if others else "")
+             + ". Metric columns follow the timing definitions listed at the end; memory in GB (1e9 bytes).",
              cls="meta")
     doc.table(t, html_id="main-table")
+
+
+def _recorded_definitions(rows: pd.DataFrame, metrics: tuple[str, ...]) -> list[str]:
+    """'metric: definition' for each of `metrics` that the rows' timing_definition records (distinct texts,
+    with a cell count where they disagree); iter_s falls back to spec 05, marked as such."""
+    by_text: dict[str, list[str]] = {}  # one definition often covers several metrics: print it once
+    for m in metrics:
+        seen: dict[str, int] = {}
+        for td in rows["timing_definition"]:
+            if isinstance(td, dict) and not is_missing(td.get(m)) and str(td.get(m)).strip():
+                seen[text(td[m])] = seen.get(text(td[m]), 0) + 1
+        if len(seen) == 1:
+            by_text.setdefault(next(iter(seen)), []).append(m)
+        elif seen:
+            by_text.setdefault(" | ".join(f"{d} ({n} cells)" for d, n in seen.items()), []).append(m)
+        elif m == "iter_s":
+            by_text.setdefault(f"not recorded in these rows; spec 05 says {SPEC_DEFINITIONS['iter_s']}", []).append(m)
+    return [d if d.startswith(f"{ms[0]}:") else f"{', '.join(ms)}: {d}" for d, ms in by_text.items()]
+
+
+def _with_memory(t: pd.DataFrame, rows: pd.DataFrame) -> None:
+    """Host RSS (metrics_extra.rss_gb) for rows without a device peak: CPU runs, labelled so."""
+    rss = [m[0] if m is not None and m[1] == "rss_gb" else np.nan for m in (memory_gb(r) for _, r in rows.iterrows())]
+    if any(not is_missing(v) for v in rss):
+        t[RSS_COLUMN] = pd.Series(rss, index=rows.index, dtype="float64")
+
+
+def _order(df: pd.DataFrame, key) -> pd.DataFrame:
+    if df.empty:
+        return df
+    keys = {i: key(r) for i, r in df.iterrows()}
+    return df.loc[sorted(df.index, key=lambda i: keys[i])]
+
+
+def _idx(order: tuple[str, ...], v: str | None) -> int:
+    return order.index(v) if v in order else len(order)
+
+
+def _base_key(r: pd.Series) -> tuple:
+    return (text(r["experiment"]), text(r["gpu_name"]), text(r["model"]),
+            -1 if is_missing(r["frames"]) else int(r["frames"]))
+
+
+def _train_key(r: pd.Series) -> tuple:
+    er = flag(r["error_recycling"])
+    return (*_base_key(r), _idx(RECIPE_ORDER, norm_recipe(r["precision"])), text(r["precision"]),
+            0 if is_missing(r["sp"]) else int(r["sp"]), _idx(LAYOUT_ORDER, norm_layout(r["train_layout"])),
+            -1 if er is None else int(er))
+
+
+def _dmd_key(r: pd.Series) -> tuple:
+    return (*_base_key(r), _idx(RECIPE_ORDER, norm_recipe(r["precision"])), text(r["precision"]),
+            _idx(DMD_RUNGS, norm_rung(r["dmd_quantised"])))
+
+
+def _section_table(doc: Doc, rows: pd.DataFrame, axes: list[str], metrics: tuple[str, ...], always: tuple[str, ...],
+                   html_id: str, peak_ratio: pd.Series | None = None) -> None:
+    """Cell id, axes, device, frames, then the metrics recorded in any row (`always` shown regardless); host RSS
+    and `peak_ratio` (as RATIO_COLUMN) right after peak_allocated_gb."""
+    t = pd.DataFrame({"cell": rows["cell_id"].map(_short_id)}, index=rows.index)
+    for c in [*_identity_cols(rows), *axes]:
+        t[c] = rows[c].map(flag) if c == "error_recycling" else rows[c]
+    for c in ["gpu", *_device_cols(rows), "frames"]:
+        t[c] = rows[c]
+    shown = [m for m in metrics if m in always or rows[m].notna().any()]
+    for m in metrics:
+        if m in shown:
+            t[m] = rows[m]
+        if m == "peak_allocated_gb":
+            if peak_ratio is not None:
+                t[RATIO_COLUMN] = peak_ratio
+            _with_memory(t, rows)
+    doc.table(t, html_id=html_id)
+    absent = [m for m in metrics if m not in shown]
+    if absent:
+        doc.para(f"Not recorded in any of these rows: {', '.join(absent)}.", cls="meta")
+
+
+def _train_section(doc: Doc, train: pd.DataFrame) -> None:
+    doc.heading(2, "Training (teacher forcing)")
+    if train.empty:
+        doc.note("no ok train cells (workload train) in these results")
+        return
+    train = _order(train, _train_key)
+    doc.para("Stage-1 AR teacher forcing, one row per ok train cell. precision is the training recipe; frames are "
+             "latent frames per sample; mfu, peak_allocated_gb (torch allocator peak, max over ranks) are blank on "
+             "CPU, where host RSS is shown instead.", cls="meta")
+    doc.para("Timing — " + "; ".join(_recorded_definitions(train, ("iter_s", "tokens_per_s", "mfu"))) + ".")
+    _section_table(doc, train, ["model", "precision", "sp", "dp", "train_layout", "error_recycling"], TRAIN_METRICS,
+                   ("iter_s",), "train-table")
+
+
+def _dmd_section(doc: Doc, dmd: pd.DataFrame) -> None:
+    doc.heading(2, "DMD (distillation memory ladder)")
+    if dmd.empty:
+        doc.note("no ok dmd cells (workload dmd) in these results")
+        return
+    dmd = _order(dmd, _dmd_key)
+    doc.para("Stage-2 DMD with LoRA, one row per ok dmd cell. dmd_quantised names the frozen networks that hold "
+             f"NVFP4 weights ({' → '.join(DMD_RUNGS)}). '{RATIO_COLUMN}' = peak_allocated_gb ÷ that of the row with "
+             "dmd_quantised none and the same model, device, frames and precision (— where there is none).",
+             cls="meta")
+    doc.para("Timing — " + "; ".join(_recorded_definitions(dmd, ("iter_s", "peak_allocated_gb", "resident_gb")))
+             + ".")
+    _section_table(doc, dmd, ["model", "precision", "dmd_quantised"], DMD_METRICS, ("peak_allocated_gb",),
+                   "dmd-table", peak_ratio=dmd_ratio_to_none(dmd))
 
 
 def _not_ok(doc: Doc, bad: pd.DataFrame) -> None:
@@ -297,6 +440,14 @@ def _comparisons(doc: Doc, ok: pd.DataFrame) -> None:
          "Release code at 1280×704, 12 chunks, first 4 dropped; matched on GPU kind, precision, steps, attention "
          "(cuDNN unless ours used flash); KV unquantised, 5B, sp 1. Memory converted to GiB on both sides."),
         ("Table 4 VBench (paper)", compare_table4(ok), "Matched on precision and steps, 5B model."),
+        ("Table 1 AR training (paper)", compare_table1(ok), f"{PAPER}; the paper's hardware: {table1().hardware}. "
+         "s/iter: ours is the median seconds per optimiser iteration after warm-up, the paper's averaging is not "
+         "stated. Train cells matched on the 5B model, 96/192/384 latents (16/32/64 s), precision bf16 (nvfp4 for "
+         "the NVFP4 column) and SP: sp 1 → no SP, traditional layout → SP, balanced layout → Balanced SP."),
+        ("Table 2 DMD peak memory (paper)", compare_table2(ok), f"{PAPER}; the paper's hardware: {table2().hardware}. "
+         "Peak memory per GPU in GB (the paper's allocator measure is not stated; ours is the torch allocator peak, "
+         "max over ranks). DMD cells matched on the 5B model and the dmd_quantised rung; '× unquantised' is each "
+         "side's ratio to its own all-BF16 rung."),
     ]
     for name, t, how in sections:
         doc.heading(3, name)
@@ -415,9 +566,12 @@ def build_report(results: list[Path], out: Path, title: str | None = None) -> Pa
 
     ok = _sorted(df[df["status"] == "ok"])
     bad = _sorted(df[df["status"] != "ok"])
+    infer, train, dmd = split_workloads(ok)
     doc = Doc()
     _summary(doc, df, sources)
-    _main_table(doc, ok)
+    _main_table(doc, infer, others=len(train) + len(dmd))
+    _train_section(doc, train)
+    _dmd_section(doc, dmd)
     _not_ok(doc, bad)
     _plots(doc, ok, assets)
     _comparisons(doc, ok)

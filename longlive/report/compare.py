@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from longlive.report.paper import TABLE3_HARDWARE, release_measured, table3, table4
+from longlive.report.paper import TABLE3_HARDWARE, release_measured, table1, table2, table3, table4
 
 GIB = 2**30
 LENGTH_TOLERANCE = 0.10
@@ -22,6 +22,14 @@ LENGTH_TOLERANCE = 0.10
 PRECISION_ORDER = ("fp32", "bf16", "fp16", "fp8", "mxfp4", "nvfp4")
 KV_ORDER = ("none", "fp8", "nvfp4")
 DECODE_ORDER = ("batch", "streaming", "async", "device")
+RECIPE_ORDER = ("fp32", "bf16", "fp16", "fp8-emulated", "fp8", "mxfp4", "nvfp4")
+LAYOUT_ORDER = ("none", "traditional", "balanced")
+DMD_RUNGS = ("none", "generator", "generator+real", "generator+real+critic")
+"""Table 2's ladder: which frozen DMD networks hold NVFP4 weights, each rung adding one."""
+TRAIN_WORKLOADS = ("train",)
+DMD_WORKLOADS = ("dmd",)
+TABLE1_LENGTHS = {96: 16, 192: 32, 384: 64}
+"""Latent frames -> the video seconds of Table 1's rows (6 latents per second)."""
 
 
 def is_missing(v: Any) -> bool:
@@ -52,6 +60,68 @@ def norm_kv(v: Any) -> str:
     """KV-cache storage: anything unquantised is 'none'."""
     p = norm_precision(v)
     return "none" if p in (None, "", "none", "off", "false", "bf16", "fp16", "fp32") else p
+
+
+def norm_recipe(v: Any) -> str | None:
+    """A training recipe's precision: like `norm_precision`, but 'fp8-emulated' (simulated quantisation in
+    BF16 GEMMs) stays apart from real FP8 GEMMs, since the two cost very different time."""
+    if is_missing(v):
+        return None
+    s = str(v).strip().lower()
+    if "emul" in s or "fake" in s:
+        base = norm_precision(re.sub(r"[-_ ]*(emulated|emulation|emul|fake)[-_ ]*", "", s)) or s
+        return f"{base}-emulated"
+    return norm_precision(s)
+
+
+def norm_layout(v: Any) -> str:
+    """The training SP token layout; missing means none."""
+    return "none" if is_missing(v) or str(v).strip().lower() in ("", "none", "off", "false") else str(v).strip().lower()
+
+
+def norm_rung(v: Any) -> str:
+    """A dmd_quantised value in the canonical 'generator+real+critic' spelling; missing or 'none' is 'none'."""
+    if is_missing(v):
+        return "none"
+    s = str(v).strip().lower()
+    if s in ("", "none", "off", "false", "bf16"):
+        return "none"
+    parts = {p.strip() for p in re.split(r"[+,/ ]+", s) if p.strip()}
+    known = [p for p in ("generator", "real", "critic") if p in parts]
+    return "+".join(known + sorted(parts - set(known)))
+
+
+def flag(v: Any) -> bool | None:
+    """A boolean axis (error_recycling) as True / False / None, whatever JSON or parquet made of it."""
+    if is_missing(v):
+        return None
+    if isinstance(v, str):
+        s = v.strip().lower()
+        if s in ("true", "yes", "on", "1"):
+            return True
+        if s in ("false", "no", "off", "0", "none", ""):
+            return False
+        return None
+    try:
+        return bool(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def workload_kind(v: Any) -> str:
+    """'train', 'dmd' or 'infer' (inference, quality and anything older without a training workload)."""
+    s = "" if is_missing(v) else str(v).strip().lower()
+    if s in TRAIN_WORKLOADS:
+        return "train"
+    if s in DMD_WORKLOADS:
+        return "dmd"
+    return "infer"
+
+
+def split_workloads(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(inference rows, train rows, dmd rows) of a results table, order kept."""
+    kind = df["workload"].map(workload_kind) if "workload" in df.columns else pd.Series("infer", index=df.index)
+    return df[kind == "infer"], df[kind == "train"], df[kind == "dmd"]
 
 
 def decode_class(v: Any) -> str:
@@ -211,3 +281,130 @@ def compare_table4(ok: pd.DataFrame) -> pd.DataFrame:
         row["note"] = "ours ×100 (scored as fractions)" if scaled else ""
         out.append(row)
     return _drop_empty_triples(pd.DataFrame(out)) if out else pd.DataFrame()
+
+
+def _rss(r: pd.Series) -> Any:
+    extra = r.get("metrics_extra")
+    return extra.get("rss_gb") if isinstance(extra, dict) else None
+
+
+def memory_gb(r: pd.Series) -> tuple[float, str] | None:
+    """(GB, what it measures): the torch allocator peak on a GPU, else host RSS (CPU runs record no peak)."""
+    if not is_missing(r.get("peak_allocated_gb")):
+        return float(r["peak_allocated_gb"]), "peak_allocated_gb"
+    rss = _rss(r)
+    if not is_missing(rss):
+        try:
+            return float(rss), "rss_gb"
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def _device(r: pd.Series) -> str:
+    return str(_gpu_name(r))
+
+
+def dmd_ratio_to_none(dmd: pd.DataFrame) -> pd.Series:
+    """Each DMD row's peak_allocated_gb ÷ that of the unquantised rung (dmd_quantised 'none') with the same model,
+    device, frames and precision; the same experiment's rung when there are several, else their median. NaN
+    where there is no such rung or no peak."""
+    out = pd.Series(math.nan, index=dmd.index, dtype="float64")
+    if dmd.empty:
+        return out
+
+    def key(r: pd.Series) -> tuple:
+        return (str(r["model"]).lower(), _device(r), None if is_missing(r["frames"]) else int(r["frames"]),
+                norm_recipe(r["precision"]))
+
+    keys = {i: key(r) for i, r in dmd.iterrows()}
+    base = [(i, r) for i, r in dmd.iterrows() if norm_rung(r["dmd_quantised"]) == "none"
+            and not is_missing(r["peak_allocated_gb"])]
+    for i, r in dmd.iterrows():
+        if is_missing(r["peak_allocated_gb"]):
+            continue
+        same = [b for b in base if keys[b[0]] == keys[i]]
+        mine = [b for b in same if b[1]["experiment"] == r["experiment"]] or same
+        if mine:
+            ref = float(pd.Series([float(b[1]["peak_allocated_gb"]) for b in mine]).median())
+            out[i] = ratio(r["peak_allocated_gb"], ref)
+    return out
+
+
+def table1_setting(r: pd.Series) -> str | None:
+    """The Table 1 column a train row reproduces: precision bf16/nvfp4 × (sp 1 'no SP' | traditional 'SP' |
+    balanced 'Balanced SP'), or None."""
+    prec = norm_recipe(r["precision"])
+    sp = 1 if is_missing(r["sp"]) else int(r["sp"])
+    layout = norm_layout(r["train_layout"])
+    if sp == 1 and layout == "none":
+        sp_name = "no SP"
+    elif sp > 1 and layout == "traditional":
+        sp_name = "SP"
+    elif sp > 1 and layout == "balanced":
+        sp_name = "Balanced SP"
+    else:
+        return None
+    if prec == "bf16":
+        return f"BF16 {sp_name}"
+    if prec == "nvfp4" and sp_name == "Balanced SP":
+        return "NVFP4 Balanced SP"
+    return None
+
+
+def compare_table1(ok: pd.DataFrame) -> pd.DataFrame:
+    """Our teacher-forcing train cells next to Table 1's seconds per iteration (5B; 96/192/384 latents;
+    BF16 no SP / SP (traditional) / Balanced SP, NVFP4 Balanced SP)."""
+    pt = table1()
+    paper = pt.data
+    _, train, _ = split_workloads(ok)
+    out = []
+    for _, r in train.iterrows():
+        if not is_5b(r["model"]) or is_missing(r["iter_s"]) or is_missing(r["frames"]):
+            continue
+        setting = table1_setting(r)
+        latents = int(r["frames"])
+        hit = paper[(paper["setting"] == setting) & (paper["latents"] == latents)]
+        if setting is None or hit.empty:
+            continue
+        p = hit.iloc[0]
+        er = flag(r["error_recycling"])
+        row = {"cell": r["cell_id"], "gpu (ours)": _gpu_name(r), "hardware (paper)": pt.hardware,
+               "paper row": f"{setting}, {int(p['video_s'])} s", "precision": r["precision"], "sp": r["sp"],
+               "train_layout": r["train_layout"], "error_recycling": er, "latents": latents}
+        _triple(row, "s/iter", r["iter_s"], p["iter_s"])
+        notes = []
+        if bool(p["oom"]):
+            notes.append("paper: OOM")
+        if er:
+            notes.append("ours with error recycling; the paper's Table 1 setting does not say")
+        row["note"] = "; ".join(notes)
+        out.append(row)
+    return pd.DataFrame(out) if out else pd.DataFrame()
+
+
+def compare_table2(ok: pd.DataFrame) -> pd.DataFrame:
+    """Our DMD cells next to Table 2's peak memory per GPU for the same dmd_quantised rung (5B model), with both
+    sides' ratio to the unquantised rung."""
+    pt = table2()
+    paper = pt.data
+    _, _, dmd = split_workloads(ok)
+    rel = dmd_ratio_to_none(dmd)
+    out = []
+    for i, r in dmd.iterrows():
+        if not is_5b(r["model"]) or is_missing(r["peak_allocated_gb"]):
+            continue
+        hit = paper[paper["dmd_quantised"] == norm_rung(r["dmd_quantised"])]
+        if hit.empty:
+            continue
+        p = hit.iloc[0]
+        row = {"cell": r["cell_id"], "gpu (ours)": _gpu_name(r), "hardware (paper)": pt.hardware,
+               "paper row": p["setting"], "precision": r["precision"], "dmd_quantised": r["dmd_quantised"],
+               "frames": r["frames"]}
+        _triple(row, "peak GB", r["peak_allocated_gb"], p["peak_memory_gb"])
+        row["× unquantised ours"] = rel[i]
+        row["× unquantised paper"] = float(p["ratio_vs_bf16"])
+        prec = norm_recipe(r["precision"])
+        row["note"] = "" if prec == "bf16" else f"ours trains in {r['precision']}; the paper's base is BF16"
+        out.append(row)
+    return pd.DataFrame(out) if out else pd.DataFrame()

@@ -14,10 +14,11 @@ from typing import Any
 
 import pandas as pd
 
+from longlive.report.compare import flag
 from longlive.runner.schema import AXES, IDENTITY, METRICS, NESTED, TIMES
 
 RESULTS_NAMES = ("results.jsonl", "results.parquet")
-INT_COLUMNS = ("sp", "steps", "frames", "seed")
+INT_COLUMNS = ("sp", "steps", "frames", "seed", "dp")
 SOURCE_COLUMNS = ("source_dir", "source_file")
 DERIVED_COLUMNS = ("gpu_name",)
 
@@ -105,6 +106,9 @@ def _coerce(df: pd.DataFrame) -> pd.DataFrame:
     for n in NESTED:
         df[n] = [_as_dict(v) for v in df[n]]
     df["status"] = [str(s).lower() if isinstance(s, str) else "unknown" for s in df["status"]]
+    # a boolean axis: parquet may give numpy bools or floats, an override the string "false"; None stays None
+    df["error_recycling"] = pd.Series([v if flag(v) is None else flag(v) for v in df["error_recycling"]],
+                                      index=df.index, dtype="object")
     # the gpu axis names the hardware *request* (e.g. "gpu" = whatever is there); the manifest names the device
     df["gpu_name"] = [m.get("gpu") or g for m, g in zip(df["manifest"], df["gpu"], strict=True)]
     return df

@@ -15,7 +15,23 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from longlive.report.compare import DECODE_ORDER, KV_ORDER, PRECISION_ORDER, is_missing, norm_kv, norm_precision
+from longlive.report.compare import (
+    DECODE_ORDER,
+    DMD_RUNGS,
+    KV_ORDER,
+    LAYOUT_ORDER,
+    PRECISION_ORDER,
+    RECIPE_ORDER,
+    flag,
+    is_missing,
+    memory_gb,
+    norm_kv,
+    norm_layout,
+    norm_precision,
+    norm_recipe,
+    norm_rung,
+    split_workloads,
+)
 
 SPEED_DEFS = {
     "denoise_fps": "denoise loop: device events, warm-up chunks dropped; excl. text encode, load, VAE decode",
@@ -23,6 +39,8 @@ SPEED_DEFS = {
 }
 SPEED_SHORT = {"denoise_fps": "denoise FPS (chunk loop only)", "e2e_fps": "E2E FPS (noise → decoded frames)"}
 LABEL_AXES = ("precision", "kv_quant", "exchange", "decode", "steps", "sp")
+TRAIN_LABEL_AXES = ("precision", "sp", "dp", "train_layout", "error_recycling", "frames")
+ITER_DEF = "median seconds per optimiser iteration after warm-up"
 QUALITY = (
     ("vbench_total", True, "VBench total"),
     ("psnr_vs_ref", True, "PSNR vs reference run (dB)"),
@@ -76,7 +94,9 @@ def config_label(row: pd.Series | dict, axes: list[str], sep: str = " · ") -> s
     """A readable configuration name from the axes that matter for this figure."""
     fmt: dict[str, Callable[[str], str]] = {
         "kv_quant": lambda v: f"kv {v}", "steps": lambda v: f"{v} steps", "sp": lambda v: f"sp {v}",
-        "frames": lambda v: f"{v} latent frames",
+        "frames": lambda v: f"{v} latent frames", "train_layout": lambda v: f"{v} layout",
+        "error_recycling": lambda v: {"True": "error recycling", "False": "no error recycling"}.get(v, f"ER {v}"),
+        "dmd_quantised": lambda v: "unquantised" if v == "none" else f"NVFP4 {v}",
     }
     parts = [fmt.get(a, lambda v: v)(text(row[a])) for a in axes]
     return sep.join(parts) if parts else "all cells"
@@ -295,14 +315,116 @@ def plot_chunks(ok: pd.DataFrame, path: Path) -> Plot:
                 "(all steps, the clean re-run and KV update); percentiles over steady chunks.")
 
 
+def _bar_panels(panels: list[tuple[str, list[tuple[str, float, str]]]], ylabel: str, suptitle: str) -> Figure:
+    """One bar subplot per panel: (panel name, [(x label, value, bar label)])."""
+    width = max(8.0, 1.1 * max(len(b) for _, b in panels) + 3)
+    fig = Figure(figsize=(width, 4.2 * len(panels)))
+    for i, (name, bars) in enumerate(panels):
+        ax = fig.add_subplot(len(panels), 1, i + 1)
+        xs = list(range(len(bars)))
+        drawn = ax.bar(xs, [b[1] for b in bars], width=0.6, color="tab:blue")
+        ax.bar_label(drawn, labels=[b[2] for b in bars], fontsize=8, padding=2)
+        ax.set_xticks(xs, [b[0] for b in bars], fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=9)
+        ax.set_ylim(bottom=0)
+        ax.margins(y=0.2)
+        ax.set_title(name, fontsize=10)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(suptitle, fontsize=11)
+    return fig
+
+
+def _sorted_groups(df: pd.DataFrame, by: list[str], key: Callable[[pd.Series], tuple]) -> list:
+    return sorted(groups(df, by), key=lambda g: key(g[0])) if by else groups(df, by)
+
+
+def _train_key(r: pd.Series) -> tuple:
+    er = r.get("error_recycling")
+    return (RECIPE_ORDER.index(r["precision"]) if r["precision"] in RECIPE_ORDER else len(RECIPE_ORDER),
+            0 if is_missing(r["sp"]) else int(r["sp"]),
+            LAYOUT_ORDER.index(r["train_layout"]) if r["train_layout"] in LAYOUT_ORDER else len(LAYOUT_ORDER),
+            -1 if is_missing(er) else int(bool(er)), 0 if is_missing(r["frames"]) else int(r["frames"]))
+
+
+def plot_train(train: pd.DataFrame, path: Path) -> Plot:
+    """Teacher-forcing iter_s per training configuration (precision, sp, layout, error recycling), one panel
+    per gpu/model: which recipe and SP layout buys time."""
+    title = "Training: seconds per iteration per configuration"
+    d = train[train["iter_s"].notna()]
+    panels = []
+    for first, sub in groups(d, ["gpu", "model"]):
+        axes = varying(sub, TRAIN_LABEL_AXES)  # what differs on this device/model names the bars
+        cfgs = _sorted_groups(sub, axes, _train_key)
+        if len(cfgs) >= 2:
+            bars = [(config_label(f, axes, "\n") + (f"\n(median of {len(s)})" if len(s) > 1 else ""),
+                     float(s["iter_s"].median()), num(float(s["iter_s"].median())) + " s") for f, s in cfgs]
+            panels.append((f"{text(first['gpu'])} · {text(first['model'])}", bars[:MAX_CONFIGS]))
+    if not panels:
+        return Plot("train", title, note="not enough data: needs ≥2 train configurations (differing in precision, "
+                    "sp, train_layout, error_recycling or frames) with iter_s on one gpu/model")
+    fig = _bar_panels(panels[:MAX_PANELS], "iter_s (s / iteration, lower is faster)",
+                      f"Stage-1 teacher forcing: iter_s = {ITER_DEF}")
+    return Plot("train", title, _save(fig, path), caption=f"iter_s: {ITER_DEF}, per cell (median across cells "
+                "of one configuration). Bars compare configurations on one device and model only.")
+
+
+def plot_dmd(dmd: pd.DataFrame, path: Path) -> Plot:
+    """Table 2's ladder: peak memory per dmd_quantised rung, one panel per gpu/model/frames/precision, each
+    bar labelled with its ratio to the unquantised rung."""
+    title = "DMD: peak memory per quantisation rung"
+    mem = [memory_gb(r) for _, r in dmd.iterrows()]
+    measure = "peak_allocated_gb" if any(m and m[1] == "peak_allocated_gb" for m in mem) else "rss_gb"
+    d = dmd.assign(_mem=[m[0] if m and m[1] == measure else math.nan for m in mem])
+    d = d[d["_mem"].notna()]
+    panels = []
+    for first, sub in groups(d, ["gpu", "model", "frames", "precision"]):
+        rungs = sorted(groups(sub, ["dmd_quantised"]), key=lambda g: DMD_RUNGS.index(g[0]["dmd_quantised"])
+                       if g[0]["dmd_quantised"] in DMD_RUNGS else len(DMD_RUNGS))
+        if len(rungs) < 2:
+            continue
+        vals = [(f["dmd_quantised"], float(s["_mem"].median())) for f, s in rungs]
+        base = next((v for r, v in vals if r == "none"), None)
+        bars = [(config_label({"dmd_quantised": r}, ["dmd_quantised"]).replace("+", "\n+"), v,
+                 f"{num(v)} GB" + (f"\n{v / base:.2f}×" if base else "")) for r, v in vals]
+        panels.append((f"{text(first['gpu'])} · {text(first['model'])} · {text(first['frames'])} latent frames · "
+                       f"{text(first['precision'])}", bars))
+    if not panels:
+        return Plot("dmd", title, note="not enough data: needs ≥2 dmd_quantised rungs with peak memory on one "
+                    "gpu/model/frames/precision")
+    label = ("peak_allocated_gb (GB, torch allocator peak)" if measure == "peak_allocated_gb"
+             else "host RSS (GB, CPU run: no device peak)")
+    fig = _bar_panels(panels[:MAX_PANELS], label, "DMD memory ladder: frozen networks moved to NVFP4 one by one "
+                      "(× = ratio to the unquantised rung)")
+    return Plot("dmd", title, _save(fig, path), caption=f"{label}, per cell (median across cells of one rung); "
+                "rungs: " + " → ".join(DMD_RUNGS) + ".")
+
+
 def make_plots(ok: pd.DataFrame, out_dir: Path) -> list[Plot]:
     """All figures for the ok rows, PNGs under `out_dir`, notes where the data does not vary enough.
 
-    Precision and KV spellings are normalised first ('bfloat16' and 'bf16' are one configuration), and `gpu`
-    is the device that ran the cell (manifest), not the hardware request of the axis.
+    Inference figures see only inference rows; train and dmd rows get their own bar charts (only when there are
+    such rows). Precision and KV spellings are normalised first ('bfloat16' and 'bf16' are one configuration;
+    training recipes keep 'fp8-emulated' apart from 'fp8'), and `gpu` is the device that ran the cell
+    (manifest), not the hardware request of the axis.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    ok = ok.assign(precision=ok["precision"].map(norm_precision), kv_quant=ok["kv_quant"].map(norm_kv),
-                   gpu=ok["gpu_name"] if "gpu_name" in ok.columns else ok["gpu"])  # the device, not the request
-    return [plot_ladder(ok, out_dir / "ladder.png"), plot_memory(ok, out_dir / "memory.png"),
-            plot_sp(ok, out_dir / "sp.png"), *plot_pareto(ok, out_dir), plot_chunks(ok, out_dir / "chunks.png")]
+    ok = ok.assign(gpu=ok["gpu_name"] if "gpu_name" in ok.columns else ok["gpu"])  # the device, not the request
+    infer, train, dmd = split_workloads(ok)
+    plots = []
+    if infer.empty and not (train.empty and dmd.empty):
+        plots.append(Plot("inference", "Inference figures", note="no ok inference cells: the ladder, memory, SP, "
+                          "speed–quality and per-chunk figures need them"))
+    else:
+        infer = infer.assign(precision=infer["precision"].map(norm_precision), kv_quant=infer["kv_quant"].map(norm_kv))
+        plots += [plot_ladder(infer, out_dir / "ladder.png"), plot_memory(infer, out_dir / "memory.png"),
+                  plot_sp(infer, out_dir / "sp.png"), *plot_pareto(infer, out_dir),
+                  plot_chunks(infer, out_dir / "chunks.png")]
+    if not train.empty:
+        train = train.assign(precision=train["precision"].map(norm_recipe),
+                             train_layout=train["train_layout"].map(norm_layout),
+                             error_recycling=train["error_recycling"].map(flag))
+        plots.append(plot_train(train, out_dir / "train.png"))
+    if not dmd.empty:
+        dmd = dmd.assign(precision=dmd["precision"].map(norm_recipe), dmd_quantised=dmd["dmd_quantised"].map(norm_rung))
+        plots.append(plot_dmd(dmd, out_dir / "dmd.png"))
+    return plots

@@ -21,11 +21,11 @@ from longlive.runner.workloads import get_workload
 
 
 def cell_command(cell: Cell, spec_path: Path, row_path: Path) -> list[str]:
-    """The cell's process: plain Python, or torchrun with one rank per SP degree."""
-    sp = int(cell.config["sp"])
+    """The cell's process: plain Python, or torchrun with sp × dp ranks (dp: data-parallel training replicas)."""
+    ranks = int(cell.config["sp"]) * int(cell.config.get("dp", 1))
     args = ["-m", "longlive.runner.cell", str(spec_path), str(row_path)]
-    if sp > 1:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={sp}", *args]
+    if ranks > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}", *args]
     return [sys.executable, *args]
 
 

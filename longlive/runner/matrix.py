@@ -2,7 +2,9 @@
 (`steps=4,2`) are expanded by Hydra's own basic sweeper into cells; each cell is one composed config.
 
 A cell's id is a hash of its resolved config (minus run-time knobs such as timeouts), so the same cell in a
-re-run — or in another experiment — has the same id and a finished one is never redone.
+re-run has the same id and a finished one is never redone. An experiment may add `matrices:` — further
+sub-matrices, each `{overrides: [...], params: {...}}` expanded the same way — whose cells join the main
+matrix's (a union: training cells need not be multiplied by the inference-only axes).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 from longlive.runner.schema import AXES
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
-NOT_IDENTITY = ("cell_timeout_s", "hydra")
+NOT_IDENTITY = ("cell_timeout_s", "hydra", "matrices")
 """Keys that do not change what a cell measures (excluded from its id)."""
 
 
@@ -38,13 +40,25 @@ def cell_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+INFERENCE_WORKLOADS = ("infer", "quality")
+
+
 def axes_of(config: dict[str, Any]) -> dict[str, Any]:
-    """The result columns of the matrix axes, read off a resolved config."""
+    """The result columns of the matrix axes, read off a resolved config: None where the workload ignores an axis
+    (a training row has no decode mode, an inference row no train layout)."""
+    wl = config["workload"]["name"]
+    infer = wl in INFERENCE_WORKLOADS
+    sp = int(config["sp"])
     return {
-        "model": config["model"]["name"], "precision": config["precision"]["name"], "kv_quant": config["kv"]["name"],
-        "sp": int(config["sp"]), "exchange": config.get("exchange", "none"), "steps": int(config["steps"]),
-        "decode": config["decode"]["mode"],
+        "model": config["model"]["name"], "precision": config["precision"]["name"],
+        "kv_quant": config["kv"]["name"] if infer else None, "sp": sp,
+        "exchange": config.get("exchange", "none") if infer else None,
+        "steps": int(config["steps"]) if infer else None, "decode": config["decode"]["mode"] if infer else None,
         "gpu": config["hardware"]["name"],
+        "dp": int(config.get("dp", 1)) if wl == "train" else None,
+        "train_layout": (config.get("train_layout", "none") if sp > 1 else "none") if wl == "train" else None,
+        "error_recycling": bool(config.get("error_recycling", False)) if wl == "train" else None,
+        "dmd_quantised": config.get("dmd_quantised", "none") if wl == "dmd" else None,
     }
 
 
@@ -112,17 +126,24 @@ def expand(experiment: str | None, overrides: list[str] = (), config_dir: Path =
         root = _compose(base, config_dir, hydra_cfg=True)
     except Exception as exc:  # unknown group option or key: Hydra's first line says which, before any work
         raise ValueError(f"cannot compose the config for {base}: {str(exc).splitlines()[0]}") from exc
-    params = dict(root.hydra.sweeper.params or {})
-    sweep_lines = [f"{k}={v}" for k, v in params.items() if k not in swept_user and k not in _keys(fixed, parser)]
-    sweep_lines += list(swept_user.values())
-    if not sweep_lines:
-        return [make_cell(base, config_dir)]
-    batches = BasicSweeper.split_arguments(parser.parse_overrides(sweep_lines), max_batch_size=None)
+    fixed_keys = _keys(fixed, parser)
+    # (base overrides, sweep params, user sweeps that apply): the main matrix takes every sweep from the command
+    # line; a sub-matrix only those of keys it sweeps itself (steps=4,2 must not multiply training cells)
+    matrices = [(base, dict(root.hydra.sweeper.params or {}), list(swept_user.values()))]
+    for extra in root.get("matrices") or []:  # further sub-matrices: a union, not a product, of cell sets
+        own = [o for o in (extra.get("overrides") or [])
+               if o.split("=", 1)[0].lstrip("+~") not in fixed_keys | set(swept_user)]
+        params = dict(extra.get("params") or {})
+        matrices.append((base + own, params, [v for k, v in swept_user.items() if k in params]))
     cells, seen = [], set()
     with _HydraContext(config_dir):
-        for batch in batches:
-            for combo in batch:
-                cell = make_cell(base + list(combo), config_dir)
+        for mbase, params, user_sweeps in matrices:
+            lines = [f"{k}={v}" for k, v in params.items() if k not in swept_user and k not in fixed_keys]
+            lines += user_sweeps
+            combos = ([c for batch in BasicSweeper.split_arguments(parser.parse_overrides(lines), max_batch_size=None)
+                       for c in batch] if lines else [[]])
+            for combo in combos:
+                cell = make_cell(mbase + list(combo), config_dir)
                 if cell.cell_id not in seen:
                     seen.add(cell.cell_id)
                     cells.append(cell)
@@ -136,7 +157,7 @@ def _keys(lines: list[str], parser) -> set[str]:
 def reference_cell(cell: Cell, config_dir: Path = EXPERIMENTS_DIR) -> Cell | None:
     """The cell that differs from `cell` only in the axes named by `quality.reference` (fidelity baseline)."""
     ref = (cell.config.get("quality") or {}).get("reference")
-    if not ref:
+    if not ref or cell.config["workload"]["name"] not in INFERENCE_WORKLOADS:
         return None
     keys = set(ref)
     kept = [o for o in cell.overrides if o.split("=", 1)[0].lstrip("+~") not in keys]

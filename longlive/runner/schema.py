@@ -6,8 +6,10 @@ columns (None where a metric does not apply), `timing_definition`, `artifacts` a
 
 from __future__ import annotations
 
-AXES = ("model", "precision", "kv_quant", "sp", "exchange", "steps", "decode", "gpu")
-"""Matrix axes: config key = CLI override = result column (DESIGN.md conventions)."""
+AXES = ("model", "precision", "kv_quant", "sp", "exchange", "steps", "decode", "gpu",
+        "dp", "train_layout", "error_recycling", "dmd_quantised")
+"""Matrix axes: config key = CLI override = result column (DESIGN.md conventions). An axis a workload does not
+read is None in its rows: inference rows have no train_layout, training rows no decode or kv_quant."""
 
 IDENTITY = ("cell_id", "experiment", "workload", "status", "reason", "frames", "seed", "linear_backend")
 """status: ok | failed | skipped; reason: why a cell failed or was skipped (OOM, unsupported, missing extra)."""
@@ -19,8 +21,8 @@ METRICS = (
     "frames_video", "video_seconds",
     # roofline: ceilings measured in the same run
     "gemm_tflops", "attn_tflops", "flop_per_frame", "ceiling_fps", "achieved_tflops", "mfu", "fraction_of_ceiling",
-    # training
-    "iter_s", "tokens_per_s",
+    # training (train: teacher-forcing iterations; dmd: DMD iterations, generator + critic then critic only)
+    "iter_s", "tokens_per_s", "loss_first", "loss_last", "generator_loss", "critic_loss", "resident_gb",
     # memory
     "peak_allocated_gb", "peak_reserved_gb", "device_used_gb", "kv_cache_gb", "kv_packed_gb", "weights_gb",
     # quality

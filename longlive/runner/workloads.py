@@ -52,7 +52,7 @@ def hardware_reason(cfg: dict[str, Any]) -> str | None:
         actual = torch.cuda.get_device_name(0)
         if hw["gpu_name"].lower() not in actual.lower():
             return f"hardware {hw['name']} asks for a {hw['gpu_name']} GPU; this machine has {actual}"
-    need = max(int(cfg["sp"]), int(hw.get("min_gpus") or 0))
+    need = max(int(cfg["sp"]) * int(cfg.get("dp", 1)), int(hw.get("min_gpus") or 0))
     if cfg["decode"].get("vae_device"):
         need += 1 if hw["device"] == "cuda" else 0
     if hw["device"] == "cuda" and need > gpus:
@@ -186,21 +186,110 @@ class QualityWorkload(InferWorkload):
         return out
 
 
+# -- training ---------------------------------------------------------------------------------------------------
+TRAIN_RECIPES = ("fp32", "bf16", "fp8", "fp8-emulated", "nvfp4")
+"""Runner precisions that name a training recipe (longlive.quant.training); nvfp4 is emulated below sm100."""
+
+
+def _device_for(cfg: dict[str, Any]):
+    """(device, sp process group) of this cell's process; joins torchrun's group for sp > 1."""
+    import torch
+
+    sp = int(cfg["sp"])
+    if sp * int(cfg.get("dp", 1)) > 1:
+        from longlive.parallel.groups import init_parallel
+
+        dims = init_parallel(sp, device=None if cfg["hardware"]["device"] == "cuda" else "cpu")
+        return dims.device, (dims.sp_group if sp > 1 else None)
+    return torch.device("cuda" if cfg["hardware"]["device"] == "cuda" else "cpu"), None
+
+
 @register_workload("train")
 class TrainWorkload:
+    """Stage-1 teacher-forcing iterations (random latents: the cost does not depend on the data)."""
+
     def check(self, cfg: dict[str, Any]) -> str | None:
-        return hardware_reason(cfg) or ("workload train: the AR trainer exists (`longlive train`) but is not yet a "
-                                        "runner workload (issue #6)")
+        from longlive.model.presets import get_preset
+
+        reason = hardware_reason(cfg)
+        if reason:
+            return reason
+        prec = cfg["precision"]["name"]
+        if prec not in TRAIN_RECIPES:
+            return f"precision={prec} has no training recipe here (training recipes: {', '.join(TRAIN_RECIPES)})"
+        from longlive.quant.linear import BackendUnavailable
+        from longlive.quant.training import check_training_recipe, get_training_recipe
+
+        if prec not in ("fp32", "bf16"):
+            try:
+                check_training_recipe(get_training_recipe(prec), cfg["hardware"]["device"])
+            except BackendUnavailable as exc:
+                return f"precision={prec}: {exc}"
+        sp, layout = int(cfg["sp"]), cfg.get("train_layout", "none")
+        if int(cfg.get("dp", 1)) < 1:
+            raise ValueError(f"dp must be ≥ 1, got {cfg.get('dp')}")
+        if sp > 1 and layout not in ("traditional", "balanced"):
+            raise ValueError(f"train with sp={sp} needs train_layout=traditional or balanced, got {layout!r}")
+        if sp > 1 and cfg.get("error_recycling"):
+            return "error_recycling is single-process / data-parallel only (the SP losses do not return the " \
+                   "per-block predictions it records)"
+        mc = get_preset(cfg["model"]["name"])
+        frames = int(cfg["frames"])
+        if frames % (sp * mc.chunk_frames):
+            raise ValueError(f"train frames={frames} must be a multiple of sp·chunk = {sp * mc.chunk_frames}")
+        return None
 
     def run(self, cfg: dict[str, Any], ctx: CellContext) -> dict[str, Any]:
-        raise NotImplementedError("the train workload is not wired into the runner yet (issue #6); use longlive train")
+        from longlive.train.measure import TRAIN_TIMING, measure_train
+
+        device, sp_group = _device_for(cfg)
+        sp = int(cfg["sp"])
+        m = measure_train(cfg["model"]["name"], int(cfg["frames"]), precision=cfg["precision"]["name"],
+                          layout=cfg.get("train_layout", "none") if sp > 1 else "none",
+                          iters=int(cfg.get("train_iters", 3)), device=device, out_dir=ctx.out / "train",
+                          seed=int(cfg["seed"]), attn=cfg.get("train_attn", "auto"),
+                          error_recycling=bool(cfg.get("error_recycling")), sp_group=sp_group)
+        extra = m.pop("extra")
+        return {**m, "timing_definition": {"iter_s": TRAIN_TIMING}, "metrics_extra": extra}
 
 
 @register_workload("dmd")
 class DMDWorkload:
+    """Stage-2 DMD iterations with LoRA; the dmd_quantised axis puts frozen networks in NVFP4 (Table 2)."""
+
     def check(self, cfg: dict[str, Any]) -> str | None:
-        return hardware_reason(cfg) or ("workload dmd: DMD with LoRA exists (`longlive.train.dmd`) but is not yet a "
-                                        "runner workload (issue #6)")
+        from longlive.model.presets import get_preset
+        from longlive.train.measure import DMD_RUNGS
+
+        reason = hardware_reason(cfg)
+        if reason:
+            return reason
+        if int(cfg["sp"]) != 1 or int(cfg.get("dp", 1)) != 1:
+            return "DMD runs on one device here (spec 04: no SP in Stage 2; this workload measures one rank)"
+        prec = cfg["precision"]
+        if prec.get("weights", "none") != "none":
+            return (f"precision={prec['name']}: DMD quantises its frozen networks through the dmd_quantised axis; "
+                    "run it with precision=bf16 or fp32")
+        rung = cfg.get("dmd_quantised", "none")
+        if rung not in DMD_RUNGS:
+            raise ValueError(f"dmd_quantised={rung!r}; choose one of {', '.join(DMD_RUNGS)}")
+        mc = get_preset(cfg["model"]["name"])
+        if int(cfg["frames"]) % mc.chunk_frames:
+            raise ValueError(f"dmd frames={cfg['frames']} must be whole blocks of {mc.chunk_frames}")
+        return None
 
     def run(self, cfg: dict[str, Any], ctx: CellContext) -> dict[str, Any]:
-        raise NotImplementedError("the dmd workload is not wired into the runner yet (issue #6)")
+        from longlive.infer.video import DTYPES
+        from longlive.train.measure import DMD_TIMING, measure_dmd
+
+        device, _ = _device_for(cfg)
+        attn = cfg.get("attn", "auto")
+        if attn == "auto" and device.type == "cuda":
+            attn = "flash"  # the rollout backpropagates through its attention: flash has the backward we tested
+        m = measure_dmd(cfg["model"]["name"], int(cfg["frames"]), rung=cfg.get("dmd_quantised", "none"),
+                        iters=int(cfg.get("dmd_iters", 2)), device=device, out_dir=ctx.out / "dmd",
+                        seed=int(cfg["seed"]), rank=int(cfg.get("dmd_lora_rank", 128)), attn=attn,
+                        dtype=DTYPES[cfg["precision"]["dtype"]])
+        extra = m.pop("extra")
+        return {**m, "timing_definition": {"iter_s": DMD_TIMING, "peak_allocated_gb": DMD_TIMING},
+                "metrics_extra": extra}
