@@ -297,3 +297,45 @@ def test_dmd_with_quantised_frozen_networks_steps_and_shrinks_weights(tmp_path):
     assert out["generator_updated"] is False
     with pytest.raises(ValueError, match="quant_critic='int4'"):
         DMDConfig(quant_critic="int4")
+
+
+def test_multi_shot_rollout_equals_inference_with_a_scene_cut():
+    """Scene cuts in the rollout (spec 04): block prompts switch and the shot's RoPE offset applies, exactly as the
+    inference pipeline does for a 'The scene transitions.' prompt (the whole rollout fits the window)."""
+    from longlive.train.dmd import ShotPlan
+
+    model = _model()
+    g = torch.Generator().manual_seed(5)
+    ctx = torch.randn(2, CFG.text_len, CFG.text_dim, generator=g)
+    blocks = CFG.window_frames // CFG.chunk_frames
+    plan = ShotPlan((0, 0, 1, 1))
+    assert plan.shots == [0, 0, 1, 1]
+    assert plan.frame_positions(2, 8)[4:6] == [4 + 8, 5 + 8]
+    with torch.no_grad():
+        ours = rollout(model, model.text_kv(ctx), _noise(blocks), num_blocks=blocks, exit_step=3, grad=False,
+                       shots=plan)
+        single = rollout(model, model.text_kv(ctx[:1]), _noise(blocks), num_blocks=blocks, exit_step=3, grad=False)
+    spec = GenerationSpec(prompts=["a", "The scene transitions. b"], frames=blocks * CFG.chunk_frames, steps=4,
+                          seed=0, switch_chunks=[2])
+    ref = generate(model, spec, [ctx[:1], ctx[1:]]).latents
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(ours[:, :, 4:], single[:, :, 4:], atol=1e-3)  # the cut changed the second shot
+
+
+def test_dmd_trainer_takes_multi_shot_prompts(tmp_path):
+    g = torch.Generator().manual_seed(0)
+
+    def items():
+        while True:
+            yield {"prompts_embeds": torch.randn(2, CFG.text_len, CFG.text_dim, generator=g), "block_prompt": [0, 1]}
+
+    tr = DMDTrainer(_model(), DMDConfig(num_blocks=2, rank=4, alpha=4), items(), tmp_path)
+    out = tr.step()
+    assert out["generator_updated"] and torch.isfinite(torch.tensor([out["generator_loss"], out["critic_loss"]])).all()
+
+    def bad():
+        while True:
+            yield {"prompts_embeds": torch.randn(2, CFG.text_len, CFG.text_dim), "block_prompt": [0, 2]}
+
+    with pytest.raises(ValueError, match="block_prompt"):
+        DMDTrainer(_model(), DMDConfig(num_blocks=2, rank=4, alpha=4), bad(), tmp_path).step()

@@ -122,19 +122,54 @@ class RolloutCache:
         return len(self.k[0])
 
 
+@dataclass(frozen=True)
+class ShotPlan:
+    """Which prompt each rollout block uses; a change of prompt is a scene cut that opens a new shot and shifts
+    temporal RoPE by shot · shot_rope_offset (spec 02), in the rollout and in the teacher / critic scoring alike."""
+
+    block_prompt: tuple[int, ...]
+
+    @property
+    def shots(self) -> list[int]:
+        out, shot = [], 0
+        for b, p in enumerate(self.block_prompt):
+            shot += int(b > 0 and p != self.block_prompt[b - 1])
+            out.append(shot)
+        return out
+
+    def frame_offset(self, block: int, chunk: int, rope_offset: int) -> int:
+        return block * chunk + self.shots[block] * rope_offset
+
+    def frame_positions(self, chunk: int, rope_offset: int) -> list[int]:
+        return [self.frame_offset(b, chunk, rope_offset) + i for b in range(len(self.block_prompt)) for i in
+                range(chunk)]
+
+    def frame_prompt(self, chunk: int) -> torch.Tensor:
+        return torch.tensor(self.block_prompt).repeat_interleave(chunk)
+
+
+def _select(text_kv: list, prompt: int) -> list:
+    """One prompt's per-layer (K, V) out of a stack of prompts."""
+    return [(k[prompt : prompt + 1], v[prompt : prompt + 1]) for k, v in text_kv]
+
+
 def rollout(
     generator: nn.Module, text_kv: list, noise: torch.Tensor, *, num_blocks: int, steps: int = 4, shift: float = 5.0,
-    exit_step: int, grad: bool, trace: list | None = None,
+    exit_step: int, grad: bool, trace: list | None = None, shots: ShotPlan | None = None,
 ) -> torch.Tensor:
     """Generate num_blocks blocks from noise [B, C, F, H, W] → x̂0 [B, C, F, H, W] float32.
 
     Steps before `exit_step` run without gradients, the exit step with gradients when `grad`, later steps are
     skipped. `trace` (optional) receives (block, step, grad_enabled, timestep) per forward, step −1 being the
-    t = 0 cache refresh — for tests and debugging.
+    t = 0 cache refresh — for tests and debugging. With `shots`, text_kv stacks the prompts (batch 1) and block b
+    uses prompt shots.block_prompt[b] at its shot's RoPE offset.
     """
     cfg = generator.cfg
     cf = cfg.chunk_frames
     B = noise.shape[0]
+    if shots is not None and (B != 1 or len(shots.block_prompt) != num_blocks):
+        raise ValueError(f"a shot plan needs batch 1 and one prompt per block ({num_blocks}), got batch {B} and "
+                         f"{len(shots.block_prompt)} prompts")
     if noise.shape[2] != num_blocks * cf:
         raise ValueError(f"noise has {noise.shape[2]} frames; {num_blocks} blocks need {num_blocks * cf}")
     if not 0 <= exit_step < steps:
@@ -144,7 +179,11 @@ def rollout(
     for b in range(num_blocks):
         x = noise[:, :, b * cf : (b + 1) * cf].float()
         sched = FlowUniPC(steps, shift)
-        call = {"text_kv": text_kv, "frame_offset": b * cf, "attn_fn": cache.upto(b)}
+        if shots is None:
+            call = {"text_kv": text_kv, "frame_offset": b * cf, "attn_fn": cache.upto(b)}
+        else:
+            call = {"text_kv": _select(text_kv, shots.block_prompt[b]), "attn_fn": cache.upto(b),
+                    "frame_offset": shots.frame_offset(b, cf, cfg.shot_rope_offset)}
         x0 = None
         for i, ts in enumerate(sched.timesteps):
             t = torch.full((B, cf), float(ts), device=x.device)
@@ -182,11 +221,23 @@ def block_causal_attn(model: nn.Module, frames: int):
     return lambda q, k, v, layer: masked(q, k, v)
 
 
-def predict_x0(model: nn.Module, x_t: torch.Tensor, t: torch.Tensor, text_kv: list) -> torch.Tensor:
+def scoring_kwargs(model: nn.Module, text_kv: list, shots: ShotPlan | None) -> dict:
+    """Forward kwargs of a whole-rollout score: per-frame prompts (when text_kv stacks several) and shot RoPE."""
+    if shots is None:
+        return {"text_kv": text_kv}
+    cf, off = model.cfg.chunk_frames, model.cfg.shot_rope_offset
+    kw = {"text_kv": text_kv, "frame_positions": shots.frame_positions(cf, off)}
+    if text_kv[0][0].shape[0] > 1:
+        kw["frame_prompt"] = shots.frame_prompt(cf)
+    return kw
+
+
+def predict_x0(model: nn.Module, x_t: torch.Tensor, t: torch.Tensor, text_kv: list,
+               shots: ShotPlan | None = None) -> torch.Tensor:
     """x̂0 = x_t − σ·v̂ from a block-causal forward over all frames; t [B] is shared by the frames."""
     B, _, Fr = x_t.shape[:3]
     tt = t.float().view(B, 1).expand(B, Fr).contiguous().to(x_t.device)
-    v = model(x_t, tt, text_kv=text_kv, attn_fn=block_causal_attn(model, Fr))
+    v = model(x_t, tt, attn_fn=block_causal_attn(model, Fr), **scoring_kwargs(model, text_kv, shots))
     return x_t.float() - (t.float() / NUM_TRAIN_TIMESTEPS).view(-1, 1, 1, 1, 1).to(x_t.device) * v.float()
 
 
@@ -283,38 +334,40 @@ class DMDTrainer:
     def _exit_step(self) -> int:
         return int(torch.randint(0, self.cfg.steps, (1,), generator=self.rng))
 
-    def _rollout(self, text_kv: list, batch: int, grad: bool) -> tuple[torch.Tensor, int]:
+    def _rollout(self, text_kv: list, batch: int, grad: bool, shots: ShotPlan | None = None
+                 ) -> tuple[torch.Tensor, int]:
         exit_step = self._exit_step()
         x = rollout(self.generator, text_kv, self._noise(batch), num_blocks=self.cfg.num_blocks,
-                    steps=self.cfg.steps, shift=self.cfg.shift, exit_step=exit_step, grad=grad)
+                    steps=self.cfg.steps, shift=self.cfg.shift, exit_step=exit_step, grad=grad, shots=shots)
         return x, exit_step
 
-    def generator_loss(self, cond: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def generator_loss(self, cond: torch.Tensor, shots: ShotPlan | None = None) -> tuple[torch.Tensor, dict]:
         """DMD loss on an on-policy rollout whose exit step carries the gradient."""
-        B = cond.shape[0]
-        x, exit_step = self._rollout(self.generator.text_kv(cond), B, grad=True)
+        B = 1 if shots is not None else cond.shape[0]
+        x, exit_step = self._rollout(self.generator.text_kv(cond), B, grad=True, shots=shots)
         t = sample_dmd_t(B, self.cfg, self.rng).to(self.device)
         with torch.no_grad():
             x_t = noise_like(x.detach(), t, torch.randn(x.shape, generator=self.rng).to(self.device))
-            fake = predict_x0(self.critic, x_t, t, self.critic.text_kv(cond))
-            r_c = predict_x0(self.teacher, x_t, t, self.teacher.text_kv(cond))
-            r_u = predict_x0(self.teacher, x_t, t, self.teacher.text_kv(self.negative))
+            fake = predict_x0(self.critic, x_t, t, self.critic.text_kv(cond), shots)
+            r_c = predict_x0(self.teacher, x_t, t, self.teacher.text_kv(cond), shots)
+            r_u = predict_x0(self.teacher, x_t, t, self.teacher.text_kv(self.negative), shots)
             real = r_c + self.cfg.guidance_scale * (r_c - r_u)
             g = dmd_gradient(x, fake, real, self.chunk)
         loss = dmd_loss(x, g)
         return loss, {"exit_step": exit_step, "dmd_t": t.tolist(), "grad_norm_g": float(g.abs().mean())}
 
-    def critic_loss(self, cond: torch.Tensor) -> torch.Tensor:
+    def critic_loss(self, cond: torch.Tensor, shots: ShotPlan | None = None) -> torch.Tensor:
         """Flow-matching MSE of the critic on a separate, detached rollout: v̂ vs ε − x."""
-        B = cond.shape[0]
+        B = 1 if shots is not None else cond.shape[0]
         with torch.no_grad():
-            x, _ = self._rollout(self.generator.text_kv(cond), B, grad=False)
+            x, _ = self._rollout(self.generator.text_kv(cond), B, grad=False, shots=shots)
         t = sample_dmd_t(B, self.cfg, self.rng).to(self.device)
         eps = torch.randn(x.shape, generator=self.rng).to(self.device)
         x_t = noise_like(x, t, eps)
         Fr = x.shape[2]
         tt = t.view(B, 1).expand(B, Fr).contiguous()
-        v = self.critic(x_t, tt, text_kv=self.critic.text_kv(cond), attn_fn=block_causal_attn(self.critic, Fr))
+        v = self.critic(x_t, tt, attn_fn=block_causal_attn(self.critic, Fr),
+                        **scoring_kwargs(self.critic, self.critic.text_kv(cond), shots))
         return F.mse_loss(v.float(), (eps - x).float())
 
     def _update(self, loss: torch.Tensor, params: list[torch.Tensor], opt: torch.optim.Optimizer) -> float:
@@ -327,16 +380,28 @@ class DMDTrainer:
         opt.zero_grad(set_to_none=True)
         return norm
 
+    def _next_prompts(self) -> tuple[torch.Tensor, ShotPlan | None]:
+        """A prompt embedding [B, Lt, D] (one shot), or {"prompts_embeds": [P, Lt, D], "block_prompt": [blocks]}
+        for a multi-shot rollout: each change of prompt between blocks is a scene cut."""
+        item = next(self.prompts)
+        if not isinstance(item, dict):
+            return _as_batch(item).to(self.device), None
+        embeds, plan = _as_batch(item["prompts_embeds"]).to(self.device), tuple(int(p) for p in item["block_prompt"])
+        if len(plan) != self.cfg.num_blocks or min(plan) < 0 or max(plan) >= embeds.shape[0]:
+            raise ValueError(f"block_prompt {list(plan)} must give one of the {embeds.shape[0]} prompts for each of "
+                             f"the {self.cfg.num_blocks} blocks")
+        return embeds, ShotPlan(plan)
+
     # -- the loop ------------------------------------------------------------------------------------------------
     def step(self) -> dict:
         """One iteration: a generator update when step % gen_every == 0, then a critic update (every step)."""
-        cond = _as_batch(next(self.prompts)).to(self.device)
+        cond, shots = self._next_prompts()
         out: dict = {"step": self.global_step, "generator_loss": None, "generator_updated": False}
         if self.global_step % self.cfg.gen_every == 0:
-            loss, info = self.generator_loss(cond)
+            loss, info = self.generator_loss(cond, shots)
             out["generator_grad_norm"] = self._update(loss, self.gen_params, self.gen_opt)
             out.update(generator_loss=float(loss.detach()), generator_updated=True, **info)
-        closs = self.critic_loss(cond)
+        closs = self.critic_loss(cond, shots)
         out["critic_grad_norm"] = self._update(closs, self.critic_params, self.critic_opt)
         out["critic_loss"] = float(closs.detach())
         for k in ("generator_loss", "critic_loss"):
