@@ -2,13 +2,16 @@
 
     longlive train --preset tiny --tiny-default [--minutes 14] [--out DIR]
 
-1. the autoencoder (the Wan2.2 VAE graph at tiny widths) on random crops of procedural clips;
+1. the autoencoder (the Wan2.2 VAE graph at tiny widths) on random crops of procedural clips, in windows of 2
+   latents after a random 0–6-latent warm-up of its causal caches (see `vae_train`), half the budget;
 2. the tiny umT5 text encoder stays at its seeded initialisation (the captions only need to be told apart);
 3. the AR model by teacher forcing on cached latents of procedural clips;
 4. a 2-step LoRA by DMD on top of it, merged into its own checkpoint.
 Weights land in LONGLIVE_WEIGHTS/tiny (where `longlive generate --preset tiny` and `make reproduce` look), with
 `tiny_eval.json`: palette match (fraction of pixels on the procedural palette; 1.0 for real clips) and temporal
-flickering of generations for 4-step, 2-step (LoRA) and NVFP4-quantised variants, plus frame strips.
+flickering of generations for 4-step, 2-step (LoRA) and NVFP4-quantised variants, plus frame strips; and the
+VAE's reconstruction PSNR / palette match on a held-out 61-frame clip with `vae_reconstruction.png` (top: the
+clip, bottom: its reconstruction).
 """
 
 from __future__ import annotations
@@ -30,11 +33,18 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0) -> dict:
     from longlive.model.checkpoint import save_generator
     from longlive.model.dit import build_model
     from longlive.model.presets import get_preset
+    from longlive.output import write_frame_strip
     from longlive.text import EmbeddingCache, build_text_encoder
     from longlive.text.tiny import save_tiny_text_encoder
     from longlive.train.data import COLOURS, LatentCache, ProceduralDataset, ProceduralVideos, training_samples
     from longlive.train.trainer import ARTrainer, TrainConfig
-    from longlive.train.vae_train import apply_stats, measure_latent_stats, save_vae, train_vae
+    from longlive.train.vae_train import (
+        apply_stats,
+        measure_latent_stats,
+        reconstruction_quality,
+        save_vae,
+        train_vae,
+    )
     from longlive.vae import build_vae
 
     t_start = time.perf_counter()
@@ -47,12 +57,18 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0) -> dict:
 
     # 1. autoencoder ------------------------------------------------------------------------------------------
     vae = build_vae("tiny")
-    vae_losses = train_vae(vae, lambda i: gen.clip(i, 5)[0], steps=10**6, seconds=0.3 * budget, batch=2, crop=64,
-                           log=_log, seed=seed)
+    vae_losses = train_vae(vae, lambda i, n: gen.clip(i, n)[0], steps=10**6, seconds=0.5 * budget, batch=2, crop=64,
+                           prefix_latents=6, window_latents=2, lr=2e-4, warmup=100, min_lr=2e-5, zero_init=True,
+                           betas=(0.9, 0.99), log=_log, seed=seed)
     mean, std = measure_latent_stats(vae, lambda i: gen.clip(i, 9)[0])
     save_vae(vae, out / "vae.safetensors", mean, std)
     apply_stats(vae, out / "vae_stats.json")
     _log(f"vae: {len(vae_losses)} steps, loss {vae_losses[0]:.3f} -> {vae_losses[-1]:.3f}")
+    palette = torch.tensor(list(COLOURS.values()), dtype=torch.uint8)
+    held_out = gen.clip(30_000, 61)[0]
+    vae_quality, rec = reconstruction_quality(vae, held_out, palette)
+    write_frame_strip(torch.cat([held_out, rec], dim=1), out / "vae_reconstruction.png", num=11)
+    _log(f"vae reconstruction (held-out 61-frame clip): {json.dumps(vae_quality)}")
 
     # 2. text encoder (seeded) ----------------------------------------------------------------------------------
     text = build_text_encoder("tiny", seed=seed, device="cpu")
@@ -84,12 +100,12 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0) -> dict:
     lora_info = _train_lora(model, samples, out, seconds=budget - (time.perf_counter() - t_start) - 60, seed=seed)
 
     # 5. evaluation ---------------------------------------------------------------------------------------------
-    palette = torch.tensor(list(COLOURS.values()), dtype=torch.uint8)
     real = torch.cat([gen.clip(20_000 + i, 29)[0] for i in range(2)])
     evals = {"procedural (real clips)": {"palette_match": palette_match(real, palette)}}
     evals.update(_evaluate(out, palette))
     result = {"minutes": (time.perf_counter() - t_start) / 60, "vae_steps": len(vae_losses),
-              "vae_loss": [vae_losses[0], vae_losses[-1]], "ar_steps": steps, "ar_summary": summary,
+              "vae_loss": [vae_losses[0], vae_losses[-1]],
+              "vae_reconstruction": vae_quality, "ar_steps": steps, "ar_summary": summary,
               "lora": lora_info, "eval": evals,
               "metric": "palette_match: fraction of pixels within 24/255 (L∞) of a procedural palette colour; "
                         "temporal_flickering: VBench's definition"}
