@@ -79,6 +79,8 @@ def to_host(frames: Tensor) -> Tensor:
 
 
 def _module_device(module: nn.Module) -> torch.device:
+    if hasattr(module, "device"):  # our VAEs say where they live (the tiny codec holds buffers, no parameters)
+        return torch.device(module.device)
     return next(module.parameters()).device
 
 

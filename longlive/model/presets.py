@@ -73,7 +73,7 @@ PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(
         name="tiny", dim=128, ffn_dim=384, num_heads=4, num_layers=2,
         in_channels=16, out_channels=16, text_dim=64, text_len=32,
-        vae="tiny", text_encoder="tiny", height=128, width=128,
+        vae="tiny-pca", text_encoder="tiny", height=128, width=128,
         chunk_frames=2, window_frames=8, sink_frames=2, vae_stride=(4, 16, 16),
     ),
 }

@@ -81,22 +81,38 @@ class ProceduralVideos:
     so motion looks the same at any fps.
     """
 
-    def __init__(self, height: int = 128, width: int = 128, fps: int = 24, seed: int = 0) -> None:
+    def __init__(self, height: int = 128, width: int = 128, fps: int = 24, seed: int = 0,
+                 backgrounds: Sequence[str] | None = None, max_shapes: int = 3,
+                 radius: tuple[float, float] = (0.08, 0.16)) -> None:
+        """backgrounds / max_shapes / radius (fraction of the shorter side) narrow the distribution (a smaller task
+        for tiny models); the defaults draw from every palette colour, 1–3 shapes of radius 8–16 %, and narrowing
+        keeps the draw order, so every other draw is unchanged."""
+        unknown = [c for c in backgrounds or () if c not in COLOURS]
+        if unknown:
+            raise ValueError(f"unknown background colour(s) {unknown}; known: {', '.join(COLOURS)}")
+        if not 1 <= max_shapes <= len(SHAPES):
+            raise ValueError(f"max_shapes must be in 1..{len(SHAPES)}, got {max_shapes}")
         self.height, self.width, self.fps, self.seed = height, width, fps, seed
+        self.backgrounds = tuple(backgrounds) if backgrounds else None
+        self.max_shapes = max_shapes
+        if not 0 < radius[0] <= radius[1] < 0.5:
+            raise ValueError(f"radius range must satisfy 0 < lo <= hi < 0.5 of the side, got {radius}")
+        self.radius = (float(radius[0]), float(radius[1]))
         self._yy = (np.arange(height, dtype=np.float32) + 0.5)[:, None]
         self._xx = (np.arange(width, dtype=np.float32) + 0.5)[None, :]
 
     # ---- scene description --------------------------------------------------------------------------
     def _scene(self, rng: np.random.Generator, num_frames: int, avoid_background: str | None = None) -> dict:
         """Draw one scene's parameters (all random draws happen here, in a fixed order)."""
-        bgs = [c for c in _COLOUR_NAMES if c != avoid_background]
+        pool = self.backgrounds or _COLOUR_NAMES
+        bgs = [c for c in pool if c != avoid_background] or list(pool)
         background = bgs[int(rng.integers(len(bgs)))]
-        n = int(rng.integers(1, 4))
+        n = int(rng.integers(1, self.max_shapes + 1))
         kinds = [SHAPES[i] for i in rng.permutation(len(SHAPES))[:n]]
         palette = [c for c in _COLOUR_NAMES if c != background]
         colours = [palette[i] for i in rng.permutation(len(palette))[:n]]
         side = min(self.height, self.width)
-        radius = rng.uniform(0.08, 0.16, size=n) * side
+        radius = rng.uniform(*self.radius, size=n) * side
         lo = np.stack([radius, radius], axis=1)  # [n, 2] (x, y)
         hi = np.stack([self.width - radius, self.height - radius], axis=1)
         p0 = lo + rng.random((n, 2)) * (hi - lo)
@@ -339,9 +355,11 @@ class ProceduralDataset:
 
     def sample_key(self, index: int) -> str:
         g = self.gen
+        narrowed = "" if g.backgrounds is None and g.max_shapes == 3 and g.radius == (0.08, 0.16) else \
+            f"/bg={','.join(g.backgrounds or ())}/max_shapes={g.max_shapes}/radius={g.radius[0]}-{g.radius[1]}"
         return (
             f"procedural:seed={g.seed}/i={index}/shots={self.shots}x{self.frames_per_shot}"
-            f"@{g.height}x{g.width}@{g.fps}fps"
+            f"@{g.height}x{g.width}@{g.fps}fps{narrowed}"
         )
 
     def __getitem__(self, index: int) -> tuple[Tensor, list[str], list[int]]:

@@ -199,7 +199,7 @@ def apply_stats(vae, stats_path: Path) -> bool:
     if not stats_path.exists():
         return False
     s = json.loads(stats_path.read_text())
-    dev = vae.conv1.weight.device
+    dev = vae.device
     vae.latent_mean = torch.tensor(s["latent_mean"], dtype=torch.float32, device=dev)
     vae.latent_std = torch.tensor(s["latent_std"], dtype=torch.float32, device=dev)
     return True

@@ -89,9 +89,19 @@ VAE_PRESETS: dict[str, VAEConfig] = {
 }  # fmt: skip
 
 
-def get_vae_config(preset: str | VAEConfig) -> VAEConfig:
-    """Return a VAE preset by name (a VAEConfig passes through), or raise a ValueError listing them."""
-    if isinstance(preset, VAEConfig):
+def _codec_presets() -> dict:
+    from .pca_codec import PCACodecConfig
+
+    # The tiny preset's autoencoder: a fitted linear patch codec with the Wan interface (see pca_codec.py for why).
+    return {"tiny-pca": PCACodecConfig("tiny-pca", z_dim=16, stride=(4, 16, 16))}
+
+
+VAE_PRESETS.update(_codec_presets())
+
+
+def get_vae_config(preset):
+    """Return a VAE preset by name (a config object passes through), or raise a ValueError listing them."""
+    if not isinstance(preset, str):
         return preset
     try:
         return VAE_PRESETS[preset]

@@ -21,9 +21,11 @@ def build_vae(
     preset: str | VAEConfig, device: str | torch.device | None = None, dtype: torch.dtype | None = None
 ) -> WanVAE:
     """A randomly initialised VAE (``device="meta"`` for shapes only), in eval mode with frozen params."""
+    from .pca_codec import PCACodec, PCACodecConfig
+
     config = get_vae_config(preset)
     with torch.device(device if device is not None else "cpu"):
-        vae = WanVAE(config)
+        vae = PCACodec(config) if isinstance(config, PCACodecConfig) else WanVAE(config)
     if dtype is not None:
         vae.to(dtype=dtype)
     return vae.eval().requires_grad_(False)
