@@ -107,14 +107,10 @@ class PCACodec(nn.Module):
     @torch.no_grad()
     def encode(self, video: Tensor) -> Tensor:
         """[B, 3, 1+4k, H, W] in [-1, 1] → normalised latents [B, z, 1+k, H/16, W/16]."""
-        st, sh, sw = self.stride
-        if video.dim() != 5 or video.shape[1] != 3:
-            raise ValueError(f"encode expects video [B, 3, T, H, W], got shape {tuple(video.shape)}")
-        t, h, w = video.shape[2:]
-        if t < 1 or (t - 1) % st:
-            raise ValueError(f"encode needs T = 1 + {st}·k frames (causal codec), got T={t}")
-        if h % sh or w % sw:
-            raise ValueError(f"encode needs H, W divisible by the codec stride {sh}×{sw}, got {h}×{w}")
+        from .wan_vae import check_video
+
+        st = self.stride[0]
+        t = check_video(video, self.stride, "codec")
         v = video.to(self.device, self.dtype)
         parts = [(self._patches(v[:, :, :1], 1) - self.first_mean) @ self.first_basis.T]
         if t > 1:

@@ -25,6 +25,19 @@ from .wan21 import Decoder21, Encoder21
 from .wan22 import Decoder22, Encoder22
 
 
+def check_video(video: Tensor, stride: tuple[int, int, int], what: str) -> int:
+    """Validate a video [B, 3, 1+st·k, H, W] for a causal encoder of `stride`; returns T."""
+    st, sh, sw = stride
+    if video.dim() != 5 or video.shape[1] != 3:
+        raise ValueError(f"encode expects video [B, 3, T, H, W], got shape {tuple(video.shape)}")
+    t, h, w = video.shape[2:]
+    if t < 1 or (t - 1) % st:
+        raise ValueError(f"encode needs T = 1 + {st}·k frames (causal {what}), got T={t}")
+    if h % sh or w % sw:
+        raise ValueError(f"encode needs H, W divisible by the {what} stride {sh}×{sw}, got {h}×{w}")
+    return t
+
+
 class WanVAE(nn.Module):
     """Wan causal video VAE; parameter names equal the published ``Wan2.x_VAE.pth`` keys."""
 
@@ -109,14 +122,8 @@ class WanVAE(nn.Module):
     @torch.no_grad()
     def encode(self, video: Tensor) -> Tensor:
         """[B, 3, 1+4k, H, W] pixels in [-1, 1] → normalised μ latents [B, z, 1+k, H/s, W/s] (no sampling)."""
-        st, sh, sw = self.stride
-        if video.dim() != 5 or video.shape[1] != 3:
-            raise ValueError(f"encode expects video [B, 3, T, H, W], got shape {tuple(video.shape)}")
-        t, h, w = video.shape[2:]
-        if t < 1 or (t - 1) % st:
-            raise ValueError(f"encode needs T = 1 + {st}·k frames (causal VAE), got T={t}")
-        if h % sh or w % sw:
-            raise ValueError(f"encode needs H, W divisible by the VAE stride {sh}×{sw}, got {h}×{w}")
+        st = self.stride[0]
+        t = check_video(video, self.stride, "VAE")
         x = patchify(video.to(device=self.device, dtype=self.dtype), self.config.patch_size)
         cache = CausalCache()
         bounds = [0, *range(1, t + 1, st)]  # frame 0 alone, then groups of stride_t frames
