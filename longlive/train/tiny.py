@@ -82,10 +82,13 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0) -> dict:
                                          resume=False, seed=seed), itertools.cycle(samples), out / "ar_probe")
     per_step = probe.run()["iter_s"]  # median after the first (warm-up) step: the first steps are slower
     steps = max(10, int(ar_seconds / per_step))
-    trainer = ARTrainer(model, TrainConfig(steps=steps, lr=3e-4, ema_start=steps // 2, ema_decay=0.99,
+    trainer = ARTrainer(model, TrainConfig(steps=steps, lr=3e-4, ema_start=steps // 2, ema_decay=0.999,
                                            ckpt_every=max(50, steps // 4), progress=True, resume=False, seed=seed),
                         itertools.cycle(samples), out / "ar")
     summary = trainer.run()
+    with torch.no_grad():  # ship the EMA of the second half (averages out the constant-lr noise of the last steps)
+        for p, e in zip(trainer.params, trainer.ema, strict=True):
+            p.copy_(e.to(p.dtype))
     save_generator(model, out / "model_bf16.pt")
     _log(f"AR: {steps} steps at {per_step:.2f} s/step; summary {summary}")
 
