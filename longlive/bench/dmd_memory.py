@@ -18,7 +18,6 @@ time per iteration between `cuda.synchronize` calls. One process, one GPU, per-G
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 from pathlib import Path
 
@@ -53,6 +52,8 @@ def run_config(name: str, args: argparse.Namespace, dev: torch.device) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from longlive.train.measure import release_memory
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="wan2.2-ti2v-5b")
     p.add_argument("--latents", type=int, default=32, help="rollout length in latent frames (spec: 32 = 4 blocks)")
@@ -72,8 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             row = run_config(name, args, dev)
         except torch.OutOfMemoryError as exc:
             row = {"config": name, "status": "oom", "error": str(exc).splitlines()[0], "latents": args.latents}
-            gc.collect()
-            torch.cuda.empty_cache()
+            release_memory()
         row["manifest"] = manifest(config=vars(args), seed=args.seed)
         (out / f"{name}.json").write_text(json.dumps(row, indent=2, default=str) + "\n")
         print(json.dumps({k: row.get(k) for k in ("config", "status", "peak_allocated_gb", "resident_gb")}),

@@ -12,15 +12,15 @@ Timing definition (`timing = "train_iter_s"`): wall time of one optimiser iterat
 gradient reduce-scatter, clip, AdamW, EMA — between two `cuda.synchronize` + world barriers, median over the
 iterations after the first (a warm-up: it compiles FlexAttention). MFU = useful FLOPs of the iteration (3 × forward,
 recompute not counted, masked attention at its density; every SP group's sample) / (iter_s · world · peak), peak =
-dense BF16 989.4 TFLOP/s per H100/H200 SXM for every config (the FP8 rows too, so MFU compares like with like).
+dense BF16 peak of the GPU (`longlive.train.measure.PEAK_BF16_TFLOPS`: 989.4 TFLOP/s on H100/H200 SXM) for every config
+(the FP8 rows too, so MFU compares like with like; none on CPU).
 Memory: torch peak allocated / reserved per rank and NVML device use. One JSON per config, rank 0 writes.
-On CPU (gloo, no FSDP, dense mask) it runs the same plumbing on the tiny preset — a check, not a measurement.
+On CPU (FSDP2 over gloo, dense mask) it runs the same plumbing on the tiny preset — a check, not a measurement.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import logging
 from pathlib import Path
@@ -38,7 +38,6 @@ CONFIGS = {
     "fp8-balanced": ("fp8", "balanced", True),
     "nvfp4-emulated-balanced": ("nvfp4", "balanced", True),
 }
-PEAK_BF16_TFLOPS = 989.4  # H100/H200 SXM dense BF16
 
 
 def run_config(name: str, args: argparse.Namespace, dims) -> dict:
@@ -58,8 +57,8 @@ def run_config(name: str, args: argparse.Namespace, dims) -> dict:
         "sp_layout": layout, "sp": extra["sp"], "world": dims.world, "samples_per_iter": extra["samples_per_iter"],
         "tokens_per_sample": extra["tokens_per_sample"], "timing": "train_iter_s", "iter_s": m["iter_s"],
         "iter_s_all": extra["iter_s_all"], "warmup": 1, "flops_per_iter": extra["flops_per_iter"],
-        "mfu_bf16_peak": extra["flops_per_iter"] / m["iter_s"] / (dims.world * PEAK_BF16_TFLOPS * 1e12),
-        "peak_tflops_assumed": PEAK_BF16_TFLOPS, "loss": extra["losses"], "fsdp": extra["fsdp"],
+        "mfu_bf16_peak": m["mfu"], "peak_tflops_assumed": extra["peak_tflops_assumed"], "loss": extra["losses"],
+        "fsdp": extra["fsdp"],
         "activation_checkpointing": True, "attn": args.attn,
         "peak_allocated_gb_per_rank": [r["peak_allocated_gb"] for r in all_mem],
         "peak_reserved_gb_per_rank": [r["peak_reserved_gb"] for r in all_mem],
@@ -67,15 +66,10 @@ def run_config(name: str, args: argparse.Namespace, dims) -> dict:
     }
 
 
-def _release() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def main(argv: list[str] | None = None) -> int:
     from longlive.parallel.groups import init_parallel
     from longlive.quant.linear import BackendUnavailable
+    from longlive.train.measure import release_memory
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="wan2.2-ti2v-5b")
@@ -103,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         except torch.OutOfMemoryError as exc:
             row = {"config": name, "preset": args.preset, "frames": args.frames, "status": "oom",
                    "error": str(exc).splitlines()[0], "timing": "train_iter_s"}
-            _release()
+            release_memory()
         row["manifest"] = manifest(config=vars(args), seed=args.seed)
         if dims.is_main:
             (out / f"{name}.json").write_text(json.dumps(row, indent=2, default=str) + "\n")

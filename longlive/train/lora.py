@@ -18,7 +18,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
+from peft.tuners.lora.layer import Linear as LoraLinear
 
+from longlive.quant.linear import QuantLinear
 from longlive.quant.recipes import BLOCK_LINEARS, merge_lora
 
 PEFT_PREFIX = "base_model.model."
@@ -28,44 +30,27 @@ MERGED_FORMAT = "longlive_generator_merged_lora"
 _KEY = re.compile(r"^(?:base_model\.model\.)?(?:model\.)?(?P<mod>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
 
 
-def _lora_targets() -> tuple[type, ...]:
-    from longlive.quant.linear import QuantLinear
-
-    return (nn.Linear, QuantLinear)
-
-
-def _quant_lora_layer() -> type:
+class QuantLoraLinear(LoraLinear):
     """PEFT's LoRA Linear over a frozen QuantLinear (packed NVFP4/FP8 weight): y = Q(W)x + s·B·A·x.
 
     PEFT reads the base layer's device and dtype from `.weight`, which a packed layer has not; the adapter lives on
     the packed buffers' device in float32 (trainable precision), the base keeps its compute dtype. Merging is not
     offered: a LoRA is merged into the BF16 weights before quantisation (spec 04), never into packed ones.
     """
-    global _QUANT_LORA
-    if _QUANT_LORA is None:
-        from peft.tuners.lora.layer import Linear as LoraLinear
 
-        class QuantLoraLinear(LoraLinear):
-            def _get_base_layer_device_and_dtype(self, base_layer):
-                buf = next(iter(base_layer.buffers()))
-                return buf.device, torch.float32
+    def _get_base_layer_device_and_dtype(self, base_layer):
+        buf = next(iter(base_layer.buffers()))
+        return buf.device, torch.float32
 
-            def merge(self, *args, **kwargs):
-                raise ValueError("cannot merge a LoRA into a quantised (packed) Linear; merge into the BF16 "
-                                 "checkpoint first, then quantise")
-
-        _QUANT_LORA = QuantLoraLinear
-    return _QUANT_LORA
-
-
-_QUANT_LORA: type | None = None
+    def merge(self, *args, **kwargs):
+        raise ValueError("cannot merge a LoRA into a quantised (packed) Linear; merge into the BF16 "
+                         "checkpoint first, then quantise")
 
 
 def target_modules(model: nn.Module, target: str = BLOCK_LINEARS) -> list[str]:
     """Qualified names of the Linear modules (nn.Linear or a frozen QuantLinear) matching `target`."""
     pattern = re.compile(target)
-    kinds = _lora_targets()
-    names = [n for n, m in model.named_modules() if isinstance(m, kinds) and pattern.search(n)]
+    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, QuantLinear)) and pattern.search(n)]
     if not names:
         raise ValueError(f"no nn.Linear matches the LoRA target {target!r}")
     return names
@@ -79,13 +64,11 @@ def add_lora(model: nn.Module, rank: int = DEFAULT_RANK, alpha: float = DEFAULT_
     matching cannot pick up a Linear outside the blocks. Block Linears already quantised (QuantLinear, e.g. the
     NVFP4 frozen networks of DMD, Table 2) get a float32 adapter over the packed weight.
     """
-    from longlive.quant.linear import QuantLinear
-
     cfg = LoraConfig(r=rank, lora_alpha=alpha, target_modules=target_modules(model, target), lora_dropout=dropout,
                      bias="none", init_lora_weights=True)
     if not any(isinstance(m, QuantLinear) for m in model.modules()):
         return inject_adapter_in_model(cfg, model, adapter_name=adapter_name)
-    cfg._register_custom_module({QuantLinear: _quant_lora_layer()})
+    cfg._register_custom_module({QuantLinear: QuantLoraLinear})
     with warnings.catch_warnings():  # PEFT warns about any layer type it does not know; this one is registered
         warnings.filterwarnings("ignore", message="Unsupported layer type")
         return inject_adapter_in_model(cfg, model, adapter_name=adapter_name)

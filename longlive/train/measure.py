@@ -51,7 +51,8 @@ def _sync(device: torch.device) -> None:
         dist.barrier()
 
 
-def _release() -> None:
+def release_memory() -> None:
+    """Collect garbage and return cached device memory (between measured configurations)."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -111,7 +112,7 @@ def measure_train(preset: str, frames: int, *, precision: str, layout: str, iter
                   "tokens_per_sample": trainer.tokens_per_step, "rss_gb": _rss_gb(), "data": "random latents"},
     }
     del trainer, model
-    _release()
+    release_memory()
     return out
 
 
@@ -143,7 +144,7 @@ def measure_dmd(preset: str, latents: int, *, rung: str | tuple[str, str, str], 
     base = build_model(mc, device=device, dtype=dtype, seed=seed)
     trainer = DMDTrainer(base, cfg, prompts(), out_dir, negative_embed=torch.zeros(1, mc.text_len, mc.text_dim))
     del base
-    _release()
+    release_memory()
     resident = torch.cuda.memory_allocated(device) / 1e9 if device.type == "cuda" else None
     reset_peaks(device)
     secs, steps = [], []
@@ -163,5 +164,5 @@ def measure_dmd(preset: str, latents: int, *, rung: str | tuple[str, str, str], 
                                                                              "critic": cq},
                      "lora_rank": rank, "rss_gb": _rss_gb()}}
     del trainer
-    _release()
+    release_memory()
     return out
