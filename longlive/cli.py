@@ -96,11 +96,9 @@ def cmd_generate(a: argparse.Namespace) -> int:
     try:
         out = make_video(req, a.out)
     finally:
-        import torch.distributed as dist
+        from longlive.parallel.groups import shutdown_parallel
 
-        if dist.is_initialized():  # under torchrun: exit cleanly once rank 0 has written the video
-            dist.barrier()
-            dist.destroy_process_group()
+        shutdown_parallel()  # under torchrun: exit cleanly once rank 0 has written the video
     if out.get("rank_not_main"):
         return 0
     out.pop("video_uint8")

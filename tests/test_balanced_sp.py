@@ -19,6 +19,7 @@ from longlive.parallel.balanced import (
     traditional_mask_mod,
     traditional_sp_loss,
 )
+from longlive.parallel.groups import shutdown_parallel
 from longlive.train.teacher_forcing import (
     MaskedAttention,
     dense_mask,
@@ -246,7 +247,7 @@ def _worker(rank: int, port: int, tmp: str) -> None:
         results["errors"] = errors
         torch.save(results, Path(tmp) / f"rank{rank}.pt")
     finally:
-        dist.destroy_process_group()
+        shutdown_parallel()
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from longlive.parallel.groups import shutdown_parallel
 from longlive.parallel.vae_decode import ParallelDecoder, decode_tiles, decoder_halo, split_rows
 from longlive.parallel.vae_encode import (
     EXACT_ENCODE_HALO,
@@ -197,7 +198,7 @@ def _worker(rank: int, port: int, tmp: str) -> None:
             out[axis] = chunks
         torch.save(out, Path(tmp) / f"rank{rank}.pt")
     finally:
-        dist.destroy_process_group()
+        shutdown_parallel()
 
 
 def test_parallel_decoder_two_ranks(tiny: torch.nn.Module, tmp_path: Path) -> None:

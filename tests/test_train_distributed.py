@@ -16,6 +16,7 @@ import torch.multiprocessing as mp
 
 from longlive.model.dit import build_model
 from longlive.model.presets import get_preset
+from longlive.parallel.groups import shutdown_parallel
 
 WORLD = 2
 
@@ -44,10 +45,11 @@ def _worker(rank: int, port: int, tmp: str) -> None:
                          "grad_norms": [m["grad_norm"] for m in steps],  # after the average: sum ≠ mean shows here
                          "params": {k: v.float() for k, v in tr._model_state().items()}}
             tr.save()
+            del tr, model  # drop FSDP state (and any gloo work it holds) before the group goes
         if rank == 0:
             torch.save(out, Path(tmp) / "out.pt")
     finally:
-        dist.destroy_process_group()
+        shutdown_parallel()
 
 
 def test_fsdp_trainer_equals_hand_averaged_gradients(tmp_path):

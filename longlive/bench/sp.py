@@ -27,7 +27,7 @@ from longlive.infer.video import DTYPES
 from longlive.model.attention import resolve_backend
 from longlive.model.dit import build_model
 from longlive.model.presets import get_preset
-from longlive.parallel.groups import check_sp, init_parallel
+from longlive.parallel.groups import check_sp, init_parallel, shutdown_parallel
 from longlive.parallel.sp_infer import SPContext
 
 
@@ -172,8 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     if result is not None and a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(result, indent=2, default=str))
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    shutdown_parallel()
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ def run_config(name: str, args: argparse.Namespace, dims) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from longlive.parallel.groups import init_parallel
+    from longlive.parallel.groups import init_parallel, shutdown_parallel
     from longlive.quant.linear import BackendUnavailable
     from longlive.train.measure import release_memory
 
@@ -103,8 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             (out / f"{name}.json").write_text(json.dumps(row, indent=2, default=str) + "\n")
             print(json.dumps({k: row.get(k) for k in ("config", "status", "iter_s", "mfu_bf16_peak",
                                                        "peak_allocated_gb_per_rank")}, default=str), flush=True)
-    dist.barrier()
-    dist.destroy_process_group()
+    shutdown_parallel()
     return 0
 
 

@@ -68,3 +68,16 @@ def init_parallel(sp: int, *, device: str | None = None, backend: str | None = N
     groups = [dist.new_group(list(range(d * sp, (d + 1) * sp))) for d in range(world // sp)]
     return ParallelDims(sp=sp, dp=world // sp, rank=rank, world=world, local_rank=local, device=dev,
                         sp_group=groups[rank // sp])
+
+
+def shutdown_parallel() -> None:
+    """Leave the default process group cleanly: a barrier so no rank tears down while a peer still has a collective
+    in flight, a collection so no object still holds gloo work at interpreter exit, then destroy. Without this a gloo
+    rank can abort at exit ("terminate called without an active exception"), which CI saw once."""
+    import gc
+
+    if not dist.is_initialized():
+        return
+    dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()

@@ -84,11 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         code = 1
     if rank == 0:
         write_json_atomic(row_path, row)
-    import torch.distributed as dist
+    from longlive.parallel.groups import shutdown_parallel
 
-    if dist.is_initialized():  # SP cells: tear gloo/NCCL down cleanly so the ranks exit without aborting
-        dist.barrier()
-        dist.destroy_process_group()
+    shutdown_parallel()  # SP cells: tear gloo/NCCL down cleanly so the ranks exit without aborting
     return code
 
 
