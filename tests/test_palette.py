@@ -1,5 +1,8 @@
 """palette_match: 1 on palette-only frames, ~0 on uniform noise, and its tolerance boundary."""
 
+import math
+
+import pytest
 import torch
 
 from longlive.eval.palette import palette_match
@@ -69,3 +72,32 @@ def test_vae_window_pass_equals_full_pass_and_windowed_training_runs():
     losses = train_vae(vae, clips, steps=3, batch=1, crop=None, prefix_latents=2, window_latents=1, warmup=2,
                        min_lr=1e-5, zero_init=True, log=lambda *_: None)
     assert len(losses) == 3 and all(n in (1, 5, 9) for n in lengths)
+
+
+def test_prompt_colour_match_counts_prompted_foreground_pixels():
+    from longlive.eval.palette import prompt_colour_match
+
+    grey, red, blue = torch.tensor([128, 128, 128]), torch.tensor([220, 40, 40]), torch.tensor([40, 80, 220])
+    frames = grey.repeat(2, 8, 8, 1).to(torch.uint8)
+    frames[0, :2, :2] = red.to(torch.uint8)  # 4 red pixels
+    frames[1, :1, :4] = blue.to(torch.uint8)  # 4 blue pixels
+    assert prompt_colour_match(frames, red[None], grey) == 0.5
+    assert prompt_colour_match(frames, torch.stack([red, blue]), grey) == 1.0
+    frames[1, :1, :4] = (red + torch.tensor([0, 48, 0])).to(torch.uint8)  # at the tolerance: still red
+    assert prompt_colour_match(frames, red[None], grey) == 1.0
+    frames[1, :1, :4] = (red + torch.tensor([0, 49, 0])).to(torch.uint8)  # one past it
+    assert prompt_colour_match(frames, red[None], grey) == 0.5
+    assert math.isnan(prompt_colour_match(grey.repeat(1, 4, 4, 1).to(torch.uint8), red[None], grey))
+    with pytest.raises(ValueError, match="at least one"):
+        prompt_colour_match(frames, torch.zeros(0, 3), grey)
+
+
+def test_foreground_fraction():
+    from longlive.eval.palette import foreground_fraction
+
+    grey = torch.tensor([128, 128, 128])
+    frames = grey.repeat(2, 8, 8, 1).to(torch.uint8)
+    assert foreground_fraction(frames, grey) == 0.0
+    frames[0, :4, :4] = torch.tensor([128, 128 + 49, 128], dtype=torch.uint8)  # 16 of 128 pixels, one past tol
+    frames[1, :4, :4] = torch.tensor([128, 128 + 48, 128], dtype=torch.uint8)  # at tol: background
+    assert foreground_fraction(frames, grey) == 16 / 128

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 import pytest
 import torch
@@ -71,6 +72,40 @@ def test_ema_rule(tmp_path):
         tr.update_ema(step=3)  # from ema_start: ema ← 0.9·ema + 0.1·θ
     torch.testing.assert_close(tr.ema[0], torch.full_like(tr.ema[0], 0.9 * 1.0 + 0.1 * 3.0))
     assert tr.ema[0].dtype == torch.float32 and tr.ema[0].device == p.device
+
+
+def test_lr_schedule_warmup_then_cosine(tmp_path):
+    cfg = TrainConfig(steps=10, lr=1.0, lr_schedule="cosine", warmup_steps=3, lr_min_ratio=0.1)
+    lrs = [cfg.lr_at(s) for s in range(10)]
+    assert lrs[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])  # linear warm-up ends at the peak
+    assert lrs[3] == pytest.approx(1.0) and lrs[-1] == pytest.approx(0.1)  # cosine from the peak to lr·min_ratio
+    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:], strict=False))
+    mid = 3 + (10 - 3 - 1) / 2  # half-way through the decay: the mean of peak and floor
+    assert cfg.lr_at(int(mid)) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (int(mid) - 3) / 6)))
+    assert TrainConfig(lr=0.5).lr_at(10**6) == 0.5  # the release default stays constant
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="linear")
+    with pytest.raises(ValueError, match="text_dropout"):
+        TrainConfig(text_dropout=1.0)
+    tr = make(tmp_path, steps=4, lr=1e-3, lr_schedule="cosine", warmup_steps=2, ckpt_every=100)
+    tr.run()  # the optimiser really runs the schedule, and the log records it
+    assert [m["lr"] for m in read_metrics(tmp_path)] == pytest.approx([tr.cfg.lr_at(s) for s in range(4)])
+    assert tr.optim.param_groups[0]["lr"] == pytest.approx(tr.cfg.lr_at(3))
+
+
+def test_text_dropout_trains_on_the_empty_prompt(tmp_path):
+    half = make(tmp_path / "half", text_dropout=0.5, resume=False)
+    draws = [half.drops_text(s) for s in range(2000)]
+    assert 0.45 < sum(draws) / len(draws) < 0.55 and draws == [half.drops_text(s) for s in range(2000)]
+    assert not any(make(tmp_path / "off", resume=False).drops_text(s) for s in range(100))
+    sample = next(RandomLatentData(MC, FRAMES, seed=0, fixed=True))
+    empty = {**sample, "prompts_embeds": torch.zeros_like(sample["prompts_embeds"])}
+    plain = make(tmp_path / "plain", resume=False)  # same model seed: same weights
+    dropped, kept = draws.index(True), draws.index(False)
+    with torch.no_grad():
+        assert half.compute_loss(sample, dropped).item() == plain.compute_loss(empty, dropped).item()
+        assert half.compute_loss(sample, kept).item() == plain.compute_loss(sample, kept).item()
+        assert plain.compute_loss(sample, dropped).item() != plain.compute_loss(empty, dropped).item()
 
 
 def test_activation_checkpointing_is_exact(tmp_path):

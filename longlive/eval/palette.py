@@ -23,3 +23,31 @@ def palette_match(frames: torch.Tensor, palette: torch.Tensor, tol: int = 24) ->
         d = (px[lo : lo + (1 << 18)] - pal).abs().amax(dim=-1)
         hits[lo : lo + (1 << 18)] = (d <= tol).any(dim=-1)
     return hits.float().mean().item()
+
+
+def prompt_colour_match(frames: torch.Tensor, colours: torch.Tensor, background: torch.Tensor, tol: int = 48) -> float:
+    """Text adherence for the procedural task: of the foreground pixels (farther than `tol`, L∞, from the
+    background colour), the fraction within `tol` of a colour the prompt names. 1.0 when every drawn pixel has a
+    prompted colour, about 1/K for a model that ignores the prompt and picks among K palette colours at random;
+    NaN when nothing is drawn. `tol` is wider than `palette_match`'s because shape edges blend into the background.
+    """
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be [T, H, W, 3], got {tuple(frames.shape)}")
+    cols = torch.as_tensor(colours).to(torch.int16).reshape(1, -1, 3)
+    if cols.shape[1] == 0:
+        raise ValueError("prompt_colour_match needs at least one prompted colour")
+    px = frames.reshape(-1, 3).to(torch.int16)
+    fg = (px - torch.as_tensor(background).to(torch.int16).reshape(1, 3)).abs().amax(dim=-1) > tol
+    if not fg.any():
+        return float("nan")
+    near = ((px[fg].unsqueeze(1) - cols).abs().amax(dim=-1) <= tol).any(dim=-1)
+    return near.float().mean().item()
+
+
+def foreground_fraction(frames: torch.Tensor, background: torch.Tensor, tol: int = 48) -> float:
+    """Fraction of pixels farther than `tol` (L∞) from the background colour: how much is drawn at all. On a
+    flat background `palette_match` rewards an empty frame; this number next to the real clips' shows it."""
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be [T, H, W, 3], got {tuple(frames.shape)}")
+    d = (frames.reshape(-1, 3).to(torch.int16) - torch.as_tensor(background).to(torch.int16).reshape(1, 3)).abs()
+    return (d.amax(dim=-1) > tol).float().mean().item()

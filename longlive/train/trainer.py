@@ -46,6 +46,7 @@ from longlive.train.teacher_forcing import sample_t_index, teacher_forcing_loss
 log = logging.getLogger("longlive.train")
 
 SP_LAYOUTS = ("none", "balanced", "traditional")
+LR_SCHEDULES = ("constant", "cosine")
 BASE_PRECISIONS = ("fp32", "bf16")
 
 
@@ -55,6 +56,14 @@ class TrainConfig:
 
     steps: int = 600
     lr: float = 1e-5
+    # The release trains at a constant lr; from-scratch runs (the tiny default) want warm-up and a cosine decay.
+    # The lr is a pure function of the step, so a resumed run continues the same schedule.
+    lr_schedule: str = "constant"  # constant | cosine
+    warmup_steps: int = 0
+    lr_min_ratio: float = 0.1  # cosine ends at lr · lr_min_ratio
+    # Probability of training a sample on the empty (all-zero) prompt, which makes CFG against that prompt
+    # meaningful (DMD's real score uses it). The draw is per (seed, step, data-parallel replica).
+    text_dropout: float = 0.0
     betas: tuple[float, float] = (0.0, 0.999)
     weight_decay: float = 0.0
     grad_clip: float = 10.0
@@ -86,6 +95,22 @@ class TrainConfig:
             self.error_recycling_config = ErrorRecyclingConfig(**self.error_recycling_config)
         if self.steps < 0 or self.ckpt_every < 1 or self.log_every < 1:
             raise ValueError("steps must be ≥ 0 and ckpt_every / log_every ≥ 1")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+        if self.warmup_steps < 0 or not 0.0 <= self.lr_min_ratio <= 1.0:
+            raise ValueError("warmup_steps must be ≥ 0 and lr_min_ratio in [0, 1]")
+        if not 0.0 <= self.text_dropout < 1.0:
+            raise ValueError(f"text_dropout must be in [0, 1), got {self.text_dropout}")
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of step `step` (0-based): linear warm-up, then constant or cosine to lr·lr_min_ratio."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        if self.lr_schedule == "constant":
+            return self.lr
+        span = max(1, self.steps - self.warmup_steps - 1)
+        frac = min(1.0, (step - self.warmup_steps) / span)
+        return self.lr * (self.lr_min_ratio + (1 - self.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -312,6 +337,14 @@ class ARTrainer:
     def _generator(self, step: int, rank: int) -> torch.Generator:
         return torch.Generator().manual_seed(mix_seed(self.cfg.seed, step, rank))
 
+    def drops_text(self, step: int) -> bool:
+        """Whether step `step` trains on the empty prompt: one draw per sample, shared by its SP group (seeded by
+        the group's first rank) so every rank of a sample agrees."""
+        if self.cfg.text_dropout <= 0:
+            return False
+        g = torch.Generator().manual_seed(mix_seed(self.cfg.seed, step, self.rank - self.sp_rank, 0x7D))
+        return torch.rand((), generator=g).item() < self.cfg.text_dropout
+
     def compute_loss(self, sample: Any, step: int, *, recycle: bool = True) -> torch.Tensor:
         """The step's loss: teacher forcing on one process, or this rank's Balanced/traditional SP loss.
 
@@ -328,6 +361,8 @@ class ARTrainer:
         self.flops_per_step = train_flops_per_step(mc, frames, tpf)
         dev = self.device
         pe = pe.to(dev)
+        if self.drops_text(step):
+            pe = torch.zeros_like(pe)
         if self.sp == 1:
             g = self._generator(step, self.rank)
             t_index = sample_t_index(frames // chunk, g)
@@ -383,6 +418,9 @@ class ARTrainer:
         self._average_grads()
         gn = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         gn = gn.full_tensor() if hasattr(gn, "full_tensor") else gn
+        lr = self.cfg.lr_at(step)
+        for group in self.optim.param_groups:
+            group["lr"] = lr
         self.optim.step()
         self.optim.zero_grad(set_to_none=True)
         self.update_ema(step)
@@ -391,7 +429,7 @@ class ARTrainer:
         if self.world > 1:
             dist.all_reduce(loss_v)
             loss_v /= self.world
-        return {"loss": loss_v.item(), "grad_norm": float(gn)}
+        return {"loss": loss_v.item(), "grad_norm": float(gn), "lr": lr}
 
     # -- the loop ----------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -412,7 +450,7 @@ class ARTrainer:
             dt = time.perf_counter() - t0
             self.step_seconds.append(dt)
             mem = memory_gb(self.device)
-            rec = {"step": self.step, "loss": m["loss"], "grad_norm": m["grad_norm"], "lr": cfg.lr, "step_s": dt,
+            rec = {"step": self.step, "loss": m["loss"], "grad_norm": m["grad_norm"], "lr": m["lr"], "step_s": dt,
                    "mem_gb": mem, "mem_kind": "cuda_peak_allocated" if self.device.type == "cuda" else "rss"}
             if self.is_main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
                 with open(self.out_dir / "metrics.jsonl", "a") as f:
@@ -565,6 +603,10 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run directory: metrics.jsonl, summary.json, checkpoints/ (required "
                    "except with --tiny-default)")
     p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--lr-schedule", choices=list(LR_SCHEDULES), default="constant")
+    p.add_argument("--warmup-steps", type=int, default=0)
+    p.add_argument("--text-dropout", type=float, default=0.0,
+                   help="probability of training a sample on the empty prompt (for CFG against it)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", default=None, help="fp32 | bf16 | a longlive.quant.training recipe "
                                                       "(default: bf16 on CUDA, fp32 on CPU)")
@@ -624,7 +666,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                       ckpt_every=args.ckpt_every, log_every=args.log_every, ema_start=args.ema_start,
                       sp_layout=args.sp_layout if args.sp > 1 else "none", fsdp=args.fsdp,
                       activation_checkpointing=args.activation_checkpointing, progress=not args.no_progress,
-                      error_recycling=args.error_recycling)
+                      error_recycling=args.error_recycling, lr_schedule=args.lr_schedule,
+                      warmup_steps=args.warmup_steps, text_dropout=args.text_dropout)
     model = build_model(mc, device=device, seed=args.seed)
     # every rank of an SP group must see the same sample: seed the data by the data-parallel rank
     data = build_data(args.data, mc, frames, args.seed, rank=rank // max(1, args.sp))
