@@ -49,6 +49,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-rule", default="static_6", help="NVFP4 weight rule: static_6, static_4, mse, mae")
     p.add_argument("--weight-only", action="store_true", help="quantise weights only (no activation quantisation)")
     p.add_argument("--kv-quant", choices=["none", "fp8", "nvfp4"], default="none", help="quantised KV cache")
+    p.add_argument("--compile", choices=["none", "default", "max-autotune-no-cudagraphs"], default="none",
+                   help="torch.compile the DiT blocks (GPU); a warm-up generation runs first, excluded from timings")
     p.add_argument("--sp", type=int, default=1, help="sequence-parallel ranks (launches torchrun itself)")
     p.add_argument("--exchange", choices=["none", "fp8", "nvfp4"], default="none",
                    help="compress K/V on the SP all-to-all")
@@ -69,7 +71,7 @@ def _request(a: argparse.Namespace):
         random_weights=a.random_weights, image=a.image, multishot_sink=not a.no_multishot_sink,
         clean_recache=a.clean_recache, cache_dir=a.cache_dir, progress=not a.no_progress,
         quant=a.quant, linear_backend=a.linear_backend, weight_rule=a.weight_rule, act_quant=not a.weight_only,
-        kv_quant=a.kv_quant, sp=a.sp, exchange=a.exchange,
+        kv_quant=a.kv_quant, sp=a.sp, exchange=a.exchange, compile=a.compile,
     )
 
 

@@ -88,6 +88,22 @@ def measure_gemm_tflops(cfg: ModelConfig, device: torch.device | str, dtype: tor
 
 
 @torch.no_grad()
+def measure_fp8_gemm_tflops(cfg: ModelConfig, device: torch.device | str, repeats: int = 5) -> float | None:
+    """FP8 `_scaled_mm` rate (row-wise scales, BF16 out) at the FFN up-projection shape; None off sm ≥ 8.9 CUDA."""
+    device = torch.device(device)
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9):
+        return None
+    lq = cfg.chunk_frames * cfg.tokens_per_frame
+    a = torch.randn(lq, cfg.dim, device=device).to(torch.float8_e4m3fn)
+    b = torch.randn(cfg.ffn_dim, cfg.dim, device=device).to(torch.float8_e4m3fn)
+    sa = torch.ones(lq, 1, device=device)
+    sb = torch.ones(1, cfg.ffn_dim, device=device)
+    ms = _time_ms(lambda: torch._scaled_mm(a, b.t(), scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16), device,
+                  repeats)
+    return 2.0 * lq * cfg.dim * cfg.ffn_dim / (ms * 1e-3) / 1e12
+
+
+@torch.no_grad()
 def measure_attention_tflops(cfg: ModelConfig, device: torch.device | str, dtype: torch.dtype, backend: str,
                              repeats: int = 5) -> float:
     """Self-attention rate at the steady-state shape: chunk queries against the full window, non-causal."""

@@ -19,7 +19,8 @@ from longlive.model.presets import ModelConfig, get_preset
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DEFAULT_PROMPT = "A red ball bounces across a blue floor"
 E2E_DEFINITION = ("e2e_fps: video frames / wall time from the first chunk's noise to the last decoded frame in "
-                  "host memory (load and text encoding excluded, reported as load_s / text_encode_s)")
+                  "host memory (load, text encoding and the compile warm-up excluded, reported as load_s / "
+                  "text_encode_s / compile_s)")
 
 
 @dataclass
@@ -54,6 +55,7 @@ class VideoRequest:
     kv_quant: str = "none"            # none | fp8 | nvfp4
     sp: int = 1                       # sequence-parallel ranks (run under torchrun; `longlive generate` does it)
     exchange: str = "none"            # SP all-to-all compression of K/V: none | fp8 | nvfp4
+    compile: str = "none"             # torch.compile of the DiT blocks: none | default | max-autotune-no-cudagraphs
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -98,6 +100,10 @@ def validate(req: VideoRequest):
         if int(os.environ.get("WORLD_SIZE", "1")) != req.sp:
             raise ValueError(f"sp={req.sp} runs as {req.sp} processes under torchrun (WORLD_SIZE={req.sp}); "
                              f"`longlive generate --sp {req.sp}` launches them for you")
+    from longlive.infer.compile import COMPILE_MODES
+
+    if req.compile not in COMPILE_MODES:
+        raise ValueError(f"unknown --compile {req.compile!r}; choose one of {', '.join(COMPILE_MODES)}")
     if req.kv_quant not in ("none", "fp8", "nvfp4"):
         raise ValueError(f"unknown --kv-quant {req.kv_quant!r}; choose none, fp8 or nvfp4")
     if req.quant != "none":
@@ -247,6 +253,15 @@ def make_video(req: VideoRequest, out: Path) -> dict:
     t0 = time.perf_counter()
     embeds = embed_prompts(req, text, cfg)
     text_encode_s = time.perf_counter() - t0
+    compile_s = None
+    if req.compile != "none":  # compile, then warm every window length up so no timed chunk compiles
+        from longlive.infer.compile import compile_blocks
+
+        t0 = time.perf_counter()
+        compile_blocks(model, req.compile)
+        warm = dataclasses.replace(spec, frames=(slots + 1) * cfg.chunk_frames, warmup_chunks=0)
+        generate(model, warm, embeds, sp=sp_ctx)
+        compile_s = time.perf_counter() - t0
     img = image_latent(req.image, vae, cfg) if req.image is not None else None
 
     n_chunks = req.frames // cfg.chunk_frames
@@ -284,7 +299,9 @@ def make_video(req: VideoRequest, out: Path) -> dict:
     n_frames = video_frames(req.frames)
     return {
         **res.stats.summary(), "e2e_s": e2e_s, "e2e_fps": n_frames / e2e_s, "load_s": load_s,
-        "text_encode_s": text_encode_s, "frames_video": n_frames, "video_seconds": n_frames / cfg.fps, **mem,
+        "text_encode_s": text_encode_s,
+        "compile": req.compile, "compile_s": compile_s, "frames_video": n_frames,
+        "video_seconds": n_frames / cfg.fps, **mem,
         "kv_cache_gb": res.kv_cache_bytes / 1e9, "kv_packed_gb": res.kv_packed_bytes / 1e9,
         "weights_gb": model_weight_bytes(model) / 1e9,
         "timing_definition": {"denoise_fps": res.stats.timing_definition, "e2e_fps": E2E_DEFINITION},

@@ -78,12 +78,19 @@ class SelfAttention(nn.Module):
         q = apply_rope(self.norm_q(self.q(x)).view(shape), ctx.cos, ctx.sin)
         k = apply_rope(self.norm_k(self.k(x)).view(shape), ctx.cos, ctx.sin)
         v = self.v(x).view(shape)
-        if ctx.attn_fn is not None:
-            return self.o(ctx.attn_fn(q, k, v, layer).reshape(B, L, -1))
-        if ctx.cache is not None:
-            k, v = ctx.cache.update(layer, k, v)
-        out = sdpa(q, k.to(q.dtype), v.to(q.dtype), ctx.backend)
-        return self.o(out.reshape(B, L, -1))
+        return self.o(cached_attention(q, k, v, ctx, layer).reshape(B, L, -1))
+
+
+@torch.compiler.disable
+def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttnContext, layer: int) -> torch.Tensor:
+    """Self-attention of this forward's rotated q/k/v [B, L, H, D]: through ctx.attn_fn, or over the KV cache's
+    window, or over the input alone. Kept out of compiled graphs (longlive.infer.compile): the cache's slot
+    bookkeeping is Python and the window grows while it fills; the kernel itself is cuDNN/flash either way."""
+    if ctx.attn_fn is not None:
+        return ctx.attn_fn(q, k, v, layer)
+    if ctx.cache is not None:
+        k, v = ctx.cache.update(layer, k, v)
+    return sdpa(q, k.to(q.dtype), v.to(q.dtype), ctx.backend)
 
 
 class CrossAttention(nn.Module):

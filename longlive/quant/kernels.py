@@ -14,7 +14,9 @@ _used: set[str] = set()
 
 
 def _triton(x: torch.Tensor) -> bool:
-    if not x.is_cuda:
+    """Use the Triton kernel? Not under torch.compile: there the PyTorch reference is the fast path, because
+    inductor fuses it into the kernel that produced x (longlive.infer.compile)."""
+    if not x.is_cuda or torch.compiler.is_compiling():
         return False
     from longlive.quant.triton_kernels import triton_available
 
@@ -25,6 +27,12 @@ def active_kernels() -> list[str]:
     return sorted(_used)
 
 
+def _record(name: str) -> None:
+    if torch.compiler.is_compiling():
+        name = name.replace("torch:", "inductor:")  # traced once; the compiled graph runs it from then on
+    _used.add(name)
+
+
 def quantize_nvfp4(x: torch.Tensor, *, block: tuple[int, int] = (1, 16), rule: str = "static_6") -> NVFP4Tensor:
     if _triton(x) and tuple(block) == (1, 16) and rule in TRITON_NVFP4_RULES:
         from longlive.quant.triton_kernels import quantize_nvfp4_triton
@@ -33,7 +41,7 @@ def quantize_nvfp4(x: torch.Tensor, *, block: tuple[int, int] = (1, 16), rule: s
         return quantize_nvfp4_triton(x, rule=rule)
     from longlive.quant import nvfp4
 
-    _used.add("torch:nvfp4_quant")
+    _record("torch:nvfp4_quant")
     return nvfp4.quantize_nvfp4(x, block=block, rule=rule)
 
 
@@ -45,7 +53,7 @@ def dequantize_nvfp4(q: NVFP4Tensor, dtype: torch.dtype) -> torch.Tensor:
         return dequantize_nvfp4_triton(q, dtype)
     from longlive.quant import nvfp4
 
-    _used.add("torch:nvfp4_dequant")
+    _record("torch:nvfp4_dequant")
     return nvfp4.dequantize_nvfp4(q, dtype)
 
 
@@ -57,7 +65,7 @@ def quantize_fp8(x: torch.Tensor, granularity: str = "row") -> FP8Tensor:
         return quantize_fp8_rowwise_triton(x)
     from longlive.quant import fp8
 
-    _used.add("torch:fp8_quant")
+    _record("torch:fp8_quant")
     return fp8.quantize_fp8(x, granularity=granularity)
 
 
@@ -69,5 +77,5 @@ def dequantize_fp8(q: FP8Tensor, dtype: torch.dtype) -> torch.Tensor:
         return dequantize_fp8_triton(q, dtype)
     from longlive.quant import fp8
 
-    _used.add("torch:fp8_dequant")
+    _record("torch:fp8_dequant")
     return fp8.dequantize_fp8(q, dtype)

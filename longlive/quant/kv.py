@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from longlive.model.kv_cache import heads_first_buffer
 from longlive.quant import kernels
 from longlive.quant.tensors import FP8Tensor, NVFP4Tensor
 
@@ -41,8 +42,8 @@ class QuantKVStorage:
             self.data = torch.zeros((L, 2, S, rows, head_dim), dtype=torch.float8_e4m3fn, **kw)
             self.scale = torch.zeros((L, 2, S, rows, 1), dtype=torch.float32, **kw)
             self.packed = (self.data, self.scale)
-        shape = (batch, S * chunk_tokens, heads, head_dim)
-        self.scratch = (torch.zeros(shape, dtype=dtype, **kw), torch.zeros(shape, dtype=dtype, **kw))
+        args = (batch, S * chunk_tokens, heads, head_dim, dtype, device)
+        self.scratch = (heads_first_buffer(*args), heads_first_buffer(*args))  # in SDPA's layout
         self.filled = torch.zeros((L, S), dtype=torch.bool)  # slots holding committed (quantised) data
 
     # -- per slot ------------------------------------------------------------------------------------------

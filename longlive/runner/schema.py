@@ -11,13 +11,13 @@ AXES = ("model", "precision", "kv_quant", "sp", "exchange", "steps", "decode", "
 """Matrix axes: config key = CLI override = result column (DESIGN.md conventions). An axis a workload does not
 read is None in its rows: inference rows have no train_layout, training rows no decode or kv_quant."""
 
-IDENTITY = ("cell_id", "experiment", "workload", "status", "reason", "frames", "seed", "linear_backend")
+IDENTITY = ("cell_id", "experiment", "workload", "status", "reason", "frames", "seed", "linear_backend", "compile")
 """status: ok | failed | skipped; reason: why a cell failed or was skipped (OOM, unsupported, missing extra)."""
 
 METRICS = (
     # inference speed (spec 05 timing definitions)
     "denoise_fps", "e2e_fps", "e2e_s", "first_chunk_latency_s",
-    "chunk_ms_p10", "chunk_ms_median", "chunk_ms_p90", "load_s", "text_encode_s",
+    "chunk_ms_p10", "chunk_ms_median", "chunk_ms_p90", "load_s", "text_encode_s", "compile_s",
     "frames_video", "video_seconds",
     # roofline: ceilings measured in the same run
     "gemm_tflops", "attn_tflops", "flop_per_frame", "ceiling_fps", "achieved_tflops", "mfu", "fraction_of_ceiling",
@@ -36,7 +36,7 @@ STATUSES = ("ok", "failed", "skipped")
 def empty_row(cell_id: str, experiment: str, workload: str, axes: dict, frames: int | None, seed: int | None) -> dict:
     """A row with every column present (metrics None) so rows of any status stack into one table."""
     row = {"cell_id": cell_id, "experiment": experiment, "workload": workload, "status": "skipped", "reason": None,
-           "frames": frames, "seed": seed, "linear_backend": None}
+           "frames": frames, "seed": seed, "linear_backend": None, "compile": None}
     row.update({a: axes.get(a) for a in AXES})
     row.update({m: None for m in METRICS})
     row.update({n: {} for n in NESTED})

@@ -88,6 +88,7 @@ def video_request(cfg: dict[str, Any], progress: bool = False):
         linear_backend=cfg["precision"].get("backend") or "emulated",
         weight_rule=cfg["precision"].get("weight_rule", "static_6"), act_quant=cfg["precision"].get("act_quant", True),
         kv_quant=cfg["kv"]["name"], sp=int(cfg["sp"]), exchange=cfg.get("exchange", "none"),
+        compile=cfg.get("compile", "none"),
     )
 
 

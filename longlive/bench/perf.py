@@ -1,0 +1,177 @@
+"""Benchmark: the inference ladder at the hardware limit (issue 7) — precision × KV cache × steps × compile.
+
+For each precision the 5B generator is built once with random weights (speed does not depend on their values),
+post-training-quantised (fp8: real W8A8 `_scaled_mm`; nvfp4: emulated W4A4 on Hopper), optionally compiled per
+block (`longlive.infer.compile`), warmed up over every window length, then timed on `--chunks` chunks.
+
+Timing definition: `denoise_fps` of spec 05 — device events around each chunk (all steps, the clean re-run and
+the KV writes; text encoding, load, compile and VAE excluded), chunks before the window is full dropped. The
+ceilings are measured in the same process: the dense GEMM rate at the FFN shape (BF16 and FP8 `_scaled_mm`) and
+the attention rate at the steady-state window shape (`longlive.bench.roofline`). Every row is appended to
+`rows.jsonl` as soon as it is measured, with the manifest.
+
+    python -m longlive.bench.perf --configs bf16:none:4 fp8:none:2 --compile none default --out reports/perf/x
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from longlive.bench.manifest import manifest
+from longlive.bench.memory import peaks, reset_peaks
+from longlive.bench.roofline import (
+    ceiling_fps,
+    chunk_flops,
+    frames_per_chunk,
+    measure_attention_tflops,
+    measure_fp8_gemm_tflops,
+    measure_gemm_tflops,
+)
+from longlive.infer.compile import COMPILE_MODES, compile_blocks
+from longlive.infer.pipeline import GenerationSpec, generate
+from longlive.model.attention import resolve_backend
+from longlive.model.dit import build_model
+from longlive.model.presets import get_preset
+
+PRECISIONS = ("bf16", "fp8", "nvfp4")
+KVS = ("none", "fp8", "nvfp4")
+TIMING = ("denoise_fps: latent-to-video frames per second of device time over the chunks after the window is "
+          "full (device events around each chunk: all denoising steps, the clean re-run and KV writes); excludes "
+          "load, compile warm-up, text encoding and VAE decode (spec 05)")
+
+
+def parse_config(text: str) -> tuple[str, str, int]:
+    """'precision:kv:steps' → a checked triple (clear error before any GPU work)."""
+    parts = text.split(":")
+    if len(parts) != 3 or parts[0] not in PRECISIONS or parts[1] not in KVS or not parts[2].isdigit():
+        raise ValueError(f"config {text!r} must be precision:kv:steps with precision in {PRECISIONS}, kv in {KVS}, "
+                         "steps a positive integer (e.g. fp8:nvfp4:2)")
+    return parts[0], parts[1], int(parts[2])
+
+
+def build(preset: str, precision: str, device: torch.device, seed: int, attn: str):
+    from longlive.quant.linear import LinearQuantConfig
+    from longlive.quant.recipes import quantize_model
+
+    cfg = get_preset(preset)
+    model = build_model(cfg, device=device, dtype=torch.bfloat16, seed=seed).eval().requires_grad_(False)
+    if precision == "fp8":
+        quantize_model(model, LinearQuantConfig(fmt="fp8", backend="fp8"), device=device)
+    elif precision == "nvfp4":
+        quantize_model(model, LinearQuantConfig(fmt="nvfp4", backend="emulated"), device=device)
+    model.attn_backend = resolve_backend(attn, device)
+    return cfg, model
+
+
+def ceilings(cfg, device: torch.device, backend: str) -> dict[str, float]:
+    """Kernel rates at the model's shapes, measured now on this GPU."""
+    return {"gemm_bf16_tflops": measure_gemm_tflops(cfg, device, torch.bfloat16),
+            "gemm_fp8_tflops": measure_fp8_gemm_tflops(cfg, device),
+            "attn_tflops": measure_attention_tflops(cfg, device, torch.bfloat16, backend)}
+
+
+def run(a: argparse.Namespace) -> list[dict]:
+    dev = torch.device(a.device)
+    configs = [parse_config(c) for c in a.configs]
+    for m in a.compile:
+        if m not in COMPILE_MODES:
+            raise ValueError(f"unknown compile mode {m!r}; choose from {COMPILE_MODES}")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows_path = out / "rows.jsonl"
+    run_manifest = manifest({k: v for k, v in vars(a).items()}, a.seed)
+    (out / "manifest.json").write_text(json.dumps(run_manifest, indent=2, default=str))
+    g = torch.Generator().manual_seed(a.seed)
+    rows = []
+    rates = None
+    eager: dict[tuple, torch.Tensor] = {}  # final latents of the eager runs: the compiled ones must match them
+    for precision in dict.fromkeys(p for p, _, _ in configs):
+        for mode in a.compile:  # eager first: compiling is in place
+            cfg, model = build(a.preset, precision, dev, a.seed, a.attn)
+            if rates is None:
+                rates = ceilings(cfg, dev, model.attn_backend)
+                print(f"ceilings: {json.dumps({k: round(v, 1) for k, v in rates.items()})}", flush=True)
+            embeds = [torch.randn(1, cfg.text_len, cfg.text_dim, generator=g).to(dev, torch.bfloat16)]
+            slots = cfg.window_frames // cfg.chunk_frames
+            t0 = time.perf_counter()
+            compile_blocks(model, mode)
+            warm = GenerationSpec(prompts=["random"], frames=(slots + 1) * cfg.chunk_frames, steps=1, seed=a.seed,
+                                  warmup_chunks=0)
+            generate(model, warm, embeds)  # every window length once: nothing compiles in the timed runs
+            warm_s = time.perf_counter() - t0
+            for p, kv, steps in configs:
+                if p != precision:
+                    continue
+                chunks = a.long_chunks if (a.long_chunks and (p, kv) == ("fp8", "nvfp4")) else a.chunks
+                spec = GenerationSpec(prompts=["random"], frames=chunks * cfg.chunk_frames, steps=steps, seed=a.seed,
+                                      warmup_chunks=slots - 1, kv_storage=None if kv == "none" else kv)
+                reset_peaks(dev)
+                res = generate(model, spec, embeds)
+                s = res.stats.summary()
+                key = (p, kv, steps, chunks)
+                if mode == "none":
+                    eager[key] = res.latents.float().cpu()
+                rel = None
+                if mode != "none" and key in eager:
+                    ref = eager[key]
+                    rel = float((res.latents.float().cpu() - ref).norm() / ref.norm())
+                gemm = rates["gemm_fp8_tflops"] if p == "fp8" else rates["gemm_bf16_tflops"]
+                ceil = ceiling_fps(cfg, steps, gemm, rates["attn_tflops"])
+                row = {"preset": a.preset, "precision": p, "linear_backend": {"bf16": None, "fp8": "fp8 _scaled_mm",
+                                                                               "nvfp4": "emulated"}[p],
+                       "kv_quant": kv, "steps": steps, "compile": mode, "chunks": chunks,
+                       "attn_backend": model.attn_backend, "resolution": f"{cfg.height}x{cfg.width}",
+                       "chunk_frames": cfg.chunk_frames, "window_frames": cfg.window_frames,
+                       "sink_frames": cfg.sink_frames, "timing_definition": TIMING, **s, **peaks(dev),
+                       "kv_cache_gb": res.kv_cache_bytes / 1e9, "compile_warmup_s": warm_s,
+                       "chunk_ms": [round(x, 2) for x in res.stats.chunk_ms], **rates,
+                       "latent_rel_err_vs_eager": rel, "ceiling_fps": ceil,
+                       "fraction_of_ceiling": s["denoise_fps"] / ceil,
+                       "achieved_tflops": s["denoise_fps"] * chunk_flops(cfg, steps) / frames_per_chunk(cfg) / 1e12,
+                       "model_config": asdict(cfg), "manifest": run_manifest}
+                rows.append(row)
+                with rows_path.open("a") as f:  # no finished row is lost if a later config fails
+                    f.write(json.dumps(row, default=str) + "\n")
+                print(f"{p:>5} kv={kv:<5} {steps}-step compile={mode:<8}: {s['denoise_fps']:6.2f} FPS "
+                      f"(ceiling {ceil:.1f}, {row['fraction_of_ceiling']:.0%}), median chunk "
+                      f"{s['chunk_ms_median']:.0f} ms, peak {row['peak_allocated_gb'] or 0:.1f} GB "
+                      f"({chunks} chunks)", flush=True)
+            if a.profile and mode == a.compile[-1]:
+                from longlive.bench.chunks import profile_chunks
+
+                profile_chunks(model, cfg, embeds, configs[0][2], a.seed, "bf16",
+                               out / f"profile_{precision}_{mode}.txt")
+            del model
+            torch.cuda.empty_cache()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="wan2.2-ti2v-5b")
+    ap.add_argument("--configs", nargs="+", default=["bf16:none:4", "bf16:none:2", "fp8:none:4", "fp8:none:2"])
+    ap.add_argument("--compile", nargs="+", default=["default"])
+    ap.add_argument("--chunks", type=int, default=8, help="timed chunks per config (window full from chunk 3)")
+    ap.add_argument("--long-chunks", type=int, default=0,
+                    help="fp8 + nvfp4-KV configs run this many chunks instead (peak memory at long videos)")
+    ap.add_argument("--attn", default="auto")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--profile", action="store_true", help="profile one config per precision (last compile mode)")
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args(argv)
+    for c in a.configs:
+        parse_config(c)
+    if not torch.cuda.is_available() and a.device.startswith("cuda"):
+        raise SystemExit("longlive.bench.perf needs a CUDA GPU (it measures the hardware limit)")
+    run(a)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Device script (issue 7): the inference ladder at the hardware limit, one H200 (or H100).
+#   PHASE=denoise  bf16 eager vs compiled, fp8 compiled, fp8 + NVFP4 KV (4 and 2 steps), profiles
+#   PHASE=vae      Wan2.2 VAE streaming decode: channels-last eager vs compiled RMSNorm+SiLU, profile
+#   PHASE=memory   fp8 + NVFP4 KV over a long video (peak memory must stay flat)
+# Everything lands in $OUT (rows.jsonl / JSON with manifests, profiles) and is packed into $OUT/perf.tar.gz.
+set -euo pipefail
+export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
+OUT=${OUT:?set OUT}
+PHASE=${PHASE:-denoise}
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+export PYTHONPATH=$PWD:${PYTHONPATH:-}
+mkdir -p "$OUT/$PHASE"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv > "$OUT/$PHASE/nvidia-smi.txt"
+case "$PHASE" in
+  denoise)
+    python -m longlive.bench.perf --configs bf16:none:4 bf16:none:2 --compile none default --chunks 8 \
+      --profile --out "$OUT/denoise/bf16"
+    python -m longlive.bench.perf --configs fp8:none:4 fp8:none:2 fp8:nvfp4:4 fp8:nvfp4:2 --compile default \
+      --chunks 8 --profile --out "$OUT/denoise/fp8" ;;
+  vae)
+    python -m longlive.bench.vae_decode --chunks 4 --channels-last --out "$OUT/vae/eager_cl.json" \
+      --profile "$OUT/vae/profile_eager_cl.txt"
+    python -m longlive.bench.vae_decode --chunks 4 --channels-last --compile --out "$OUT/vae/compiled_cl.json" \
+      --profile "$OUT/vae/profile_compiled_cl.txt" ;;
+  memory)
+    python -m longlive.bench.perf --configs fp8:nvfp4:2 bf16:nvfp4:4 --compile default --chunks 8 \
+      --long-chunks 48 --out "$OUT/memory" ;;
+  *) echo "unknown PHASE=$PHASE" >&2; exit 2 ;;
+esac
+tar -czf "$OUT/perf_$PHASE.tar.gz" -C "$OUT" "$PHASE"
