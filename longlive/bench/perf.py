@@ -55,6 +55,13 @@ def parse_config(text: str) -> tuple[str, str, int]:
     return parts[0], parts[1], int(parts[2])
 
 
+def rel_err(latents: torch.Tensor, ref: torch.Tensor | None) -> float | None:
+    """‖latents − ref‖ / ‖ref‖ over the whole video (None without a reference of the same shape)."""
+    if ref is None or ref.shape != latents.shape:
+        return None
+    return float((latents.float().cpu() - ref).norm() / ref.norm())
+
+
 def build(preset: str, precision: str, device: torch.device, seed: int, attn: str):
     from longlive.quant.linear import LinearQuantConfig
     from longlive.quant.recipes import quantize_model
@@ -91,14 +98,25 @@ def run(a: argparse.Namespace) -> list[dict]:
     rows = []
     rates = None
     eager: dict[tuple, torch.Tensor] = {}  # final latents of the eager runs: the compiled ones must match them
+    fp32_ref: dict[int, torch.Tensor] = {}  # --fidelity: eager fp32 latents (KV unquantised) per steps, --chunks
+    embeds: list[torch.Tensor] = []
     for precision in dict.fromkeys(p for p, _, _ in configs):
         for mode in a.compile:  # eager first: compiling is in place
             cfg, model = build(a.preset, precision, dev, a.seed, a.attn)
             if rates is None:
                 rates = ceilings(cfg, dev, model.attn_backend)
                 print(f"ceilings: {json.dumps({k: round(v, 1) for k, v in rates.items()})}", flush=True)
-            embeds = [torch.randn(1, cfg.text_len, cfg.text_dim, generator=g).to(dev, torch.bfloat16)]
+            if not embeds:
+                embeds.append(torch.randn(1, cfg.text_len, cfg.text_dim, generator=g).to(dev, torch.bfloat16))
             slots = cfg.window_frames // cfg.chunk_frames
+            if a.fidelity and not fp32_ref:  # the same (bf16-rounded) weights in fp32, eager: the reference
+                ref_model = build(a.preset, "bf16", dev, a.seed, a.attn)[1].float()
+                for steps in sorted({st for _, _, st in configs}):
+                    spec = GenerationSpec(prompts=["random"], frames=a.chunks * cfg.chunk_frames, steps=steps,
+                                          seed=a.seed, warmup_chunks=slots - 1)
+                    fp32_ref[steps] = generate(ref_model, spec, [embeds[0].float()]).latents.float().cpu()
+                del ref_model
+                torch.cuda.empty_cache()
             t0 = time.perf_counter()
             compile_blocks(model, mode)
             warm = GenerationSpec(prompts=["random"], frames=(slots + 1) * cfg.chunk_frames, steps=1, seed=a.seed,
@@ -117,10 +135,8 @@ def run(a: argparse.Namespace) -> list[dict]:
                 key = (p, kv, steps, chunks)
                 if mode == "none":
                     eager[key] = res.latents.float().cpu()
-                rel = None
-                if mode != "none" and key in eager:
-                    ref = eager[key]
-                    rel = float((res.latents.float().cpu() - ref).norm() / ref.norm())
+                rel = rel_err(res.latents, eager.get(key)) if mode != "none" else None
+                rel32 = rel_err(res.latents, fp32_ref.get(steps))
                 gemm = rates["gemm_fp8_tflops"] if p == "fp8" else rates["gemm_bf16_tflops"]
                 ceil = ceiling_fps(cfg, steps, gemm, rates["attn_tflops"])
                 row = {"preset": a.preset, "precision": p, "linear_backend": {"bf16": None, "fp8": "fp8 _scaled_mm",
@@ -131,7 +147,7 @@ def run(a: argparse.Namespace) -> list[dict]:
                        "sink_frames": cfg.sink_frames, "timing_definition": TIMING, **s, **peaks(dev),
                        "kv_cache_gb": res.kv_cache_bytes / 1e9, "compile_warmup_s": warm_s,
                        "chunk_ms": [round(x, 2) for x in res.stats.chunk_ms], **rates,
-                       "latent_rel_err_vs_eager": rel, "ceiling_fps": ceil,
+                       "latent_rel_err_vs_eager": rel, "latent_rel_err_vs_fp32_eager": rel32, "ceiling_fps": ceil,
                        "fraction_of_ceiling": s["denoise_fps"] / ceil,
                        "achieved_tflops": s["denoise_fps"] * chunk_flops(cfg, steps) / frames_per_chunk(cfg) / 1e12,
                        "model_config": asdict(cfg), "manifest": run_manifest}
@@ -163,6 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--attn", default="auto")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fidelity", action="store_true",
+                    help="also run every (kv none, steps) config eagerly in fp32 and report each row's latent error")
     ap.add_argument("--profile", action="store_true", help="profile one config per precision (last compile mode)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)

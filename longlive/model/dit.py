@@ -71,26 +71,36 @@ class SelfAttention(nn.Module):
         self.o = nn.Linear(dim, dim)
         self.norm_q = RMSNorm(dim, eps)
         self.norm_k = RMSNorm(dim, eps)
+        self.layer_idx = 0  # this block's index (KV-cache layer, attn_fn's `layer`); set by CausalWanModel
 
-    def forward(self, x: torch.Tensor, ctx: AttnContext, layer: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
         B, L, _ = x.shape
         shape = (B, L, self.num_heads, self.head_dim)
         q = apply_rope(self.norm_q(self.q(x)).view(shape), ctx.cos, ctx.sin)
         k = apply_rope(self.norm_k(self.k(x)).view(shape), ctx.cos, ctx.sin)
         v = self.v(x).view(shape)
-        return self.o(cached_attention(q, k, v, ctx, layer).reshape(B, L, -1))
+        return self.o(cached_attention(q, k, v, ctx, self))
 
 
 @torch.compiler.disable
-def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttnContext, layer: int) -> torch.Tensor:
-    """Self-attention of this forward's rotated q/k/v [B, L, H, D]: through ctx.attn_fn, or over the KV cache's
-    window, or over the input alone. Kept out of compiled graphs (longlive.infer.compile): the cache's slot
-    bookkeeping is Python and the window grows while it fills; the kernel itself is cuDNN/flash either way."""
+def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttnContext,
+                     attn: SelfAttention) -> torch.Tensor:
+    """Self-attention of this forward's rotated q/k/v [B, L, H, D] → [B, L, H·D] (contiguous): through
+    ctx.attn_fn, or over the KV cache's window, or over the input alone.
+
+    Kept out of compiled graphs (longlive.infer.compile): the cache's slot bookkeeping is Python and the window
+    grows while it fills; the kernel is cuDNN/flash either way. The layer index is read from the module here,
+    not passed through the compiled block, so one compiled graph serves every layer; the output is made
+    contiguous here so the graph after it always sees the same layout, whatever the cache storage.
+    """
+    B, L = q.shape[:2]
     if ctx.attn_fn is not None:
-        return ctx.attn_fn(q, k, v, layer)
-    if ctx.cache is not None:
-        k, v = ctx.cache.update(layer, k, v)
-    return sdpa(q, k.to(q.dtype), v.to(q.dtype), ctx.backend)
+        out = ctx.attn_fn(q, k, v, attn.layer_idx)
+    else:
+        if ctx.cache is not None:
+            k, v = ctx.cache.update(attn.layer_idx, k, v)
+        out = sdpa(q, k.to(q.dtype), v.to(q.dtype), ctx.backend)
+    return out.reshape(B, L, -1).contiguous()
 
 
 class CrossAttention(nn.Module):
@@ -148,7 +158,7 @@ class WanBlock(nn.Module):
 
     def forward(
         self, x: torch.Tensor, e0: torch.Tensor, frames: int, ctx: AttnContext,
-        text_kv: tuple[torch.Tensor, torch.Tensor] | torch.Tensor, layer: int,
+        text_kv: tuple[torch.Tensor, torch.Tensor] | torch.Tensor,
     ) -> torch.Tensor:
         """x: float32 [B, L, dim]; e0: float32 [B, F, 6, dim] (per-frame time projection).
 
@@ -168,7 +178,7 @@ class WanBlock(nn.Module):
         def gated(y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
             return (y.float().view(B, frames, -1, D) * gate.unsqueeze(2)).view(B, L, D)
 
-        y = self.self_attn(modulate(self.norm1(x), mod[0], mod[1]), ctx, layer)
+        y = self.self_attn(modulate(self.norm1(x), mod[0], mod[1]), ctx)
         x = x + gated(y, mod[2])
         x = x + self.cross_attn(self.norm3(x).to(dtype), text_kv, ctx.backend, ctx.frame_prompt).float()
         y = self.ffn(modulate(self.norm2(x), mod[3], mod[4]))
@@ -213,6 +223,8 @@ class CausalWanModel(nn.Module):
         self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
         self.blocks = nn.ModuleList([WanBlock(cfg) for _ in range(cfg.num_layers)])
+        for i, blk in enumerate(self.blocks):
+            blk.self_attn.layer_idx = i
         self.head = Head(cfg)
         self.rope = Rope3D(cfg.head_dim, cfg.rope_theta, cfg.rope_max_positions)
         self.attn_backend = "math"
@@ -313,7 +325,7 @@ class CausalWanModel(nn.Module):
         ctx = AttnContext(cos=cos, sin=sin, cache=cache, backend=self.attn_backend, attn_fn=attn_fn,
                           frame_prompt=frame_prompt)
         for i, blk in enumerate(self.blocks):
-            x_tok = blk(x_tok, e0, f2, ctx, text_kv[i], i)
+            x_tok = blk(x_tok, e0, f2, ctx, text_kv[i])
         out = self.head(x_tok, e, f2)  # [B, L, pt·ph·pw·C]
         return unpatchify(out, (f2, h2, w2), cfg.patch_size, cfg.out_channels)
 

@@ -3,6 +3,7 @@
 #   PHASE=denoise  bf16 eager vs compiled, fp8 compiled, fp8 + NVFP4 KV (4 and 2 steps), profiles
 #   PHASE=vae      Wan2.2 VAE streaming decode: channels-last eager vs compiled RMSNorm+SiLU, profile
 #   PHASE=memory   fp8 + NVFP4 KV over a long video (peak memory must stay flat)
+#   PHASE=all      compiled ladder with fp32 fidelity and long fp8 + NVFP4-KV runs, then the VAE (one lease)
 # Everything lands in $OUT (rows.jsonl / JSON with manifests, profiles) and is packed into $OUT/perf.tar.gz.
 set -euo pipefail
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
@@ -29,6 +30,14 @@ case "$PHASE" in
   memory)
     python -m longlive.bench.perf --configs fp8:nvfp4:2 bf16:nvfp4:4 --compile default --chunks 8 \
       --long-chunks 48 --out "$OUT/memory" ;;
+  all)
+    python -m longlive.bench.perf --configs bf16:none:4 bf16:none:2 fp8:none:4 fp8:none:2 fp8:nvfp4:4 fp8:nvfp4:2 \
+      --compile default --chunks 8 --long-chunks 32 --fidelity --out "$OUT/all/ladder"
+    tar -czf "$OUT/perf_ladder.tar.gz" -C "$OUT" all
+    python -m longlive.bench.vae_decode --chunks 4 --channels-last --out "$OUT/all/vae_eager_cl.json" \
+      --profile "$OUT/all/vae_profile_eager_cl.txt"
+    python -m longlive.bench.vae_decode --chunks 4 --channels-last --compile --out "$OUT/all/vae_compiled_cl.json" \
+      --profile "$OUT/all/vae_profile_compiled_cl.txt" ;;
   *) echo "unknown PHASE=$PHASE" >&2; exit 2 ;;
 esac
 tar -czf "$OUT/perf_$PHASE.tar.gz" -C "$OUT" "$PHASE"
