@@ -111,6 +111,7 @@ def run(a: argparse.Namespace) -> list[dict]:
             slots = cfg.window_frames // cfg.chunk_frames
             if a.fidelity and not fp32_ref:  # the same (bf16-rounded) weights in fp32, eager: the reference
                 ref_model = build(a.preset, "bf16", dev, a.seed, a.attn)[1].float()
+                ref_model.attn_backend = "efficient" if dev.type == "cuda" else "math"  # cuDNN/flash: no fp32
                 for steps in sorted({st for _, _, st in configs}):
                     spec = GenerationSpec(prompts=["random"], frames=a.chunks * cfg.chunk_frames, steps=steps,
                                           seed=a.seed, warmup_chunks=slots - 1)
