@@ -109,3 +109,16 @@ def test_geometry_errors():
         CacheGeometry(chunk_frames=8, window_frames=16, sink_frames=8, tokens_per_frame=1)
     with pytest.raises(ValueError, match="unknown KV storage"):
         KVCache.allocate(DEFAULT, 1, 1, 1, 2, storage="int3")
+
+
+def test_buffers_are_heads_first_so_a_full_window_needs_no_copy():
+    geo = CacheGeometry(chunk_frames=2, window_frames=8, sink_frames=2, tokens_per_frame=3)
+    for storage in ("bf16", "nvfp4"):
+        cache = KVCache.allocate(geo, num_layers=1, batch=1, heads=2, head_dim=16, storage=storage)
+        for c in range(4):
+            cache.begin_chunk(c)
+            cache.committing = True
+            kw, vw = cache.update(0, torch.randn(1, 6, 2, 16), torch.randn(1, 6, 2, 16))
+            cache.committing = False
+        assert kw.shape == (1, 24, 2, 16)  # callers index [B, L, H, D] ...
+        assert kw.transpose(1, 2).is_contiguous() and vw.transpose(1, 2).is_contiguous()  # ... SDPA reads [B, H, L, D]
