@@ -93,6 +93,20 @@ def test_lr_schedule_warmup_then_cosine(tmp_path):
     assert tr.optim.param_groups[0]["lr"] == pytest.approx(tr.cfg.lr_at(3))
 
 
+def test_run_until_pauses_without_touching_the_schedule(tmp_path):
+    """run(until=k) then run() equals one run(): same lr at every step, same final weights."""
+    kw = dict(steps=6, lr=1e-3, lr_schedule="cosine", warmup_steps=2, ckpt_every=100, resume=False)
+    straight = make(tmp_path / "a", **kw)
+    straight.run()
+    paused = make(tmp_path / "b", **kw)
+    paused.run(until=3)
+    assert paused.step == 3 and ckpt.list_checkpoints(tmp_path / "b")[-1][0] == 3
+    paused.run()
+    assert [m["lr"] for m in read_metrics(tmp_path / "b")] == [m["lr"] for m in read_metrics(tmp_path / "a")]
+    for a, b in zip(straight.params, paused.params, strict=True):
+        assert torch.equal(a, b)
+
+
 def test_text_dropout_trains_on_the_empty_prompt(tmp_path):
     half = make(tmp_path / "half", text_dropout=0.5, resume=False)
     draws = [half.drops_text(s) for s in range(2000)]

@@ -432,8 +432,9 @@ class ARTrainer:
         return {"loss": loss_v.item(), "grad_norm": float(gn), "lr": lr}
 
     # -- the loop ----------------------------------------------------------------------------------------------
-    def run(self) -> dict[str, Any]:
-        """Train from the current step to cfg.steps; returns (and writes) the summary."""
+    def run(self, until: int | None = None) -> dict[str, Any]:
+        """Train from the current step to cfg.steps (or stop early at `until`, leaving the lr schedule, which is
+        defined over cfg.steps, untouched); returns (and writes) the summary."""
         from tqdm import tqdm
 
         cfg = self.cfg
@@ -442,7 +443,8 @@ class ARTrainer:
                    disable=not (cfg.progress and self.is_main))
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        while self.step < cfg.steps:
+        stop = cfg.steps if until is None else min(until, cfg.steps)
+        while self.step < stop:
             t0 = time.perf_counter()
             m = self.train_step()
             if self.device.type == "cuda":
@@ -457,7 +459,7 @@ class ARTrainer:
                     f.write(json.dumps(rec) + "\n")
             bar.set_postfix(loss=f"{m['loss']:.4f}", mem=f"{mem:.2f}GB")
             bar.update(1)
-            if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+            if self.step % cfg.ckpt_every == 0 or self.step == stop:
                 self.save()
         bar.close()
         return self._summary()
