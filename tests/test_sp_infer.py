@@ -34,6 +34,13 @@ def test_sp2_equals_single_process_and_compression_shrinks_kv_bytes(tmp_path):
     assert rows["nvfp4"]["bytes_by_kind_rank0"]["q"] == rows["none"]["bytes_by_kind_rank0"]["q"]  # only K/V squeezed
 
 
+def test_compiled_sp2_equals_single_process(tmp_path):
+    """The compiled blocks with the SP attention island (all-to-alls in eager) stream the single-process latents."""
+    (row,) = _run_sp(tmp_path, "--exchange", "none", "--compile", "default")
+    assert row["sp"] == 2 and row["compile"] == "default" and row["compile_s"] > 0
+    assert row["latent_rel_err_vs_ref"] < 1e-5
+
+
 def test_sp2_with_quantised_kv_cache(tmp_path):
     rows = _run_sp(tmp_path, "--exchange", "none", "--kv-quant", "nvfp4")
     # per-rank head groups get their own NVFP4 tensor scales, so not bit-equal, but close

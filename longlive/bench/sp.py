@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -91,7 +92,8 @@ def _e2e(model, spec, embeds, dims, decode: str, exchange: str, preset: str, ste
 
 
 def run(preset: str, chunks: int, steps: int, exchanges: list[str], dtype: str, seed: int, reference: str,
-        kv_quant: str, compress_q: bool, compress_out: bool, attn: str, decode: str = "none") -> dict | None:
+        kv_quant: str, compress_q: bool, compress_out: bool, attn: str, decode: str = "none",
+        compile: str = "none") -> dict | None:
     cfg = get_preset(preset)
     import os
 
@@ -106,6 +108,17 @@ def run(preset: str, chunks: int, steps: int, exchanges: list[str], dtype: str, 
     slots = cfg.window_frames // cfg.chunk_frames
     spec = GenerationSpec(prompts=["random"], frames=chunks * cfg.chunk_frames, steps=steps, seed=seed,
                           warmup_chunks=min(slots - 1, chunks - 1), kv_storage=None if kv_quant == "none" else kv_quant)
+    compile_s = None
+    if compile != "none":  # compile, then run every window length once on all ranks: no timed chunk compiles
+        from longlive.infer.compile import compile_blocks
+
+        t0 = time.perf_counter()
+        compile_blocks(model, compile)
+        warm = GenerationSpec(prompts=["random"], frames=(slots + 1) * cfg.chunk_frames, steps=1, seed=seed,
+                              warmup_chunks=0, kv_storage=spec.kv_storage)
+        ctx0 = SPContext(dims.sp_group, dims.sp_rank, dims.sp, compress_kv=exchanges[0]) if dims.world > 1 else None
+        generate(model, warm, embeds, sp=ctx0)
+        compile_s = time.perf_counter() - t0
     ref_lat = None
     if reference == "single" and dims.is_main:
         ref_lat = generate(model, spec, embeds).latents.float()
@@ -126,7 +139,8 @@ def run(preset: str, chunks: int, steps: int, exchanges: list[str], dtype: str, 
             ref_lat = lat
         row = {"preset": preset, "sp": dims.sp, "exchange": ex if dims.world > 1 else "none", "steps": steps,
                "chunks": chunks, "precision": dtype, "kv_quant": kv_quant, "compress_q": compress_q,
-               "compress_out": compress_out, "attn_backend": model.attn_backend,
+               "compress_out": compress_out, "attn_backend": model.attn_backend, "compile": compile,
+               "compile_s": compile_s,
                "chunk_ms": [round(x, 2) for x in res.stats.chunk_ms], **res.stats.summary(), **peaks(dev),
                "bytes_per_forward": sent.item() / forwards,
                "bytes_by_kind_rank0": {k: v / forwards for k, v in (ctx.stats.by_kind if ctx else {}).items()},
@@ -146,7 +160,8 @@ def run(preset: str, chunks: int, steps: int, exchanges: list[str], dtype: str, 
     if not dims.is_main:
         return None
     config = {"preset": preset, "chunks": chunks, "steps": steps, "exchanges": exchanges, "dtype": dtype, "seed": seed,
-              "reference": reference, "kv_quant": kv_quant, "sp": dims.sp, "world": dims.world, "weights": "random"}
+              "reference": reference, "kv_quant": kv_quant, "sp": dims.sp, "world": dims.world, "weights": "random",
+              "compile": compile}
     return {"rows": rows, "manifest": manifest(config, seed)}
 
 
@@ -165,10 +180,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--attn", default="auto")
     ap.add_argument("--decode", choices=["none", "parallel", "rank0"], default="none",
                     help="also run end to end with the VAE: tiles on every SP rank (parallel) or rank 0 only")
+    ap.add_argument("--compile", choices=["none", "default", "max-autotune-no-cudagraphs"], default="none",
+                    help="torch.compile the DiT blocks (longlive.infer.compile); a warm-up runs first, untimed")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)
     result = run(a.preset, a.chunks, a.steps, a.exchange, a.dtype, a.seed, a.reference, a.kv_quant, a.compress_q,
-                 a.compress_out, a.attn, a.decode)
+                 a.compress_out, a.attn, a.decode, a.compile)
     if result is not None and a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(result, indent=2, default=str))

@@ -4,6 +4,9 @@
 #   PHASE=vae      Wan2.2 VAE streaming decode: channels-last eager vs compiled RMSNorm+SiLU, profile
 #   PHASE=memory   fp8 + NVFP4 KV over a long video (peak memory must stay flat)
 #   PHASE=all      compiled ladder with fp32 fidelity and long fp8 + NVFP4-KV runs, then the VAE (one lease)
+#   PHASE=e2e      (2 GPUs) compiled FP8 4/2-step end to end, Wan2.2 VAE on the second GPU (decode=device)
+#   PHASE=sp       (4 GPUs) compiled SP scaling, sp = 1, 2, 4, BF16 and FP8 exchange, 4 and 2 steps
+# e2e and sp were written after the session's device time ran out: not run yet.
 # Everything lands in $OUT (rows.jsonl / JSON with manifests, profiles) and is packed into $OUT/perf.tar.gz.
 set -euo pipefail
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
@@ -38,6 +41,20 @@ case "$PHASE" in
       --profile "$OUT/all/vae_profile_eager_cl.txt"
     python -m longlive.bench.vae_decode --chunks 4 --channels-last --compile --out "$OUT/all/vae_compiled_cl.json" \
       --profile "$OUT/all/vae_profile_compiled_cl.txt" ;;
+  e2e)
+    for steps in 4 2; do
+      python -m longlive.cli generate --preset wan2.2-ti2v-5b --random-weights --frames 96 --steps $steps \
+        --quant fp8 --linear-backend fp8 --compile default --decode device --vae-device cuda:1 --no-progress \
+        --out "$OUT/e2e/fp8_${steps}step"
+      rm -f "$OUT/e2e/fp8_${steps}step/video.mp4"  # 400+ MB at 1280x704; result.json and strip.png stay
+    done ;;
+  sp)
+    for n in 1 2 4; do
+      for steps in 4 2; do
+        torchrun --standalone --nproc_per_node=$n -m longlive.bench.sp --chunks 8 --steps $steps \
+          --exchange none fp8 --compile default --out "$OUT/sp/sp${n}_${steps}step.json"
+      done
+    done ;;
   *) echo "unknown PHASE=$PHASE" >&2; exit 2 ;;
 esac
 tar -czf "$OUT/perf_$PHASE.tar.gz" -C "$OUT" "$PHASE"
