@@ -91,3 +91,22 @@ def test_generates_video_strip_and_result(capsys, tmp_path):
     assert "denoise_fps" in row["timing_definition"] and result["manifest"]["seed"] == 3
     assert row["windows"][1] == [0, 1, 2, 3]
     assert torch.__version__.split("+")[0] in result["manifest"]["packages"]["torch"]
+
+
+def test_compiled_generation_equals_eager(capsys, tmp_path):
+    """`--compile default` warms every window length up first (reported as compile_s) and writes the eager latents."""
+    from safetensors.torch import load_file
+
+    from longlive.infer.video import VideoRequest, make_video
+
+    base = dict(preset="tiny", frames=10, steps=2, seed=1, device="cpu", progress=False, save_latents=True)
+    eager = make_video(VideoRequest(**base), tmp_path / "eager")
+    compiled = make_video(VideoRequest(**base, compile="default"), tmp_path / "compiled")
+    assert eager["compile_s"] is None and compiled["compile_s"] > 0 and compiled["compile"] == "default"
+    a, b = (load_file(tmp_path / d / "latents.safetensors")["latents"] for d in ("eager", "compiled"))
+    torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="unknown --compile 'fast'"):  # runner requests are checked too
+        make_video(VideoRequest(**{**base, "compile": "fast"}), tmp_path / "bad")
+    with pytest.raises(SystemExit) as exc:
+        _run(capsys, "--preset", "tiny", "--frames", "4", "--compile", "fastest", "--out", str(tmp_path))
+    assert exc.value.code == 2 and "invalid choice: 'fastest'" in capsys.readouterr().err
