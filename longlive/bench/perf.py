@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from longlive.bench.roofline import (
     measure_fp8_gemm_tflops,
     measure_gemm_tflops,
 )
-from longlive.infer.compile import COMPILE_MODES, compile_blocks
+from longlive.infer.compile import COMPILE_MODES, compile_and_warm
 from longlive.infer.pipeline import GenerationSpec, generate
 from longlive.model.attention import resolve_backend
 from longlive.model.dit import build_model
@@ -73,7 +72,7 @@ def build(preset: str, precision: str, device: torch.device, seed: int, attn: st
     elif precision == "nvfp4":
         quantize_model(model, LinearQuantConfig(fmt="nvfp4", backend="emulated"), device=device)
     model.attn_backend = resolve_backend(attn, device)
-    return cfg, model
+    return model
 
 
 def ceilings(cfg, device: torch.device, backend: str) -> dict[str, float]:
@@ -86,44 +85,33 @@ def ceilings(cfg, device: torch.device, backend: str) -> dict[str, float]:
 def run(a: argparse.Namespace) -> list[dict]:
     dev = torch.device(a.device)
     configs = [parse_config(c) for c in a.configs]
-    for m in a.compile:
-        if m not in COMPILE_MODES:
-            raise ValueError(f"unknown compile mode {m!r}; choose from {COMPILE_MODES}")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     rows_path = out / "rows.jsonl"
     run_manifest = manifest({k: v for k, v in vars(a).items()}, a.seed)
     (out / "manifest.json").write_text(json.dumps(run_manifest, indent=2, default=str))
+    cfg = get_preset(a.preset)
+    slots = cfg.window_frames // cfg.chunk_frames
+    rates = ceilings(cfg, dev, resolve_backend(a.attn, dev))
+    print(f"ceilings: {json.dumps({k: round(v, 1) for k, v in rates.items() if v is not None})}", flush=True)
     g = torch.Generator().manual_seed(a.seed)
+    embeds = [torch.randn(1, cfg.text_len, cfg.text_dim, generator=g).to(dev, torch.bfloat16)]  # one prompt, all runs
     rows = []
-    rates = None
     eager: dict[tuple, torch.Tensor] = {}  # final latents of the eager runs: the compiled ones must match them
     fp32_ref: dict[int, torch.Tensor] = {}  # --fidelity: eager fp32 latents (KV unquantised) per steps, --chunks
-    embeds: list[torch.Tensor] = []
+    if a.fidelity:  # the same (bf16-rounded) weights in fp32, eager: the reference
+        ref_model = build(a.preset, "bf16", dev, a.seed, a.attn).float()
+        ref_model.attn_backend = "efficient" if dev.type == "cuda" else "math"  # cuDNN/flash: no fp32
+        for steps in sorted({st for _, _, st in configs}):
+            spec = GenerationSpec(prompts=["random"], frames=a.chunks * cfg.chunk_frames, steps=steps, seed=a.seed,
+                                  warmup_chunks=slots - 1)
+            fp32_ref[steps] = generate(ref_model, spec, [embeds[0].float()]).latents.float().cpu()
+        del ref_model
+        torch.cuda.empty_cache()
     for precision in dict.fromkeys(p for p, _, _ in configs):
         for mode in a.compile:  # eager first: compiling is in place
-            cfg, model = build(a.preset, precision, dev, a.seed, a.attn)
-            if rates is None:
-                rates = ceilings(cfg, dev, model.attn_backend)
-                print(f"ceilings: {json.dumps({k: round(v, 1) for k, v in rates.items()})}", flush=True)
-            if not embeds:
-                embeds.append(torch.randn(1, cfg.text_len, cfg.text_dim, generator=g).to(dev, torch.bfloat16))
-            slots = cfg.window_frames // cfg.chunk_frames
-            if a.fidelity and not fp32_ref:  # the same (bf16-rounded) weights in fp32, eager: the reference
-                ref_model = build(a.preset, "bf16", dev, a.seed, a.attn)[1].float()
-                ref_model.attn_backend = "efficient" if dev.type == "cuda" else "math"  # cuDNN/flash: no fp32
-                for steps in sorted({st for _, _, st in configs}):
-                    spec = GenerationSpec(prompts=["random"], frames=a.chunks * cfg.chunk_frames, steps=steps,
-                                          seed=a.seed, warmup_chunks=slots - 1)
-                    fp32_ref[steps] = generate(ref_model, spec, [embeds[0].float()]).latents.float().cpu()
-                del ref_model
-                torch.cuda.empty_cache()
-            t0 = time.perf_counter()
-            compile_blocks(model, mode)
-            warm = GenerationSpec(prompts=["random"], frames=(slots + 1) * cfg.chunk_frames, steps=1, seed=a.seed,
-                                  warmup_chunks=0)
-            generate(model, warm, embeds)  # every window length once: nothing compiles in the timed runs
-            warm_s = time.perf_counter() - t0
+            model = build(a.preset, precision, dev, a.seed, a.attn)
+            warm_s = compile_and_warm(model, mode, embeds, seed=a.seed)  # None when eager
             for p, kv, steps in configs:
                 if p != precision:
                     continue
@@ -173,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="wan2.2-ti2v-5b")
     ap.add_argument("--configs", nargs="+", default=["bf16:none:4", "bf16:none:2", "fp8:none:4", "fp8:none:2"])
-    ap.add_argument("--compile", nargs="+", default=["default"])
+    ap.add_argument("--compile", nargs="+", choices=COMPILE_MODES, default=["default"])
     ap.add_argument("--chunks", type=int, default=8, help="timed chunks per config (window full from chunk 3)")
     ap.add_argument("--long-chunks", type=int, default=0,
                     help="fp8 + nvfp4-KV configs run this many chunks instead (peak memory at long videos)")

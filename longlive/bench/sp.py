@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -23,6 +22,7 @@ import torch.distributed as dist
 from longlive.bench.manifest import manifest
 from longlive.bench.memory import peaks, reset_peaks
 from longlive.eval.fidelity import latent_rel_err
+from longlive.infer.compile import compile_and_warm
 from longlive.infer.pipeline import GenerationSpec, generate
 from longlive.infer.video import DTYPES
 from longlive.model.attention import resolve_backend
@@ -108,17 +108,9 @@ def run(preset: str, chunks: int, steps: int, exchanges: list[str], dtype: str, 
     slots = cfg.window_frames // cfg.chunk_frames
     spec = GenerationSpec(prompts=["random"], frames=chunks * cfg.chunk_frames, steps=steps, seed=seed,
                           warmup_chunks=min(slots - 1, chunks - 1), kv_storage=None if kv_quant == "none" else kv_quant)
-    compile_s = None
-    if compile != "none":  # compile, then run every window length once on all ranks: no timed chunk compiles
-        from longlive.infer.compile import compile_blocks
-
-        t0 = time.perf_counter()
-        compile_blocks(model, compile)
-        warm = GenerationSpec(prompts=["random"], frames=(slots + 1) * cfg.chunk_frames, steps=1, seed=seed,
-                              warmup_chunks=0, kv_storage=spec.kv_storage)
-        ctx0 = SPContext(dims.sp_group, dims.sp_rank, dims.sp, compress_kv=exchanges[0]) if dims.world > 1 else None
-        generate(model, warm, embeds, sp=ctx0)
-        compile_s = time.perf_counter() - t0
+    ctx0 = SPContext(dims.sp_group, dims.sp_rank, dims.sp, compress_kv=exchanges[0]) \
+        if dims.world > 1 and compile != "none" else None
+    compile_s = compile_and_warm(model, compile, embeds, kv_storage=spec.kv_storage, sp=ctx0, seed=seed)
     ref_lat = None
     if reference == "single" and dims.is_main:
         ref_lat = generate(model, spec, embeds).latents.float()

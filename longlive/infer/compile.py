@@ -8,8 +8,9 @@ that produces the activation instead of being a separate Triton launch.
 
 What stays eager: attention over the KV cache (`dit.cached_attention`, `torch.compiler.disable`), because the
 cache's slot bookkeeping is Python and the window length changes while it fills; and everything outside the
-blocks (patch embedding, time embedding, head), which is < 1 % of the work. Shapes are static per chunk, so
-a run compiles once per distinct window length (at most `window / chunk` graphs) and then never again.
+blocks (patch embedding, time embedding, head), which is < 1 % of the work. The compiled graphs see only the
+chunk's own tokens, whose shape never changes, so one set of graphs serves every layer and every chunk;
+`compile_and_warm` still runs each window length once so that nothing else (cuDNN plans) is first met while timed.
 """
 
 from __future__ import annotations
@@ -55,3 +56,23 @@ def compile_vae(vae: nn.Module) -> nn.Module:
         if isinstance(m, RMSNorm):
             m.fused = fused
     return vae
+
+
+def compile_and_warm(model: nn.Module, mode: str, embeds: list, *, kv_storage: str | None = None, sp=None,
+                     seed: int = 0) -> float | None:
+    """`compile_blocks`, then one 1-step generation over window/chunk + 1 chunks, so every window length has
+    compiled before anything is timed. Returns the seconds this took (None for mode 'none', which does nothing).
+    Every SP rank must call it (the warm-up runs the all-to-alls)."""
+    import time
+
+    from longlive.infer.pipeline import GenerationSpec, generate
+
+    if mode == "none":
+        return None
+    cfg = model.cfg
+    t0 = time.perf_counter()
+    compile_blocks(model, mode)
+    warm = GenerationSpec(prompts=["warm-up"], frames=(cfg.window_frames // cfg.chunk_frames + 1) * cfg.chunk_frames,
+                          steps=1, seed=seed, warmup_chunks=0, kv_storage=kv_storage)
+    generate(model, warm, embeds[:1], sp=sp)
+    return time.perf_counter() - t0

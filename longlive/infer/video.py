@@ -253,15 +253,9 @@ def make_video(req: VideoRequest, out: Path) -> dict:
     t0 = time.perf_counter()
     embeds = embed_prompts(req, text, cfg)
     text_encode_s = time.perf_counter() - t0
-    compile_s = None
-    if req.compile != "none":  # compile, then warm every window length up so no timed chunk compiles
-        from longlive.infer.compile import compile_blocks
+    from longlive.infer.compile import compile_and_warm
 
-        t0 = time.perf_counter()
-        compile_blocks(model, req.compile)
-        warm = dataclasses.replace(spec, frames=(slots + 1) * cfg.chunk_frames, warmup_chunks=0)
-        generate(model, warm, embeds, sp=sp_ctx)
-        compile_s = time.perf_counter() - t0
+    compile_s = compile_and_warm(model, req.compile, embeds, kv_storage=spec.kv_storage, sp=sp_ctx, seed=req.seed)
     img = image_latent(req.image, vae, cfg) if req.image is not None else None
 
     n_chunks = req.frames // cfg.chunk_frames

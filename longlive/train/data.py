@@ -50,6 +50,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "brown": (130, 80, 40),
 }
 SHAPES = ("circle", "square", "triangle")
+DEFAULT_MAX_SHAPES = 3
+DEFAULT_RADIUS = (0.08, 0.16)  # fraction of the shorter side
 _COLOUR_NAMES = tuple(COLOURS)
 _BLOCK = 64  # frames drawn per vectorised block (bounds memory for long clips)
 
@@ -82,8 +84,8 @@ class ProceduralVideos:
     """
 
     def __init__(self, height: int = 128, width: int = 128, fps: int = 24, seed: int = 0,
-                 backgrounds: Sequence[str] | None = None, max_shapes: int = 3,
-                 radius: tuple[float, float] = (0.08, 0.16)) -> None:
+                 backgrounds: Sequence[str] | None = None, max_shapes: int = DEFAULT_MAX_SHAPES,
+                 radius: tuple[float, float] = DEFAULT_RADIUS) -> None:
         """backgrounds / max_shapes / radius (fraction of the shorter side) narrow the distribution (a smaller task
         for tiny models); the defaults draw from every palette colour, 1–3 shapes of radius 8–16 %, and narrowing
         keeps the draw order, so every other draw is unchanged."""
@@ -355,7 +357,7 @@ class ProceduralDataset:
 
     def sample_key(self, index: int) -> str:
         g = self.gen
-        narrowed = "" if g.backgrounds is None and g.max_shapes == 3 and g.radius == (0.08, 0.16) else \
+        narrowed = "" if (g.backgrounds, g.max_shapes, g.radius) == (None, DEFAULT_MAX_SHAPES, DEFAULT_RADIUS) else \
             f"/bg={','.join(g.backgrounds or ())}/max_shapes={g.max_shapes}/radius={g.radius[0]}-{g.radius[1]}"
         return (
             f"procedural:seed={g.seed}/i={index}/shots={self.shots}x{self.frames_per_shot}"

@@ -33,6 +33,16 @@ TINY_ERROR_RECYCLING = True
 AR_SHARE = 0.7  # of the time left after the codec and the data; the 2-step LoRA gets the rest
 
 
+def named_colours(text: str) -> torch.Tensor:
+    """RGB [K, 3] of the palette colours a caption or prompt names, the grey background excepted."""
+    import re
+
+    from longlive.train.data import COLOURS
+
+    words = set(re.findall(r"[a-z]+", text.lower()))
+    return torch.tensor([rgb for name, rgb in COLOURS.items() if name != "grey" and name in words])
+
+
 def _log(msg: str) -> None:
     print(f"[tiny] {msg}", flush=True)
 
@@ -130,9 +140,7 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0, samples: int 
     from longlive.eval.palette import foreground_fraction, prompt_colour_match
 
     clips = [gen.clip(20_000 + i, 29) for i in range(4)]
-    real_col = [prompt_colour_match(c[0], torch.tensor([v for w, v in COLOURS.items() if w != "grey" and w in
-                                                         c[1].lower().replace(";", " ").replace(".", " ").split()]),
-                                    torch.tensor(COLOURS["grey"])) for c in clips]
+    real_col = [prompt_colour_match(c[0], named_colours(c[1]), torch.tensor(COLOURS["grey"])) for c in clips]
     evals = {"procedural (real clips)": {"palette_match": palette_match(torch.cat([c[0] for c in clips]), palette),
                                          "prompt_colour_match": sum(real_col) / len(real_col),
                                          "foreground_fraction": foreground_fraction(torch.cat([c[0] for c in clips]),
@@ -212,9 +220,8 @@ def _evaluate(out: Path, palette: torch.Tensor) -> dict:
                                kv_quant=kw.get("kv_quant", "none"), progress=False)
             r = make_video(req, out / "samples" / tag / str(i))
             frames = r["video_uint8"]
-            named = [torch.tensor(c) for w, c in COLOURS.items() if w != "grey" and w in prompt.lower().split()]
             pal.append(palette_match(frames, palette))
-            col.append(prompt_colour_match(frames, torch.stack(named), grey))
+            col.append(prompt_colour_match(frames, named_colours(prompt), grey))
             fg.append(foreground_fraction(frames, grey))
             flick.append(float(temporal_flickering(frames)))
             fps.append(r["denoise_fps"])

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .interface import CodecShape, check_video
+
 
 @dataclass(frozen=True)
 class PCACodecConfig:
@@ -49,8 +51,10 @@ def _orthonormal_rows(k: int, d: int, seed: int) -> Tensor:
     return q.T.float().contiguous()
 
 
-class PCACodec(nn.Module):
+class PCACodec(CodecShape, nn.Module):
     """Linear patch codec; buffers (bases, means, latent stats) are its checkpoint."""
+
+    _anchor = "group_basis"
 
     def __init__(self, config: PCACodecConfig) -> None:
         super().__init__()
@@ -63,23 +67,7 @@ class PCACodec(nn.Module):
         self.register_buffer("latent_mean", torch.zeros(z))
         self.register_buffer("latent_std", torch.ones(z))
 
-    # ---- the Wan VAE interface ------------------------------------------------------------------------
-    @property
-    def z_dim(self) -> int:
-        return self.config.z_dim
-
-    @property
-    def stride(self) -> tuple[int, int, int]:
-        return self.config.stride
-
-    @property
-    def device(self) -> torch.device:
-        return self.group_basis.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.group_basis.dtype
-
+    # ---- the Wan VAE interface (z_dim, stride, device, dtype: CodecShape) -------------------------------
     def reset_latent_stats(self) -> None:
         """The stats are buffers of the checkpoint here (nothing to rebuild after a meta-device load)."""
 
@@ -107,8 +95,6 @@ class PCACodec(nn.Module):
     @torch.no_grad()
     def encode(self, video: Tensor) -> Tensor:
         """[B, 3, 1+4k, H, W] in [-1, 1] → normalised latents [B, z, 1+k, H/16, W/16]."""
-        from .wan_vae import check_video
-
         st = self.stride[0]
         t = check_video(video, self.stride, "codec")
         v = video.to(self.device, self.dtype)

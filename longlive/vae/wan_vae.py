@@ -20,26 +20,16 @@ from torch import Tensor, nn
 
 from .causal import CausalCache, CausalConv3d
 from .config import VAEConfig
+from .interface import CodecShape, check_video
 from .layers import patchify, unpatchify_into
 from .wan21 import Decoder21, Encoder21
 from .wan22 import Decoder22, Encoder22
 
 
-def check_video(video: Tensor, stride: tuple[int, int, int], what: str) -> int:
-    """Validate a video [B, 3, 1+st·k, H, W] for a causal encoder of `stride`; returns T."""
-    st, sh, sw = stride
-    if video.dim() != 5 or video.shape[1] != 3:
-        raise ValueError(f"encode expects video [B, 3, T, H, W], got shape {tuple(video.shape)}")
-    t, h, w = video.shape[2:]
-    if t < 1 or (t - 1) % st:
-        raise ValueError(f"encode needs T = 1 + {st}·k frames (causal {what}), got T={t}")
-    if h % sh or w % sw:
-        raise ValueError(f"encode needs H, W divisible by the {what} stride {sh}×{sw}, got {h}×{w}")
-    return t
-
-
-class WanVAE(nn.Module):
+class WanVAE(CodecShape, nn.Module):
     """Wan causal video VAE; parameter names equal the published ``Wan2.x_VAE.pth`` keys."""
+
+    _anchor = "conv1.weight"
 
     def __init__(self, config: VAEConfig) -> None:
         super().__init__()
@@ -62,24 +52,7 @@ class WanVAE(nn.Module):
         self.register_buffer("latent_std", torch.empty(z), persistent=False)
         self.reset_latent_stats()
 
-    # ---- properties -------------------------------------------------------------------------------
-    @property
-    def z_dim(self) -> int:
-        return self.config.z_dim
-
-    @property
-    def stride(self) -> tuple[int, int, int]:
-        """Pixels per latent along (t, h, w)."""
-        return self.config.stride
-
-    @property
-    def device(self) -> torch.device:
-        return self.conv1.weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.conv1.weight.dtype
-
+    # ---- layout -----------------------------------------------------------------------------------
     def to_channels_last(self, enable: bool = True) -> WanVAE:
         """Store conv weights channels-last (NDHWC / NHWC) so cuDNN runs its channels-last kernels and
         activations stay channels-last (measured on an H200, Wan2.2 bf16 704×1280: ~4% faster, ~15% less
