@@ -158,9 +158,37 @@ def _inputs(seed: int = 0) -> dict:
     }
 
 
-def _tf(model, d: dict, attn: str = "dense") -> torch.Tensor:
+def _tf(model, d: dict, attn: str = "dense", weighting: str = "wan") -> torch.Tensor:
     return teacher_forcing_loss(model, d["x0"], d["prompts"], d["frame_prompt"], noise=d["noise"],
-                                t_index=d["t_index"], attn=attn)
+                                t_index=d["t_index"], attn=attn, loss_weighting=weighting)
+
+
+def test_uniform_weighting_is_the_plain_mse():
+    """'uniform' keeps the same t and σ and puts weight 1 everywhere; with every block at one timestep the release's
+    loss is that timestep's w times the uniform loss, and the uniform loss is the plain velocity MSE."""
+    idx = torch.tensor([5, 137, 500, 999])
+    wan, uni = frame_schedule(idx, 2), frame_schedule(idx, 2, "uniform")
+    assert torch.equal(wan.t, uni.t) and torch.equal(wan.sigma, uni.sigma)
+    assert torch.equal(uni.weight, torch.ones(8)) and float(wan.weight[0]) < 0.01  # t = 999: 0.3 % of the peak
+    with pytest.raises(ValueError, match="unknown loss weighting 'sd3'"):
+        frame_schedule(idx, 2, "sd3")
+    model = build_model(get_preset("tiny"), seed=0)
+    d = dict(_inputs(), t_index=torch.full((FRAMES // 2,), 300))
+    with torch.no_grad():
+        w = float(loss_weight_table()[int((sigma_table()[1] - frame_schedule(d["t_index"], 2).t[0]).abs().argmin())])
+        uniform = _tf(model, d, weighting="uniform")
+        torch.testing.assert_close(_tf(model, d), w * uniform, rtol=1e-6, atol=0)
+        sig = frame_schedule(d["t_index"], 2).sigma.view(1, 1, -1, 1, 1)
+        x_t = (1 - sig) * d["x0"] + sig * d["noise"]
+        seq = torch.cat([d["x0"], x_t], dim=2)
+        t_seq = torch.cat([torch.zeros(FRAMES), frame_schedule(d["t_index"], 2).t])[None]
+        mask = dense_mask(tf_mask_mod(FRAMES, 16, 2), 2 * FRAMES * 16)
+        out = model(seq, t_seq, d["prompts"], frame_positions=list(range(FRAMES)) * 2,
+                    attn_fn=lambda q, k, v, layer: torch.nn.functional.scaled_dot_product_attention(
+                        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask).transpose(1, 2),
+                    frame_prompt=torch.cat([d["frame_prompt"]] * 2))
+        ref = (out[:, :, FRAMES:].double() - (d["noise"] - d["x0"]).double()).pow(2).mean()
+        torch.testing.assert_close(uniform.double(), ref, rtol=1e-5, atol=0)
 
 
 def test_teacher_forcing_loss_single_process():
@@ -227,6 +255,12 @@ def _worker(rank: int, port: int, tmp: str) -> None:
             }
         with torch.no_grad():
             results["balanced_flex"] = _average(balanced("flex"))
+            results["balanced_uniform"] = _average(balanced_sp_loss(
+                model, local["x0_local"], d["prompts"], local["frame_prompt_local"], noise_local=local["noise_local"],
+                t_index_local=local["t_index_local"], attn="dense", loss_weighting="uniform"))
+            results["traditional_uniform"] = _average(traditional_sp_loss(
+                model, d["x0"], d["prompts"], d["frame_prompt"], noise=d["noise"], t_index=d["t_index"],
+                attn="dense", loss_weighting="uniform"))
         errors = {}
         for key, call in {
             "sp": lambda: balanced_sp_loss(model, local["x0_local"], d["prompts"], local["frame_prompt_local"],
@@ -273,6 +307,10 @@ def test_sp_layouts_match_single_process(tmp_path):
     assert all(float(r["balanced"]["local"]) > 0 for r in ranks)
     assert float(ranks[0]["traditional"]["local"]) == 0 and float(ranks[1]["traditional"]["local"]) > 0
     assert _rel(ranks[0]["balanced_flex"], ref.detach()) < 1e-5
+    with torch.no_grad():
+        uniform = _tf(model, d, weighting="uniform")
+    assert _rel(ranks[0]["balanced_uniform"], uniform) < 1e-5 and _rel(ranks[0]["traditional_uniform"], uniform) < 1e-5
+    assert _rel(uniform, ref.detach()) > 1e-2  # the weighting really changed the loss
     errs = ranks[0]["errors"]
     assert "world size mismatch" in errs["sp"]
     assert "divisible by sp·chunk" in errs["frames"]

@@ -198,6 +198,22 @@ def test_checkpoint_is_atomic(tmp_path, monkeypatch):
     assert ckpt.load_latest(tmp_path)["step"] == 2 and not stray.exists()
 
 
+def test_loss_weighting_is_checked_and_reaches_the_loss(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="unknown loss_weighting 'sd3'; choose one of wan, uniform"):
+        TrainConfig(loss_weighting="sd3")
+    import longlive.train.trainer as trainer_mod
+
+    seen, real = [], trainer_mod.teacher_forcing_loss
+    monkeypatch.setattr(trainer_mod, "teacher_forcing_loss",
+                        lambda *a, **kw: seen.append(kw["loss_weighting"]) or real(*a, **kw))
+    losses = {}
+    for w in ("wan", "uniform"):
+        make(tmp_path / w, steps=1, fixed=True, loss_weighting=w).run()
+        losses[w] = read_metrics(tmp_path / w)[0]["loss"]
+    assert seen == ["wan", "uniform"]
+    assert losses["wan"] != losses["uniform"]  # same sample, t and noise; only the weights differ
+
+
 def test_error_recycling_is_accepted():
     """Error recycling is implemented (tests/test_error_recycling.py); enabling it no longer raises."""
     cfg = TrainConfig(error_recycling=True)

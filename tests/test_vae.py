@@ -163,6 +163,50 @@ def test_channels_last_is_numerically_the_same(tiny: torch.nn.Module) -> None:
     assert vae.decoder.conv1.weight.is_contiguous()
 
 
+def test_channels_last_stream_keeps_its_layout(tiny: torch.nn.Module) -> None:
+    """A channels-last VAE keeps every decoder activation channels-last (the reshaping blocks write that layout
+    themselves), chunk by chunk, with the default layout's numbers; a mixed-layout add is a slow strided kernel."""
+    vae = build_vae("tiny")
+    vae.load_state_dict(tiny.state_dict())
+    vae.to_channels_last()
+    mixed = []
+
+    def hook(m, inp, out):
+        for x in (*inp, out):
+            # size-1 dims make both layouts "contiguous"; only tensors with some spatial extent tell them apart
+            if torch.is_tensor(x) and x.dim() == 5 and x.shape[1] > 1 and x.shape[3] * x.shape[4] > 1:
+                if not x.is_contiguous(memory_format=torch.channels_last_3d):
+                    mixed.append(type(m).__name__)
+
+    for m in vae.decoder.modules():
+        m.register_forward_hook(hook)
+    latents = torch.randn(1, 16, 4, 2, 3)
+    stream, ref = vae.streaming_decoder(), tiny.streaming_decoder()
+    for a, b in ((0, 1), (1, 3), (3, 4)):
+        torch.testing.assert_close(stream.decode(latents[:, :, a:b]), ref.decode(latents[:, :, a:b]),
+                                   rtol=1e-5, atol=1e-5)
+    assert not mixed, sorted(set(mixed))
+
+
+def test_layout_helpers_equal_the_reference() -> None:
+    from longlive.vae.layers import DupUp3D, _interleave_time, upsample_hw2
+
+    cl = torch.channels_last_3d
+    x = torch.randn(2, 6, 3, 5, 7).contiguous(memory_format=cl)
+    up = upsample_hw2(x, cl)
+    assert up.is_contiguous(memory_format=cl)
+    assert torch.equal(up, torch.nn.functional.interpolate(x.contiguous(), scale_factor=(1.0, 2.0, 2.0),
+                                                           mode="nearest-exact"))
+    y = _interleave_time(x, cl)
+    assert y.is_contiguous(memory_format=cl) and torch.equal(y, _interleave_time(x.contiguous()))
+    assert torch.equal(y[:, :, 0::2], x[:, :3]) and torch.equal(y[:, :, 1::2], x[:, 3:])
+    dup = DupUp3D(6, 3, 2, 2)
+    cache = CausalCache(cl)
+    cache.advance()  # not the first chunk: every frame is kept
+    z = dup(x, cache)
+    assert z.is_contiguous(memory_format=cl) and torch.equal(z, dup(x.contiguous(), None))
+
+
 def test_bfloat16_decode(tiny: torch.nn.Module) -> None:
     vae = build_vae("tiny", dtype=torch.bfloat16)
     vae.load_state_dict(tiny.state_dict())

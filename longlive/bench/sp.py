@@ -13,6 +13,7 @@ latents against a reference (`--reference single`: a single-process run on rank 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -91,9 +92,11 @@ def _e2e(model, spec, embeds, dims, decode: str, exchange: str, preset: str, ste
     return row
 
 
-def run(preset: str, chunks: int, steps: int, exchanges: list[str], dtype: str, seed: int, reference: str,
-        kv_quant: str, compress_q: bool, compress_out: bool, attn: str, decode: str = "none",
-        compile: str = "none") -> dict | None:
+def run(preset: str, chunks: int, steps: int | list[int], exchanges: list[str], dtype: str, seed: int,
+        reference: str, kv_quant: str, compress_q: bool, compress_out: bool, attn: str, decode: str = "none",
+        compile: str = "none", quant: str = "none") -> dict | None:
+    """Every (steps, exchange) pair on one model, compiled once; `quant` fp8 runs the block Linears as W8A8
+    (`_scaled_mm` on CUDA, emulated elsewhere)."""
     cfg = get_preset(preset)
     import os
 
@@ -102,56 +105,67 @@ def run(preset: str, chunks: int, steps: int, exchanges: list[str], dtype: str, 
     dims = init_parallel(sp_size)
     dev = dims.device
     model = build_model(cfg, device=dev, dtype=DTYPES[dtype], seed=seed).eval().requires_grad_(False)
+    if quant != "none":
+        from longlive.quant.linear import LinearQuantConfig
+        from longlive.quant.recipes import quantize_model
+
+        backend = "fp8" if quant == "fp8" and dev.type == "cuda" else "emulated"
+        quantize_model(model, LinearQuantConfig(fmt=quant, backend=backend), device=dev)
     model.attn_backend = resolve_backend(attn, dev)
     g = torch.Generator().manual_seed(seed)
     embeds = [torch.randn(1, cfg.text_len, cfg.text_dim, generator=g).to(dev, DTYPES[dtype])]
     slots = cfg.window_frames // cfg.chunk_frames
-    spec = GenerationSpec(prompts=["random"], frames=chunks * cfg.chunk_frames, steps=steps, seed=seed,
+    steps_list = [steps] if isinstance(steps, int) else list(steps)
+    spec = GenerationSpec(prompts=["random"], frames=chunks * cfg.chunk_frames, steps=steps_list[0], seed=seed,
                           warmup_chunks=min(slots - 1, chunks - 1), kv_storage=None if kv_quant == "none" else kv_quant)
     ctx0 = SPContext(dims.sp_group, dims.sp_rank, dims.sp, compress_kv=exchanges[0]) \
         if dims.world > 1 and compile != "none" else None
     compile_s = compile_and_warm(model, compile, embeds, kv_storage=spec.kv_storage, sp=ctx0, seed=seed)
-    ref_lat = None
-    if reference == "single" and dims.is_main:
-        ref_lat = generate(model, spec, embeds).latents.float()
     rows = []
-    for ex in exchanges:
-        ctx = None
-        if dims.world > 1:
-            ctx = SPContext(dims.sp_group, dims.sp_rank, dims.sp, compress_kv=ex, compress_q=compress_q,
-                            compress_out=compress_out)
-        reset_peaks(dev)
-        res = generate(model, spec, embeds, sp=ctx)
-        lat = res.latents.float()
-        forwards = chunks * (steps + 1)
-        sent = torch.tensor([ctx.stats.bytes_sent if ctx else 0], dtype=torch.float64, device=dev)
-        if dims.world > 1:
-            dist.all_reduce(sent)
-        if ref_lat is None and reference == "first" and dims.is_main:
-            ref_lat = lat
-        row = {"preset": preset, "sp": dims.sp, "exchange": ex if dims.world > 1 else "none", "steps": steps,
-               "chunks": chunks, "precision": dtype, "kv_quant": kv_quant, "compress_q": compress_q,
-               "compress_out": compress_out, "attn_backend": model.attn_backend, "compile": compile,
-               "compile_s": compile_s,
-               "chunk_ms": [round(x, 2) for x in res.stats.chunk_ms], **res.stats.summary(), **peaks(dev),
-               "bytes_per_forward": sent.item() / forwards,
-               "bytes_by_kind_rank0": {k: v / forwards for k, v in (ctx.stats.by_kind if ctx else {}).items()},
-               "kv_cache_gb_per_rank": res.kv_cache_bytes / 1e9, "timing_definition": res.stats.timing_definition}
-        if dims.is_main and ref_lat is not None:
-            row["latent_rel_err_vs_ref"] = latent_rel_err(lat, ref_lat)
-            row["latent_max_abs_err_vs_ref"] = (lat - ref_lat).abs().max().item()
-        rows.append(row)
-        if dims.is_main:
-            print(f"{preset} sp={dims.sp} exchange={row['exchange']:<5} median chunk {row['chunk_ms_median']:.1f} ms, "
-                  f"{row['denoise_fps']:.2f} FPS, {row['bytes_per_forward'] / 1e6:.1f} MB/forward, rel.err "
-                  f"{row.get('latent_rel_err_vs_ref', float('nan')):.2e}", flush=True)
+    for steps in steps_list:
+        spec = dataclasses.replace(spec, steps=steps)
+        ref_lat = None
+        if reference == "single" and dims.is_main:
+            ref_lat = generate(model, spec, embeds).latents.float()
+        for ex in exchanges:
+            ctx = None
+            if dims.world > 1:
+                ctx = SPContext(dims.sp_group, dims.sp_rank, dims.sp, compress_kv=ex, compress_q=compress_q,
+                                compress_out=compress_out)
+            reset_peaks(dev)
+            res = generate(model, spec, embeds, sp=ctx)
+            lat = res.latents.float()
+            forwards = chunks * (steps + 1)
+            sent = torch.tensor([ctx.stats.bytes_sent if ctx else 0], dtype=torch.float64, device=dev)
+            if dims.world > 1:
+                dist.all_reduce(sent)
+            if ref_lat is None and reference == "first" and dims.is_main:
+                ref_lat = lat
+            row = {"preset": preset, "sp": dims.sp, "exchange": ex if dims.world > 1 else "none", "steps": steps,
+                   "chunks": chunks, "precision": dtype, "quant": quant, "kv_quant": kv_quant, "compress_q": compress_q,
+                   "compress_out": compress_out, "attn_backend": model.attn_backend, "compile": compile,
+                   "compile_s": compile_s,
+                   "chunk_ms": [round(x, 2) for x in res.stats.chunk_ms], **res.stats.summary(), **peaks(dev),
+                   "bytes_per_forward": sent.item() / forwards,
+                   "bytes_by_kind_rank0": {k: v / forwards for k, v in (ctx.stats.by_kind if ctx else {}).items()},
+                   "kv_cache_gb_per_rank": res.kv_cache_bytes / 1e9, "timing_definition": res.stats.timing_definition}
+            if dims.is_main and ref_lat is not None:
+                row["latent_rel_err_vs_ref"] = latent_rel_err(lat, ref_lat)
+                row["latent_max_abs_err_vs_ref"] = (lat - ref_lat).abs().max().item()
+            rows.append(row)
+            if dims.is_main:
+                print(f"{preset} sp={dims.sp} steps={steps} exchange={row['exchange']:<5} median chunk "
+                      f"{row['chunk_ms_median']:.1f} ms, "
+                      f"{row['denoise_fps']:.2f} FPS, {row['bytes_per_forward'] / 1e6:.1f} MB/forward, rel.err "
+                      f"{row.get('latent_rel_err_vs_ref', float('nan')):.2e}", flush=True)
     if decode != "none":
-        rows.append(_e2e(model, spec, embeds, dims, decode, exchanges[0], preset, steps, chunks, dtype))
+        rows.append(_e2e(model, spec, embeds, dims, decode, exchanges[0], preset, spec.steps, chunks, dtype))
     if dims.world > 1:
         dist.barrier()
     if not dims.is_main:
         return None
-    config = {"preset": preset, "chunks": chunks, "steps": steps, "exchanges": exchanges, "dtype": dtype, "seed": seed,
+    config = {"preset": preset, "chunks": chunks, "steps": steps_list, "exchanges": exchanges, "dtype": dtype,
+              "quant": quant, "seed": seed,
               "reference": reference, "kv_quant": kv_quant, "sp": dims.sp, "world": dims.world, "weights": "random",
               "compile": compile}
     return {"rows": rows, "manifest": manifest(config, seed)}
@@ -161,7 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="wan2.2-ti2v-5b")
     ap.add_argument("--chunks", type=int, default=6)
-    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--steps", type=int, nargs="+", default=[4], help="step counts (one model, compiled once)")
+    ap.add_argument("--quant", choices=["none", "fp8"], default="none", help="W8A8 block Linears (PTQ at load)")
     ap.add_argument("--exchange", nargs="+", default=["none", "fp8", "nvfp4"])
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="bf16" if torch.cuda.is_available() else "fp32")
     ap.add_argument("--seed", type=int, default=0)
@@ -177,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)
     result = run(a.preset, a.chunks, a.steps, a.exchange, a.dtype, a.seed, a.reference, a.kv_quant, a.compress_q,
-                 a.compress_out, a.attn, a.decode, a.compile)
+                 a.compress_out, a.attn, a.decode, a.compile, a.quant)
     if result is not None and a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(result, indent=2, default=str))

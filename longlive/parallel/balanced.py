@@ -118,6 +118,7 @@ def balanced_sp_loss(
     group=None,
     sp: int | None = None,
     attn: str = "auto",
+    loss_weighting: str = "wan",
 ) -> torch.Tensor:
     """This rank's teacher-forcing loss under Balanced SP; its mean over the SP group is the global loss.
 
@@ -138,7 +139,7 @@ def balanced_sp_loss(
     _check_same_shapes(x0_local, group, "latents")
     frames = local * size
     dev = x0_local.device
-    sched = frame_schedule(t_index_local, chunk)
+    sched = frame_schedule(t_index_local, chunk, loss_weighting)
     seq = torch.cat([x0_local, add_noise(x0_local, noise_local, sched.sigma)], dim=2)
     t_seq = torch.cat([torch.zeros(local), sched.t]).to(dev)[None]
     positions = list(range(rank * local, (rank + 1) * local)) * 2
@@ -161,6 +162,7 @@ def traditional_sp_loss(
     group=None,
     sp: int | None = None,
     attn: str = "auto",
+    loss_weighting: str = "wan",
 ) -> torch.Tensor:
     """This rank's loss under the traditional layout; its mean over the SP group is the global loss.
 
@@ -178,7 +180,7 @@ def traditional_sp_loss(
         raise ValueError(f"traditional SP needs 2F divisible by sp; got F = {frames}, sp = {size}")
     _check_same_shapes(x0, group, "latents")
     dev = x0.device
-    sched = frame_schedule(t_index, chunk)
+    sched = frame_schedule(t_index, chunk, loss_weighting)
     per = 2 * frames // size
     sl = slice(rank * per, (rank + 1) * per)
     seq = torch.cat([x0, add_noise(x0, noise, sched.sigma)], dim=2)[:, :, sl]

@@ -26,6 +26,10 @@ SHIFT = 5.0
 MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 AttnFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 ATTN_BACKENDS = ("auto", "flex", "dense")
+# "wan": the release's w(t), near 0 at t → 1000, made for fine-tuning a model that already denoises pure noise;
+# "uniform": w = 1, for training from scratch, where the first step from pure noise (t = 999) must be learned
+# too — under "wan" its weight is 0.3 % of the peak, and the tiny default's first chunks stayed noise (run9).
+LOSS_WEIGHTINGS = ("wan", "uniform")
 
 
 # -- the flow-matching schedule ---------------------------------------------------------------------------------
@@ -70,14 +74,18 @@ class FrameSchedule:
     weight: torch.Tensor  # [F] loss weight of the snapped table entry
 
 
-def frame_schedule(t_index: torch.Tensor, chunk_frames: int) -> FrameSchedule:
-    """Block timestep indices [N] → per-frame schedule [N·chunk].
+def frame_schedule(t_index: torch.Tensor, chunk_frames: int, weighting: str = "wan") -> FrameSchedule:
+    """Block timestep indices [N] → per-frame schedule [N·chunk]; `weighting` picks the loss weight (LOSS_WEIGHTINGS).
 
     The drawn t is cast to BF16 first (spacing 4 above t = 512, as the released trainer does by running the
     timestep tensor in BF16), and the noising σ and the loss weight are looked up at the table entry nearest to
     that rounded t, so all three stay consistent with each other.
     """
+    if weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"unknown loss weighting {weighting!r}; choose one of {', '.join(LOSS_WEIGHTINGS)}")
     sigmas, timesteps, weights = _table(NUM_TRAIN_TIMESTEPS, SHIFT)
+    if weighting == "uniform":
+        weights = torch.ones_like(weights)
     t_index = torch.as_tensor(t_index).long().reshape(-1).cpu()
     if t_index.numel() and (t_index.min() < 0 or t_index.max() >= NUM_TRAIN_TIMESTEPS):
         raise ValueError(f"t_index must lie in [0, {NUM_TRAIN_TIMESTEPS}), got {t_index.tolist()}")
@@ -257,12 +265,13 @@ def teacher_forcing_loss(
     attn: str = "auto",
     recycler: ErrorRecycler | None = None,
     recycle_generator: torch.Generator | None = None,
+    loss_weighting: str = "wan",
 ) -> torch.Tensor:
     """Weighted flow-matching loss of one sample under the teacher-forcing layout (deterministic given noise, t).
 
     x0 [1, C, F, H, W] clean latents; prompts_embeds [P, Lt, text_dim] stacked prompts; frame_prompt [F] which
     prompt each latent frame uses (constant within a block); noise like x0; t_index [F/chunk] table indices.
-    Returns mean over the F noisy frames of w(t_block)·MSE_(C,H,W)(v̂ − (ε − x0)).
+    Returns mean over the F noisy frames of w(t_block)·MSE_(C,H,W)(v̂ − (ε − x0)), w by `loss_weighting`.
 
     With an `ErrorRecycler` (`longlive.train.error_recycling`, spec 04 "Error recycling"), drawn from
     `recycle_generator` before the forward: the clean context copy becomes x0 + Δ_ctx and the noisy input
@@ -274,7 +283,7 @@ def teacher_forcing_loss(
     """
     frames, tpf = check_tf_shapes(model, x0, t_index, frame_prompt)
     chunk = model.cfg.chunk_frames
-    sched = frame_schedule(t_index, chunk)
+    sched = frame_schedule(t_index, chunk, loss_weighting)
     dev = x0.device
     x_t = add_noise(x0, noise, sched.sigma)
     target = noise - x0

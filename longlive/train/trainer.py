@@ -41,7 +41,7 @@ from longlive.train.checkpoint import (
     save_checkpoint,
 )
 from longlive.train.error_recycling import ErrorRecycler, ErrorRecyclingConfig
-from longlive.train.teacher_forcing import sample_t_index, teacher_forcing_loss
+from longlive.train.teacher_forcing import LOSS_WEIGHTINGS, sample_t_index, teacher_forcing_loss
 
 log = logging.getLogger("longlive.train")
 
@@ -64,6 +64,7 @@ class TrainConfig:
     # Probability of training a sample on the empty (all-zero) prompt, which makes CFG against that prompt
     # meaningful (DMD's real score uses it). The draw is per (seed, step, data-parallel replica).
     text_dropout: float = 0.0
+    loss_weighting: str = "wan"  # LOSS_WEIGHTINGS: the release's w(t), or "uniform" for from-scratch training
     betas: tuple[float, float] = (0.0, 0.999)
     weight_decay: float = 0.0
     grad_clip: float = 10.0
@@ -99,6 +100,9 @@ class TrainConfig:
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
         if self.warmup_steps < 0 or not 0.0 <= self.lr_min_ratio <= 1.0:
             raise ValueError("warmup_steps must be ≥ 0 and lr_min_ratio in [0, 1]")
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"unknown loss_weighting {self.loss_weighting!r}; choose one of "
+                             f"{', '.join(LOSS_WEIGHTINGS)}")
         if not 0.0 <= self.text_dropout < 1.0:
             raise ValueError(f"text_dropout must be in [0, 1), got {self.text_dropout}")
 
@@ -370,7 +374,8 @@ class ARTrainer:
             rec = self.recycler if recycle else None
             rg = torch.Generator().manual_seed(mix_seed(self.cfg.seed, step, self.rank, 0xE22)) if rec else None
             return teacher_forcing_loss(self.model, x0.to(dev), pe, fp, noise=noise, t_index=t_index,
-                                        attn=self.cfg.attn, recycler=rec, recycle_generator=rg)
+                                        attn=self.cfg.attn, recycler=rec, recycle_generator=rg,
+                                        loss_weighting=self.cfg.loss_weighting)
         from longlive.parallel.balanced import local_frame_range, sp_loss
 
         if self.cfg.sp_layout == "balanced":
@@ -381,13 +386,15 @@ class ARTrainer:
             xl = x0[:, :, lo:hi]
             noise = torch.randn(xl.shape, generator=g).to(dev, x0.dtype)
             return sp_loss("balanced", self.model, xl.to(dev), pe, fp[lo:hi], noise_local=noise, t_index_local=t_index,
-                           group=self.sp_group, sp=self.sp, attn=self.cfg.attn)
+                           group=self.sp_group, sp=self.sp, attn=self.cfg.attn,
+                           loss_weighting=self.cfg.loss_weighting)
         # traditional takes the GLOBAL sample, identical on every rank of the SP group: seed by the group's first rank
         g = self._generator(step, self.rank - self.sp_rank)
         t_index = sample_t_index(frames // chunk, g)
         noise = torch.randn(x0.shape, generator=g).to(dev, x0.dtype)
         return sp_loss("traditional", self.model, x0.to(dev), pe, fp, noise=noise, t_index=t_index,
-                       group=self.sp_group, sp=self.sp, attn=self.cfg.attn)
+                       group=self.sp_group, sp=self.sp, attn=self.cfg.attn,
+                       loss_weighting=self.cfg.loss_weighting)
 
     @torch.no_grad()
     def update_ema(self, step: int) -> None:

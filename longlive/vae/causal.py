@@ -22,9 +22,13 @@ class CausalCache:
     know where they are. :meth:`reset` starts a new stream.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, memory_format: torch.memory_format = torch.contiguous_format) -> None:
         self._memory: dict[nn.Module, Tensor] = {}
         self.steps = 0
+        # The layout every activation of the stream keeps (channels_last_3d for a channels-last VAE): the blocks
+        # that rebuild a tensor by reshaping (time interleave, shortcuts, upsampling) write it in this layout, so
+        # no add or conv ever mixes layouts (a mixed add runs a strided kernel several times slower).
+        self.memory_format = memory_format
 
     @property
     def first(self) -> bool:
@@ -74,7 +78,7 @@ class CausalConv3d(nn.Conv3d):
     def forward(self, x: Tensor, cache: CausalCache | None = None) -> Tensor:
         pad = self.causal_pad
         if pad == 0:
-            return super().forward(x)
+            return in_layout(super().forward(x), cache)
         prev = cache.get(self) if cache is not None else None
         if prev is None:
             seq = F.pad(x, (0, 0, 0, 0, pad, 0))
@@ -83,4 +87,10 @@ class CausalConv3d(nn.Conv3d):
         if cache is not None:
             # Copy the tail so the cache does not pin the whole (large) input tensor.
             cache.put(self, seq[:, :, -pad:].clone())
-        return super().forward(seq)
+        return in_layout(super().forward(seq), cache)
+
+
+def in_layout(x: Tensor, cache: CausalCache | None) -> Tensor:
+    """x in the stream's layout: a no-op where the backend already returns it (cuDNN with channels-last
+    weights), a copy where it does not (CPU convolutions return NCDHW)."""
+    return x if cache is None else x.contiguous(memory_format=cache.memory_format)

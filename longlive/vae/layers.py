@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .causal import CausalCache, CausalConv3d
+from .causal import CausalCache, CausalConv3d, in_layout
 
 
 def silu(x: Tensor) -> Tensor:
@@ -74,7 +74,7 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: Tensor, cache: CausalCache | None = None) -> Tensor:
         r = self.residual
-        h = x if self.shortcut is None else self.shortcut(x)
+        h = x if self.shortcut is None else self.shortcut(x, cache)
         y = r["2"](r["0"].forward_silu(x), cache)
         y = r["6"](r["3"].forward_silu(y), cache)
         return y.add_(h)
@@ -139,10 +139,37 @@ def run_head(head: nn.ModuleDict, x: Tensor, cache: CausalCache) -> Tensor:
     return head["2"](head["0"].forward_silu(x), cache)
 
 
-def _interleave_time(y: Tensor) -> Tensor:
-    """[B, 2C, T, H, W] → [B, C, 2T, H, W]: the first C channels become the even output frames."""
+CL3D = torch.channels_last_3d
+
+
+def cache_format(cache: CausalCache | None) -> torch.memory_format:
+    return torch.contiguous_format if cache is None else cache.memory_format
+
+
+def as_channels_last(x: Tensor, order: tuple[int, ...], shape: tuple[int, ...]) -> Tensor:
+    """One copy of a view into a channels-last [B, C, T, H, W] tensor: `order` permutes x so that its dims run
+    (B, T, H, W, C) once the groups are merged into `shape` = (B, T, H, W, C)."""
+    return x.permute(*order).reshape(shape).permute(0, 4, 1, 2, 3)
+
+
+def _interleave_time(y: Tensor, fmt: torch.memory_format = torch.contiguous_format) -> Tensor:
+    """[B, 2C, T, H, W] → [B, C, 2T, H, W]: the first C channels become the even output frames (one copy, in
+    layout `fmt`)."""
     b, c2, t, h, w = y.shape
-    return y.view(b, 2, c2 // 2, t, h, w).permute(0, 2, 3, 1, 4, 5).reshape(b, c2 // 2, 2 * t, h, w)
+    v = y.view(b, 2, c2 // 2, t, h, w)
+    if fmt == CL3D:
+        return as_channels_last(v, (0, 3, 1, 4, 5, 2), (b, 2 * t, h, w, c2 // 2))
+    return v.permute(0, 2, 3, 1, 4, 5).reshape(b, c2 // 2, 2 * t, h, w)
+
+
+def upsample_hw2(x: Tensor, fmt: torch.memory_format = torch.contiguous_format) -> Tensor:
+    """Nearest ×2 in H and W, which is what nearest-exact does at scale 2 (output i reads input i // 2). The
+    channels-last path writes channels-last in one copy; F.interpolate's 3-D kernel would return NCDHW."""
+    if fmt != CL3D:
+        return F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest-exact")
+    b, c, t, h, w = x.shape
+    v = x[:, :, :, :, None, :, None].expand(b, c, t, h, 2, w, 2)
+    return as_channels_last(v, (0, 2, 3, 4, 5, 6, 1), (b, t, 2 * h, 2 * w, c))
 
 
 class Resample(nn.Module):
@@ -176,18 +203,18 @@ class Resample(nn.Module):
         if self.up:
             if self.mode == "upsample3d":
                 x = self._time_up(x, cache)
-            x = F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest-exact")
-            return conv_frames(x, conv, padding=1)
+            return in_layout(conv_frames(upsample_hw2(x, cache_format(cache)), conv, padding=1), cache)
         x = conv_frames(F.pad(x, (0, 1, 0, 1)), conv, stride=2)
         return self._time_down(x, cache) if self.mode == "downsample3d" else x
 
     def _time_up(self, x: Tensor, cache: CausalCache) -> Tensor:
+        fmt = cache_format(cache)
         if not cache.first:
-            return _interleave_time(self.time_conv(x, cache))
+            return _interleave_time(self.time_conv(x, cache), fmt)
         head, rest = x[:, :, :1], x[:, :, 1:]
         if rest.shape[2] == 0:
             return head
-        return torch.cat([head, _interleave_time(self.time_conv(rest, cache))], dim=2)
+        return torch.cat([head, _interleave_time(self.time_conv(rest, cache), fmt)], dim=2)
 
     def _time_down(self, x: Tensor, cache: CausalCache) -> Tensor:
         prev = cache.get(self)
@@ -256,7 +283,10 @@ class DupUp3D(nn.Module):
         ft, fs, o = self.factor_t, self.factor_s, self.out_channels
         b, c, t, h, w = x.shape
         x = x.unsqueeze(2).expand(b, c, self.repeats, t, h, w).reshape(b, o, ft, fs, fs, t, h, w)
-        x = x.permute(0, 1, 5, 2, 6, 3, 7, 4).reshape(b, o, t * ft, h * fs, w * fs)
+        if cache_format(cache) == CL3D:  # the stage's residual add then runs on two channels-last tensors
+            x = as_channels_last(x, (0, 5, 2, 6, 3, 7, 4, 1), (b, t * ft, h * fs, w * fs, o))
+        else:
+            x = x.permute(0, 1, 5, 2, 6, 3, 7, 4).reshape(b, o, t * ft, h * fs, w * fs)
         if cache is not None and cache.first and ft > 1:
             x = x[:, :, ft - 1 :]
         return x

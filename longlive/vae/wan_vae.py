@@ -61,7 +61,10 @@ class WanVAE(CodecShape, nn.Module):
             if isinstance(m, nn.Conv3d | nn.Conv2d):
                 fmt = torch.channels_last_3d if m.weight.dim() == 5 else torch.channels_last
                 m.weight.data = m.weight.data.contiguous(memory_format=fmt if enable else torch.contiguous_format)
+        self.memory_format = torch.channels_last_3d if enable else torch.contiguous_format
         return self
+
+    memory_format = torch.contiguous_format  # of the activations (CausalCache.memory_format); to_channels_last sets it
 
     def to(self, *args: Any, **kwargs: Any) -> WanVAE:
         """``nn.Module.to``; ``memory_format=torch.channels_last(_3d)`` means :meth:`to_channels_last`
@@ -98,7 +101,7 @@ class WanVAE(CodecShape, nn.Module):
         st = self.stride[0]
         t = check_video(video, self.stride, "VAE")
         x = patchify(video.to(device=self.device, dtype=self.dtype), self.config.patch_size)
-        cache = CausalCache()
+        cache = CausalCache(self.memory_format)
         bounds = [0, *range(1, t + 1, st)]  # frame 0 alone, then groups of stride_t frames
         outs = []
         for a, b in pairwise(bounds):
@@ -122,7 +125,7 @@ class WanVAE(CodecShape, nn.Module):
 
     def decode_step(self, z: Tensor, cache: CausalCache) -> Tensor:
         """One decoder pass on de-normalised latent frames; returns patch-packed pixels, clamped."""
-        y = self.decoder(self.conv2(z), cache)
+        y = self.decoder(self.conv2(z, cache), cache)
         cache.advance()
         return y.clamp_(-1.0, 1.0)
 
@@ -136,7 +139,7 @@ class StreamingDecoder:
 
     def __init__(self, vae: WanVAE) -> None:
         self.vae = vae
-        self.cache = CausalCache()
+        self.cache = CausalCache(vae.memory_format)
 
     @property
     def first(self) -> bool:
@@ -155,7 +158,7 @@ class StreamingDecoder:
         b, _, t, h, w = latents.shape
         if t == 0:
             raise ValueError("decode needs at least one latent frame")
-        z = latents.to(device=vae.device, dtype=vae.dtype)
+        z = latents.to(device=vae.device, dtype=vae.dtype).contiguous(memory_format=vae.memory_format)
         mean, std = vae._stats(z)
         z = z * std + mean
         n_out = st * t - (st - 1 if self.cache.first else 0)

@@ -5,8 +5,9 @@
 #   PHASE=memory   fp8 + NVFP4 KV over a long video (peak memory must stay flat)
 #   PHASE=all      compiled ladder with fp32 fidelity and long fp8 + NVFP4-KV runs, then the VAE (one lease)
 #   PHASE=e2e      (2 GPUs) compiled FP8 4/2-step end to end, Wan2.2 VAE on the second GPU (decode=device)
-#   PHASE=sp       (4 GPUs) compiled SP scaling, sp = 1, 2, 4, BF16 and FP8 exchange, 4 and 2 steps
-# e2e and sp were written after the session's device time ran out: not run yet.
+#   PHASE=sp       (4 GPUs) compiled SP scaling, sp = 1, 2, 4: BF16 and FP8 (W8A8) weights, BF16 and FP8 K/V
+#                  exchange, 4 and 2 steps (one process per sp and precision); sp = 4 BF16 also end to end with
+#                  the VAE decoded in tiles on all 4 GPUs
 # Everything lands in $OUT (rows.jsonl / JSON with manifests, profiles) and is packed into $OUT/perf.tar.gz.
 set -euo pipefail
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
@@ -50,9 +51,11 @@ case "$PHASE" in
     done ;;
   sp)
     for n in 1 2 4; do
-      for steps in 4 2; do
-        torchrun --standalone --nproc_per_node=$n -m longlive.bench.sp --chunks 8 --steps $steps \
-          --exchange none fp8 --compile default --out "$OUT/sp/sp${n}_${steps}step.json"
+      for quant in none fp8; do
+        extra=""
+        if [ "$n" = 4 ] && [ "$quant" = none ]; then extra="--decode parallel"; fi
+        torchrun --standalone --nproc_per_node=$n -m longlive.bench.sp --chunks 8 --steps 4 2 --quant $quant \
+          --exchange none fp8 --compile default $extra --out "$OUT/sp/sp${n}_${quant}.json"
       done
     done ;;
   *) echo "unknown PHASE=$PHASE" >&2; exit 2 ;;
