@@ -56,13 +56,16 @@ def run(preset: str, chunks: int, dtype: str, device: str, seed: int, channels_l
             from torch.profiler import profile as prof
 
             acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
-            with prof(activities=acts) as p:
+            with prof(activities=acts, record_shapes=True) as p:
                 dec.decode(lat[:, :, -cfg.chunk_frames:])
                 if dev.type == "cuda":
                     torch.cuda.synchronize()
             key = "cuda_time_total" if dev.type == "cuda" else "cpu_time_total"
             profile.parent.mkdir(parents=True, exist_ok=True)
             profile.write_text(p.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=90))
+            # by input shape too: which tensors a slow elementwise kernel or copy came from
+            profile.with_suffix(".shapes.txt").write_text(p.key_averages(group_by_input_shape=True).table(
+                sort_by=key, row_limit=60, max_name_column_width=60, max_shapes_column_width=140))
     ms = clock.intervals_ms()[::2]
     steady_ms, steady_frames = ms[1:], frames[1:]
     row = {

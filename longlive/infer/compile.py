@@ -40,7 +40,8 @@ def compile_blocks(model: nn.Module, mode: str = "default") -> nn.Module:
 
 
 def compile_vae(vae: nn.Module) -> nn.Module:
-    """Fuse every RMSNorm → SiLU of a Wan VAE into one compiled kernel (inference only; idempotent).
+    """Fuse every RMSNorm → SiLU of a Wan VAE into one compiled kernel, together with the next conv's causal pad
+    and cache tail where a stream has one (inference only; idempotent).
 
     The causal convolutions, their caches and the attention stay eager (cuDNN picks the conv kernels); what
     compiles is the pointwise chain around them, which in eager mode reads and writes each full-resolution
@@ -48,13 +49,13 @@ def compile_vae(vae: nn.Module) -> nn.Module:
     """
     import torch._dynamo
 
-    from longlive.vae.layers import RMSNorm, rms_silu
+    from longlive.vae.layers import RMSNorm, rms_silu, rms_silu_pad
 
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-    fused = torch.compile(rms_silu, dynamic=False)
+    fused, fused_pad = torch.compile(rms_silu, dynamic=False), torch.compile(rms_silu_pad, dynamic=False)
     for m in vae.modules():
         if isinstance(m, RMSNorm):
-            m.fused = fused
+            m.fused, m.fused_pad = fused, fused_pad
     return vae
 
 

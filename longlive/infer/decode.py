@@ -114,6 +114,22 @@ class Decoder:
     def finish(self) -> Tensor:
         raise NotImplementedError
 
+    def warm_up(self, chunk_shape: tuple[int, ...]) -> float | None:
+        """Decode a throwaway two-chunk stream of zero latents ([B, z, t, h, w] per chunk) on the VAE's device, so
+        cuDNN's algorithm search and any compilation for the first- and steady-chunk shapes happen before the
+        timed run (measured on an H200: the first timed chunk took 4.8 s eager, 9.7 s compiled, against 1.07 s
+        steady). Returns the seconds it took; None on CPU, which has nothing to warm."""
+        if self.device.type != "cuda":
+            return None
+        t0 = time.perf_counter()
+        z = torch.zeros(chunk_shape, device=self.device, dtype=getattr(self.vae, "dtype", torch.bfloat16))
+        stream = self.vae.streaming_decoder()
+        with torch.no_grad():
+            stream.decode(z)
+            stream.decode(z)
+        torch.cuda.synchronize(self.device)
+        return time.perf_counter() - t0
+
     def close(self) -> None:
         """Release worker resources (idempotent)."""
 

@@ -37,6 +37,7 @@ class RMSNorm(nn.Module):
         self.scale = dim**0.5
 
     fused = None  # set by longlive.infer.compile.compile_vae: a compiled rms_silu(x, gain)
+    fused_pad = None  # and a compiled rms_silu_pad(x, gain, prev, keep)
 
     def gain(self, x: Tensor) -> Tensor:
         return self.gamma.reshape(-1, *([1] * (x.dim() - 2))) * self.scale
@@ -57,6 +58,24 @@ def rms_silu(x: Tensor, gain: Tensor) -> Tensor:
     return F.silu(F.normalize(x, dim=1) * gain)
 
 
+def rms_silu_pad(x: Tensor, gain: Tensor, prev: Tensor, keep: int) -> tuple[Tensor, Tensor]:
+    """[prev ; SiLU(RMSNorm(x))] along time and its last `keep` frames (the next call's causal pad): compiled,
+    one kernel writes the conv's padded input and the cache tail, where eager writes the activation, then copies
+    it into the concatenation, then copies the tail."""
+    seq = torch.cat([prev, F.silu(F.normalize(x, dim=1) * gain)], dim=2)
+    return seq, seq[:, :, -keep:].clone()
+
+
+def norm_silu_conv(norm: RMSNorm, conv: CausalConv3d, x: Tensor, cache: CausalCache | None) -> Tensor:
+    """conv(SiLU(norm(x))) with the conv's causal pad: the fused path once compiled and the stream has a pad."""
+    prev = cache.get(conv) if cache is not None else None
+    if norm.fused_pad is None or prev is None or conv.causal_pad == 0 or torch.is_grad_enabled():
+        return conv(norm.forward_silu(x), cache)
+    seq, tail = norm.fused_pad(x, norm.gain(x), prev, conv.causal_pad)
+    cache.put(conv, tail)
+    return in_layout(nn.Conv3d.forward(conv, in_layout(seq, cache)), cache)
+
+
 class ResidualBlock(nn.Module):
     """RMSNorm → SiLU → causal 3³ conv → RMSNorm → SiLU → causal 3³ conv, plus a (1×1×1) shortcut."""
 
@@ -75,8 +94,8 @@ class ResidualBlock(nn.Module):
     def forward(self, x: Tensor, cache: CausalCache | None = None) -> Tensor:
         r = self.residual
         h = x if self.shortcut is None else self.shortcut(x, cache)
-        y = r["2"](r["0"].forward_silu(x), cache)
-        y = r["6"](r["3"].forward_silu(y), cache)
+        y = norm_silu_conv(r["0"], r["2"], x, cache)
+        y = norm_silu_conv(r["3"], r["6"], y, cache)
         return y.add_(h)
 
 
@@ -136,7 +155,7 @@ def head_blocks(dim: int, out: int) -> nn.ModuleDict:
 
 
 def run_head(head: nn.ModuleDict, x: Tensor, cache: CausalCache) -> Tensor:
-    return head["2"](head["0"].forward_silu(x), cache)
+    return norm_silu_conv(head["0"], head["2"], x, cache)
 
 
 CL3D = torch.channels_last_3d
