@@ -68,10 +68,10 @@ def test_vae_fused_rms_silu_equals_eager():
 
 
 def test_vae_fused_pad_stream_equals_eager():
-    """Compiled and channels-last, a stream decoded chunk by chunk writes each conv's padded input and cache tail
-    in the fused kernel after the first chunk, and equals the eager default-layout stream."""
+    """Compiled and channels-last, a stream decoded chunk by chunk runs its residual blocks whole and the other
+    norm→conv pairs through the fused pad after the first chunk, and equals the eager default-layout stream."""
     from longlive.vae import build_vae
-    from longlive.vae.layers import RMSNorm
+    from longlive.vae.layers import ResidualBlock, RMSNorm
 
     torch.manual_seed(0)
     ref_vae = build_vae("tiny").eval()
@@ -83,14 +83,17 @@ def test_vae_fused_pad_stream_equals_eager():
     for m in vae.modules():
         if isinstance(m, RMSNorm):
             inner = m.fused_pad
-            m.fused_pad = lambda *a, _f=inner: calls.append(1) or _f(*a)
+            m.fused_pad = lambda *a, _f=inner: calls.append("pad") or _f(*a)
+        elif isinstance(m, ResidualBlock):
+            inner = m.fused
+            m.fused = lambda *a, _f=inner: calls.append("block") or _f(*a)
     lat = torch.randn(1, vae.z_dim, 4, 2, 3)
     got, ref = vae.streaming_decoder(), ref_vae.streaming_decoder()
     with torch.no_grad():
         for a, b in ((0, 1), (1, 3), (3, 4)):
             out = got.decode(lat[:, :, a:b])
             torch.testing.assert_close(out, ref.decode(lat[:, :, a:b]), rtol=1e-4, atol=1e-5)
-            assert bool(calls) == (a > 0)  # the first chunk has no pad yet: the plain path
+            assert set(calls) == ({"pad", "block"} if a > 0 else set())  # the first chunk has no pad yet
     # every cache tail is its own small tensor in the stream's layout, not a view pinning a whole activation
     tails = [t for t in got.cache._memory.values() if t.dim() == 5 and t.shape[3] * t.shape[4] > 1]
     assert tails and all(t._base is None for t in tails)

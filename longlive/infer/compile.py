@@ -41,7 +41,8 @@ def compile_blocks(model: nn.Module, mode: str = "default") -> nn.Module:
 
 def compile_vae(vae: nn.Module) -> nn.Module:
     """Fuse every RMSNorm → SiLU of a Wan VAE into one compiled kernel, together with the next conv's causal pad
-    and cache tail where a stream has one (inference only; idempotent).
+    and cache tail where a stream has one, and compile each residual block of a running stream whole (the convs'
+    biases fused into the passes after them). Inference only; idempotent.
 
     The causal convolutions, their caches and the attention stay eager (cuDNN picks the conv kernels); what
     compiles is the pointwise chain around them, which in eager mode reads and writes each full-resolution
@@ -49,13 +50,16 @@ def compile_vae(vae: nn.Module) -> nn.Module:
     """
     import torch._dynamo
 
-    from longlive.vae.layers import RMSNorm, rms_silu, rms_silu_pad
+    from longlive.vae.layers import ResidualBlock, RMSNorm, residual_block_steady, rms_silu, rms_silu_pad
 
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     fused, fused_pad = torch.compile(rms_silu, dynamic=False), torch.compile(rms_silu_pad, dynamic=False)
+    block = torch.compile(residual_block_steady, dynamic=False)
     for m in vae.modules():
         if isinstance(m, RMSNorm):
             m.fused, m.fused_pad = fused, fused_pad
+        elif isinstance(m, ResidualBlock):
+            m.fused = block
     return vae
 
 

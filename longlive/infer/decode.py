@@ -209,6 +209,8 @@ class AsyncDecoder(Decoder):
             raise ValueError("max_in_flight must be >= 1")
         self.max_in_flight = max_in_flight
         self._stream = vae.streaming_decoder()
+        if self.device.type == "cuda" and hasattr(self._stream, "sync_each_step"):
+            self._stream.sync_each_step = True  # never hold the GIL in a blocked launch (wan_vae.StreamingDecoder)
         self._cuda_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"longlive-{self.mode}-decode")
         self._pending: deque[Future[None]] = deque()

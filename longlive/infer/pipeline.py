@@ -90,6 +90,7 @@ def generate(
     on_chunk: Callable[[int, torch.Tensor], None] | None = None,
     on_progress: Callable[[int, int, float], None] | None = None,
     sp=None,
+    sync_each_step: bool = False,
 ) -> GenerationResult:
     """Generate spec.frames latent frames chunk by chunk.
 
@@ -149,6 +150,8 @@ def generate(
                 x[:, :, :1] = image_latent
                 t[:, 0] = 0
             x, _ = sched.step(model(x, t, **call), x)
+            if sync_each_step and x.is_cuda:  # let a decode thread launch (see wan_vae.StreamingDecoder)
+                torch.cuda.current_stream(x.device).synchronize()
         if cond:
             x[:, :, :1] = image_latent
         cache.committing = True  # the clean re-run's K/V are the ones the cache keeps

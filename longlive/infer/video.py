@@ -280,8 +280,12 @@ def make_video(req: VideoRequest, out: Path) -> dict:
 
     reset_peaks(dev)
     t_start = time.perf_counter()
+    # With a decode thread in this process, the generator waits for its device after each step instead of blocking
+    # in a full launch queue while holding the GIL, which starves the decoder (reports/perf, E2E notes).
+    threaded = decoder is not None and decoder.mode in ("async", "device") and dev.type == "cuda"
     res = generate(model, spec, embeds, image_latent=img, sp=sp_ctx, on_progress=on_progress,
-                   on_chunk=(lambda c, x: decoder.submit(x.to(vae.dtype))) if decoder is not None else None)
+                   on_chunk=(lambda c, x: decoder.submit(x.to(vae.dtype))) if decoder is not None else None,
+                   sync_each_step=threaded)
     bar.close()
     mem = peaks(dev)
     if not is_main:  # other SP ranks: their share is in rank 0's latents; rank 0 decodes and writes
@@ -306,6 +310,7 @@ def make_video(req: VideoRequest, out: Path) -> dict:
         **res.stats.summary(), "e2e_s": e2e_s, "e2e_fps": n_frames / e2e_s, "load_s": load_s,
         "text_encode_s": text_encode_s,
         "compile": req.compile, "compile_s": compile_s, "vae_warmup_s": vae_warmup_s, "frames_video": n_frames,
+        "decode_landed_s": [round(t - t_start, 3) for t in decoder.chunk_times],
         "video_seconds": n_frames / cfg.fps, **mem,
         "kv_cache_gb": res.kv_cache_bytes / 1e9, "kv_packed_gb": res.kv_packed_bytes / 1e9,
         "weights_gb": model_weight_bytes(model) / 1e9,

@@ -140,6 +140,10 @@ class StreamingDecoder:
     def __init__(self, vae: WanVAE) -> None:
         self.vae = vae
         self.cache = CausalCache(vae.memory_format)
+        # Wait for the device after every latent frame. A decode thread sharing the process with the generator
+        # (decode=async/device) otherwise fills CUDA's launch queue, then blocks in a launch while holding the GIL,
+        # and the generator's thread stalls with it (set by AsyncDecoder on CUDA; a synchronize releases the GIL).
+        self.sync_each_step = False
 
     @property
     def first(self) -> bool:
@@ -169,6 +173,8 @@ class StreamingDecoder:
             n = y.shape[2]
             unpatchify_into(out[:, :, pos : pos + n], y, vae.config.patch_size)
             pos += n
+            if self.sync_each_step and z.is_cuda:
+                torch.cuda.current_stream(z.device).synchronize()
         if pos != n_out:  # would mean the temporal layout disagrees with the stride
             raise RuntimeError(f"decoder produced {pos} frames, expected {n_out}")
         return out
