@@ -231,6 +231,18 @@ class AsyncDecoder(Decoder):
             ready.record(torch.cuda.current_stream(self.device))
         self._pending.append(self._pool.submit(self._work, staged, ready))
 
+    def warm_up(self, chunk_shape: tuple[int, ...]) -> float | None:
+        """The base warm-up, run in the worker thread on its stream: cuDNN keeps its handles and tuned plans per
+        thread, so a warm-up in the caller's thread left the worker's first chunk 3.6 s slow (reports/perf, E2E)."""
+        if self.device.type != "cuda":
+            return None
+
+        def work() -> float | None:
+            with torch.cuda.device(self.device), torch.cuda.stream(self._cuda_stream):
+                return Decoder.warm_up(self, chunk_shape)
+
+        return self._pool.submit(work).result()
+
     def _work(self, latents: Tensor, ready: torch.cuda.Event | None) -> None:
         if self._error is not None:
             raise RuntimeError(f"{self.mode} decoder: skipped after an earlier failure") from self._error
