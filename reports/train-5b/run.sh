@@ -5,6 +5,8 @@
 #   PHASE=t1a     5B, 96 latents (16 s), Balanced SP: BF16 and FP8 (real _scaled_mm GEMMs)        [4 GPUs]
 #   PHASE=t1b     5B, 96 latents: FP8 Balanced SP (again, after the saved-tensor fix), BF16 traditional SP, then
 #                 BF16 without SP (FSDP only) if it fits                                           [4 GPUs]
+#   PHASE=t1c     5B, 192 latents (32 s, issue 7): BF16 Balanced SP, then BF16 traditional SP, 1 timed iteration
+#                 each (BF16 without SP does not fit: 112 GB per rank at 16 s)                       [4 GPUs]
 #   PHASE=t2      5B DMD, 32 latents: the four Table 2 rungs, one per GPU, concurrently; then FP8   [1 GPU each]
 set -uo pipefail
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_NCCL_ASYNC_ERROR_HANDLING=1
@@ -23,6 +25,7 @@ case "${PHASE:?set PHASE}" in
   smoke) run_t1 150 tiny 8 1 bf16-nosp bf16-traditional bf16-balanced fp8-balanced ;;
   t1a) run_t1 560 wan2.2-ti2v-5b 96 2 bf16-balanced fp8-balanced ;;
   t1b) run_t1 570 wan2.2-ti2v-5b 96 2 fp8-balanced bf16-traditional bf16-nosp ;;
+  t1c) run_t1 450 wan2.2-ti2v-5b 192 1 bf16-balanced bf16-traditional ;;
   t2)
     i=0
     for c in bf16 nvfp4-generator nvfp4-generator-teacher nvfp4-all; do
