@@ -23,6 +23,37 @@ def fitted() -> PCACodec:
     return codec
 
 
+@pytest.fixture(scope="module")
+def fitted_tube() -> PCACodec:
+    codec = build_vae("tiny-pca")
+    fit_pca_codec(codec, [GEN.clip(i, 13)[0] for i in range(24)], log=lambda s: None, first_tube=True)
+    return codec
+
+
+def test_first_frame_as_a_still_tube(fitted_tube, tmp_path):
+    """Frame 0 goes through the group basis as 4 copies of itself; its decode is the mean of the projected tube
+    (float64 reference); streaming equals whole; the flag survives save and load."""
+    codec = fitted_tube
+    assert bool(codec.first_tube)
+    video = _unit(GEN.clip(778, 9)[0])
+    lat = codec.encode(video)
+    rec = codec.decode(lat)
+    s = 16
+    v = video.double()[0]
+    tube = v[:, :1].expand(3, 4, 128, 128).reshape(3, 4, 8, s, 8, s).permute(2, 4, 1, 3, 5, 0).reshape(64, -1)
+    mean, basis = codec.group_mean.double(), codec.group_basis.double()
+    proj = (tube - mean) @ basis.T @ basis + mean  # [64 positions, 4·16·16·3]
+    ref = proj.reshape(8, 8, 4, s, s, 3).mean(dim=2).permute(4, 0, 2, 1, 3).reshape(3, 128, 128).clamp(-1, 1)
+    torch.testing.assert_close(rec.double()[0, :, 0], ref, atol=2e-5, rtol=0)
+    # the later frames are coded exactly as without the tube
+    torch.testing.assert_close(rec[:, :, 1:], codec._decode(lat[:, :, 1:], first=False), atol=0, rtol=0)
+    stream = codec.streaming_decoder()
+    assert torch.equal(torch.cat([stream.decode(lat[:, :, :1]), stream.decode(lat[:, :, 1:])], dim=2), rec)
+    save_codec(codec, tmp_path / "vae.safetensors")
+    loaded = load_vae("tiny-pca", tmp_path / "vae.safetensors")
+    assert bool(loaded.first_tube) and torch.equal(loaded.decode(lat), rec)
+
+
 def test_interface_shapes_and_errors():
     codec = build_vae("tiny-pca")
     assert isinstance(codec, PCACodec) and codec.stride == (4, 16, 16) and codec.z_dim == 16
@@ -101,3 +132,8 @@ def test_save_and_strict_load(fitted, tmp_path):
     save_file({k: v.contiguous() for k, v in wan.state_dict().items()}, str(tmp_path / "wan.safetensors"))
     with pytest.raises(ValueError, match="missing key 'first_mean'"):
         load_vae("tiny-pca", tmp_path / "wan.safetensors")
+    # a codec saved before `first_tube` existed loads as what it was: frame 0 through its own basis
+    old = {k: v.contiguous() for k, v in fitted.state_dict().items() if k != "first_tube"}
+    save_file(old, str(tmp_path / "old.safetensors"))
+    legacy = load_vae("tiny-pca", tmp_path / "old.safetensors")
+    assert not bool(legacy.first_tube) and torch.equal(legacy.encode(video), fitted.encode(video))

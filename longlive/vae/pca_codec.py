@@ -8,10 +8,15 @@ the same clips, reconstructs them at ≈24 dB with circles, squares and triangle
 unchanged. It is not invertible (3,072 pixel values per latent position → 16), it is the best linear code of
 that size for the data it was fitted on.
 
-Layout: frame 0 is coded alone (a 16×16×3 patch → z), later frames in groups of 4 (4×16×16×3 → z), each with its
-own mean and orthonormal basis; coefficients are normalised per channel by their measured std, so the denoiser
-sees unit-scale latents. Every latent frame is coded independently, so streaming decode is trivially equal to
-decoding the whole video. Unfitted, the bases are seeded random orthonormal rows (a working stand-in).
+Layout: later frames are coded in groups of 4 (4×16×16×3 → z). Frame 0 is coded alone, either with its own mean
+and basis (a 16×16×3 patch → z; `first_tube` False, also what a checkpoint without the flag means) or, as the tiny
+default fits it, as a still tube of 4 copies through the group basis, decoded as the mean of the tube's 4 frames
+(`first_tube` True). The tube puts latent 0 in the same space as every other latent, as the Wan VAE's shared
+encoder does: with its own basis, channel k of latent 0 meant something else than channel k of latent 1, had half
+their scale after the shared normalisation, and the tiny default's first frames came out as noise (run9, run10).
+Coefficients are normalised per channel by their measured mean and std, so the denoiser sees unit-scale latents.
+Every latent frame is coded independently, so streaming decode is trivially equal to decoding the whole video.
+Unfitted, the bases are seeded random orthonormal rows (a working stand-in).
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ class PCACodec(CodecShape, nn.Module):
         self.register_buffer("group_basis", _orthonormal_rows(z, config.group_dim, 1))
         self.register_buffer("latent_mean", torch.zeros(z))
         self.register_buffer("latent_std", torch.ones(z))
+        self.register_buffer("first_tube", torch.tensor(False))
 
     # ---- the Wan VAE interface (z_dim, stride, device, dtype: CodecShape) -------------------------------
     def reset_latent_stats(self) -> None:
@@ -98,7 +104,10 @@ class PCACodec(CodecShape, nn.Module):
         st = self.stride[0]
         t = check_video(video, self.stride, "codec")
         v = video.to(self.device, self.dtype)
-        parts = [(self._patches(v[:, :, :1], 1) - self.first_mean) @ self.first_basis.T]
+        if bool(self.first_tube):
+            parts = [(self._patches(v[:, :, :1].expand(-1, -1, st, -1, -1), st) - self.group_mean) @ self.group_basis.T]
+        else:
+            parts = [(self._patches(v[:, :, :1], 1) - self.first_mean) @ self.first_basis.T]
         if t > 1:
             parts.append((self._patches(v[:, :, 1:], st) - self.group_mean) @ self.group_basis.T)
         coef = torch.cat(parts, dim=1)  # [B, T', h, w, z]
@@ -117,7 +126,11 @@ class PCACodec(CodecShape, nn.Module):
             raise ValueError("decode needs at least one latent frame")
         coef = latents.to(self.device, self.dtype).permute(0, 2, 3, 4, 1) * self.latent_std + self.latent_mean
         out = []
-        if first:
+        if first and bool(self.first_tube):  # the still tube's least-squares frame: the mean of its 4 frames
+            tube = self._unpatch(coef[:, :1] @ self.group_basis + self.group_mean, self.stride[0])
+            out.append(tube.mean(dim=2, keepdim=True))
+            coef = coef[:, 1:]
+        elif first:
             out.append(self._unpatch(coef[:, :1] @ self.first_basis + self.first_mean, 1))
             coef = coef[:, 1:]
         if coef.shape[1]:
@@ -160,8 +173,11 @@ def _principal(rows: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
-def fit_pca_codec(codec: PCACodec, clips: Iterable[Tensor], log: Callable[[str], None] = print) -> dict:
+def fit_pca_codec(codec: PCACodec, clips: Iterable[Tensor], log: Callable[[str], None] = print, *,
+                  first_tube: bool = False) -> dict:
     """Fit bases and latent stats on clips (uint8 [T, H, W, 3], T = 1 + 4k); returns the explained-variance split.
+    `first_tube` codes frame 0 as a still tube through the group basis (see the module docstring); the first-frame
+    basis is still fitted, and its explained variance reported, but not used.
 
     Closed form: mean and covariance of the patches, eigen-decomposition, top z directions; then the per-channel
     mean / std of the coefficients, so encoded latents are unit-scale.
@@ -185,6 +201,7 @@ def fit_pca_codec(codec: PCACodec, clips: Iterable[Tensor], log: Callable[[str],
         total = centred.pow(2).sum()
         kept = (centred @ basis.T).pow(2).sum()
         stats[f"{name}_explained_variance"] = float(kept / total.clamp_min(1e-12))
+    codec.first_tube.fill_(first_tube)
     codec.latent_mean.zero_()
     codec.latent_std.fill_(1.0)
     coef = torch.cat([codec.encode(v).permute(0, 2, 3, 4, 1).reshape(-1, z) for v in videos])
