@@ -57,8 +57,8 @@ def _log(msg: str) -> None:
 
 
 def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0, samples: int | None = None,
-               codec_clips: int = 128) -> dict:
-    """The whole recipe under a wall-clock budget; `samples` / `codec_clips` shrink it for tests."""
+               codec_clips: int = 128, eval_seeds: int | None = None) -> dict:
+    """The whole recipe under a wall-clock budget; `samples` / `codec_clips` / `eval_seeds` shrink it for tests."""
     from longlive.eval.palette import palette_match
     from longlive.model.checkpoint import save_generator
     from longlive.model.dit import build_model
@@ -155,7 +155,7 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0, samples: int 
                                          "prompt_colour_match": sum(real_col) / len(real_col),
                                          "foreground_fraction": foreground_fraction(torch.cat([c[0] for c in clips]),
                                                                                     torch.tensor(COLOURS["grey"]))}}
-    evals.update(_evaluate(out, palette))
+    evals.update(_evaluate(out, palette, seeds=eval_seeds or EVAL_SEEDS))
     result = {"minutes": (time.perf_counter() - t_start) / 60, "vae": {"kind": "pca codec", **codec_stats},
               "vae_reconstruction": vae_quality, "ar_steps": steps, "ar_summary": summary,
               "lora": lora_info, "eval": evals,
@@ -163,7 +163,7 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0, samples: int 
                         "prompt_colour_match: fraction of foreground pixels (> 48/255 from the grey background) "
                         "within 48/255 of a colour the prompt names; foreground_fraction: fraction of pixels "
                         "> 48/255 from the background; temporal_flickering: VBench's definition; "
-                        f"means over the prompts {list(EVAL_PROMPTS)}"}
+                        f"means over the prompts {list(EVAL_PROMPTS)} × {eval_seeds or EVAL_SEEDS} seeds each"}
     (out / "tiny_eval.json").write_text(json.dumps(result, indent=2, default=str))
     _log(f"done in {result['minutes']:.1f} min: {json.dumps(evals)}")
     return result
@@ -202,11 +202,14 @@ def _train_lora(model, samples, out: Path, *, seconds: float, seed: int) -> dict
 
 EVAL_PROMPTS = ("A red circle bounces on a grey background.", "A blue square bounces on a grey background.",
                 "A yellow triangle bounces on a grey background.")
+# Seeds per prompt: with one, the 4-step prompt-colour match of two runs of the same recipe differed by 0.4
+# (runs 10 and 11); the strips show seed 0.
+EVAL_SEEDS = 4
 
 
-def _evaluate(out: Path, palette: torch.Tensor) -> dict:
-    """Each variant on EVAL_PROMPTS (seed = prompt index): palette match, prompt-colour match and temporal
-    flickering over all of them, and one strip per variant with a row per prompt."""
+def _evaluate(out: Path, palette: torch.Tensor, seeds: int = EVAL_SEEDS) -> dict:
+    """Each variant on EVAL_PROMPTS × EVAL_SEEDS: palette match, prompt-colour match, foreground fraction and
+    temporal flickering averaged over all of them, and one strip per variant with a row per prompt (seed 0)."""
     from PIL import Image
 
     from longlive.eval.flicker import temporal_flickering
@@ -224,18 +227,22 @@ def _evaluate(out: Path, palette: torch.Tensor) -> dict:
         tag = name.split(" ")[0] + ("-lora" if "LoRA" in name else "") + ("-nvfp4" if "NVFP4" in name else "")
         pal, col, fg, flick, fps, rows = [], [], [], [], [], []
         for i, prompt in enumerate(EVAL_PROMPTS):
-            req = VideoRequest(preset="tiny", frames=16, prompts=[prompt], steps=kw.get("steps", 4), seed=i,
-                               checkpoint=kw.get("checkpoint", out / "model_bf16.pt"), vae=out / "vae.safetensors",
-                               text_encoder=out / "text_encoder.safetensors", quant=kw.get("quant", "none"),
-                               kv_quant=kw.get("kv_quant", "none"), progress=False)
-            r = make_video(req, out / "samples" / tag / str(i))
-            frames = r["video_uint8"]
-            pal.append(palette_match(frames, palette))
-            col.append(prompt_colour_match(frames, named_colours(prompt), grey))
-            fg.append(foreground_fraction(frames, grey))
-            flick.append(float(temporal_flickering(frames)))
-            fps.append(r["denoise_fps"])
-            rows.append(Image.open(out / "samples" / tag / str(i) / "strip.png").convert("RGB"))
+            for seed in range(seeds):
+                req = VideoRequest(preset="tiny", frames=16, prompts=[prompt], steps=kw.get("steps", 4),
+                                   seed=100 * i + seed, checkpoint=kw.get("checkpoint", out / "model_bf16.pt"),
+                                   vae=out / "vae.safetensors", text_encoder=out / "text_encoder.safetensors",
+                                   quant=kw.get("quant", "none"), kv_quant=kw.get("kv_quant", "none"),
+                                   progress=False)
+                where = out / "samples" / tag / (str(i) if seed == 0 else f"{i}-{seed}")
+                r = make_video(req, where)
+                frames = r["video_uint8"]
+                pal.append(palette_match(frames, palette))
+                col.append(prompt_colour_match(frames, named_colours(prompt), grey))
+                fg.append(foreground_fraction(frames, grey))
+                flick.append(float(temporal_flickering(frames)))
+                fps.append(r["denoise_fps"])
+                if seed == 0:
+                    rows.append(Image.open(where / "strip.png").convert("RGB"))
         sheet = Image.new("RGB", (max(r.width for r in rows), sum(r.height + 2 for r in rows) - 2), (255, 255, 255))
         y = 0
         for row in rows:
@@ -247,8 +254,11 @@ def _evaluate(out: Path, palette: torch.Tensor) -> dict:
             xs = [x for x in xs if x == x]  # NaN: nothing drawn
             return sum(xs) / len(xs) if xs else float("nan")
 
+        def per_prompt(xs: list[float]) -> list[float]:
+            return [mean(xs[i * seeds:(i + 1) * seeds]) for i in range(len(EVAL_PROMPTS))]
+
         res[name] = {"palette_match": mean(pal), "prompt_colour_match": mean(col), "foreground_fraction": mean(fg),
-                     "temporal_flickering": mean(flick),
-                     "denoise_fps": mean(fps), "per_prompt": {"palette_match": pal, "prompt_colour_match": col},
+                     "temporal_flickering": mean(flick), "denoise_fps": mean(fps),
+                     "per_prompt": {"palette_match": per_prompt(pal), "prompt_colour_match": per_prompt(col)},
                      "strip": str(out / "samples" / tag / "strip.png")}
     return res
