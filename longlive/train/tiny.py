@@ -161,7 +161,8 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0, samples: int 
               "lora": lora_info, "eval": evals,
               "metric": "palette_match: fraction of pixels within 24/255 (L∞) of a procedural palette colour; "
                         "prompt_colour_match: fraction of foreground pixels (> 48/255 from the grey background) "
-                        "within 48/255 of a colour the prompt names; foreground_fraction: fraction of pixels "
+                        "within 48/255 of a colour the prompt names (first_frame_: frame 0 only, which no context "
+                        "conditions); foreground_fraction: fraction of pixels "
                         "> 48/255 from the background; temporal_flickering: VBench's definition; "
                         f"means over the prompts {list(EVAL_PROMPTS)} × {eval_seeds or EVAL_SEEDS} seeds each"}
     (out / "tiny_eval.json").write_text(json.dumps(result, indent=2, default=str))
@@ -225,7 +226,7 @@ def _evaluate(out: Path, palette: torch.Tensor, seeds: int = EVAL_SEEDS) -> dict
         if "checkpoint" in kw and not Path(kw["checkpoint"]).exists():
             continue
         tag = name.split(" ")[0] + ("-lora" if "LoRA" in name else "") + ("-nvfp4" if "NVFP4" in name else "")
-        pal, col, fg, flick, fps, rows = [], [], [], [], [], []
+        pal, col, col0, fg, flick, fps, rows = [], [], [], [], [], [], []
         for i, prompt in enumerate(EVAL_PROMPTS):
             for seed in range(seeds):
                 req = VideoRequest(preset="tiny", frames=16, prompts=[prompt], steps=kw.get("steps", 4),
@@ -238,6 +239,7 @@ def _evaluate(out: Path, palette: torch.Tensor, seeds: int = EVAL_SEEDS) -> dict
                 frames = r["video_uint8"]
                 pal.append(palette_match(frames, palette))
                 col.append(prompt_colour_match(frames, named_colours(prompt), grey))
+                col0.append(prompt_colour_match(frames[:1], named_colours(prompt), grey))  # the unconditioned chunk
                 fg.append(foreground_fraction(frames, grey))
                 flick.append(float(temporal_flickering(frames)))
                 fps.append(r["denoise_fps"])
@@ -257,7 +259,8 @@ def _evaluate(out: Path, palette: torch.Tensor, seeds: int = EVAL_SEEDS) -> dict
         def per_prompt(xs: list[float]) -> list[float]:
             return [mean(xs[i * seeds:(i + 1) * seeds]) for i in range(len(EVAL_PROMPTS))]
 
-        res[name] = {"palette_match": mean(pal), "prompt_colour_match": mean(col), "foreground_fraction": mean(fg),
+        res[name] = {"palette_match": mean(pal), "prompt_colour_match": mean(col),
+                     "first_frame_prompt_colour_match": mean(col0), "foreground_fraction": mean(fg),
                      "temporal_flickering": mean(flick), "denoise_fps": mean(fps),
                      "per_prompt": {"palette_match": per_prompt(pal), "prompt_colour_match": per_prompt(col)},
                      "strip": str(out / "samples" / tag / "strip.png")}
