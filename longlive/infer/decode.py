@@ -122,7 +122,7 @@ class Decoder:
         if self.device.type != "cuda":
             return None
         t0 = time.perf_counter()
-        z = torch.zeros(chunk_shape, device=self.device, dtype=getattr(self.vae, "dtype", torch.bfloat16))
+        z = torch.zeros(chunk_shape, device=self.device, dtype=self.vae.dtype)
         stream = self.vae.streaming_decoder()
         with torch.no_grad():
             stream.decode(z)

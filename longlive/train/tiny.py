@@ -157,7 +157,8 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0, samples: int 
                                          "prompt_colour_match": sum(real_col) / len(real_col),
                                          "foreground_fraction": foreground_fraction(torch.cat([c[0] for c in clips]),
                                                                                     torch.tensor(COLOURS["grey"]))}}
-    evals.update(_evaluate(out, palette, seeds=eval_seeds or EVAL_SEEDS))
+    seeds = eval_seeds or EVAL_SEEDS
+    evals.update(_evaluate(out, palette, seeds=seeds))
     result = {"minutes": (time.perf_counter() - t_start) / 60, "vae": {"kind": "pca codec", **codec_stats},
               "vae_reconstruction": vae_quality, "ar_steps": steps, "ar_summary": summary,
               "lora": lora_info, "eval": evals,
@@ -166,7 +167,7 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0, samples: int 
                         "within 48/255 of a colour the prompt names (first_frame_: frame 0 only, which no context "
                         "conditions); foreground_fraction: fraction of pixels "
                         "> 48/255 from the background; temporal_flickering: VBench's definition; "
-                        f"means over the prompts {list(EVAL_PROMPTS)} × {eval_seeds or EVAL_SEEDS} seeds each"}
+                        f"means over the prompts {list(EVAL_PROMPTS)} × {seeds} seeds each"}
     (out / "tiny_eval.json").write_text(json.dumps(result, indent=2, default=str))
     _log(f"done in {result['minutes']:.1f} min: {json.dumps(evals)}")
     return result

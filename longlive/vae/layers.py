@@ -84,13 +84,12 @@ def residual_block_steady(x: Tensor, prev_a: Tensor, prev_b: Tensor, g_a: Tensor
     convolutions without their bias and fuses each bias into the pass that follows (norm+SiLU+pad, residual add);
     eager PyTorch adds a conv's bias in a separate broadcast pass over the whole output, which at the decoder's
     channels-last shapes ran as a strided kernel (reports/perf, v5: 56 such adds of 0.72 ms in one chunk)."""
-    keep = prev_a.shape[2]
-    seq = torch.cat([prev_a, F.silu(F.normalize(x, dim=1) * g_a)], dim=2)
-    y = F.conv3d(seq, w_a, b_a, padding=(0, 1, 1))
-    seq_b = torch.cat([prev_b, F.silu(F.normalize(y, dim=1) * g_b)], dim=2)
+    seq_a, pad_a = rms_silu_pad(x, g_a, prev_a, prev_a.shape[2])
+    y = F.conv3d(seq_a, w_a, b_a, padding=(0, 1, 1))
+    seq_b, pad_b = rms_silu_pad(y, g_b, prev_b, prev_b.shape[2])
     out = F.conv3d(seq_b, w_b, b_b, padding=(0, 1, 1))
     h = x if w_s is None else F.conv3d(x, w_s, b_s)
-    return out + h, seq[:, :, -keep:].clone(), seq_b[:, :, -keep:].clone()
+    return out + h, pad_a, pad_b
 
 
 class ResidualBlock(nn.Module):

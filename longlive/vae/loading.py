@@ -83,8 +83,8 @@ def load_vae(
         raise FileNotFoundError(f"VAE checkpoint for preset {config.name!r} not found: {path}")
     state = read_state_dict(path)
     vae = build_vae(config, device="meta")
-    if "first_tube" in vae.state_dict() and "first_tube" not in state:  # a PCA codec saved before the flag existed
-        state["first_tube"] = torch.tensor(False)
+    if hasattr(vae, "upgrade_state_dict"):  # keys an older file of this codec may lack
+        state = vae.upgrade_state_dict(state)
     check_state_dict(vae, state, str(path))
     vae.load_state_dict(state, strict=True, assign=True)
     vae.reset_latent_stats()

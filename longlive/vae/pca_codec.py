@@ -73,6 +73,11 @@ class PCACodec(CodecShape, nn.Module):
         self.register_buffer("latent_std", torch.ones(z))
         self.register_buffer("first_tube", torch.tensor(False))
 
+    @staticmethod
+    def upgrade_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """A codec saved before `first_tube` existed coded frame 0 with its own basis: say so."""
+        return state if "first_tube" in state else {**state, "first_tube": torch.tensor(False)}
+
     # ---- the Wan VAE interface (z_dim, stride, device, dtype: CodecShape) -------------------------------
     def reset_latent_stats(self) -> None:
         """The stats are buffers of the checkpoint here (nothing to rebuild after a meta-device load)."""

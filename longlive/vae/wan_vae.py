@@ -61,10 +61,15 @@ class WanVAE(CodecShape, nn.Module):
             if isinstance(m, nn.Conv3d | nn.Conv2d):
                 fmt = torch.channels_last_3d if m.weight.dim() == 5 else torch.channels_last
                 m.weight.data = m.weight.data.contiguous(memory_format=fmt if enable else torch.contiguous_format)
-        self.memory_format = torch.channels_last_3d if enable else torch.contiguous_format
         return self
 
-    memory_format = torch.contiguous_format  # of the activations (CausalCache.memory_format); to_channels_last sets it
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """The layout a stream's activations keep (`CausalCache.memory_format`): the layout of the conv weights,
+        read from the decoder's first 3×3×3 conv (a 1×1×1 weight is both layouts at once)."""
+        w = self.decoder.conv1.weight
+        cl = w.is_contiguous(memory_format=torch.channels_last_3d) and not w.is_contiguous()
+        return torch.channels_last_3d if cl else torch.contiguous_format
 
     def to(self, *args: Any, **kwargs: Any) -> WanVAE:
         """``nn.Module.to``; ``memory_format=torch.channels_last(_3d)`` means :meth:`to_channels_last`
