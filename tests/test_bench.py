@@ -16,3 +16,13 @@ def test_perf_bench_checks_its_configs_before_any_work():
     ref = torch.ones(2, 3)
     assert rel_err(ref * 1.5, ref) == pytest.approx(0.5) and rel_err(ref, None) is None
     assert rel_err(torch.ones(3, 2), ref) is None  # a different length is no comparison
+
+
+def test_device_time_breakdown_sorts_kernels_by_kind_and_skips_cpu_ops():
+    from longlive.bench.chunks import device_time_breakdown
+
+    events = [("aten::linear", 0.0), ("nvjet_tst_128x256_64x4", 500.0), ("triton_poi_fused_add_mul_0", 120.0),
+              ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop", 700.0), ("void at::native::copy_kernel", 30.0),
+              ("void at::native::vectorized_elementwise_kernel", 10.0), ("aten::mm", 0.0)]
+    assert device_time_breakdown(events) == {"attention": 700.0, "GEMM": 500.0, "fused pointwise (inductor)": 120.0,
+                                             "copies": 30.0, "other": 10.0}

@@ -61,12 +61,15 @@ def rel_err(latents: torch.Tensor, ref: torch.Tensor | None) -> float | None:
     return float((latents.float().cpu() - ref).norm() / ref.norm())
 
 
-def build(preset: str, precision: str, device: torch.device, seed: int, attn: str):
+def build(preset: str, precision: str, device: torch.device, seed: int, attn: str, fuse_qkv: bool = False):
+    from longlive.model.fuse import fuse_qkv as fuse
     from longlive.quant.linear import LinearQuantConfig
     from longlive.quant.recipes import quantize_model
 
     cfg = get_preset(preset)
     model = build_model(cfg, device=device, dtype=torch.bfloat16, seed=seed).eval().requires_grad_(False)
+    if fuse_qkv:  # before quantising: the fused Linear is the one quantised
+        fuse(model)
     if precision == "fp8":
         quantize_model(model, LinearQuantConfig(fmt="fp8", backend="fp8"), device=device)
     elif precision == "nvfp4":
@@ -110,7 +113,7 @@ def run(a: argparse.Namespace) -> list[dict]:
         torch.cuda.empty_cache()
     for precision in dict.fromkeys(p for p, _, _ in configs):
         for mode in a.compile:  # eager first: compiling is in place
-            model = build(a.preset, precision, dev, a.seed, a.attn)
+            model = build(a.preset, precision, dev, a.seed, a.attn, a.fuse_qkv)
             warm_s = compile_and_warm(model, mode, embeds, seed=a.seed)  # None when eager
             for p, kv, steps in configs:
                 if p != precision:
@@ -130,7 +133,7 @@ def run(a: argparse.Namespace) -> list[dict]:
                 ceil = ceiling_fps(cfg, steps, gemm, rates["attn_tflops"])
                 row = {"preset": a.preset, "precision": p, "linear_backend": {"bf16": None, "fp8": "fp8 _scaled_mm",
                                                                                "nvfp4": "emulated"}[p],
-                       "kv_quant": kv, "steps": steps, "compile": mode, "chunks": chunks,
+                       "kv_quant": kv, "steps": steps, "compile": mode, "fused_qkv": a.fuse_qkv, "chunks": chunks,
                        "attn_backend": model.attn_backend, "resolution": f"{cfg.height}x{cfg.width}",
                        "chunk_frames": cfg.chunk_frames, "window_frames": cfg.window_frames,
                        "sink_frames": cfg.sink_frames, "timing_definition": TIMING, **s, **peaks(dev),
@@ -166,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--long-chunks", type=int, default=0,
                     help="fp8 + nvfp4-KV configs run this many chunks instead (peak memory at long videos)")
     ap.add_argument("--attn", default="auto")
+    ap.add_argument("--fuse-qkv", action="store_true", help="one q/k/v GEMM per block (longlive.model.fuse)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fidelity", action="store_true",

@@ -94,7 +94,7 @@ def _e2e(model, spec, embeds, dims, decode: str, exchange: str, preset: str, ste
 
 def run(preset: str, chunks: int, steps: int | list[int], exchanges: list[str], dtype: str, seed: int,
         reference: str, kv_quant: str, compress_q: bool, compress_out: bool, attn: str, decode: str = "none",
-        compile: str = "none", quant: str = "none") -> dict | None:
+        compile: str = "none", quant: str = "none", profile: Path | None = None) -> dict | None:
     """Every (steps, exchange) pair on one model, compiled once; `quant` fp8 runs the block Linears as W8A8
     (`_scaled_mm` on CUDA, emulated elsewhere)."""
     cfg = get_preset(preset)
@@ -158,6 +158,23 @@ def run(preset: str, chunks: int, steps: int | list[int], exchanges: list[str], 
                       f"{row['chunk_ms_median']:.1f} ms, "
                       f"{row['denoise_fps']:.2f} FPS, {row['bytes_per_forward'] / 1e6:.1f} MB/forward, rel.err "
                       f"{row.get('latent_rel_err_vs_ref', float('nan')):.2e}", flush=True)
+    if profile is not None:  # every rank runs it (the collectives); rank 0 records
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as torch_profile
+
+        from longlive.bench.chunks import write_profile
+
+        pspec = dataclasses.replace(spec, steps=steps_list[0], frames=(slots + 1) * cfg.chunk_frames,
+                                    warmup_chunks=slots)
+        pctx = SPContext(dims.sp_group, dims.sp_rank, dims.sp, compress_kv=exchanges[0]) if dims.world > 1 else None
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+        if dims.is_main:
+            with torch_profile(activities=acts) as prof:
+                generate(model, pspec, embeds, sp=pctx)
+            write_profile(prof, Path(profile), f"{preset} sp={dims.sp} rank 0, {quant} Linears, exchange "
+                                               f"{exchanges[0]}, {pspec.steps}-step, {slots + 1} chunks")
+        else:
+            generate(model, pspec, embeds, sp=pctx)
     if decode != "none":
         rows.append(_e2e(model, spec, embeds, dims, decode, exchanges[0], preset, spec.steps, chunks, dtype))
     if dims.world > 1:
@@ -189,10 +206,12 @@ def main(argv: list[str] | None = None) -> None:
                     help="also run end to end with the VAE: tiles on every SP rank (parallel) or rank 0 only")
     ap.add_argument("--compile", choices=["none", "default", "max-autotune-no-cudagraphs"], default="none",
                     help="torch.compile the DiT blocks (longlive.infer.compile); a warm-up runs first, untimed")
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="after timing, profile a short run of the first steps/exchange; rank 0's table to this file")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)
     result = run(a.preset, a.chunks, a.steps, a.exchange, a.dtype, a.seed, a.reference, a.kv_quant, a.compress_q,
-                 a.compress_out, a.attn, a.decode, a.compile, a.quant)
+                 a.compress_out, a.attn, a.decode, a.compile, a.quant, a.profile)
     if result is not None and a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(result, indent=2, default=str))

@@ -72,14 +72,21 @@ class SelfAttention(nn.Module):
         self.norm_q = RMSNorm(dim, eps)
         self.norm_k = RMSNorm(dim, eps)
         self.layer_idx = 0  # this block's index (KV-cache layer, attn_fn's `layer`); set by CausalWanModel
+        self.qkv: nn.Linear | None = None  # one [3·dim] projection in place of q, k, v (`longlive.model.fuse`)
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The q, k and v projections of x: three Linears, or the fused one's three slices."""
+        if self.qkv is not None:
+            return self.qkv(x).chunk(3, dim=-1)
+        return self.q(x), self.k(x), self.v(x)
 
     def forward(self, x: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
         B, L, _ = x.shape
         shape = (B, L, self.num_heads, self.head_dim)
-        q = apply_rope(self.norm_q(self.q(x)).view(shape), ctx.cos, ctx.sin)
-        k = apply_rope(self.norm_k(self.k(x)).view(shape), ctx.cos, ctx.sin)
-        v = self.v(x).view(shape)
-        return self.o(cached_attention(q, k, v, ctx, self))
+        q, k, v = self.project(x)
+        q = apply_rope(self.norm_q(q).view(shape), ctx.cos, ctx.sin)
+        k = apply_rope(self.norm_k(k).view(shape), ctx.cos, ctx.sin)
+        return self.o(cached_attention(q, k, v.view(shape), ctx, self))
 
 
 @torch.compiler.disable

@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from longlive.quant.linear import LinearQuantConfig, QuantLinear, check_backend
 
-BLOCK_LINEARS = r"^blocks\.\d+\.(self_attn\.(q|k|v|o)|cross_attn\.(q|k|v|o)|ffn\.(0|2))$"
+BLOCK_LINEARS = r"^blocks\.\d+\.(self_attn\.(q|k|v|o|qkv)|cross_attn\.(q|k|v|o)|ffn\.(0|2))$"
 
 
 @dataclass

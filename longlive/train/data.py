@@ -52,8 +52,30 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SHAPES = ("circle", "square", "triangle")
 DEFAULT_MAX_SHAPES = 3
 DEFAULT_RADIUS = (0.08, 0.16)  # fraction of the shorter side
+DEFAULT_COLOUR_CHANGE = 0.5  # probability that one shape of a clip changes colour part-way
 _COLOUR_NAMES = tuple(COLOURS)
 _BLOCK = 64  # frames drawn per vectorised block (bounds memory for long clips)
+
+
+# Area of each kind over r² (r: the drawn radius), from the signed distances below: πr², a square of side 1.6r, an
+# equilateral triangle of inradius r/2.
+SHAPE_AREA = {"circle": float(np.pi), "square": 2.56, "triangle": 0.75 * float(np.sqrt(3.0))}
+
+
+def shape_sdf(kind: str, dx, dy, r):
+    """Signed distance (px, > 0 inside) of a point (dx, dy) from a shape of radius r centred at the origin: one
+    definition for the renderer and for `longlive.eval.shapes`' templates. Works on numpy arrays and tensors."""
+    if kind == "circle":
+        return r - (dx * dx + dy * dy) ** 0.5
+    if kind == "square":
+        return 0.8 * r - _maximum(abs(dx), abs(dy))
+    if kind == "triangle":  # upward equilateral triangle with circumradius r (image y points down)
+        return 0.5 * r - _maximum(dy, _maximum(0.866 * dx - 0.5 * dy, -0.866 * dx - 0.5 * dy))
+    raise ValueError(f"unknown shape {kind!r}; known shapes: {', '.join(SHAPES)}")
+
+
+def _maximum(a, b):
+    return torch.maximum(a, b) if isinstance(a, Tensor) else np.maximum(a, b)
 
 
 def _article(word: str) -> str:
@@ -85,10 +107,11 @@ class ProceduralVideos:
 
     def __init__(self, height: int = 128, width: int = 128, fps: int = 24, seed: int = 0,
                  backgrounds: Sequence[str] | None = None, max_shapes: int = DEFAULT_MAX_SHAPES,
-                 radius: tuple[float, float] = DEFAULT_RADIUS) -> None:
-        """backgrounds / max_shapes / radius (fraction of the shorter side) narrow the distribution (a smaller task
-        for tiny models); the defaults draw from every palette colour, 1–3 shapes of radius 8–16 %, and narrowing
-        keeps the draw order, so every other draw is unchanged."""
+                 radius: tuple[float, float] = DEFAULT_RADIUS, colour_change: float = DEFAULT_COLOUR_CHANGE) -> None:
+        """backgrounds / max_shapes / radius (fraction of the shorter side) / colour_change (probability that a shape
+        changes colour mid-clip) narrow the distribution (a smaller task for tiny models); the defaults draw from every
+        palette colour, 1–3 shapes of radius 8–16 %, a change in half the clips, and narrowing keeps the draw order,
+        so every other draw is unchanged."""
         unknown = [c for c in backgrounds or () if c not in COLOURS]
         if unknown:
             raise ValueError(f"unknown background colour(s) {unknown}; known: {', '.join(COLOURS)}")
@@ -100,6 +123,9 @@ class ProceduralVideos:
         if not 0 < radius[0] <= radius[1] < 0.5:
             raise ValueError(f"radius range must satisfy 0 < lo <= hi < 0.5 of the side, got {radius}")
         self.radius = (float(radius[0]), float(radius[1]))
+        if not 0.0 <= colour_change <= 1.0:
+            raise ValueError(f"colour_change is a probability, got {colour_change}")
+        self.colour_change = float(colour_change)
         self._yy = (np.arange(height, dtype=np.float32) + 0.5)[:, None]
         self._xx = (np.arange(width, dtype=np.float32) + 0.5)[None, :]
 
@@ -121,7 +147,7 @@ class ProceduralVideos:
         speed = rng.uniform(0.25, 0.75, size=n) * side / self.fps  # px per frame
         angle = rng.uniform(0, 2 * np.pi, size=n)
         vel = np.stack([np.cos(angle), np.sin(angle)], axis=1) * speed[:, None]
-        change = bool(rng.random() < 0.5) and num_frames >= 2
+        change = bool(rng.random() < self.colour_change) and num_frames >= 2
         who = int(rng.integers(n))
         spare = [c for c in palette if c not in colours]
         new_colour = spare[int(rng.integers(len(spare)))]
@@ -165,13 +191,7 @@ class ProceduralVideos:
                 cx = centres[a:b, i, 0].astype(np.float32)[:, None, None]
                 cy = centres[a:b, i, 1].astype(np.float32)[:, None, None]
                 dx, dy = self._xx - cx, self._yy - cy
-                r = np.float32(s["radius"])
-                if s["kind"] == "circle":
-                    sdf = r - np.sqrt(dx * dx + dy * dy)
-                elif s["kind"] == "square":
-                    sdf = 0.8 * r - np.maximum(np.abs(dx), np.abs(dy))
-                else:  # upward equilateral triangle with circumradius r (image y points down)
-                    sdf = 0.5 * r - np.maximum(dy, np.maximum(0.866 * dx - 0.5 * dy, -0.866 * dx - 0.5 * dy))
+                sdf = shape_sdf(s["kind"], dx, dy, np.float32(s["radius"]))
                 alpha = np.clip(sdf + 0.5, 0.0, 1.0)[..., None]  # ~1 px anti-aliased edge
                 col = np.broadcast_to(np.asarray(COLOURS[s["colour"]], np.float32), (b - a, 3)).copy()
                 if s["new_colour"] is not None:
@@ -359,6 +379,8 @@ class ProceduralDataset:
         g = self.gen
         narrowed = "" if (g.backgrounds, g.max_shapes, g.radius) == (None, DEFAULT_MAX_SHAPES, DEFAULT_RADIUS) else \
             f"/bg={','.join(g.backgrounds or ())}/max_shapes={g.max_shapes}/radius={g.radius[0]}-{g.radius[1]}"
+        if g.colour_change != DEFAULT_COLOUR_CHANGE:
+            narrowed += f"/colour_change={g.colour_change}"
         return (
             f"procedural:seed={g.seed}/i={index}/shots={self.shots}x{self.frames_per_shot}"
             f"@{g.height}x{g.width}@{g.fps}fps{narrowed}"

@@ -150,13 +150,17 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0, samples: int 
 
     # 5. evaluation ---------------------------------------------------------------------------------------------
     from longlive.eval.palette import foreground_fraction, prompt_colour_match
+    from longlive.eval.shapes import named_shape, shape_match
 
     clips = [gen.clip(20_000 + i, 29) for i in range(4)]
-    real_col = [prompt_colour_match(c[0], named_colours(c[1]), torch.tensor(COLOURS["grey"])) for c in clips]
+    grey = torch.tensor(COLOURS["grey"])
+    real_col = [prompt_colour_match(c[0], named_colours(c[1]), grey) for c in clips]
+    real_shape = [shape_match(c[0], named_shape(c[1]), grey) for c in clips]
     evals = {"procedural (real clips)": {"palette_match": palette_match(torch.cat([c[0] for c in clips]), palette),
                                          "prompt_colour_match": sum(real_col) / len(real_col),
+                                         "shape_match": sum(real_shape) / len(real_shape),
                                          "foreground_fraction": foreground_fraction(torch.cat([c[0] for c in clips]),
-                                                                                    torch.tensor(COLOURS["grey"]))}}
+                                                                                    grey)}}
     seeds = eval_seeds or EVAL_SEEDS
     evals.update(_evaluate(out, palette, seeds=seeds))
     result = {"minutes": (time.perf_counter() - t_start) / 60, "vae": {"kind": "pca codec", **codec_stats},
@@ -165,7 +169,9 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0, samples: int 
               "metric": "palette_match: fraction of pixels within 24/255 (L∞) of a procedural palette colour; "
                         "prompt_colour_match: fraction of foreground pixels (> 48/255 from the grey background) "
                         "within 48/255 of a colour the prompt names (first_frame_: frame 0 only, which no context "
-                        "conditions); foreground_fraction: fraction of pixels "
+                        "conditions); shape_match: fraction of frames whose foreground best overlaps (IoU) the "
+                        "prompted kind's template of the same area and centroid (longlive.eval.shapes); shape_iou: "
+                        "mean IoU with that template; foreground_fraction: fraction of pixels "
                         "> 48/255 from the background; temporal_flickering: VBench's definition; "
                         f"means over the prompts {list(EVAL_PROMPTS)} × {seeds} seeds each"}
     (out / "tiny_eval.json").write_text(json.dumps(result, indent=2, default=str))
@@ -218,6 +224,7 @@ def _evaluate(out: Path, palette: torch.Tensor, seeds: int = EVAL_SEEDS) -> dict
 
     from longlive.eval.flicker import temporal_flickering
     from longlive.eval.palette import foreground_fraction, palette_match, prompt_colour_match
+    from longlive.eval.shapes import named_shape, shape_iou, shape_match
     from longlive.infer.video import VideoRequest, make_video
     from longlive.train.data import COLOURS
 
@@ -229,7 +236,7 @@ def _evaluate(out: Path, palette: torch.Tensor, seeds: int = EVAL_SEEDS) -> dict
         if "checkpoint" in kw and not Path(kw["checkpoint"]).exists():
             continue
         tag = name.split(" ")[0] + ("-lora" if "LoRA" in name else "") + ("-nvfp4" if "NVFP4" in name else "")
-        pal, col, col0, fg, flick, fps, rows = [], [], [], [], [], [], []
+        pal, col, col0, fg, flick, fps, rows, shp, iou = [], [], [], [], [], [], [], [], []
         for i, prompt in enumerate(EVAL_PROMPTS):
             for seed in range(seeds):
                 req = VideoRequest(preset="tiny", frames=16, prompts=[prompt], steps=kw.get("steps", 4),
@@ -244,6 +251,8 @@ def _evaluate(out: Path, palette: torch.Tensor, seeds: int = EVAL_SEEDS) -> dict
                 col.append(prompt_colour_match(frames, named_colours(prompt), grey))
                 col0.append(prompt_colour_match(frames[:1], named_colours(prompt), grey))  # the unconditioned chunk
                 fg.append(foreground_fraction(frames, grey))
+                shp.append(shape_match(frames, named_shape(prompt), grey))
+                iou.append(shape_iou(frames, named_shape(prompt), grey))
                 flick.append(float(temporal_flickering(frames)))
                 fps.append(r["denoise_fps"])
                 if seed == 0:
@@ -263,8 +272,10 @@ def _evaluate(out: Path, palette: torch.Tensor, seeds: int = EVAL_SEEDS) -> dict
             return [mean(xs[i * seeds:(i + 1) * seeds]) for i in range(len(EVAL_PROMPTS))]
 
         res[name] = {"palette_match": mean(pal), "prompt_colour_match": mean(col),
-                     "first_frame_prompt_colour_match": mean(col0), "foreground_fraction": mean(fg),
+                     "first_frame_prompt_colour_match": mean(col0), "shape_match": mean(shp),
+                     "shape_iou": mean(iou), "foreground_fraction": mean(fg),
                      "temporal_flickering": mean(flick), "denoise_fps": mean(fps),
-                     "per_prompt": {"palette_match": per_prompt(pal), "prompt_colour_match": per_prompt(col)},
+                     "per_prompt": {"palette_match": per_prompt(pal), "prompt_colour_match": per_prompt(col),
+                                    "shape_match": per_prompt(shp)},
                      "strip": str(out / "samples" / tag / "strip.png")}
     return res

@@ -8,6 +8,9 @@
 #   PHASE=sp       (4 GPUs) compiled SP scaling, sp = 1, 2, 4: BF16 and FP8 (W8A8) weights, BF16 and FP8 K/V
 #                  exchange, 4 and 2 steps (one process per sp and precision); sp = 4 BF16 also end to end with
 #                  the VAE decoded in tiles on all 4 GPUs
+#   PHASE=fuse     (4 GPUs, one process per GPU) compiled BF16 and FP8, 4 and 2 steps, with and without the fused
+#                  q/k/v GEMM (--fuse-qkv), each profiled (device time by kind of kernel)
+#   PHASE=spprof   (4 GPUs) compiled BF16 4-step profiles at sp = 1 and sp = 4 (rank 0): where sp = 4 loses time
 # Everything lands in $OUT (rows.jsonl / JSON with manifests, profiles) and is packed into $OUT/perf.tar.gz.
 set -euo pipefail
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
@@ -57,6 +60,23 @@ case "$PHASE" in
         torchrun --standalone --nproc_per_node=$n -m longlive.bench.sp --chunks 8 --steps 4 2 --quant $quant \
           --exchange none fp8 --compile default $extra --out "$OUT/sp/sp${n}_${quant}.json"
       done
+    done ;;
+  fuse)
+    i=0
+    for prec in bf16 fp8; do
+      for fuse in unfused fused; do
+        flag=""; if [ "$fuse" = fused ]; then flag="--fuse-qkv"; fi
+        CUDA_VISIBLE_DEVICES=$i python -m longlive.bench.perf --configs $prec:none:4 $prec:none:2 --compile default \
+          --chunks 8 --profile $flag --out "$OUT/fuse/${prec}_${fuse}" > "$OUT/fuse/${prec}_${fuse}.log" 2>&1 &
+        i=$((i + 1))
+      done
+    done
+    wait
+    grep -h "FPS\|ceilings" "$OUT"/fuse/*.log ;;
+  spprof)
+    for n in 1 4; do
+      torchrun --standalone --nproc_per_node=$n -m longlive.bench.sp --chunks 8 --steps 4 --quant none \
+        --exchange none --compile default --profile "$OUT/spprof/profile_sp${n}.txt" --out "$OUT/spprof/sp${n}.json"
     done ;;
   *) echo "unknown PHASE=$PHASE" >&2; exit 2 ;;
 esac

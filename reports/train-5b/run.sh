@@ -7,6 +7,7 @@
 #                 BF16 without SP (FSDP only) if it fits                                           [4 GPUs]
 #   PHASE=t1c     5B, 192 latents (32 s, issue 7): BF16 Balanced SP, then BF16 traditional SP, 1 timed iteration
 #                 each (BF16 without SP does not fit: 112 GB per rank at 16 s)                       [4 GPUs]
+#   PHASE=t1d     5B, 192 latents (32 s, issue 7): FP8 Balanced SP, 1 timed iteration                  [4 GPUs]
 #   PHASE=t2      5B DMD, 32 latents: the four Table 2 rungs, one per GPU, concurrently; then FP8   [1 GPU each]
 set -uo pipefail
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_NCCL_ASYNC_ERROR_HANDLING=1
@@ -26,6 +27,7 @@ case "${PHASE:?set PHASE}" in
   t1a) run_t1 560 wan2.2-ti2v-5b 96 2 bf16-balanced fp8-balanced ;;
   t1b) run_t1 570 wan2.2-ti2v-5b 96 2 fp8-balanced bf16-traditional bf16-nosp ;;
   t1c) run_t1 450 wan2.2-ti2v-5b 192 1 bf16-balanced bf16-traditional ;;
+  t1d) run_t1 500 wan2.2-ti2v-5b 192 1 fp8-balanced ;;
   t2)
     i=0
     for c in bf16 nvfp4-generator nvfp4-generator-teacher nvfp4-all; do
