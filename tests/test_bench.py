@@ -26,3 +26,19 @@ def test_device_time_breakdown_sorts_kernels_by_kind_and_skips_cpu_ops():
               ("void at::native::vectorized_elementwise_kernel", 10.0), ("aten::mm", 0.0)]
     assert device_time_breakdown(events) == {"attention": 700.0, "GEMM": 500.0, "fused pointwise (inductor)": 120.0,
                                              "copies": 30.0, "other": 10.0}
+
+
+def test_device_kernels_keeps_device_events_only():
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    from longlive.bench.chunks import device_kernels
+
+    ev = [SimpleNamespace(key="aten::addmm", self_device_time_total=5.0, device_type=DeviceType.CPU),
+          SimpleNamespace(key="nvjet_x", self_device_time_total=5.0, device_type=DeviceType.CUDA),
+          SimpleNamespace(key="nccl:all_to_all", self_device_time_total=2.0, device_type=DeviceType.CUDA,
+                          is_user_annotation=True),
+          SimpleNamespace(key="ncclDevKernel_SendRecv", self_device_time_total=2.0, device_type=DeviceType.CUDA,
+                          is_user_annotation=False)]
+    assert device_kernels(ev) == [("nvjet_x", 5.0), ("ncclDevKernel_SendRecv", 2.0)]

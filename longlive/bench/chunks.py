@@ -92,7 +92,7 @@ def write_profile(prof, path: Path, title: str) -> None:
     sort = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
     events = prof.key_averages()
     table = events.table(sort_by=sort, row_limit=30, max_name_column_width=70)
-    shares = device_time_breakdown((e.key, e.self_device_time_total) for e in events)
+    shares = device_time_breakdown(device_kernels(events))
     total = sum(shares.values()) or 1.0
     summary = "\n".join(f"{k:<28} {v / 1e3:10.1f} ms {v / total:7.1%}" for k, v in shares.items())
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,9 +109,19 @@ KERNEL_KINDS = (  # first match wins; names as the CUDA profiler reports them
 )
 
 
+def device_kernels(events) -> list[tuple[str, float]]:
+    """(name, self device µs) of the profiler's device-side events only: the CPU operators that launched them
+    (aten::addmm, the Triton launchers) and GPU user annotations (nccl:all_to_all) report the same time again, so
+    they are left out, as the profiler's own 'Self CUDA time total' leaves them out."""
+    from torch.autograd import DeviceType
+
+    return [(e.key, e.self_device_time_total) for e in events
+            if e.device_type != DeviceType.CPU and not getattr(e, "is_user_annotation", False)]
+
+
 def device_time_breakdown(events) -> dict[str, float]:
-    """(kernel name, self device µs) pairs → µs per kind of kernel (KERNEL_KINDS, else 'other'), largest first.
-    CPU-side operators carry no self device time, so nothing is counted twice."""
+    """(kernel name, self device µs) pairs (`device_kernels`) → µs per kind of kernel (KERNEL_KINDS, else 'other'),
+    largest first."""
     out: dict[str, float] = {}
     for name, us in events:
         if not us:
