@@ -10,6 +10,8 @@
 #                  the VAE decoded in tiles on all 4 GPUs
 #   PHASE=fuse     (4 GPUs, one process per GPU) compiled BF16 and FP8, 4 and 2 steps, with and without the fused
 #                  q/k/v GEMM (--fuse-qkv), each profiled (device time by kind of kernel)
+#   PHASE=autotune (4 GPUs, one process per GPU) compile mode default vs max-autotune-no-cudagraphs on the same GPU:
+#                  BF16, FP8, FP8 with fused q/k/v, FP8 + NVFP4 KV; 4 and 2 steps
 #   PHASE=spprof   (4 GPUs) compiled BF16 4-step profiles at sp = 1 and sp = 4 (rank 0): where sp = 4 loses time
 # Everything lands in $OUT (rows.jsonl / JSON with manifests, profiles) and is packed into $OUT/perf.tar.gz.
 set -euo pipefail
@@ -73,6 +75,19 @@ case "$PHASE" in
     done
     wait
     grep -h "FPS\|ceilings" "$OUT"/fuse/*.log ;;
+  autotune)
+    i=0
+    for cfg in "bf16:none:4 bf16:none:2|bf16" "fp8:none:4 fp8:none:2|fp8" "fp8:none:4 fp8:none:2|fp8_fused" \
+               "fp8:nvfp4:4 fp8:nvfp4:2|fp8_nvfp4kv"; do
+      configs=${cfg%|*}; name=${cfg#*|}; flag=""
+      if [ "$name" = fp8_fused ]; then flag="--fuse-qkv"; fi
+      CUDA_VISIBLE_DEVICES=$i python -m longlive.bench.perf --configs $configs \
+        --compile default max-autotune-no-cudagraphs --chunks 8 $flag --out "$OUT/autotune/$name" \
+        > "$OUT/autotune/$name.log" 2>&1 &
+      i=$((i + 1))
+    done
+    wait
+    grep -h "FPS\|ceilings\|Error" "$OUT"/autotune/*.log ;;
   spprof)
     for n in 1 4; do
       torchrun --standalone --nproc_per_node=$n -m longlive.bench.sp --chunks 8 --steps 4 --quant none \
