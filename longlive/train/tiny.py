@@ -32,6 +32,7 @@ TINY_SAMPLES = 1600
 # longlive.vae.pca_codec); with its own basis the first frames of runs 9 and 10 came out as noise.
 TINY_FIRST_TUBE = True
 AR_LR = 4e-3
+AR_BATCH = 1  # samples per AR step (TrainConfig.batch_size)
 # Error recycling (spec 04) puts the model's own recorded errors into its context, as at inference: run7's shapes
 # faded within a chunk or two of being drawn, the exposure bias it exists for.
 TINY_ERROR_RECYCLING = True
@@ -115,7 +116,8 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0, samples: int 
     # (lr 4e-3 reached in 150 s the held-out loss run5 reached in 11 min), and 10 % empty-prompt samples so the
     # DMD teacher's CFG against the empty prompt means something.
     probe_steps = 400
-    trainer = ARTrainer(model, TrainConfig(steps=probe_steps, lr=AR_LR, betas=(0.9, 0.99), lr_schedule="cosine",
+    trainer = ARTrainer(model, TrainConfig(steps=probe_steps, lr=AR_LR, batch_size=AR_BATCH, betas=(0.9, 0.99),
+                                           lr_schedule="cosine",
                                            warmup_steps=200, lr_min_ratio=0.05, text_dropout=0.1,
                                            loss_weighting=TINY_LOSS_WEIGHTING, error_recycling=TINY_ERROR_RECYCLING,
                                            ema_start=10**9, ema_decay=0.999, ckpt_every=10**9, progress=True,

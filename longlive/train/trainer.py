@@ -41,7 +41,12 @@ from longlive.train.checkpoint import (
     save_checkpoint,
 )
 from longlive.train.error_recycling import ErrorRecycler, ErrorRecyclingConfig
-from longlive.train.teacher_forcing import LOSS_WEIGHTINGS, sample_t_index, teacher_forcing_loss
+from longlive.train.teacher_forcing import (
+    LOSS_WEIGHTINGS,
+    batched_teacher_forcing_loss,
+    sample_t_index,
+    teacher_forcing_loss,
+)
 
 log = logging.getLogger("longlive.train")
 
@@ -56,6 +61,9 @@ class TrainConfig:
 
     steps: int = 600
     lr: float = 1e-5
+    # Samples per optimiser step (single process, single-prompt samples only): one batched forward pass
+    # (`batched_teacher_forcing_loss`); the release trains one sample per GPU.
+    batch_size: int = 1
     # The release trains at a constant lr; from-scratch runs (the tiny default) want warm-up and a cosine decay.
     # The lr is a pure function of the step, so a resumed run continues the same schedule.
     lr_schedule: str = "constant"  # constant | cosine
@@ -103,6 +111,8 @@ class TrainConfig:
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"unknown loss_weighting {self.loss_weighting!r}; choose one of "
                              f"{', '.join(LOSS_WEIGHTINGS)}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be ≥ 1, got {self.batch_size}")
         if not 0.0 <= self.text_dropout < 1.0:
             raise ValueError(f"text_dropout must be in [0, 1), got {self.text_dropout}")
 
@@ -300,6 +310,9 @@ class ARTrainer:
         self.sp_rank = dist.get_rank(sp_group) if self.sp > 1 else 0
         if self.sp > 1 and cfg.sp_layout == "none":
             raise ValueError(f"an SP group of {self.sp} ranks was given but sp_layout is 'none'")
+        if self.sp > 1 and cfg.batch_size > 1:
+            raise ValueError(f"batch_size {cfg.batch_size} is for single-process training; with sequence parallelism "
+                             f"(sp={self.sp}) each SP group trains one sample per step")
         if self.sp == 1 and cfg.sp_layout != "none":
             log.info("sp_layout=%s ignored: no SP group with more than one rank", cfg.sp_layout)
         self.is_main = self.rank == 0
@@ -341,13 +354,45 @@ class ARTrainer:
     def _generator(self, step: int, rank: int) -> torch.Generator:
         return torch.Generator().manual_seed(mix_seed(self.cfg.seed, step, rank))
 
-    def drops_text(self, step: int) -> bool:
-        """Whether step `step` trains on the empty prompt: one draw per sample, shared by its SP group (seeded by
-        the group's first rank) so every rank of a sample agrees."""
+    def drops_text(self, step: int, index: int = 0) -> bool:
+        """Whether sample `index` of step `step` trains on the empty prompt: one draw per sample, shared by its SP
+        group (seeded by the group's first rank) so every rank of a sample agrees."""
         if self.cfg.text_dropout <= 0:
             return False
-        g = torch.Generator().manual_seed(mix_seed(self.cfg.seed, step, self.rank - self.sp_rank, 0x7D))
+        parts = (self.cfg.seed, step, self.rank - self.sp_rank, 0x7D) + ((index,) if index else ())
+        g = torch.Generator().manual_seed(mix_seed(*parts))
         return torch.rand((), generator=g).item() < self.cfg.text_dropout
+
+    def _batched_loss(self, samples: list, step: int, recycle: bool) -> torch.Tensor:
+        """`batched_teacher_forcing_loss` over single-prompt samples. Sample 0 draws exactly what a batch of one
+        draws; sample b > 0 draws from generators seeded by (seed, step, rank, tag, b)."""
+        xs, pes = [], []
+        for b, smp in enumerate(samples):
+            x0, pe, fp = unpack_sample(smp)
+            if pe.shape[0] != 1 or bool((torch.as_tensor(fp) != 0).any()):
+                raise ValueError(f"batch_size {len(samples)} takes single-prompt samples; sample {b} has "
+                                 f"{pe.shape[0]} prompts (train multi-prompt samples with batch_size 1)")
+            xs.append(x0)
+            pes.append(torch.zeros_like(pe) if self.drops_text(step, b) else pe)
+        mc = self.model.cfg
+        x0 = torch.cat(xs).to(self.device)
+        frames = x0.shape[2]
+        tpf = (x0.shape[3] // mc.patch_size[1]) * (x0.shape[4] // mc.patch_size[2])
+        self.tokens_per_step = 2 * frames * tpf * len(samples)
+        self.flops_per_step = train_flops_per_step(mc, frames, tpf) * len(samples)
+        t_idx, noise = [], []
+        for b in range(len(samples)):
+            g = self._generator(step, self.rank) if b == 0 else \
+                torch.Generator().manual_seed(mix_seed(self.cfg.seed, step, self.rank, 0xBA7C, b))
+            t_idx.append(sample_t_index(frames // mc.chunk_frames, g))
+            noise.append(torch.randn(xs[b].shape, generator=g))
+        rec = self.recycler if recycle else None
+        gens = [torch.Generator().manual_seed(mix_seed(self.cfg.seed, step, self.rank, 0xE22, *((b,) if b else ())))
+                for b in range(len(samples))] if rec else None
+        return batched_teacher_forcing_loss(self.model, x0, torch.cat(pes).to(self.device),
+                                            noise=torch.cat(noise).to(self.device, x0.dtype),
+                                            t_index=torch.stack(t_idx), attn=self.cfg.attn, recycler=rec,
+                                            recycle_generators=gens, loss_weighting=self.cfg.loss_weighting)
 
     def compute_loss(self, sample: Any, step: int, *, recycle: bool = True) -> torch.Tensor:
         """The step's loss: teacher forcing on one process, or this rank's Balanced/traditional SP loss.
@@ -356,6 +401,8 @@ class ARTrainer:
         (seed, step, rank, tag), so the step's t and ε are the same draws as without recycling, and the banks
         record this step's errors. recycle=False evaluates the plain loss and leaves the banks untouched (probes).
         """
+        if isinstance(sample, list):
+            return self._batched_loss(sample, step, recycle)
         x0, pe, fp = unpack_sample(sample)
         mc = self.model.cfg
         chunk = mc.chunk_frames
@@ -417,7 +464,8 @@ class ARTrainer:
 
     def train_step(self) -> dict[str, float]:
         step = self.step
-        sample = next(self.data)
+        n = self.cfg.batch_size
+        sample = next(self.data) if n == 1 else [next(self.data) for _ in range(n)]
         autocast = self.cfg.precision == "bf16" and not self.fsdp
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
             loss = self.compute_loss(sample, step)
