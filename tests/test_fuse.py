@@ -66,3 +66,13 @@ def test_fuse_after_quantisation_is_refused():
     quantize_model(model, LinearQuantConfig(fmt="fp8", backend="emulated"))
     with pytest.raises(TypeError, match="fuse before quantising"):
         fuse_qkv(model)
+
+
+def test_a_fused_model_is_not_saved_in_the_release_layout(tmp_path):
+    from longlive.model.checkpoint import save_generator
+
+    model, _, _ = _setup()
+    fuse_qkv(model)
+    with pytest.raises(ValueError, match="save the model before fusing"):
+        save_generator(model, tmp_path / "g.pt")
+    assert not (tmp_path / "g.pt").exists()

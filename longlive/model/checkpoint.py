@@ -122,6 +122,9 @@ def save_generator(
 ) -> Path:
     """Write a generator file in the published layout, atomically (temp file, then rename)."""
     path = Path(path)
+    if any(getattr(m, "qkv", None) is not None for m in model.modules()):
+        raise ValueError("this model's q/k/v are fused (longlive.model.fuse); the published layout has separate "
+                         "q, k and v: save the model before fusing")
     path.parent.mkdir(parents=True, exist_ok=True)
     sd = generator_state_dict(model)
     dtype = str(next(iter(sd.values())).dtype).replace("torch.", "")
