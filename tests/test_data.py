@@ -189,3 +189,20 @@ def test_generator_speed_report() -> None:
     frames, _, _ = gen.clip(0, 96)
     ms = (time.perf_counter() - t0) * 1e3 / frames.shape[0]
     print(f"procedural 128x128: {ms:.2f} ms/frame")
+
+
+def test_colour_change_probability_narrows_the_task_and_keeps_other_draws() -> None:
+    from longlive.train.data import ProceduralDataset
+
+    base = ProceduralVideos(64, 64, 24, seed=5, max_shapes=1)
+    still = ProceduralVideos(64, 64, 24, seed=5, max_shapes=1, colour_change=0.0)
+    always = ProceduralVideos(64, 64, 24, seed=5, max_shapes=1, colour_change=1.0)
+    caps = [(base.clip(i, 12)[1], still.clip(i, 12)[1], always.clip(i, 12)[1]) for i in range(16)]
+    assert any("turns" in b for b, _, _ in caps)  # the default changes colour in about half the clips
+    assert not any("turns" in s for _, s, _ in caps) and all("turns" in a for _, _, a in caps)
+    # same draw order: without its colour-change clause, every caption is the default's
+    assert [s for _, s, _ in caps] == [b.split(";")[0].rstrip(".") + "." for b, _, _ in caps]
+    keys = {ProceduralDataset(g, n_samples=1).sample_key(0) for g in (base, still)}
+    assert len(keys) == 2  # narrowed data never shares a latent-cache entry with the default
+    with pytest.raises(ValueError, match="colour_change is a probability"):
+        ProceduralVideos(64, 64, 24, colour_change=1.5)
