@@ -81,3 +81,19 @@ def test_trainer_batches_single_prompt_samples_and_refuses_the_rest(tmp_path):
         multi.run()
     with pytest.raises(ValueError, match="batch_size must be ≥ 1"):
         TrainConfig(batch_size=0)
+
+
+def test_timestep_densities():
+    from longlive.train.teacher_forcing import sample_t_index, sigma_table
+
+    sigmas, _ = sigma_table()
+    g = torch.Generator().manual_seed(0)
+    table = sigmas[sample_t_index(40_000, g, "table")]
+    flat = sigmas[sample_t_index(40_000, g, "sigma")]
+    assert abs(float((table < 0.3).float().mean()) - 0.079) < 0.01  # the release's draws: σ skewed high
+    for q in (0.1, 0.3, 0.5, 0.9):  # σ uniform on (0, 1), up to the table's spacing
+        assert abs(float((flat < q).float().mean()) - q) < 0.01
+    with pytest.raises(ValueError, match="unknown timestep density 'beta'"):
+        sample_t_index(2, g, "beta")
+    with pytest.raises(ValueError, match="unknown timestep_density"):
+        TrainConfig(timestep_density="beta")

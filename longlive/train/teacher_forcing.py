@@ -97,9 +97,23 @@ def frame_schedule(t_index: torch.Tensor, chunk_frames: int, weighting: str = "w
     )
 
 
-def sample_t_index(num_blocks: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One table index per block, uniform over the 1000 entries (seed the generator with base seed + rank)."""
-    return torch.randint(0, NUM_TRAIN_TIMESTEPS, (num_blocks,), generator=generator)
+# How block timesteps are drawn. "table": uniform over the 1000 entries of the shift-5 table (the release), so σ is
+# skewed high: half the draws have σ > 0.83 and 8 % have σ < 0.3. "sigma": σ uniform on (0, 1), mapped to the
+# nearest table entry, for training from scratch, where the low-σ steps that draw edges and flat backgrounds have
+# to be learned as well.
+TIMESTEP_DENSITIES = ("table", "sigma")
+
+
+def sample_t_index(num_blocks: int, generator: torch.Generator | None = None, density: str = "table") -> torch.Tensor:
+    """One table index per block, drawn by `density` (TIMESTEP_DENSITIES; seed the generator with base seed +
+    rank). Both densities take exactly one draw per block from the generator."""
+    if density == "table":
+        return torch.randint(0, NUM_TRAIN_TIMESTEPS, (num_blocks,), generator=generator)
+    if density == "sigma":
+        sigma = torch.rand((num_blocks,), generator=generator, dtype=torch.float64)
+        u = sigma / (SHIFT - (SHIFT - 1) * sigma)  # inverts σ = shift·u / (1 + (shift − 1)·u)
+        return ((1 - u) * NUM_TRAIN_TIMESTEPS).round().long().clamp(0, NUM_TRAIN_TIMESTEPS - 1)
+    raise ValueError(f"unknown timestep density {density!r}; choose one of {', '.join(TIMESTEP_DENSITIES)}")
 
 
 def add_noise(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

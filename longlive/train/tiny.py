@@ -41,6 +41,7 @@ TINY_ERROR_RECYCLING = True
 # From scratch, the first denoising step (pure noise, t = 999) sets what a chunk shows; the release's w(t) gives it
 # 0.3 % of the peak weight, and run9's first chunks stayed noise at 4, 16 and 48 steps alike.
 TINY_LOSS_WEIGHTING = "uniform"
+TINY_TIMESTEP_DENSITY = "table"  # TrainConfig.timestep_density
 # DMD's CFG scale for the 2-step LoRA (r = r_c + s·(r_c − r_u)). At the release's 3, run10's teacher (trained with
 # uniform weighting) flooded the frame with the prompt's colour: foreground 0.71 against the real clips' 0.09.
 TINY_DMD_GUIDANCE = 1.0
@@ -122,6 +123,7 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0, samples: int 
                                            lr_schedule="cosine",
                                            warmup_steps=200, lr_min_ratio=0.05, text_dropout=0.1,
                                            loss_weighting=TINY_LOSS_WEIGHTING, error_recycling=TINY_ERROR_RECYCLING,
+                                           timestep_density=TINY_TIMESTEP_DENSITY,
                                            ema_start=10**9, ema_decay=0.999, ckpt_every=10**9, progress=True,
                                            resume=False, seed=seed),
                         itertools.cycle(samples), out / "ar")

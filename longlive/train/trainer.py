@@ -43,6 +43,7 @@ from longlive.train.checkpoint import (
 from longlive.train.error_recycling import ErrorRecycler, ErrorRecyclingConfig
 from longlive.train.teacher_forcing import (
     LOSS_WEIGHTINGS,
+    TIMESTEP_DENSITIES,
     batched_teacher_forcing_loss,
     sample_t_index,
     teacher_forcing_loss,
@@ -73,6 +74,7 @@ class TrainConfig:
     # meaningful (DMD's real score uses it). The draw is per (seed, step, data-parallel replica).
     text_dropout: float = 0.0
     loss_weighting: str = "wan"  # LOSS_WEIGHTINGS: the release's w(t), or "uniform" for from-scratch training
+    timestep_density: str = "table"  # TIMESTEP_DENSITIES: uniform over the shifted table (release), or σ uniform
     betas: tuple[float, float] = (0.0, 0.999)
     weight_decay: float = 0.0
     grad_clip: float = 10.0
@@ -111,6 +113,9 @@ class TrainConfig:
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"unknown loss_weighting {self.loss_weighting!r}; choose one of "
                              f"{', '.join(LOSS_WEIGHTINGS)}")
+        if self.timestep_density not in TIMESTEP_DENSITIES:
+            raise ValueError(f"unknown timestep_density {self.timestep_density!r}; choose one of "
+                             f"{', '.join(TIMESTEP_DENSITIES)}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be ≥ 1, got {self.batch_size}")
         if not 0.0 <= self.text_dropout < 1.0:
@@ -384,7 +389,7 @@ class ARTrainer:
         for b in range(len(samples)):
             g = self._generator(step, self.rank) if b == 0 else \
                 torch.Generator().manual_seed(mix_seed(self.cfg.seed, step, self.rank, 0xBA7C, b))
-            t_idx.append(sample_t_index(frames // mc.chunk_frames, g))
+            t_idx.append(sample_t_index(frames // mc.chunk_frames, g, self.cfg.timestep_density))
             noise.append(torch.randn(xs[b].shape, generator=g))
         rec = self.recycler if recycle else None
         gens = [torch.Generator().manual_seed(mix_seed(self.cfg.seed, step, self.rank, 0xE22, *((b,) if b else ())))
@@ -416,7 +421,7 @@ class ARTrainer:
             pe = torch.zeros_like(pe)
         if self.sp == 1:
             g = self._generator(step, self.rank)
-            t_index = sample_t_index(frames // chunk, g)
+            t_index = sample_t_index(frames // chunk, g, self.cfg.timestep_density)
             noise = torch.randn(x0.shape, generator=g).to(dev, x0.dtype)
             rec = self.recycler if recycle else None
             rg = torch.Generator().manual_seed(mix_seed(self.cfg.seed, step, self.rank, 0xE22)) if rec else None
@@ -429,7 +434,7 @@ class ARTrainer:
             # per-rank timesteps/noise for this rank's own frames, seeded by base seed + global rank (spec 04)
             lo, hi = local_frame_range(frames, self.sp_rank, self.sp)
             g = self._generator(step, self.rank)
-            t_index = sample_t_index((hi - lo) // chunk, g)
+            t_index = sample_t_index((hi - lo) // chunk, g, self.cfg.timestep_density)
             xl = x0[:, :, lo:hi]
             noise = torch.randn(xl.shape, generator=g).to(dev, x0.dtype)
             return sp_loss("balanced", self.model, xl.to(dev), pe, fp[lo:hi], noise_local=noise, t_index_local=t_index,
@@ -437,7 +442,7 @@ class ARTrainer:
                            loss_weighting=self.cfg.loss_weighting)
         # traditional takes the GLOBAL sample, identical on every rank of the SP group: seed by the group's first rank
         g = self._generator(step, self.rank - self.sp_rank)
-        t_index = sample_t_index(frames // chunk, g)
+        t_index = sample_t_index(frames // chunk, g, self.cfg.timestep_density)
         noise = torch.randn(x0.shape, generator=g).to(dev, x0.dtype)
         return sp_loss("traditional", self.model, x0.to(dev), pe, fp, noise=noise, t_index=t_index,
                        group=self.sp_group, sp=self.sp, attn=self.cfg.attn,
