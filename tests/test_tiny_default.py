@@ -34,6 +34,9 @@ def test_train_tiny_writes_loadable_weights_and_an_evaluation(tmp_path):
         row = evals[name]
         assert 0.0 <= row["palette_match"] <= 1.0 and 0.0 <= row["foreground_fraction"] <= 1.0
         assert len(row["per_prompt"]["prompt_colour_match"]) == len(EVAL_PROMPTS)
+        assert 0.0 <= row["shape_match"] <= 1.0 and 0.0 <= row["shape_iou"] <= 1.0
+        assert len(row["per_prompt"]["shape_match"]) == len(EVAL_PROMPTS)
         assert (tmp_path / "samples" / ("4-step" if name == "4-step" else "4-step-nvfp4") / "strip.png").is_file()
-    assert evals["procedural (real clips)"]["prompt_colour_match"] > 0.9  # the metric on real clips
+    assert evals["procedural (real clips)"]["prompt_colour_match"] > 0.9  # the metrics on real clips
+    assert evals["procedural (real clips)"]["shape_match"] == 1.0
     assert "1 seeds each" in saved["metric"]
