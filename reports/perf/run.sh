@@ -12,6 +12,7 @@
 #                  q/k/v GEMM (--fuse-qkv), each profiled (device time by kind of kernel)
 #   PHASE=autotune (4 GPUs, one process per GPU) compile mode default vs max-autotune-no-cudagraphs on the same GPU:
 #                  BF16, FP8, FP8 with fused q/k/v, FP8 + NVFP4 KV; 4 and 2 steps
+#   PHASE=autotune2 (2 GPUs) the same for FP8 and FP8 + NVFP4 KV, max-autotune with the GEMMs kept on cuBLAS
 #   PHASE=spprof   (4 GPUs) compiled BF16 4-step profiles at sp = 1 and sp = 4 (rank 0): where sp = 4 loses time
 # Everything lands in $OUT (rows.jsonl / JSON with manifests, profiles) and is packed into $OUT/perf.tar.gz.
 set -euo pipefail
@@ -88,6 +89,17 @@ case "$PHASE" in
     done
     wait
     grep -h "FPS\|ceilings\|Error" "$OUT"/autotune/*.log ;;
+  autotune2)
+    i=0
+    for cfg in "fp8:none:4 fp8:none:2|fp8" "fp8:nvfp4:4 fp8:nvfp4:2|fp8_nvfp4kv"; do
+      configs=${cfg%|*}; name=${cfg#*|}
+      CUDA_VISIBLE_DEVICES=$i python -m longlive.bench.perf --configs $configs \
+        --compile default max-autotune-no-cudagraphs --chunks 8 --profile --out "$OUT/autotune2/$name" \
+        > "$OUT/autotune2/$name.log" 2>&1 &
+      i=$((i + 1))
+    done
+    wait
+    grep -h "FPS\|ceilings\|Error" "$OUT"/autotune2/*.log ;;
   spprof)
     for n in 1 4; do
       torchrun --standalone --nproc_per_node=$n -m longlive.bench.sp --chunks 8 --steps 4 --quant none \
