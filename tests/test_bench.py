@@ -21,7 +21,8 @@ def test_perf_bench_checks_its_configs_before_any_work():
 def test_device_time_breakdown_sorts_kernels_by_kind_and_skips_cpu_ops():
     from longlive.bench.chunks import device_time_breakdown
 
-    events = [("aten::linear", 0.0), ("nvjet_tst_128x256_64x4", 500.0), ("triton_poi_fused_add_mul_0", 120.0),
+    events = [("aten::linear", 0.0), ("nvjet_tst_128x256_64x4", 400.0), ("triton_poi_fused_add_mul_0", 100.0),
+              ("triton_red_fused__scaled_mm__to_copy_abs_amax_1", 20.0), ("triton_tem_fused_mm_2", 100.0),
               ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop", 700.0), ("void at::native::copy_kernel", 30.0),
               ("void at::native::vectorized_elementwise_kernel", 10.0), ("aten::mm", 0.0)]
     assert device_time_breakdown(events) == {"attention": 700.0, "GEMM": 500.0, "fused pointwise (inductor)": 120.0,
