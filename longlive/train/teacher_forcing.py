@@ -116,16 +116,23 @@ def sample_t_index(num_blocks: int, generator: torch.Generator | None = None, de
     raise ValueError(f"unknown timestep density {density!r}; choose one of {', '.join(TIMESTEP_DENSITIES)}")
 
 
+def _per_frame(v: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """σ or w per latent frame, [F] (shared by the batch) or [B, F] → [B or 1, 1, F, 1, 1] float32."""
+    v = v.to(device=device, dtype=torch.float32)
+    return v.view(v.shape[0] if v.dim() == 2 else 1, 1, -1, 1, 1)
+
+
 def add_noise(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """x_t = (1−σ)·x0 + σ·ε with σ per latent frame (x0 [B, C, F, H, W], σ [F])."""
-    s = sigma.to(device=x0.device, dtype=torch.float32).view(1, 1, -1, 1, 1)
+    """x_t = (1−σ)·x0 + σ·ε with σ per latent frame (x0 [B, C, F, H, W], σ [F] or per sample [B, F])."""
+    s = _per_frame(sigma, x0.device)
     return ((1 - s) * x0.float() + s * noise.float()).to(x0.dtype)
 
 
 def weighted_frame_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Per-frame MSE over (C, H, W) times the frame's weight → [B, F] (float32)."""
+    """Per-frame MSE over (C, H, W) times the frame's weight ([F], or per sample [B, F]) → [B, F] (float32)."""
     per_frame = (pred.float() - target.float()).pow(2).mean(dim=(1, 3, 4))
-    return per_frame * weight.to(per_frame.device, torch.float32)[None]
+    w = weight.to(per_frame.device, torch.float32)
+    return per_frame * (w if w.dim() == 2 else w[None])
 
 
 # -- the block-causal teacher-forcing mask ----------------------------------------------------------------------
@@ -268,6 +275,32 @@ def check_tf_shapes(model, x0: torch.Tensor, t_index: torch.Tensor, frame_prompt
     return frames, (x0.shape[3] // ph) * (x0.shape[4] // pw)
 
 
+def _noised(x0: torch.Tensor, noise: torch.Tensor, sched: FrameSchedule, chunk: int,
+            recycler: ErrorRecycler | None, generator: torch.Generator | None
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One sample's (clean context, noisy input, velocity target), with this step's error-recycling injection drawn
+    from `generator` when a recycler is given (see `teacher_forcing_loss`)."""
+    x_t = add_noise(x0, noise, sched.sigma)
+    target = noise - x0
+    if recycler is None:
+        return x0, x_t, target
+    inj = recycler.plan(sched.t[::chunk], sched.sigma[::chunk], x0.shape, chunk, generator, x0.device)
+    if inj is None:
+        return x0, x_t, target
+    ctx = (x0.float() + inj.context).to(x0.dtype)
+    x_t = (x_t.float() + inj.latent).to(x0.dtype)
+    if recycler.cfg.target == "corrective":
+        target = target.float() + inj.latent / _per_frame(sched.sigma, x0.device)
+    return ctx, x_t, target
+
+
+def _tf_attention(frames: int, tpf: int, chunk: int, attn: str) -> AttnFn:
+    """The block-causal teacher-forcing mask over [clean ; noisy], as the model's attn_fn."""
+    masked = MaskedAttention(tf_mask_mod(frames, tpf, chunk), 2 * frames * tpf, attn,
+                             cache_key=("natural", frames, tpf, chunk))
+    return lambda q, k, v, layer: masked(q, k, v)
+
+
 def teacher_forcing_loss(
     model,
     x0: torch.Tensor,
@@ -299,27 +332,15 @@ def teacher_forcing_loss(
     chunk = model.cfg.chunk_frames
     sched = frame_schedule(t_index, chunk, loss_weighting)
     dev = x0.device
-    x_t = add_noise(x0, noise, sched.sigma)
-    target = noise - x0
-    ctx = x0
-    if recycler is not None:
-        if recycle_generator is None:
-            raise ValueError("error recycling needs recycle_generator (seeded per step and rank) for determinism")
-        inj = recycler.plan(sched.t[::chunk], sched.sigma[::chunk], x0.shape, chunk, recycle_generator, dev)
-        if inj is not None:
-            ctx = (x0.float() + inj.context).to(x0.dtype)
-            x_t = (x_t.float() + inj.latent).to(x0.dtype)
-            if recycler.cfg.target == "corrective":
-                s = sched.sigma.to(device=dev, dtype=torch.float32).view(1, 1, -1, 1, 1)
-                target = target.float() + inj.latent / s
+    if recycler is not None and recycle_generator is None:
+        raise ValueError("error recycling needs recycle_generator (seeded per step and rank) for determinism")
+    ctx, x_t, target = _noised(x0, noise, sched, chunk, recycler, recycle_generator)
     seq = torch.cat([ctx, x_t], dim=2)
     t_seq = torch.cat([torch.zeros(frames), sched.t]).to(dev)[None]
     frame_prompt = torch.as_tensor(frame_prompt, device=dev).long()
-    masked = MaskedAttention(tf_mask_mod(frames, tpf, chunk), 2 * frames * tpf, attn,
-                             cache_key=("natural", frames, tpf, chunk))
     out = model(
         seq, t_seq, prompts_embeds, frame_positions=list(range(frames)) * 2,
-        attn_fn=lambda q, k, v, layer: masked(q, k, v), frame_prompt=torch.cat([frame_prompt, frame_prompt]),
+        attn_fn=_tf_attention(frames, tpf, chunk, attn), frame_prompt=torch.cat([frame_prompt, frame_prompt]),
     )
     v_hat = out[:, :, frames:]
     if recycler is not None:
@@ -358,35 +379,18 @@ def batched_teacher_forcing_loss(
     if recycler is not None and (recycle_generators is None or len(recycle_generators) != B):
         raise ValueError("error recycling needs one recycle generator per sample (seeded per step, rank and sample)")
     scheds = [frame_schedule(t_index[b], chunk, loss_weighting) for b in range(B)]
-    sigma = torch.stack([sc.sigma for sc in scheds])  # [B, F]
-    s = sigma.to(device=dev, dtype=torch.float32).view(B, 1, frames, 1, 1)
-    x_t = ((1 - s) * x0.float() + s * noise.float()).to(x0.dtype)
-    target = noise - x0
-    ctx = x0
-    if recycler is not None:
-        ctx, x_t, target = ctx.clone(), x_t.clone(), target.float().clone()
-        for b, sc in enumerate(scheds):
-            inj = recycler.plan(sc.t[::chunk], sc.sigma[::chunk], x0[b:b + 1].shape, chunk, recycle_generators[b],
-                                dev)
-            if inj is None:
-                continue
-            ctx[b:b + 1] = (x0[b:b + 1].float() + inj.context).to(x0.dtype)
-            x_t[b:b + 1] = (x_t[b:b + 1].float() + inj.latent).to(x0.dtype)
-            if recycler.cfg.target == "corrective":
-                target[b:b + 1] = target[b:b + 1] + inj.latent / s[b:b + 1]
+    gens = recycle_generators or [None] * B
+    parts = [_noised(x0[b:b + 1], noise[b:b + 1], sc, chunk, recycler, gens[b]) for b, sc in enumerate(scheds)]
+    ctx, x_t, target = (torch.cat([p[i] for p in parts]) for i in range(3))
     seq = torch.cat([ctx, x_t], dim=2)
     t_seq = torch.cat([torch.zeros(B, frames), torch.stack([sc.t for sc in scheds])], dim=1).to(dev)
-    masked = MaskedAttention(tf_mask_mod(frames, tpf, chunk), 2 * frames * tpf, attn,
-                             cache_key=("natural", frames, tpf, chunk))
     out = model(seq, t_seq, prompt_embeds, frame_positions=list(range(frames)) * 2,
-                attn_fn=lambda q, k, v, layer: masked(q, k, v))
+                attn_fn=_tf_attention(frames, tpf, chunk, attn))
     v_hat = out[:, :, frames:]
     if recycler is not None:
         for b, sc in enumerate(scheds):
             recycler.record(sc.t[::chunk], x_t[b:b + 1], v_hat[b:b + 1], x0[b:b + 1], noise[b:b + 1], sc.sigma, chunk)
-    per_frame = (v_hat.float() - target.float()).pow(2).mean(dim=(1, 3, 4))  # [B, F]
-    weight = torch.stack([sc.weight for sc in scheds]).to(per_frame.device, torch.float32)
-    return (per_frame * weight).mean()
+    return weighted_frame_mse(v_hat, target, torch.stack([sc.weight for sc in scheds])).mean()
 
 
 def predicted_x0(x_t: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
