@@ -26,6 +26,17 @@ fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-}
 mkdir -p "$OUT/$PHASE"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv > "$OUT/$PHASE/nvidia-smi.txt"
+perf_per_gpu() {  # one `bench.perf` per GPU, all at once: each argument is "name|perf arguments" (8 timed chunks)
+  local i=0 spec
+  for spec in "$@"; do
+    # shellcheck disable=SC2086  # the perf arguments are meant to split
+    CUDA_VISIBLE_DEVICES=$i python -m longlive.bench.perf ${spec#*|} --chunks 8 --out "$OUT/$PHASE/${spec%%|*}" \
+      > "$OUT/$PHASE/${spec%%|*}.log" 2>&1 &
+    i=$((i + 1))
+  done
+  wait
+  grep -h "FPS\|ceilings\|Error" "$OUT/$PHASE"/*.log || true  # a summary: the logs and rows are the record
+}
 case "$PHASE" in
   denoise)
     python -m longlive.bench.perf --configs bf16:none:4 bf16:none:2 --compile none default --chunks 8 \
@@ -65,41 +76,18 @@ case "$PHASE" in
       done
     done ;;
   fuse)
-    i=0
-    for prec in bf16 fp8; do
-      for fuse in unfused fused; do
-        flag=""; if [ "$fuse" = fused ]; then flag="--fuse-qkv"; fi
-        CUDA_VISIBLE_DEVICES=$i python -m longlive.bench.perf --configs $prec:none:4 $prec:none:2 --compile default \
-          --chunks 8 --profile $flag --out "$OUT/fuse/${prec}_${fuse}" > "$OUT/fuse/${prec}_${fuse}.log" 2>&1 &
-        i=$((i + 1))
-      done
-    done
-    wait
-    grep -h "FPS\|ceilings" "$OUT"/fuse/*.log ;;
+    perf_per_gpu "bf16_unfused|--configs bf16:none:4 bf16:none:2 --compile default --profile" \
+      "bf16_fused|--configs bf16:none:4 bf16:none:2 --compile default --profile --fuse-qkv" \
+      "fp8_unfused|--configs fp8:none:4 fp8:none:2 --compile default --profile" \
+      "fp8_fused|--configs fp8:none:4 fp8:none:2 --compile default --profile --fuse-qkv" ;;
   autotune)
-    i=0
-    for cfg in "bf16:none:4 bf16:none:2|bf16" "fp8:none:4 fp8:none:2|fp8" "fp8:none:4 fp8:none:2|fp8_fused" \
-               "fp8:nvfp4:4 fp8:nvfp4:2|fp8_nvfp4kv"; do
-      configs=${cfg%|*}; name=${cfg#*|}; flag=""
-      if [ "$name" = fp8_fused ]; then flag="--fuse-qkv"; fi
-      CUDA_VISIBLE_DEVICES=$i python -m longlive.bench.perf --configs $configs \
-        --compile default max-autotune-no-cudagraphs --chunks 8 $flag --out "$OUT/autotune/$name" \
-        > "$OUT/autotune/$name.log" 2>&1 &
-      i=$((i + 1))
-    done
-    wait
-    grep -h "FPS\|ceilings\|Error" "$OUT"/autotune/*.log ;;
+    modes="--compile default max-autotune-no-cudagraphs"
+    perf_per_gpu "bf16|--configs bf16:none:4 bf16:none:2 $modes" "fp8|--configs fp8:none:4 fp8:none:2 $modes" \
+      "fp8_fused|--configs fp8:none:4 fp8:none:2 $modes --fuse-qkv" \
+      "fp8_nvfp4kv|--configs fp8:nvfp4:4 fp8:nvfp4:2 $modes" ;;
   autotune2)
-    i=0
-    for cfg in "fp8:none:4 fp8:none:2|fp8" "fp8:nvfp4:4 fp8:nvfp4:2|fp8_nvfp4kv"; do
-      configs=${cfg%|*}; name=${cfg#*|}
-      CUDA_VISIBLE_DEVICES=$i python -m longlive.bench.perf --configs $configs \
-        --compile default max-autotune-no-cudagraphs --chunks 8 --profile --out "$OUT/autotune2/$name" \
-        > "$OUT/autotune2/$name.log" 2>&1 &
-      i=$((i + 1))
-    done
-    wait
-    grep -h "FPS\|ceilings\|Error" "$OUT"/autotune2/*.log ;;
+    modes="--compile default max-autotune-no-cudagraphs --profile"
+    perf_per_gpu "fp8|--configs fp8:none:4 fp8:none:2 $modes" "fp8_nvfp4kv|--configs fp8:nvfp4:4 fp8:nvfp4:2 $modes" ;;
   spprof)
     for n in 1 4; do
       torchrun --standalone --nproc_per_node=$n -m longlive.bench.sp --chunks 8 --steps 4 --quant none \
