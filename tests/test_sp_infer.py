@@ -42,10 +42,12 @@ def test_compiled_sp2_equals_single_process(tmp_path):
 
 
 def test_sp2_with_quantised_kv_cache(tmp_path):
-    rows = _run_sp(tmp_path, "--exchange", "none", "--kv-quant", "nvfp4")
+    rows = _run_sp(tmp_path, "--exchange", "none", "--kv-quant", "nvfp4", "--profile", str(tmp_path / "prof.txt"))
     # per-rank head groups get their own NVFP4 tensor scales, so not bit-equal, but close
     assert rows[0]["latent_rel_err_vs_ref"] < 1e-2
     assert rows[0]["kv_cache_gb_per_rank"] > 0
+    # the profile runs on both ranks (its collectives) and rank 0 writes it
+    assert (tmp_path / "prof.txt").read_text().startswith("tiny sp=2 rank 0, none Linears, exchange none, 2-step")
 
 
 def test_sp_errors_before_work():

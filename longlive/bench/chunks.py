@@ -73,19 +73,24 @@ def run(preset: str, chunks: int, steps_list: list[int], dtype: str, attn: str, 
     return {"rows": rows, "manifest": manifest(config, seed)}
 
 
-def profile_chunks(model, cfg, embeds, steps: int, seed: int, dtype: str, path: Path) -> None:
+def profile_chunks(model, cfg, embeds, steps: int, seed: int, dtype: str | None, path: Path, *, sp=None,
+                   record: bool = True, title: str | None = None) -> None:
     """Profile a run long enough to fill the window plus one steady chunk (KV cache stored as `dtype`); write the
-    device time by kind of kernel and the top kernels."""
+    device time by kind of kernel and the top kernels. Under SP every rank must call it (the collectives run);
+    only those with `record` profile and write."""
     from torch.profiler import ProfilerActivity, profile
 
     slots = cfg.window_frames // cfg.chunk_frames
     spec = GenerationSpec(prompts=["random"], frames=(slots + 1) * cfg.chunk_frames, steps=steps, seed=seed,
                           warmup_chunks=slots, kv_storage=dtype)
+    if not record:
+        generate(model, spec, embeds, sp=sp)
+        return
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     with profile(activities=acts) as prof:
-        generate(model, spec, embeds)
-    write_profile(prof, path, f"{cfg.name}, KV cache {dtype}, {steps}-step, {slots + 1} chunks (window fills at chunk "
-                              f"{slots - 1})")
+        generate(model, spec, embeds, sp=sp)
+    write_profile(prof, path, title or f"{cfg.name}, KV cache {dtype}, {steps}-step, {slots + 1} chunks (window "
+                                       f"fills at chunk {slots - 1})")
 
 
 def write_profile(prof, path: Path, title: str) -> None:

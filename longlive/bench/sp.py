@@ -159,22 +159,12 @@ def run(preset: str, chunks: int, steps: int | list[int], exchanges: list[str], 
                       f"{row['denoise_fps']:.2f} FPS, {row['bytes_per_forward'] / 1e6:.1f} MB/forward, rel.err "
                       f"{row.get('latent_rel_err_vs_ref', float('nan')):.2e}", flush=True)
     if profile is not None:  # every rank runs it (the collectives); rank 0 records
-        from torch.profiler import ProfilerActivity
-        from torch.profiler import profile as torch_profile
+        from longlive.bench.chunks import profile_chunks
 
-        from longlive.bench.chunks import write_profile
-
-        pspec = dataclasses.replace(spec, steps=steps_list[0], frames=(slots + 1) * cfg.chunk_frames,
-                                    warmup_chunks=slots)
         pctx = SPContext(dims.sp_group, dims.sp_rank, dims.sp, compress_kv=exchanges[0]) if dims.world > 1 else None
-        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
-        if dims.is_main:
-            with torch_profile(activities=acts) as prof:
-                generate(model, pspec, embeds, sp=pctx)
-            write_profile(prof, Path(profile), f"{preset} sp={dims.sp} rank 0, {quant} Linears, exchange "
-                                               f"{exchanges[0]}, {pspec.steps}-step, {slots + 1} chunks")
-        else:
-            generate(model, pspec, embeds, sp=pctx)
+        profile_chunks(model, cfg, embeds, steps_list[0], seed, spec.kv_storage, Path(profile), sp=pctx,
+                       record=dims.is_main, title=f"{preset} sp={dims.sp} rank 0, {quant} Linears, exchange "
+                                                  f"{exchanges[0]}, {steps_list[0]}-step, {slots + 1} chunks")
     if decode != "none":
         rows.append(_e2e(model, spec, embeds, dims, decode, exchanges[0], preset, spec.steps, chunks, dtype))
     if dims.world > 1:

@@ -257,8 +257,9 @@ def _evaluate(out: Path, palette: torch.Tensor, seeds: int = EVAL_SEEDS) -> dict
                 col.append(prompt_colour_match(frames, named_colours(prompt), grey))
                 col0.append(prompt_colour_match(frames[:1], named_colours(prompt), grey))  # the unconditioned chunk
                 fg.append(foreground_fraction(frames, grey))
-                shp.append(shape_match(frames, named_shape(prompt), grey))
-                iou.append(shape_iou(frames, named_shape(prompt), grey))
+                kind = named_shape(prompt)
+                shp.append(shape_match(frames, kind, grey))
+                iou.append(shape_iou(frames, kind, grey))
                 flick.append(float(temporal_flickering(frames)))
                 fps.append(r["denoise_fps"])
                 if seed == 0:
