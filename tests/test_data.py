@@ -206,3 +206,38 @@ def test_colour_change_probability_narrows_the_task_and_keeps_other_draws() -> N
     assert len(keys) == 2  # narrowed data never shares a latent-cache entry with the default
     with pytest.raises(ValueError, match="colour_change is a probability"):
         ProceduralVideos(64, 64, 24, colour_change=1.5)
+
+
+def test_speed_range_narrows_the_motion_and_keeps_other_draws() -> None:
+    from longlive.train.data import ProceduralDataset
+
+    base = ProceduralVideos(64, 64, 24, seed=7, max_shapes=1, colour_change=0.0)
+    slow = ProceduralVideos(64, 64, 24, seed=7, max_shapes=1, colour_change=0.0, speed=(0.05, 0.1))
+    still = ProceduralVideos(64, 64, 24, seed=7, max_shapes=1, colour_change=0.0, speed=(0.0, 0.0))
+    for i in range(8):
+        (_, cap_b, mb), (_, cap_s, ms), (fr_0, cap_0, m0) = base.clip(i, 12), slow.clip(i, 12), still.clip(i, 12)
+        assert cap_b == cap_s == cap_0  # same scene draws, only the speed differs
+        cb, cs, c0 = (np.asarray(m["centres"]) for m in (mb, ms, m0))
+        assert np.allclose(cb[0], cs[0]) and np.allclose(cb[0], c0[0])  # same start
+        step = np.linalg.norm(np.diff(cs[:, 0], axis=0), axis=-1)
+        assert np.all(step <= 0.1 * 64 / 24 + 1e-4) and step.max() > 0.5 * 0.05 * 64 / 24  # bounces only shorten a step
+        assert np.allclose(c0, c0[0]) and torch.equal(fr_0[0], fr_0[-1])  # speed 0: a still shape
+    keys = {ProceduralDataset(g, n_samples=1).sample_key(0) for g in (base, slow)}
+    assert len(keys) == 2
+    with pytest.raises(ValueError, match="speed range"):
+        ProceduralVideos(64, 64, 24, speed=(0.5, 0.1))
+
+
+def test_multishot_captions_match_the_rendered_ones_without_rendering() -> None:
+    from longlive.train.data import ProceduralDataset
+
+    gen = ProceduralVideos(48, 48, 24, seed=11)
+    for index, shots, lengths in ((0, 1, 9), (3, 2, 9), (5, 3, [5, 9, 13])):
+        _, _, meta = gen.multishot(index, shots, lengths)
+        assert gen.multishot_captions(index, shots, lengths) == meta["raw_captions"]
+    ds = ProceduralDataset(gen, n_samples=4, shots=2, frames_per_shot=9)
+    assert ds.captions(2) == ds[2][1]
+    with pytest.raises(IndexError):
+        ds.captions(4)
+    with pytest.raises(ValueError, match="one length per shot"):
+        gen.multishot_captions(0, 2, [5])

@@ -41,6 +41,15 @@ class ByteTokenizer:
         data = clean_prompt(prompt).encode("utf-8")[: self.max_len - 1]
         return [b + BYTE_OFFSET for b in data] + [EOS_ID]
 
+    def visible(self, prompt: str) -> str:
+        """The part of the cleaned prompt the ids keep (truncation drops the rest; a word cut in two is dropped)."""
+        text = clean_prompt(prompt)
+        data = text.encode("utf-8")
+        kept = data[: self.max_len - 1].decode("utf-8", errors="ignore")
+        if kept and len(kept) < len(text) and kept[-1].isalnum() and text[len(kept)].isalnum():
+            kept = kept[: len(kept) - len(kept.split()[-1])] if kept.split() else ""
+        return kept
+
     def __call__(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
         ids = torch.full((len(prompts), self.max_len), PAD_ID, dtype=torch.long)
         mask = torch.zeros((len(prompts), self.max_len), dtype=torch.long)

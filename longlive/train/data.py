@@ -53,6 +53,7 @@ SHAPES = ("circle", "square", "triangle")
 DEFAULT_MAX_SHAPES = 3
 DEFAULT_RADIUS = (0.08, 0.16)  # fraction of the shorter side
 DEFAULT_COLOUR_CHANGE = 0.5  # probability that one shape of a clip changes colour part-way
+DEFAULT_SPEED = (0.25, 0.75)  # shorter sides per second
 _COLOUR_NAMES = tuple(COLOURS)
 _BLOCK = 64  # frames drawn per vectorised block (bounds memory for long clips)
 
@@ -107,11 +108,13 @@ class ProceduralVideos:
 
     def __init__(self, height: int = 128, width: int = 128, fps: int = 24, seed: int = 0,
                  backgrounds: Sequence[str] | None = None, max_shapes: int = DEFAULT_MAX_SHAPES,
-                 radius: tuple[float, float] = DEFAULT_RADIUS, colour_change: float = DEFAULT_COLOUR_CHANGE) -> None:
+                 radius: tuple[float, float] = DEFAULT_RADIUS, colour_change: float = DEFAULT_COLOUR_CHANGE,
+                 speed: tuple[float, float] = DEFAULT_SPEED) -> None:
         """backgrounds / max_shapes / radius (fraction of the shorter side) / colour_change (probability that a shape
-        changes colour mid-clip) narrow the distribution (a smaller task for tiny models); the defaults draw from every
-        palette colour, 1–3 shapes of radius 8–16 %, a change in half the clips, and narrowing keeps the draw order,
-        so every other draw is unchanged."""
+        changes colour mid-clip) / speed (shorter sides per second) narrow the distribution (a smaller task for tiny
+        models); the defaults draw from every palette colour, 1–3 shapes of radius 8–16 % moving at 0.25–0.75 sides
+        per second, a change in half the clips, and narrowing keeps the draw order, so every other draw is
+        unchanged."""
         unknown = [c for c in backgrounds or () if c not in COLOURS]
         if unknown:
             raise ValueError(f"unknown background colour(s) {unknown}; known: {', '.join(COLOURS)}")
@@ -126,6 +129,9 @@ class ProceduralVideos:
         if not 0.0 <= colour_change <= 1.0:
             raise ValueError(f"colour_change is a probability, got {colour_change}")
         self.colour_change = float(colour_change)
+        if not 0 <= speed[0] <= speed[1]:
+            raise ValueError(f"speed range must satisfy 0 <= lo <= hi (shorter sides per second), got {speed}")
+        self.speed = (float(speed[0]), float(speed[1]))
         self._yy = (np.arange(height, dtype=np.float32) + 0.5)[:, None]
         self._xx = (np.arange(width, dtype=np.float32) + 0.5)[None, :]
 
@@ -144,7 +150,7 @@ class ProceduralVideos:
         lo = np.stack([radius, radius], axis=1)  # [n, 2] (x, y)
         hi = np.stack([self.width - radius, self.height - radius], axis=1)
         p0 = lo + rng.random((n, 2)) * (hi - lo)
-        speed = rng.uniform(0.25, 0.75, size=n) * side / self.fps  # px per frame
+        speed = rng.uniform(*self.speed, size=n) * side / self.fps  # px per frame
         angle = rng.uniform(0, 2 * np.pi, size=n)
         vel = np.stack([np.cos(angle), np.sin(angle)], axis=1) * speed[:, None]
         change = bool(rng.random() < self.colour_change) and num_frames >= 2
@@ -239,6 +245,20 @@ class ProceduralVideos:
         captions = [c if k == 0 else TRANSITION_PREFIX + c for k, c in enumerate(raw)]
         meta = {"shots": metas, "raw_captions": raw, "bounds": bounds}
         return torch.from_numpy(np.concatenate(frames)), captions, meta
+
+    def multishot_captions(self, index: int, shots: int = 2, frames_per_shot: int | Sequence[int] = 48) -> list[str]:
+        """`multishot(...)`'s raw captions (meta["raw_captions"]) without rendering a frame: the scene draws alone
+        decide them, so text-only work (pretraining the text encoder) need not render the clips."""
+        lengths = [frames_per_shot] * shots if isinstance(frames_per_shot, int) else list(frames_per_shot)
+        if len(lengths) != shots or shots < 1:
+            raise ValueError(f"need one length per shot ({shots}), got {frames_per_shot}")
+        rng = np.random.default_rng([self.seed, index, 1])
+        raw, prev = [], None
+        for n in lengths:
+            scene = self._scene(rng, n, avoid_background=prev)
+            prev = scene["background"]
+            raw.append(self.caption(scene))
+        return raw
 
     def _meta(self, scene: dict, centres: np.ndarray) -> dict:
         return {
@@ -381,10 +401,18 @@ class ProceduralDataset:
             f"/bg={','.join(g.backgrounds or ())}/max_shapes={g.max_shapes}/radius={g.radius[0]}-{g.radius[1]}"
         if g.colour_change != DEFAULT_COLOUR_CHANGE:
             narrowed += f"/colour_change={g.colour_change}"
+        if g.speed != DEFAULT_SPEED:
+            narrowed += f"/speed={g.speed[0]}-{g.speed[1]}"
         return (
             f"procedural:seed={g.seed}/i={index}/shots={self.shots}x{self.frames_per_shot}"
             f"@{g.height}x{g.width}@{g.fps}fps{narrowed}"
         )
+
+    def captions(self, index: int) -> list[str]:
+        """Item `index`'s captions, without rendering it."""
+        if not 0 <= index < self.n:
+            raise IndexError(index)
+        return self.gen.multishot_captions(index, self.shots, self.frames_per_shot)
 
     def __getitem__(self, index: int) -> tuple[Tensor, list[str], list[int]]:
         if not 0 <= index < self.n:

@@ -5,7 +5,8 @@
 1. the autoencoder: the tiny preset's linear patch codec (`longlive.vae.pca_codec`), fitted in closed form to
    procedural clips in seconds — the Wan2.2 VAE graph at tiny widths does not learn the shapes on 2 CPU cores in
    minutes (reports/tiny-default run1–3; `vae_train` still trains it);
-2. the tiny umT5 text encoder stays at its seeded initialisation (the captions only need to be told apart);
+2. the tiny umT5 text encoder: its seeded initialisation, optionally given caption semantics by a few seconds of
+   bag-of-words pretraining on the training captions (`TINY_TEXT_PRETRAIN_STEPS`, `longlive.text.pretrain`);
 3. the AR model by teacher forcing on cached latents of procedural clips;
 4. a 2-step LoRA by DMD on top of it, merged into its own checkpoint.
 Weights land in LONGLIVE_WEIGHTS/tiny (where `longlive generate --preset tiny` and `make reproduce` look), with
@@ -45,6 +46,9 @@ TINY_TIMESTEP_DENSITY = "table"  # TrainConfig.timestep_density
 # DMD's CFG scale for the 2-step LoRA (r = r_c + s·(r_c − r_u)). At the release's 3, run10's teacher (trained with
 # uniform weighting) flooded the frame with the prompt's colour: foreground 0.71 against the real clips' 0.09.
 TINY_DMD_GUIDANCE = 1.0
+# Bag-of-words pretraining of the tiny text encoder (longlive.text.pretrain; 0 = keep the seeded weights): with
+# the seeded byte-level encoder the shape word moved the first chunk a sixth as much as the colour word.
+TINY_TEXT_PRETRAIN_STEPS = 0
 AR_SHARE = 0.7  # of the time left after the codec and the data; the 2-step LoRA gets the rest
 
 
@@ -99,15 +103,24 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0, samples: int 
     write_frame_strip(torch.cat([held_out, rec], dim=1), out / "vae_reconstruction.png", num=11)
     _log(f"vae reconstruction (held-out 61-frame clip): {json.dumps(vae_quality)}")
 
-    # 2. text encoder (seeded) ----------------------------------------------------------------------------------
-    text = build_text_encoder("tiny", seed=seed, device="cpu")
-    save_tiny_text_encoder(text, out / "text_encoder.safetensors")
-
-    # 3. AR teacher forcing -------------------------------------------------------------------------------------
     frames = 4 * cfg.chunk_frames  # 8 latents = 29 frames per sample
     # 1600 distinct clips (≈ 40 s to render and encode): with 192 (run5) the model memorised them — held-out
     # teacher-forcing loss 0.79 against 0.53 on the training clips.
     ds = ProceduralDataset(gen, n_samples=samples or TINY_SAMPLES, shots=1, frames_per_shot=1 + 4 * (frames - 1))
+
+    # 2. text encoder: seeded, then (TINY_TEXT_PRETRAIN_STEPS) a bag-of-words pretraining on the captions --------
+    text = build_text_encoder("tiny", seed=seed, device="cpu")
+    text_info: dict = {"pretrain_steps": 0}
+    if TINY_TEXT_PRETRAIN_STEPS:
+        from longlive.text.pretrain import pretrain_bag_of_words
+
+        captions = [c for i in range(len(ds)) for c in ds.captions(i)]
+        text_info = pretrain_bag_of_words(text, captions, steps=TINY_TEXT_PRETRAIN_STEPS, seed=seed, log=_log)
+    save_tiny_text_encoder(text, out / "text_encoder.safetensors")
+    # Reloaded from the file, so the embedding cache is keyed by the saved weights, as at inference.
+    text = build_text_encoder("tiny", checkpoint=out / "text_encoder.safetensors", device="cpu")
+
+    # 3. AR teacher forcing -------------------------------------------------------------------------------------
     samples = list(training_samples(ds, vae, text, LatentCache(out / "cache" / "latents"),
                                     EmbeddingCache(out / "cache" / "text"), num_latents=frames))
     _log(f"encoded {len(samples)} training samples ({time.perf_counter() - t_start:.0f} s so far)")
@@ -170,7 +183,7 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0, samples: int 
     seeds = eval_seeds or EVAL_SEEDS
     evals.update(_evaluate(out, palette, seeds=seeds))
     result = {"minutes": (time.perf_counter() - t_start) / 60, "vae": {"kind": "pca codec", **codec_stats},
-              "vae_reconstruction": vae_quality, "ar_steps": steps, "ar_summary": summary,
+              "vae_reconstruction": vae_quality, "text_encoder": text_info, "ar_steps": steps, "ar_summary": summary,
               "lora": lora_info, "eval": evals,
               "metric": "palette_match: fraction of pixels within 24/255 (L∞) of a procedural palette colour; "
                         "prompt_colour_match: fraction of foreground pixels (> 48/255 from the grey background) "
