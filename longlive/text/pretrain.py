@@ -89,7 +89,7 @@ def pretrain_bag_of_words(encoder: UMT5TextEncoder, captions: Sequence[str], *, 
     head = head.to(encoder.device)
     ids_all, mask_all = encoder.tokenize(distinct)
     target_all = bag_of_words([visible_text(encoder, c) for c in distinct], vocab)
-    params = [p for p in model.parameters()]
+    params = list(model.parameters())
     model.requires_grad_(True)  # kept in eval mode: no dropout, so the result depends on `seed` alone
     opt = torch.optim.Adam(params + list(head.parameters()), lr=lr)
     first = last = float("nan")

@@ -75,6 +75,13 @@ def shape_sdf(kind: str, dx, dy, r):
     raise ValueError(f"unknown shape {kind!r}; known shapes: {', '.join(SHAPES)}")
 
 
+def _shot_lengths(shots: int, frames_per_shot: int | Sequence[int]) -> list[int]:
+    lengths = [frames_per_shot] * shots if isinstance(frames_per_shot, int) else list(frames_per_shot)
+    if len(lengths) != shots or shots < 1:
+        raise ValueError(f"need one length per shot ({shots}), got {frames_per_shot}")
+    return lengths
+
+
 def _maximum(a, b):
     return torch.maximum(a, b) if isinstance(a, Tensor) else np.maximum(a, b)
 
@@ -229,9 +236,7 @@ class ProceduralVideos:
         after the first carry the "The scene transitions. " prefix; meta["raw_captions"] are without it
         (that is what the folder layout stores), meta["bounds"] the shot start frames plus the total.
         """
-        lengths = [frames_per_shot] * shots if isinstance(frames_per_shot, int) else list(frames_per_shot)
-        if len(lengths) != shots or shots < 1:
-            raise ValueError(f"need one length per shot ({shots}), got {frames_per_shot}")
+        lengths = _shot_lengths(shots, frames_per_shot)
         rng = np.random.default_rng([self.seed, index, 1])
         frames, raw, metas, bounds, prev = [], [], [], [0], None
         for n in lengths:
@@ -249,9 +254,7 @@ class ProceduralVideos:
     def multishot_captions(self, index: int, shots: int = 2, frames_per_shot: int | Sequence[int] = 48) -> list[str]:
         """`multishot(...)`'s raw captions (meta["raw_captions"]) without rendering a frame: the scene draws alone
         decide them, so text-only work (pretraining the text encoder) need not render the clips."""
-        lengths = [frames_per_shot] * shots if isinstance(frames_per_shot, int) else list(frames_per_shot)
-        if len(lengths) != shots or shots < 1:
-            raise ValueError(f"need one length per shot ({shots}), got {frames_per_shot}")
+        lengths = _shot_lengths(shots, frames_per_shot)
         rng = np.random.default_rng([self.seed, index, 1])
         raw, prev = [], None
         for n in lengths:
