@@ -228,6 +228,26 @@ def test_speed_range_narrows_the_motion_and_keeps_other_draws() -> None:
         ProceduralVideos(64, 64, 24, speed=(0.5, 0.1))
 
 
+def test_start_spread_centres_the_start_and_keeps_other_draws() -> None:
+    from longlive.train.data import ProceduralDataset
+
+    kw = dict(seed=3, max_shapes=1, colour_change=0.0, radius=(0.2, 0.3))
+    base, centred, near = (ProceduralVideos(48, 64, 24, start_spread=s, **kw) for s in (1.0, 0.0, 0.25))
+    for i in range(8):
+        (_, cap_b, mb), (_, cap_c, mc), (_, cap_n, mn) = base.clip(i, 6), centred.clip(i, 6), near.clip(i, 6)
+        assert cap_b == cap_c == cap_n
+        r = mb["shapes"][0]["radius"]
+        assert mc["shapes"][0]["radius"] == r
+        assert np.allclose(np.asarray(mc["centres"])[0, 0], [32.0, 24.0])  # (x, y) of the frame centre
+        # the same draw, scaled towards the centre: a quarter of the base offset
+        off_b = np.asarray(mb["centres"])[0, 0] - [32.0, 24.0]
+        assert np.allclose(np.asarray(mn["centres"])[0, 0] - [32.0, 24.0], 0.25 * off_b, atol=1e-4)
+    keys = {ProceduralDataset(g, n_samples=1).sample_key(0) for g in (base, centred)}
+    assert len(keys) == 2
+    with pytest.raises(ValueError, match="start_spread"):
+        ProceduralVideos(64, 64, 24, start_spread=1.5)
+
+
 def test_multishot_captions_match_the_rendered_ones_without_rendering() -> None:
     from longlive.train.data import ProceduralDataset
 

@@ -116,12 +116,13 @@ class ProceduralVideos:
     def __init__(self, height: int = 128, width: int = 128, fps: int = 24, seed: int = 0,
                  backgrounds: Sequence[str] | None = None, max_shapes: int = DEFAULT_MAX_SHAPES,
                  radius: tuple[float, float] = DEFAULT_RADIUS, colour_change: float = DEFAULT_COLOUR_CHANGE,
-                 speed: tuple[float, float] = DEFAULT_SPEED) -> None:
+                 speed: tuple[float, float] = DEFAULT_SPEED, start_spread: float = 1.0) -> None:
         """backgrounds / max_shapes / radius (fraction of the shorter side) / colour_change (probability that a shape
-        changes colour mid-clip) / speed (shorter sides per second) narrow the distribution (a smaller task for tiny
-        models); the defaults draw from every palette colour, 1–3 shapes of radius 8–16 % moving at 0.25–0.75 sides
-        per second, a change in half the clips, and narrowing keeps the draw order, so every other draw is
-        unchanged."""
+        changes colour mid-clip) / speed (shorter sides per second) / start_spread (share of the free range, centred,
+        that start positions are drawn from: 0 starts every shape at the frame centre) narrow the distribution (a
+        smaller task for tiny models); the defaults draw from every palette colour, 1–3 shapes of radius 8–16 %
+        moving at 0.25–0.75 sides per second from anywhere, a change in half the clips, and narrowing keeps the draw
+        order, so every other draw is unchanged."""
         unknown = [c for c in backgrounds or () if c not in COLOURS]
         if unknown:
             raise ValueError(f"unknown background colour(s) {unknown}; known: {', '.join(COLOURS)}")
@@ -139,6 +140,9 @@ class ProceduralVideos:
         if not 0 <= speed[0] <= speed[1]:
             raise ValueError(f"speed range must satisfy 0 <= lo <= hi (shorter sides per second), got {speed}")
         self.speed = (float(speed[0]), float(speed[1]))
+        if not 0.0 <= start_spread <= 1.0:
+            raise ValueError(f"start_spread is a share of the free range in [0, 1], got {start_spread}")
+        self.start_spread = float(start_spread)
         self._yy = (np.arange(height, dtype=np.float32) + 0.5)[:, None]
         self._xx = (np.arange(width, dtype=np.float32) + 0.5)[None, :]
 
@@ -156,7 +160,10 @@ class ProceduralVideos:
         radius = rng.uniform(*self.radius, size=n) * side
         lo = np.stack([radius, radius], axis=1)  # [n, 2] (x, y)
         hi = np.stack([self.width - radius, self.height - radius], axis=1)
-        p0 = lo + rng.random((n, 2)) * (hi - lo)
+        u = rng.random((n, 2))
+        if self.start_spread != 1.0:  # (the default keeps its exact arithmetic, so its clips stay bit-identical)
+            u = 0.5 + (u - 0.5) * self.start_spread
+        p0 = lo + u * (hi - lo)
         speed = rng.uniform(*self.speed, size=n) * side / self.fps  # px per frame
         angle = rng.uniform(0, 2 * np.pi, size=n)
         vel = np.stack([np.cos(angle), np.sin(angle)], axis=1) * speed[:, None]
@@ -406,6 +413,8 @@ class ProceduralDataset:
             narrowed += f"/colour_change={g.colour_change}"
         if g.speed != DEFAULT_SPEED:
             narrowed += f"/speed={g.speed[0]}-{g.speed[1]}"
+        if g.start_spread != 1.0:
+            narrowed += f"/start_spread={g.start_spread}"
         return (
             f"procedural:seed={g.seed}/i={index}/shots={self.shots}x{self.frames_per_shot}"
             f"@{g.height}x{g.width}@{g.fps}fps{narrowed}"

@@ -1,0 +1,76 @@
+"""One variant of the tiny-default recipe, trained by `train_tiny` under a wall-clock budget (issue 6 sweep).
+
+    python reports/tiny-default/sweep/sweep.py VARIANT --minutes 8 --work /tmp/sweep --keep $OUT
+
+A variant is a set of overrides of the recipe's constants (longlive.train.tiny) and of the tiny preset's shapes
+(longlive.model.presets), applied in this process before training, so generation in the same process sees them.
+Variants run side by side on the device machine's CPU cores (2 threads each, like the 2-core machine the tiny
+default is meant for); only their relative results mean something, since the cores are not ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+SLOW = {"speed": (0.08, 0.2)}  # run19's slower shapes
+VARIANTS: dict[str, dict] = {
+    "run19": {"task": SLOW},
+    "patch1": {"task": SLOW, "preset": {"patch_size": (1, 1, 1)}},
+    "layers4": {"task": SLOW, "preset": {"num_layers": 4}},
+    "centre": {"task": {**SLOW, "start_spread": 0.0}},
+    "spread03": {"task": {**SLOW, "start_spread": 0.3}},
+    "patch1-centre": {"task": {**SLOW, "start_spread": 0.0}, "preset": {"patch_size": (1, 1, 1)}},
+    "layers4-centre": {"task": {**SLOW, "start_spread": 0.0}, "preset": {"num_layers": 4}},
+    "run16-patch1": {"task": {}, "preset": {"patch_size": (1, 1, 1)}},
+}
+
+
+def apply(variant: dict) -> None:
+    import longlive.model.presets as P
+    import longlive.train.tiny as T
+
+    T.TINY_TASK = {**T.TINY_TASK, **variant.get("task", {})}
+    if variant.get("preset"):
+        P.PRESETS["tiny"] = P.PRESETS["tiny"].with_overrides(**variant["preset"])
+    for name, value in variant.get("constants", {}).items():
+        setattr(T, name, value)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("variant", choices=sorted(VARIANTS))
+    ap.add_argument("--minutes", type=float, default=8.0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--samples", type=int, default=None, help="fewer training clips (a plumbing check)")
+    ap.add_argument("--eval-seeds", type=int, default=None)
+    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--keep", type=Path, required=True, help="small results (eval, strips, weights) land here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    from longlive.train.tiny import train_tiny
+
+    apply(VARIANTS[args.variant])
+    work, keep = args.work / args.variant, args.keep / args.variant
+    keep.mkdir(parents=True, exist_ok=True)
+    (keep / "variant.json").write_text(json.dumps({"variant": args.variant, **VARIANTS[args.variant],
+                                                   "minutes": args.minutes, "threads": args.threads}, default=str))
+    result = train_tiny(work, minutes=args.minutes, seed=0, samples=args.samples, eval_seeds=args.eval_seeds)
+    for name in ("tiny_eval.json", "vae_reconstruction.png", "model_bf16.pt", "model_2step.pt", "vae.safetensors",
+                 "text_encoder.safetensors"):
+        if (work / name).exists():
+            shutil.copy2(work / name, keep / name)
+    for strip in (work / "samples").glob("*/strip.png"):
+        shutil.copy2(strip, keep / f"strip_{strip.parent.name}.png")
+    ev = result["eval"]
+    print(json.dumps({k: {m: v.get(m) for m in ("prompt_colour_match", "shape_match", "shape_iou")}
+                      for k, v in ev.items()}), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
