@@ -21,4 +21,6 @@ for v in $VARIANTS; do
   i=$((i + 1))
 done
 wait
-for v in $VARIANTS; do echo "== $v"; grep -v "it/s\|%|" "$OUT/$v.log" | tail -3; done
+for v in $VARIANTS; do echo "== $v"; grep -o "AR: [0-9]* steps at [0-9.]* s/step" "$OUT/$v.log"; tail -1 "$OUT/$v.log"; done
+# one archive: the tool brings back a limited number of files
+tar czf "$OUT/sweep.tgz" -C "$OUT" $(cd "$OUT" && ls -d */ | tr -d /) $(cd "$OUT" && ls *.log) && rm -rf "$OUT"/*/ "$OUT"/*.log

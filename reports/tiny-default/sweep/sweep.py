@@ -28,6 +28,15 @@ VARIANTS: dict[str, dict] = {
     "patch1-centre": {"task": {**SLOW, "start_spread": 0.0}, "preset": {"patch_size": (1, 1, 1)}},
     "layers4-centre": {"task": {**SLOW, "start_spread": 0.0}, "preset": {"num_layers": 4}},
     "run16-patch1": {"task": {}, "preset": {"patch_size": (1, 1, 1)}},
+    # round 2: start spread around round 1's best (0.3), a second seed, and the speed it needs
+    "run19-s1": {"task": SLOW, "seed": 1},
+    "spread03-s1": {"task": {**SLOW, "start_spread": 0.3}, "seed": 1},
+    "centre-s1": {"task": {**SLOW, "start_spread": 0.0}, "seed": 1},
+    "spread015": {"task": {**SLOW, "start_spread": 0.15}},
+    "spread05": {"task": {**SLOW, "start_spread": 0.5}},
+    "spread03-fast": {"task": {"start_spread": 0.3}},
+    "spread03-mid": {"task": {"speed": (0.15, 0.35), "start_spread": 0.3}},
+    "spread03-big": {"task": {**SLOW, "start_spread": 0.3, "radius": (0.3, 0.36)}},
 }
 
 
@@ -60,7 +69,7 @@ def main() -> None:
     keep.mkdir(parents=True, exist_ok=True)
     (keep / "variant.json").write_text(json.dumps({"variant": args.variant, **VARIANTS[args.variant],
                                                    "minutes": args.minutes, "threads": args.threads}, default=str))
-    result = train_tiny(work, minutes=args.minutes, seed=0, samples=args.samples, eval_seeds=args.eval_seeds)
+    result = train_tiny(work, minutes=args.minutes, seed=VARIANTS[args.variant].get("seed", 0), samples=args.samples, eval_seeds=args.eval_seeds)
     for name in ("tiny_eval.json", "vae_reconstruction.png", "model_bf16.pt", "model_2step.pt", "vae.safetensors",
                  "text_encoder.safetensors"):
         if (work / name).exists():
