@@ -22,5 +22,5 @@ for v in $VARIANTS; do
 done
 wait
 for v in $VARIANTS; do echo "== $v"; grep -o "AR: [0-9]* steps at [0-9.]* s/step" "$OUT/$v.log"; tail -1 "$OUT/$v.log"; done
-# one archive: the tool brings back a limited number of files
-tar czf "$OUT/sweep.tgz" -C "$OUT" $(cd "$OUT" && ls -d */ | tr -d /) $(cd "$OUT" && ls *.log) && rm -rf "$OUT"/*/ "$OUT"/*.log
+# one archive (the tool brings back at most 8 files, 16 MiB each): weights stay behind
+tar czf "$OUT/sweep.tgz" --exclude="*.pt" --exclude="*.safetensors" -C "$OUT" $(cd "$OUT" && ls -d */ | tr -d /) $(cd "$OUT" && ls *.log) && rm -rf "$OUT"/*/ "$OUT"/*.log
