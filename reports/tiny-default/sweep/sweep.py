@@ -37,6 +37,15 @@ VARIANTS: dict[str, dict] = {
     "spread03-fast": {"task": {"start_spread": 0.3}},
     "spread03-mid": {"task": {"speed": (0.15, 0.35), "start_spread": 0.3}},
     "spread03-big": {"task": {**SLOW, "start_spread": 0.3, "radius": (0.3, 0.36)}},
+    # round 3: round 2's best (spread 0.15) on more seeds, its neighbours, and faster motion with it
+    "spread015-s1": {"task": {**SLOW, "start_spread": 0.15}, "seed": 1},
+    "spread015-s2": {"task": {**SLOW, "start_spread": 0.15}, "seed": 2},
+    "spread01": {"task": {**SLOW, "start_spread": 0.1}},
+    "spread02": {"task": {**SLOW, "start_spread": 0.2}},
+    "spread015-mid": {"task": {"speed": (0.15, 0.35), "start_spread": 0.15}},
+    "spread015-mid-s1": {"task": {"speed": (0.15, 0.35), "start_spread": 0.15}, "seed": 1},
+    "spread015-fast": {"task": {"start_spread": 0.15}},
+    "spread0-mid": {"task": {"speed": (0.15, 0.35), "start_spread": 0.0}},
 }
 
 
