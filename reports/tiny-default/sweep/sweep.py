@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+# Every variant overrides run16's task (the default before this sweep), whatever TINY_TASK is now.
+RUN16_TASK = {"backgrounds": ("grey",), "max_shapes": 1, "radius": (0.26, 0.32), "colour_change": 0.0}
 SLOW = {"speed": (0.08, 0.2)}  # run19's slower shapes
 VARIANTS: dict[str, dict] = {
     "run19": {"task": SLOW},
@@ -53,7 +55,7 @@ def apply(variant: dict) -> None:
     import longlive.model.presets as P
     import longlive.train.tiny as T
 
-    T.TINY_TASK = {**T.TINY_TASK, **variant.get("task", {})}
+    T.TINY_TASK = {**RUN16_TASK, **variant.get("task", {})}
     if variant.get("preset"):
         P.PRESETS["tiny"] = P.PRESETS["tiny"].with_overrides(**variant["preset"])
     for name, value in variant.get("constants", {}).items():
