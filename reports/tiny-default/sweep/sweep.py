@@ -80,7 +80,8 @@ def main() -> None:
     keep.mkdir(parents=True, exist_ok=True)
     (keep / "variant.json").write_text(json.dumps({"variant": args.variant, **VARIANTS[args.variant],
                                                    "minutes": args.minutes, "threads": args.threads}, default=str))
-    result = train_tiny(work, minutes=args.minutes, seed=VARIANTS[args.variant].get("seed", 0), samples=args.samples, eval_seeds=args.eval_seeds)
+    result = train_tiny(work, minutes=args.minutes, seed=VARIANTS[args.variant].get("seed", 0), samples=args.samples,
+                        eval_seeds=args.eval_seeds)
     for name in ("tiny_eval.json", "vae_reconstruction.png", "model_bf16.pt", "model_2step.pt", "vae.safetensors",
                  "text_encoder.safetensors"):
         if (work / name).exists():
