@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/ruff check longlive tests
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # The smoke experiment on CPU end to end: matrix -> results/smoke -> reports/smoke/index.html (resumable:
@@ -59,7 +59,7 @@ reproduce-gpu-5b: $(STAMP)
 	OUT=$(OUT) bash reports/foundation-5b/run.sh
 
 lint: $(STAMP)
-	$(BIN)/ruff check longlive tests
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf $(VENV) outputs results reports/smoke .pytest_cache .ruff_cache

@@ -32,7 +32,8 @@ import torch
 # Slow shapes that start near the centre (run22): at high noise the denoiser predicts the mean over what it cannot
 # yet tell apart, and over start positions anywhere in the frame that mean is a round blob; starting within 15 % of
 # the free range of the centre and moving at 0.08-0.2 sides/s, the mean keeps corners. In the device CPU sweep
-# (reports/tiny-default/sweep) that raised 4-step shape match from 0.12-0.25 to 0.58 and IoU from 0.27-0.34 to 0.77.
+# (reports/tiny-default/sweep) narrowed starts raised the 4-step IoU with the prompted shape from 0.27-0.34 to
+# 0.55-0.77; run22, this recipe, scores 4-step / 2-step shape match 0.49 / 0.72 against run16's 0.39 / 0.35.
 TINY_TASK = {"backgrounds": ("grey",), "max_shapes": 1, "radius": (0.26, 0.32), "colour_change": 0.0,
              "speed": (0.08, 0.2), "start_spread": 0.15}
 TINY_SAMPLES = 1600

@@ -1,21 +1,29 @@
 """x0-prediction vs σ: held-out real clips noised to one σ, clean context (teacher-forcing layout); shape match of
-blocks 1-3 per prompted shape. Usage: python denoise_vs_sigma.py WEIGHTS_DIR [CLIPS]"""
-import sys, torch, json
+blocks 1-3 per prompted shape. Usage: python denoise_vs_sigma.py WEIGHTS_DIR [CLIPS]
+Held-out clips come from the current TINY_TASK; session 6's numbers were taken with run16's (no speed or
+start_spread narrowing)."""
+import sys
 from pathlib import Path
-from longlive.model.presets import get_preset
-from longlive.model.dit import build_model
-from longlive.model.checkpoint import load_generator
-from longlive.vae import load_vae
-from longlive.text import build_text_encoder
-from longlive.train.data import ProceduralVideos, COLOURS, uint8_to_video
-from longlive.train.tiny import TINY_TASK
-from longlive.train.teacher_forcing import sigma_table, _tf_attention, predicted_x0
-from longlive.eval.shapes import shape_match, named_shape
 
-w = Path(sys.argv[1]); n = int(sys.argv[2]) if len(sys.argv) > 2 else 12
+import torch
+
+from longlive.eval.shapes import named_shape, shape_match
+from longlive.model.checkpoint import load_generator
+from longlive.model.dit import build_model
+from longlive.model.presets import get_preset
+from longlive.text import build_text_encoder
+from longlive.train.data import COLOURS, ProceduralVideos, uint8_to_video
+from longlive.train.teacher_forcing import _tf_attention, predicted_x0, sigma_table
+from longlive.train.tiny import TINY_TASK
+from longlive.vae import load_vae
+
+w = Path(sys.argv[1])
+n = int(sys.argv[2]) if len(sys.argv) > 2 else 12
 torch.manual_seed(0)
 cfg = get_preset("tiny")
-model = build_model(cfg, seed=0); load_generator(model, w / "model_bf16.pt"); model.eval()
+model = build_model(cfg, seed=0)
+load_generator(model, w / "model_bf16.pt")
+model.eval()
 vae = load_vae("tiny-pca", w / "vae.safetensors")
 text = build_text_encoder("tiny", checkpoint=w / "text_encoder.safetensors", device="cpu")
 gen = ProceduralVideos(cfg.height, cfg.width, cfg.fps, seed=0, **TINY_TASK)

@@ -1,7 +1,9 @@
 """run23: run22 with faster shapes (0.15-0.35 sides/s), for visible motion."""
 import sys
 from pathlib import Path
+
 import longlive.train.tiny as T
+
 T.TINY_TASK = {**T.TINY_TASK, "speed": (0.15, 0.35)}
 print(T.TINY_TASK, flush=True)
 T.train_tiny(Path(sys.argv[1]), minutes=14.0, seed=0)
