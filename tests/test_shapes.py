@@ -8,7 +8,14 @@ import math
 import pytest
 import torch
 
-from longlive.eval.shapes import named_shape, recognised_shapes, shape_iou, shape_match, template_ious
+from longlive.eval.shapes import (
+    centroid_travel,
+    named_shape,
+    recognised_shapes,
+    shape_iou,
+    shape_match,
+    template_ious,
+)
 from longlive.train.data import COLOURS, SHAPE_AREA, SHAPES, ProceduralVideos, shape_sdf
 
 GREY = torch.tensor(COLOURS["grey"])
@@ -68,3 +75,23 @@ def test_named_shape():
     assert named_shape("A blue Square.") == "square"
     assert named_shape("a red circle and a blue square") is None
     assert named_shape("a red blob") is None
+
+
+def test_centroid_travel_follows_the_rendered_centres() -> None:
+    grey = torch.tensor(COLOURS["grey"])
+    gen = ProceduralVideos(96, 96, 24, seed=5, backgrounds=("grey",), max_shapes=1, radius=(0.2, 0.25),
+                           colour_change=0.0)
+    for i in range(6):
+        frames, _, meta = gen.clip(i, 30)
+        c = torch.as_tensor(meta["centres"], dtype=torch.float64)[:, 0]  # [T, 2] (x, y)
+        want = float((c - c[:1]).norm(dim=-1).max())
+        # the triangle's centroid is not its drawing centre, but both move together: equal up to the raster
+        assert abs(centroid_travel(frames, grey) - want) < 1.0
+    still = ProceduralVideos(96, 96, 24, seed=5, backgrounds=("grey",), max_shapes=1, speed=(0.0, 0.0))
+    assert centroid_travel(still.clip(0, 12)[0], grey) == 0.0
+    blank = torch.full((4, 32, 32, 3), 0, dtype=torch.uint8) + grey.to(torch.uint8)
+    assert math.isnan(centroid_travel(blank, grey))
+    moved = blank.clone()
+    moved[0, 4:12, 4:12] = 255
+    moved[2, 4:12, 14:22] = 255  # 10 px to the right; frames 1 and 3 are empty and skipped
+    assert centroid_travel(moved, grey) == pytest.approx(10.0)

@@ -39,4 +39,7 @@ def test_train_tiny_writes_loadable_weights_and_an_evaluation(tmp_path):
         assert (tmp_path / "samples" / ("4-step" if name == "4-step" else "4-step-nvfp4") / "strip.png").is_file()
     assert evals["procedural (real clips)"]["prompt_colour_match"] > 0.9  # the metrics on real clips
     assert evals["procedural (real clips)"]["shape_match"] == 1.0
+    # real clips of the task move: at least 0.08 sides/s × 60 frames / 24 fps less what a bounce takes back
+    assert evals["procedural (real clips)"]["centroid_travel_px"] > 5.0
+    assert "centroid_travel_px" in evals["4-step"]
     assert "1 seeds each" in saved["metric"]

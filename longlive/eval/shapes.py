@@ -80,6 +80,23 @@ def shape_iou(frames: torch.Tensor, kind: str, background: torch.Tensor, tol: in
     return sum(0.0 if v != v else v for v in vals) / len(vals)
 
 
+def centroid_travel(frames: torch.Tensor, background: torch.Tensor, tol: int = 48,
+                    min_area: float = 0.005) -> float:
+    """How far the drawn object gets from where it started: the largest distance (px) of a frame's foreground
+    centroid from frame 0's. Shape metrics reward a shape that stands still; this is the motion beside them, to
+    compare with real clips. Frames with less than `min_area` drawn are skipped; NaN if frame 0 is one of them."""
+    fg = _foreground(frames, background, tol).to(torch.float64)
+    h, w = fg.shape[1:]
+    area = fg.sum(dim=(1, 2))
+    keep = area >= min_area * h * w
+    if not bool(keep[0]):
+        return float("nan")
+    yy = torch.arange(h, dtype=torch.float64)[:, None] + 0.5
+    xx = torch.arange(w, dtype=torch.float64)[None, :] + 0.5
+    c = torch.stack([(fg * xx).sum(dim=(1, 2)), (fg * yy).sum(dim=(1, 2))], dim=-1)[keep] / area[keep, None]
+    return float((c - c[:1]).norm(dim=-1).max())
+
+
 def named_shape(text: str) -> str | None:
     """The one shape a prompt names, or None if it names none or several."""
     import re

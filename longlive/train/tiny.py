@@ -175,17 +175,20 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0, samples: int 
 
     # 5. evaluation ---------------------------------------------------------------------------------------------
     from longlive.eval.palette import foreground_fraction, prompt_colour_match
-    from longlive.eval.shapes import named_shape, shape_match
+    from longlive.eval.shapes import centroid_travel, named_shape, shape_match
 
     clips = [gen.clip(20_000 + i, 29) for i in range(4)]
+    # Motion over the generated length (61 frames), on 12 clips: the evaluation's 3 prompts × 4 seeds.
     grey = torch.tensor(COLOURS["grey"])
+    real_travel = [centroid_travel(gen.clip(20_000 + i, 61)[0], grey) for i in range(12)]
     real_col = [prompt_colour_match(c[0], named_colours(c[1]), grey) for c in clips]
     real_shape = [shape_match(c[0], named_shape(c[1]), grey) for c in clips]
     evals = {"procedural (real clips)": {"palette_match": palette_match(torch.cat([c[0] for c in clips]), palette),
                                          "prompt_colour_match": sum(real_col) / len(real_col),
                                          "shape_match": sum(real_shape) / len(real_shape),
                                          "foreground_fraction": foreground_fraction(torch.cat([c[0] for c in clips]),
-                                                                                    grey)}}
+                                                                                    grey),
+                                         "centroid_travel_px": sum(real_travel) / len(real_travel)}}
     seeds = eval_seeds or EVAL_SEEDS
     evals.update(_evaluate(out, palette, seeds=seeds))
     result = {"minutes": (time.perf_counter() - t_start) / 60, "vae": {"kind": "pca codec", **codec_stats},
@@ -196,8 +199,9 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0, samples: int 
                         "within 48/255 of a colour the prompt names (first_frame_: frame 0 only, which no context "
                         "conditions); shape_match: fraction of frames whose foreground best overlaps (IoU) the "
                         "prompted kind's template of the same area and centroid (longlive.eval.shapes); shape_iou: "
-                        "mean IoU with that template; foreground_fraction: fraction of pixels "
-                        "> 48/255 from the background; temporal_flickering: VBench's definition; "
+                        "mean IoU with that template; centroid_travel_px: largest distance of the foreground "
+                        "centroid from frame 0's (real clips: 12 of 61 frames); foreground_fraction: fraction of "
+                        "pixels > 48/255 from the background; temporal_flickering: VBench's definition; "
                         f"means over the prompts {list(EVAL_PROMPTS)} × {seeds} seeds each"}
     (out / "tiny_eval.json").write_text(json.dumps(result, indent=2, default=str))
     _log(f"done in {result['minutes']:.1f} min: {json.dumps(evals)}")
@@ -249,7 +253,7 @@ def _evaluate(out: Path, palette: torch.Tensor, seeds: int = EVAL_SEEDS) -> dict
 
     from longlive.eval.flicker import temporal_flickering
     from longlive.eval.palette import foreground_fraction, palette_match, prompt_colour_match
-    from longlive.eval.shapes import named_shape, shape_iou, shape_match
+    from longlive.eval.shapes import centroid_travel, named_shape, shape_iou, shape_match
     from longlive.infer.video import VideoRequest, make_video
     from longlive.train.data import COLOURS
 
@@ -261,7 +265,7 @@ def _evaluate(out: Path, palette: torch.Tensor, seeds: int = EVAL_SEEDS) -> dict
         if "checkpoint" in kw and not Path(kw["checkpoint"]).exists():
             continue
         tag = name.split(" ")[0] + ("-lora" if "LoRA" in name else "") + ("-nvfp4" if "NVFP4" in name else "")
-        pal, col, col0, fg, flick, fps, rows, shp, iou = [], [], [], [], [], [], [], [], []
+        pal, col, col0, fg, flick, fps, rows, shp, iou, mov = [], [], [], [], [], [], [], [], [], []
         for i, prompt in enumerate(EVAL_PROMPTS):
             for seed in range(seeds):
                 req = VideoRequest(preset="tiny", frames=16, prompts=[prompt], steps=kw.get("steps", 4),
@@ -279,6 +283,7 @@ def _evaluate(out: Path, palette: torch.Tensor, seeds: int = EVAL_SEEDS) -> dict
                 kind = named_shape(prompt)
                 shp.append(shape_match(frames, kind, grey))
                 iou.append(shape_iou(frames, kind, grey))
+                mov.append(centroid_travel(frames, grey))
                 flick.append(float(temporal_flickering(frames)))
                 fps.append(r["denoise_fps"])
                 if seed == 0:
@@ -300,7 +305,7 @@ def _evaluate(out: Path, palette: torch.Tensor, seeds: int = EVAL_SEEDS) -> dict
         res[name] = {"palette_match": mean(pal), "prompt_colour_match": mean(col),
                      "first_frame_prompt_colour_match": mean(col0), "shape_match": mean(shp),
                      "shape_iou": mean(iou), "foreground_fraction": mean(fg),
-                     "temporal_flickering": mean(flick), "denoise_fps": mean(fps),
+                     "temporal_flickering": mean(flick), "denoise_fps": mean(fps), "centroid_travel_px": mean(mov),
                      "per_prompt": {"palette_match": per_prompt(pal), "prompt_colour_match": per_prompt(col),
                                     "shape_match": per_prompt(shp)},
                      "strip": str(out / "samples" / tag / "strip.png")}
