@@ -44,10 +44,15 @@ def prompt_colour_match(frames: torch.Tensor, colours: torch.Tensor, background:
     return near.float().mean().item()
 
 
+def foreground_mask(frames: torch.Tensor, background: torch.Tensor, tol: int = 48) -> torch.Tensor:
+    """[T, H, W] bool: pixels of frames [T, H, W, 3] (uint8) farther than `tol` (L∞) from the background colour."""
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be [T, H, W, 3], got {tuple(frames.shape)}")
+    d = (frames.to(torch.int16) - torch.as_tensor(background).to(torch.int16).reshape(1, 1, 1, 3)).abs()
+    return d.amax(dim=-1) > tol
+
+
 def foreground_fraction(frames: torch.Tensor, background: torch.Tensor, tol: int = 48) -> float:
     """Fraction of pixels farther than `tol` (L∞) from the background colour: how much is drawn at all. On a
     flat background `palette_match` rewards an empty frame; this number next to the real clips' shows it."""
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"frames must be [T, H, W, 3], got {tuple(frames.shape)}")
-    d = (frames.reshape(-1, 3).to(torch.int16) - torch.as_tensor(background).to(torch.int16).reshape(1, 3)).abs()
-    return (d.amax(dim=-1) > tol).float().mean().item()
+    return foreground_mask(frames, background, tol).float().mean().item()

@@ -16,14 +16,24 @@ import math
 
 import torch
 
+from longlive.eval.palette import foreground_mask
 from longlive.train.data import SHAPE_AREA, SHAPES, shape_sdf
 
 
-def _foreground(frames: torch.Tensor, background: torch.Tensor, tol: int) -> torch.Tensor:
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"frames must be [T, H, W, 3], got {tuple(frames.shape)}")
-    d = (frames.to(torch.int16) - torch.as_tensor(background).to(torch.int16).reshape(1, 1, 1, 3)).abs()
-    return d.amax(dim=-1) > tol
+def _pixel_centres(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y [H, 1], x [1, W]) pixel-centre coordinates in float64, the renderer's convention."""
+    return (torch.arange(h, dtype=torch.float64)[:, None] + 0.5, torch.arange(w, dtype=torch.float64)[None, :] + 0.5)
+
+
+def foreground_centroids(frames: torch.Tensor, background: torch.Tensor, tol: int = 48,
+                         min_area: float = 0.005) -> torch.Tensor:
+    """(x, y) px of each frame's foreground centroid [T, 2] (float64); NaN where less than `min_area` is drawn."""
+    fg = foreground_mask(frames, background, tol).to(torch.float64)
+    yy, xx = _pixel_centres(*fg.shape[1:])
+    area = fg.sum(dim=(1, 2))
+    c = torch.stack([(fg * xx).sum(dim=(1, 2)), (fg * yy).sum(dim=(1, 2))], dim=-1) / area.clamp_min(1)[:, None]
+    c[area < max(min_area * fg.shape[1] * fg.shape[2], 1e-9)] = float("nan")
+    return c
 
 
 def template_ious(mask: torch.Tensor) -> dict[str, float]:
@@ -32,9 +42,7 @@ def template_ious(mask: torch.Tensor) -> dict[str, float]:
     area = int(mask.sum())
     if area == 0:
         return {k: float("nan") for k in SHAPES}
-    h, w = mask.shape
-    yy = torch.arange(h, dtype=torch.float64)[:, None] + 0.5
-    xx = torch.arange(w, dtype=torch.float64)[None, :] + 0.5
+    yy, xx = _pixel_centres(*mask.shape)
     m = mask.to(torch.float64)
     cx, cy = float((m * xx).sum()) / area, float((m * yy).sum()) / area
     out = {}
@@ -49,7 +57,7 @@ def template_ious(mask: torch.Tensor) -> dict[str, float]:
 def recognised_shapes(frames: torch.Tensor, background: torch.Tensor, tol: int = 48,
                       min_area: float = 0.005) -> list[str | None]:
     """The kind each frame's foreground best matches, or None where less than `min_area` of the frame is drawn."""
-    fg = _foreground(frames, background, tol)
+    fg = foreground_mask(frames, background, tol)
     least = min_area * fg.shape[1] * fg.shape[2]
     kinds: list[str | None] = []
     for mask in fg:
@@ -76,7 +84,7 @@ def shape_iou(frames: torch.Tensor, kind: str, background: torch.Tensor, tol: in
     drawn object takes that shape, where `shape_match` only says which shape it is nearest."""
     if kind not in SHAPES:
         raise ValueError(f"unknown shape {kind!r}; known shapes: {', '.join(SHAPES)}")
-    vals = [template_ious(mask)[kind] for mask in _foreground(frames, background, tol)]
+    vals = [template_ious(mask)[kind] for mask in foreground_mask(frames, background, tol)]
     return sum(0.0 if v != v else v for v in vals) / len(vals)
 
 
@@ -85,15 +93,10 @@ def centroid_travel(frames: torch.Tensor, background: torch.Tensor, tol: int = 4
     """How far the drawn object gets from where it started: the largest distance (px) of a frame's foreground
     centroid from frame 0's. Shape metrics reward a shape that stands still; this is the motion beside them, to
     compare with real clips. Frames with less than `min_area` drawn are skipped; NaN if frame 0 is one of them."""
-    fg = _foreground(frames, background, tol).to(torch.float64)
-    h, w = fg.shape[1:]
-    area = fg.sum(dim=(1, 2))
-    keep = area >= min_area * h * w
-    if not bool(keep[0]):
+    c = foreground_centroids(frames, background, tol, min_area)
+    if c[0].isnan().any():
         return float("nan")
-    yy = torch.arange(h, dtype=torch.float64)[:, None] + 0.5
-    xx = torch.arange(w, dtype=torch.float64)[None, :] + 0.5
-    c = torch.stack([(fg * xx).sum(dim=(1, 2)), (fg * yy).sum(dim=(1, 2))], dim=-1)[keep] / area[keep, None]
+    c = c[~c.isnan().any(dim=-1)]
     return float((c - c[:1]).norm(dim=-1).max())
 
 

@@ -54,6 +54,7 @@ DEFAULT_MAX_SHAPES = 3
 DEFAULT_RADIUS = (0.08, 0.16)  # fraction of the shorter side
 DEFAULT_COLOUR_CHANGE = 0.5  # probability that one shape of a clip changes colour part-way
 DEFAULT_SPEED = (0.25, 0.75)  # shorter sides per second
+DEFAULT_START_SPREAD = 1.0  # start positions from the whole free range
 _COLOUR_NAMES = tuple(COLOURS)
 _BLOCK = 64  # frames drawn per vectorised block (bounds memory for long clips)
 
@@ -116,7 +117,7 @@ class ProceduralVideos:
     def __init__(self, height: int = 128, width: int = 128, fps: int = 24, seed: int = 0,
                  backgrounds: Sequence[str] | None = None, max_shapes: int = DEFAULT_MAX_SHAPES,
                  radius: tuple[float, float] = DEFAULT_RADIUS, colour_change: float = DEFAULT_COLOUR_CHANGE,
-                 speed: tuple[float, float] = DEFAULT_SPEED, start_spread: float = 1.0) -> None:
+                 speed: tuple[float, float] = DEFAULT_SPEED, start_spread: float = DEFAULT_START_SPREAD) -> None:
         """backgrounds / max_shapes / radius (fraction of the shorter side) / colour_change (probability that a shape
         changes colour mid-clip) / speed (shorter sides per second) / start_spread (share of the free range, centred,
         that start positions are drawn from: 0 starts every shape at the frame centre) narrow the distribution (a
@@ -161,7 +162,8 @@ class ProceduralVideos:
         lo = np.stack([radius, radius], axis=1)  # [n, 2] (x, y)
         hi = np.stack([self.width - radius, self.height - radius], axis=1)
         u = rng.random((n, 2))
-        if self.start_spread != 1.0:  # (the default keeps its exact arithmetic, so its clips stay bit-identical)
+        # the default keeps its exact arithmetic, so its clips stay bit-identical
+        if self.start_spread != DEFAULT_START_SPREAD:
             u = 0.5 + (u - 0.5) * self.start_spread
         p0 = lo + u * (hi - lo)
         speed = rng.uniform(*self.speed, size=n) * side / self.fps  # px per frame
@@ -413,7 +415,7 @@ class ProceduralDataset:
             narrowed += f"/colour_change={g.colour_change}"
         if g.speed != DEFAULT_SPEED:
             narrowed += f"/speed={g.speed[0]}-{g.speed[1]}"
-        if g.start_spread != 1.0:
+        if g.start_spread != DEFAULT_START_SPREAD:
             narrowed += f"/start_spread={g.start_spread}"
         return (
             f"procedural:seed={g.seed}/i={index}/shots={self.shots}x{self.frames_per_shot}"

@@ -19,24 +19,23 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from longlive.eval.palette import foreground_mask  # noqa: E402
+from longlive.eval.shapes import foreground_centroids  # noqa: E402
 from longlive.infer.video import VideoRequest, make_video  # noqa: E402
 from longlive.train.data import COLOURS, ProceduralVideos  # noqa: E402
 from longlive.train.tiny import EVAL_PROMPTS, EVAL_SEEDS, TINY_TASK  # noqa: E402
 
 w, out = Path(sys.argv[1]), Path(sys.argv[2])
 out.mkdir(parents=True, exist_ok=True)
-grey = torch.tensor(COLOURS["grey"], dtype=torch.int16)
+grey = torch.tensor(COLOURS["grey"])
 
 
 def fg_mask(frames: torch.Tensor) -> torch.Tensor:
-    return (frames.to(torch.int16) - grey).abs().amax(-1) > 48  # [T, H, W]
+    return foreground_mask(frames, grey)  # [T, H, W]
 
 
 def centroids(frames: torch.Tensor) -> torch.Tensor:
-    m = fg_mask(frames).float()
-    yy, xx = torch.meshgrid(torch.arange(m.shape[1]).float(), torch.arange(m.shape[2]).float(), indexing="ij")
-    n = m.sum((1, 2)).clamp_min(1)
-    return torch.stack([(m * xx).sum((1, 2)) / n, (m * yy).sum((1, 2)) / n], -1)  # [T, 2]
+    return foreground_centroids(frames, grey, min_area=0.0).float()  # [T, 2] (x, y); NaN for an empty frame
 
 
 def displacement(frames: torch.Tensor) -> dict:
@@ -73,8 +72,9 @@ for i, prompt in enumerate(EVAL_PROMPTS):
     m = fg_mask(frames)
     fg = m.float().mean((1, 2))
     stray = []
+    cs = centroids(frames).nan_to_num(0.0)  # an empty frame has no stray pixels wherever its box is
     for t in range(m.shape[0]):  # foreground outside the shape's neighbourhood: the noise chunks
-        c = centroids(frames[t : t + 1])[0]
+        c = cs[t]
         box = torch.zeros_like(m[t])
         x0, y0 = int(c[0]), int(c[1])
         box[max(0, y0 - 56) : y0 + 56, max(0, x0 - 56) : x0 + 56] = True

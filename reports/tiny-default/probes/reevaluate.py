@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 
 import longlive.train.tiny as T
-from longlive.eval.palette import palette_match  # noqa: F401  (the evaluation imports it too)
 from longlive.eval.shapes import centroid_travel
 from longlive.train.data import COLOURS, ProceduralVideos
 

@@ -2,7 +2,7 @@
 
     python reports/tiny-default/sweep/sweep.py VARIANT --minutes 8 --work /tmp/sweep --keep $OUT
 
-A variant is a set of overrides of the recipe's constants (longlive.train.tiny) and of the tiny preset's shapes
+A variant is a set of overrides of the recipe's task (longlive.train.tiny.TINY_TASK) and of the tiny preset's shapes
 (longlive.model.presets), applied in this process before training, so generation in the same process sees them.
 Variants run side by side on the device machine's CPU cores (2 threads each, like the 2-core machine the tiny
 default is meant for); only their relative results mean something, since the cores are not ours.
@@ -58,8 +58,6 @@ def apply(variant: dict) -> None:
     T.TINY_TASK = {**RUN16_TASK, **variant.get("task", {})}
     if variant.get("preset"):
         P.PRESETS["tiny"] = P.PRESETS["tiny"].with_overrides(**variant["preset"])
-    for name, value in variant.get("constants", {}).items():
-        setattr(T, name, value)
 
 
 def main() -> None:
