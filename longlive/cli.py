@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 
 from longlive.model.presets import PRESETS, get_preset
+from longlive.quant.linear import DEFAULT_WEIGHT_RULE
+from longlive.quant.nvfp4 import RULES as NVFP4_RULES
 
 DTYPES = ("bf16", "fp16", "fp32")
 
@@ -46,7 +48,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--linear-backend", choices=["emulated", "fp8", "te"], default="emulated",
                    help="emulated: dequantise + high-precision GEMM (any device); fp8: torch._scaled_mm (cc>=8.9); "
                         "te: TransformerEngine (optional extra)")
-    p.add_argument("--weight-rule", default="static_6", help="NVFP4 weight rule: static_6, static_4, mse, mae")
+    p.add_argument("--weight-rule", default=DEFAULT_WEIGHT_RULE, choices=list(NVFP4_RULES),
+                   help="NVFP4 weight rule (default: the release's 4-over-6 %(default)s)")
     p.add_argument("--weight-only", action="store_true", help="quantise weights only (no activation quantisation)")
     p.add_argument("--kv-quant", choices=["none", "fp8", "nvfp4"], default="none", help="quantised KV cache")
     p.add_argument("--compile", choices=["none", "default", "max-autotune-no-cudagraphs"], default="none",

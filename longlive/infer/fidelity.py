@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from longlive.infer.video import VideoRequest, make_video
+from longlive.quant.linear import DEFAULT_WEIGHT_RULE
 
 PRECISION_DIR = Path(__file__).resolve().parents[2] / "experiments" / "precision"
 
@@ -26,7 +27,7 @@ def precision_fields(name: str) -> dict[str, Any]:
 
     c = OmegaConf.to_container(OmegaConf.load(path))
     return {"dtype": c["dtype"], "quant": c.get("weights", "none"), "linear_backend": c.get("backend") or "emulated",
-            "weight_rule": c.get("weight_rule", "static_6"), "act_quant": c.get("act_quant", True)}
+            "weight_rule": c.get("weight_rule", DEFAULT_WEIGHT_RULE), "act_quant": c.get("act_quant", True)}
 
 
 def compare(base: VideoRequest, ref: tuple[str, str], cand: tuple[str, str], out: Path) -> dict[str, Any]:

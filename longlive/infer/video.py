@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from longlive.model.presets import ModelConfig, get_preset
+from longlive.quant.linear import DEFAULT_WEIGHT_RULE
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DEFAULT_PROMPT = "A red ball bounces across a blue floor"
@@ -50,7 +51,7 @@ class VideoRequest:
     save_latents: bool = False
     quant: str = "none"               # block Linears: none | fp8 | nvfp4 (PTQ at load)
     linear_backend: str = "emulated"  # emulated | fp8 | te (explicit; recorded in results)
-    weight_rule: str = "static_6"     # NVFP4 weight rule (mse: the release's 4-over-6)
+    weight_rule: str = DEFAULT_WEIGHT_RULE  # NVFP4 weight rule (the release's 4-over-6 `mse`)
     act_quant: bool = True            # W4A4 / W8A8 (False: weight-only)
     kv_quant: str = "none"            # none | fp8 | nvfp4
     sp: int = 1                       # sequence-parallel ranks (run under torchrun; `longlive generate` does it)

@@ -66,11 +66,16 @@ def check_backend(fmt: str, backend: str, device: torch.device | str) -> None:
             )
 
 
+# The release's NVFP4 inference config quantises weights with the 4-over-6 `mse` rule (spec 03); activations keep
+# TE's plain 6/448 rule (`act_rule`).
+DEFAULT_WEIGHT_RULE = "mse"
+
+
 @dataclass(frozen=True)
 class LinearQuantConfig:
     fmt: str = "nvfp4"                   # fp8 | nvfp4
     backend: str = "emulated"            # emulated | fp8 | te
-    weight_rule: str = "static_6"        # nvfp4 rule for weights (mse for the release's 4-over-6 checkpoints)
+    weight_rule: str = DEFAULT_WEIGHT_RULE  # nvfp4 rule for weights: the release's 4-over-6 `mse` by default
     weight_block: tuple[int, int] = (1, 16)
     act_quant: bool = True               # W4A4 / W8A8; False = weight-only
     act_rule: str = "static_6"           # TE's NVFP4BlockScaling default (plain 6/448) for inference

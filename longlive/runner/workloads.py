@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from longlive.quant.linear import DEFAULT_WEIGHT_RULE
+
 WORKLOADS: dict[str, Workload] = {}
 
 
@@ -86,7 +88,8 @@ def video_request(cfg: dict[str, Any], progress: bool = False):
         decode=cfg["decode"]["mode"], random_weights=bool(cfg.get("random_weights")), progress=progress,
         save_latents=True, quant=cfg["precision"].get("weights", "none"),
         linear_backend=cfg["precision"].get("backend") or "emulated",
-        weight_rule=cfg["precision"].get("weight_rule", "static_6"), act_quant=cfg["precision"].get("act_quant", True),
+        weight_rule=cfg["precision"].get("weight_rule", DEFAULT_WEIGHT_RULE),
+        act_quant=cfg["precision"].get("act_quant", True),
         kv_quant=cfg["kv"]["name"], sp=int(cfg["sp"]), exchange=cfg.get("exchange", "none"),
         compile=cfg.get("compile", "none"),
     )
