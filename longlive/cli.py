@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from longlive.model.presets import PRESETS, get_preset
+from longlive.model.presets import DEFAULT_VIDEO_SECONDS, PRESETS, default_frames, get_preset
+from longlive.output import check_out_dir, write_text_atomic
 from longlive.quant.linear import DEFAULT_WEIGHT_RULE
 from longlive.quant.nvfp4 import RULES as NVFP4_RULES
 
@@ -24,10 +25,16 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate a video autoregressively, chunk by chunk")
     p.add_argument("--preset", required=True, help=f"one of: {', '.join(PRESETS)}")
     p.add_argument("--prompt", action="append", default=None,
-                   help="repeat for multi-prompt videos; a prompt starting with 'The scene transitions. ' cuts")
+                   help="repeat for multi-prompt videos. A prompt starting with 'The scene transitions. ' opens a new "
+                        "shot (the release's convention): its first chunk is conditioned on the prompt as written, "
+                        "the shot's later chunks on the bare caption. Any other prompt switches the text within the "
+                        "shot")
     p.add_argument("--switch-at", type=int, nargs="*", default=None, metavar="CHUNK",
                    help="chunk index at which each prompt after the first begins (default: evenly spread)")
-    p.add_argument("--frames", type=int, required=True, help="latent frames (a multiple of the preset's chunk)")
+    defaults = ", ".join(f"{n} {default_frames(c)}" for n, c in PRESETS.items())
+    p.add_argument("--frames", type=int, default=None,
+                   help=f"latent frames, a multiple of the preset's chunk; T latents decode to 1 + 4(T-1) video frames "
+                        f"(default: about {DEFAULT_VIDEO_SECONDS:g} s of video: {defaults})")
     p.add_argument("--steps", type=int, default=4, choices=[1, 2, 3, 4, 5, 6, 8])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="output folder (video.mp4, strip.png, result.json)")
@@ -58,7 +65,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--exchange", choices=["none", "fp8", "nvfp4"], default="none",
                    help="compress K/V on the SP all-to-all")
     p.add_argument("--no-multishot-sink", action="store_true", help="do not pin the first chunk of a new shot")
-    p.add_argument("--clean-recache", action="store_true", help="at a scene cut keep only the global sink")
+    p.add_argument("--clean-recache", action="store_true",
+                   help="at a scene cut, the cut chunk's clean re-run attends only [global sink | itself] and the "
+                        "rest of the window is dropped (the release's shot_clean_recache)")
     p.add_argument("--cache-dir", type=Path, default=Path(".cache") / "prompt_embeddings")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_generate)
@@ -67,6 +76,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 def _request(a: argparse.Namespace):
     from longlive.infer.video import DEFAULT_PROMPT, VideoRequest
 
+    if a.frames is None:
+        a.frames = default_frames(get_preset(a.preset))
     return VideoRequest(
         preset=a.preset, frames=a.frames, prompts=a.prompt or [DEFAULT_PROMPT], steps=a.steps, seed=a.seed,
         switch_at=a.switch_at, device=a.device, vae_device=a.vae_device, dtype=a.dtype, attn=a.attn,
@@ -85,6 +96,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     from longlive.bench.manifest import manifest
     from longlive.infer.video import make_video, validate
 
+    check_out_dir(a.out)
     req = _request(a)
     if a.sp > 1 and "WORLD_SIZE" not in os.environ:  # start the ranks ourselves, with the same arguments
         from longlive.parallel.groups import check_sp
@@ -110,11 +122,12 @@ def cmd_generate(a: argparse.Namespace) -> int:
     model_config = out.pop("model_config")
     row = {"preset": a.preset, "precision": str(req.torch_dtype).replace("torch.", ""), "steps": a.steps,
            "decode": a.decode, "quant": a.quant, "linear_backend": a.linear_backend if a.quant != "none" else None,
+           "weight_rule": a.weight_rule if a.quant == "nvfp4" else None,
            "kv_quant": a.kv_quant, "sp": a.sp, "exchange": a.exchange, "frames_latent": a.frames, **out}
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items() if k not in ("func", "argv")}
     config["model_config"] = model_config
     result = {"rows": [row], "manifest": manifest(config, a.seed)}
-    (a.out / "result.json").write_text(json.dumps(result, indent=2, default=str))
+    write_text_atomic(a.out / "result.json", json.dumps(result, indent=2, default=str))
     print(f"wrote {a.out / 'video.mp4'} ({row['frames_video']} frames), {a.out / 'strip.png'}; "
           f"denoise {row['denoise_fps']:.1f} FPS, end to end {row['e2e_fps']:.1f} FPS ({a.decode} decode)")
     return 0
@@ -144,18 +157,21 @@ def cmd_fidelity(a: argparse.Namespace) -> int:
     from longlive.infer.video import DEFAULT_PROMPT, VideoRequest
 
     precision_fields(a.ref_precision), precision_fields(a.precision)  # unknown names fail before any work
+    check_out_dir(a.out)
     base = VideoRequest(preset=a.preset, frames=a.frames, prompts=a.prompt or [DEFAULT_PROMPT], steps=a.steps,
                         seed=a.seed, device=a.device, random_weights=a.random_weights, progress=False)
     res = compare(base, (a.ref_precision, a.ref_kv_quant), (a.precision, a.kv_quant), a.out)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items() if k != "func"}
-    (a.out / "fidelity.json").write_text(json.dumps({**res, "manifest": manifest(config, a.seed)}, indent=2,
-                                                    default=str))
+    write_text_atomic(a.out / "fidelity.json", json.dumps({**res, "manifest": manifest(config, a.seed)}, indent=2,
+                                                          default=str))
     print(f"{a.precision}/kv={a.kv_quant} vs {a.ref_precision}/kv={a.ref_kv_quant}: latent rel. error "
           f"{res['latent_rel_err_vs_ref']:.4f}, PSNR {res['psnr_vs_ref']:.2f} dB -> {a.out / 'fidelity.json'}")
     return 0
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    if a.out is not None:
+        check_out_dir(a.out)
     if a.tiny_default:
         from longlive.train.tiny import train_tiny
         from longlive.weights import weights_root
@@ -164,6 +180,9 @@ def cmd_train(a: argparse.Namespace) -> int:
             raise ValueError("--tiny-default trains the tiny preset; pass --preset tiny")
         out = Path(a.out) if a.out else weights_root() / "tiny"
         train_tiny(out, minutes=a.minutes, seed=a.seed)
+        use = f"LONGLIVE_WEIGHTS={out.parent}" if out.name == "tiny" else f"--checkpoint {out / 'model_bf16.pt'} ..."
+        print(f"trained tiny weights in {out}. Generate with them: {use} longlive generate --preset tiny ...; "
+              f"make them the package's shipped weights: python -m longlive.train.tiny ship {out}")
         return 0
     from longlive.train.trainer import cmd_train as run_trainer
 
@@ -208,7 +227,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     from longlive.runner.matrix import expand
 
     experiment, rest = _experiment_of(a.overrides)
-    results = a.results or Path("results") / (experiment or "adhoc")
+    results = check_out_dir(a.results or Path("results") / (experiment or "adhoc"), "--results")
     if a.list:
         for cell in expand(experiment, rest):
             print(cell.cell_id, " ".join(f"{k}={v}" for k, v in cell.axes.items()))
@@ -221,6 +240,9 @@ def cmd_sweep(a: argparse.Namespace) -> int:
                        progress=not a.no_progress)
     print(f"sweep {experiment or 'adhoc'}: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped, "
           f"{counts['reused']} already done -> {results / 'results.jsonl'}")
+    if counts["failed_earlier"]:
+        print(f"sweep {experiment or 'adhoc'}: {counts['failed_earlier']} failed earlier, not retried: --retry-failed "
+              f"redoes them")
     return 0
 
 

@@ -1,8 +1,9 @@
-"""Writing generated videos: H.264 mp4 for viewing and VBench, a PNG frame strip for reports.
+"""Writing outputs: H.264 mp4 for viewing and VBench, a PNG frame strip for reports, text/JSON results.
 
-Both writers take uint8 frames [T, H, W, 3] (tensor or ndarray); `frames_to_uint8` turns the model's
-[-1, 1] video tensor into that. Files are written to a temp name in the target folder and then
-`os.replace`d, so a killed run never leaves a truncated video that looks finished.
+The frame writers take uint8 frames [T, H, W, 3] (tensor or ndarray); `frames_to_uint8` turns the model's
+[-1, 1] video tensor into that. Every file is written to a temp name in the target folder and then
+`os.replace`d, so a killed run or a full disk never leaves a truncated file that looks finished.
+`check_out_dir` / `check_out_file` test an output path before any work, so a bad --out costs nothing.
 """
 
 from __future__ import annotations
@@ -65,6 +66,44 @@ def _atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file (result.json, index.html, ...) through a temp file and a rename."""
+    with _atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def check_out_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """Raise ValueError now, before any work, if `path` cannot become an output folder: it exists as a file, a
+    folder above it is a file, or the nearest existing folder above it is not writable. Creates nothing."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path} exists and is not a folder; give a folder (the outputs go inside it)")
+    _check_above(path, flag)
+    return path
+
+
+def check_out_file(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """As `check_out_dir`, for an output file: it must not be a folder, and a folder for it must be makeable."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a folder; give the path of the file to write")
+    _check_above(path, flag)
+    return path
+
+
+def _check_above(path: Path, flag: str) -> None:
+    """The nearest existing path above `path` must be a writable folder."""
+    for parent in path.parents:
+        if not parent.exists():
+            continue
+        if not parent.is_dir():
+            raise ValueError(f"{flag} {path}: {parent} is a file, so nothing can be made under it")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise ValueError(f"{flag} {path}: {parent} is not writable")
+        return
 
 
 def write_mp4(frames: Frames, path: str | os.PathLike, fps: int, *, crf: int = 18) -> Path:

@@ -110,3 +110,87 @@ def test_compiled_generation_equals_eager(capsys, tmp_path):
     with pytest.raises(SystemExit) as exc:
         _run(capsys, "--preset", "tiny", "--frames", "4", "--compile", "fastest", "--out", str(tmp_path))
     assert exc.value.code == 2 and "invalid choice: 'fastest'" in capsys.readouterr().err
+
+
+def _no_work(monkeypatch):
+    """Make any generation, sweep cell, training or merge blow up, so a test proves a check ran before the work."""
+    import longlive.infer.video as video
+    import longlive.model.dit as dit
+    import longlive.runner.executor as executor
+    import longlive.train.lora as lora
+    import longlive.train.tiny as tiny
+    import longlive.train.trainer as trainer
+
+    def boom(*a, **k):
+        raise AssertionError("work started before the output path was checked")
+
+    monkeypatch.setattr(video, "make_video", boom)
+    monkeypatch.setattr(video, "load_components", boom)
+    monkeypatch.setattr(executor, "run_sweep", boom)
+    monkeypatch.setattr(dit, "build_model", boom)
+    monkeypatch.setattr(trainer, "build_data", boom)
+    monkeypatch.setattr(tiny, "train_tiny", boom)
+    monkeypatch.setattr(lora, "merge_lora_into_checkpoint", boom)
+
+
+@pytest.mark.parametrize("kind", ["file", "under_file"])
+def test_output_paths_are_checked_before_any_work(capsys, tmp_path, monkeypatch, kind):
+    _no_work(monkeypatch)
+    blocker = tmp_path / "taken"
+    blocker.write_text("not a folder")
+    out = blocker if kind == "file" else blocker / "sub" / "dir"
+    expected = "exists and is not a folder" if kind == "file" else f"{blocker} is a file"
+    commands = [
+        ["generate", "--preset", "tiny", "--frames", "4", "--out", str(out)],
+        ["fidelity", "--preset", "tiny", "--frames", "4", "--precision", "nvfp4", "--out", str(out)],
+        ["sweep", "frames=4", "--results", str(out)],
+        ["train", "--preset", "tiny", "--steps", "1", "--out", str(out)],
+        ["train", "--preset", "tiny", "--tiny-default", "--out", str(out)],
+        ["report", str(tmp_path), "--out", str(out)],
+    ]
+    for argv in commands:
+        assert main(argv) == 2, argv
+        assert expected in capsys.readouterr().err, argv
+    merge_out = tmp_path if kind == "file" else blocker / "merged.pt"
+    assert main(["lora", "merge", "--base", "b.pt", "--lora", "l.pt", "--out", str(merge_out)]) == 2
+    err = capsys.readouterr().err
+    assert ("is a folder; give the path of the file" if kind == "file" else f"{blocker} is a file") in err
+
+
+def test_result_json_is_written_atomically(capsys, tmp_path, monkeypatch):
+    """A full disk while result.json is written leaves no half-written result (the video and strip stay)."""
+    import errno
+    from pathlib import Path
+
+    real = Path.write_text
+
+    def full_disk(self, text, *a, **k):
+        if "result" in self.name:
+            real(self, text[: len(text) // 2], *a, **k)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, text, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    out = tmp_path / "run"
+    with pytest.raises(OSError, match="No space left"):
+        main(["generate", "--preset", "tiny", "--frames", "4", "--steps", "2", "--out", str(out), "--no-progress"])
+    assert (out / "video.mp4").is_file() and (out / "strip.png").is_file()
+    assert sorted(p.name for p in out.iterdir()) == ["strip.png", "video.mp4"]  # no result.json, no temp file
+
+
+def test_frames_default_to_about_five_seconds(capsys, tmp_path):
+    from longlive.model.presets import default_frames
+
+    assert default_frames(get_preset("tiny")) == 30 and default_frames(get_preset("wan2.2-ti2v-5b")) == 32
+    out = tmp_path / "five"
+    code, err = _run(capsys, "--preset", "tiny", "--prompt", "a red circle", "--steps", "2", "--out", str(out),
+                     "--no-progress")
+    assert code == 0, err
+    row = json.loads((out / "result.json").read_text())["rows"][0]
+    assert row["frames_latent"] == 30 and row["frames_video"] == 117 and row["video_seconds"] == pytest.approx(4.875)
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "about 5 s of video: wan2.2-ti2v-5b 32, wan2.1-t2v-1.3b 21, tiny 30" in help_text
+    assert "its first chunk is conditioned on the prompt as written, the shot's later chunks on the bare caption" in \
+        help_text

@@ -13,7 +13,7 @@ import torch
 from longlive.text import EmbeddingCache, build_text_encoder
 from longlive.train.data import (
     COLOURS,
-    TRANSITION_PREFIX,
+    SCENE_CUT_PREFIX,
     FolderVideos,
     LatentCache,
     ProceduralDataset,
@@ -100,8 +100,8 @@ def test_multishot_cuts_and_prefix() -> None:
     gen = ProceduralVideos()
     frames, captions, meta = gen.multishot(1, shots=3, frames_per_shot=[6, 8, 10])
     assert frames.shape[0] == 24 and meta["bounds"] == [0, 6, 14, 24]
-    assert not captions[0].startswith(TRANSITION_PREFIX)
-    assert all(c == TRANSITION_PREFIX + r for c, r in zip(captions[1:], meta["raw_captions"][1:], strict=True))
+    assert not captions[0].startswith(SCENE_CUT_PREFIX)
+    assert all(c == SCENE_CUT_PREFIX + r for c, r in zip(captions[1:], meta["raw_captions"][1:], strict=True))
     bgs = [s["background"] for s in meta["shots"]]
     assert all(a != b for a, b in zip(bgs, bgs[1:], strict=False))
 
@@ -174,7 +174,7 @@ def test_training_samples_end_to_end(tmp_path, vae) -> None:
     assert s["latents"].shape == (1, 16, 4, 2, 2)
     assert s["prompt_embeds"].shape == (2, text.max_len, text.dim)
     assert s["frame_prompt"].tolist() == [0, 0, 1, 1]  # latent 2 ends on raw frame 8, the first of shot 1
-    assert s["prompts"][1].startswith(TRANSITION_PREFIX) and not s["prompts"][0].startswith(TRANSITION_PREFIX)
+    assert s["prompts"][1].startswith(SCENE_CUT_PREFIX) and not s["prompts"][0].startswith(SCENE_CUT_PREFIX)
     assert not torch.equal(s["prompt_embeds"][0], s["prompt_embeds"][1])
     again = list(training_samples(source, counting, text, lat, emb, num_latents=4))
     assert counting.calls == 2 and torch.equal(again[1]["latents"], samples[1]["latents"])

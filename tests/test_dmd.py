@@ -224,6 +224,14 @@ def _prompts(seed: int = 0):
         yield torch.randn(1, CFG.text_len, CFG.text_dim, generator=g)
 
 
+def test_dmd_default_learning_rates_are_the_releases(tmp_path):
+    """The release's configs/train_dmd.yaml: generator (LoRA) lr 1e-5, critic lr 2e-6, betas (0, 0.999) for both."""
+    tr = DMDTrainer(_model(), DMDConfig(num_blocks=2, rank=4, alpha=4), _prompts(), tmp_path)
+    assert [g["lr"] for g in tr.gen_opt.param_groups] == [1e-5]
+    assert [g["lr"] for g in tr.critic_opt.param_groups] == [2e-6]
+    assert tr.gen_opt.param_groups[0]["betas"] == tr.critic_opt.param_groups[0]["betas"] == (0.0, 0.999)
+
+
 def test_dmd_steps_update_on_schedule_and_keep_base_frozen(tmp_path):
     base = _model()
     base_sd = {k: v.clone() for k, v in base.state_dict().items()}
@@ -317,7 +325,8 @@ def test_multi_shot_rollout_equals_inference_with_a_scene_cut():
         single = rollout(model, model.text_kv(ctx[:1]), _noise(blocks), num_blocks=blocks, exit_step=3, grad=False)
     spec = GenerationSpec(prompts=["a", "The scene transitions. b"], frames=blocks * CFG.chunk_frames, steps=4,
                           seed=0, switch_chunks=[2])
-    ref = generate(model, spec, [ctx[:1], ctx[1:]]).latents
+    assert spec.texts == ["a", "The scene transitions. b", "b"]  # the shot's later chunk: the bare caption
+    ref = generate(model, spec, [ctx[:1], ctx[1:], ctx[1:]]).latents  # the rollout gives shot 1 one text
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(ours[:, :, 4:], single[:, :, 4:], atol=1e-3)  # the cut changed the second shot
 

@@ -13,12 +13,16 @@ def frames(*chunks):
     return [c * 8 + i for c in chunks for i in range(8)]
 
 
-def windows(cut_at=None, clean=False, n=8):
+def windows(cut_at=None, clean=False, n=8, rerun=False):
+    """The window of each chunk's denoising steps (rerun=True: of its clean re-run), the loop's calls in order."""
     cache = KVCache.allocate(DEFAULT, num_layers=1, batch=1, heads=1, head_dim=2, storage="fp32")
     out = []
     for c in range(n):
-        cache.begin_chunk(c, clear_to_sink=clean and c == cut_at)
-        out.append(cache.window_frames())
+        cache.begin_chunk(c)
+        steps = cache.window_frames()
+        if clean and c == cut_at:
+            cache.clear_to_sink()
+        out.append(cache.window_frames() if rerun else steps)
         if c == cut_at:
             cache.pin_current()
     return out
@@ -59,11 +63,23 @@ def test_scene_cut_during_warmup_and_second_cut():
     assert got[8] == [0, 6, 7, 8]
 
 
-def test_clean_recache_keeps_only_global_sink():
-    w = windows(cut_at=5, clean=True)
-    assert w[5] == frames(0, 5)
-    assert w[6] == frames(0, 5, 6)
-    assert w[7] == frames(0, 5, 6, 7)
+def test_clean_recache_keeps_only_global_sink_for_the_rerun():
+    steps, rerun = windows(cut_at=5, clean=True), windows(cut_at=5, clean=True, rerun=True)
+    assert steps[5] == frames(0, 3, 4, 5)  # the cut chunk denoises against the full window, as in the release
+    assert rerun[5] == frames(0, 5)        # only its clean re-run sees [global sink | this chunk]
+    assert steps[6] == rerun[6] == frames(0, 5, 6)
+    assert steps[7] == frames(0, 5, 6, 7)
+
+
+def test_clean_recache_keeps_slots_a_prefix():
+    cache = KVCache.allocate(DEFAULT, num_layers=1, batch=1, heads=1, head_dim=2, storage="fp32")
+    for c in range(6):
+        cache.begin_chunk(c)
+    assert cache.current_slot != 1
+    cache.clear_to_sink()
+    assert cache.current_slot == 1 and cache.filled_slots == 2 and cache.slot_chunk[:2] == [0, 5]
+    cache.begin_chunk(6)
+    assert cache.window_chunks() == [0, 5, 6] and cache.current_slot == 2
 
 
 def test_writes_in_place_and_window_is_a_view():

@@ -131,6 +131,34 @@ def test_store_last_row_wins_and_torn_line_is_dropped(tmp_path):
     assert sorted(df.cell_id) == ["a", "b"]
 
 
+def test_append_after_a_tear_at_every_byte_offset(tmp_path):
+    """A row torn at any byte (a crash mid-write), then a fresh append: the fresh row and every earlier row read
+    back, the torn line alone is skipped, a re-run reuses the fresh row, and the report loads the store."""
+    from longlive.report.load import load_results
+    from longlive.runner.cell import build_row
+
+    spec = {"cell_id": "torn", "config": {"workload": {"name": "infer"}, "frames": 8, "seed": 0},
+            "axes": {"steps": 4}}
+    real = build_row(spec, "ok", None, {"denoise_fps": 12.5}, "2026-12-07T00:00:00+00:00", 0.0)
+    line = (json.dumps(real, default=str, separators=(",", ":")) + "\n").encode()
+    first = {"cell_id": "first", "status": "ok"}
+    fresh = {**real, "cell_id": "fresh", "denoise_fps": 20.0}
+    for cut in range(len(line) + 1):
+        store = ResultsStore(tmp_path / str(cut))
+        store.append(first)
+        with store.jsonl.open("ab") as f:
+            f.write(line[:cut])
+        store.append(fresh)
+        whole = cut >= len(line) - 1  # all of the JSON arrived (with or without its newline)
+        rows = store.rows()
+        assert [r["cell_id"] for r in rows] == ["first", *(["torn"] if whole else []), "fresh"], cut
+        assert rows[-1] == json.loads(json.dumps(fresh, default=str))
+        assert store.latest()["fresh"]["denoise_fps"] == 20.0
+        if cut in (0, 1, len(line) // 2, len(line) - 2, len(line)):
+            df = load_results([store.root])
+            assert set(df.cell_id) == {"first", "fresh", *(["torn"] if whole else [])}
+
+
 def test_classify_failure_reasons():
     assert classify_failure("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB").startswith("OOM")
     missing = classify_failure("ModuleNotFoundError: No module named 'vbench'")
@@ -145,7 +173,7 @@ def _rows(results: Path) -> list[dict]:
 def test_skip_and_failure_rows_never_stop_the_sweep(tmp_path):
     counts = run_sweep(None, ["sp=1,3", "frames=5", "hardware=cpu,h200"], tmp_path, progress=False)
     rows = _rows(tmp_path)
-    assert counts == {"ok": 0, "failed": 2, "skipped": 2, "reused": 0} and len(rows) == 4
+    assert counts == {"ok": 0, "failed": 2, "skipped": 2, "reused": 0, "failed_earlier": 0} and len(rows) == 4
     by = {(r["sp"], r["gpu"]): r for r in rows}
     assert by[(1, "cpu")]["status"] == "failed" and "not a multiple of the tiny chunk" in by[(1, "cpu")]["reason"]
     assert by[(3, "cpu")]["status"] == "failed" and "sp=3 does not divide" in by[(3, "cpu")]["reason"]
@@ -162,9 +190,28 @@ def test_finished_cells_are_reused_and_force_redoes_them(tmp_path):
     assert all(r["timing_definition"]["denoise_fps"] and r["mfu"] > 0 for r in rows)
     assert all((tmp_path / r["artifacts"]["video"]).exists() for r in rows)
     second = run_sweep(None, args, tmp_path, progress=False)
-    assert second == {"ok": 0, "failed": 0, "skipped": 0, "reused": 2} and len(_rows(tmp_path)) == 2
+    assert second == {"ok": 0, "failed": 0, "skipped": 0, "reused": 2, "failed_earlier": 0}
+    assert len(_rows(tmp_path)) == 2
     third = run_sweep(None, [*FAST, "steps=2", "decode=batch"], tmp_path, force=True, progress=False)
     assert third["ok"] == 1 and len(_rows(tmp_path)) == 3
+
+
+def test_a_cell_killed_by_a_signal_says_so_and_a_rerun_counts_it(tmp_path, monkeypatch, capsys):
+    from longlive import cli
+    from longlive.runner import executor
+
+    die = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"]
+    monkeypatch.setattr(executor, "cell_command", lambda cell, spec, row: die)
+    counts = run_sweep(None, ["frames=4", "steps=2,4"], tmp_path, progress=False)
+    rows = _rows(tmp_path)
+    assert counts["failed"] == 2 and all(r["reason"] == "killed by SIGTERM (signal 15)" for r in rows)
+    assert executor.signal_reason(1, "...\n  exitcode  : -9 (pid: 123)\n") == (
+        "killed by SIGKILL (signal 9) (the host's out-of-memory killer sends SIGKILL)")  # a rank, under torchrun
+    assert executor.signal_reason(1, "ValueError: x") is None
+    assert cli.main(["sweep", "frames=4", "steps=2,4", "--results", str(tmp_path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "0 ok, 0 failed, 0 skipped, 2 already done" in out
+    assert "2 failed earlier, not retried: --retry-failed redoes them" in out
 
 
 def test_killed_sweep_resumes_without_redoing_finished_cells(tmp_path):

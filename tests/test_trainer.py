@@ -236,3 +236,30 @@ def test_cli_hook(tmp_path, capsys):
     bad = ap.parse_args(["train", "--steps", "1", "--out", str(tmp_path / "bad"), "--precision", "fp3"])
     with pytest.raises(ValueError):
         bad.func(bad)
+
+
+@pytest.mark.parametrize("source", ["random", "procedural", "folder"])
+def test_train_cli_runs_every_data_source(tmp_path, capsys, source):
+    """`longlive train --data ...` through the real command for every source it names; a bad source is a clear
+    error before any work."""
+    from longlive import cli
+    from longlive.train.data import write_procedural_folder
+
+    data = source
+    if source == "folder":
+        write_procedural_folder(tmp_path / "clips", 2, shots=2, frames_per_shot=7, seed=3)
+        data = f"folder:{tmp_path / 'clips'}"
+    out = tmp_path / "run"
+    code = cli.main(["train", "--preset", "tiny", "--steps", "2", "--frames", "4", "--data", data, "--out", str(out),
+                     "--no-progress", "--no-activation-checkpointing", "--no-fsdp"])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps"] == 2 and [m["step"] for m in read_metrics(out)] == [1, 2]
+    assert all(math.isfinite(m["loss"]) for m in read_metrics(out))
+    if source != "random":
+        assert list((out / "data_cache" / "latents").rglob("*.safetensors"))  # encoded once, cached
+    assert cli.main(["train", "--preset", "tiny", "--data", "nowhere", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown --data 'nowhere'" in capsys.readouterr().err
+    assert cli.main(["train", "--preset", "tiny", "--data", f"folder:{tmp_path / 'none'}",
+                     "--out", str(tmp_path / "y")]) == 2
+    assert "is not a folder" in capsys.readouterr().err

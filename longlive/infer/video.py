@@ -70,7 +70,7 @@ class VideoRequest:
 def validate(req: VideoRequest):
     """All cheap checks before anything heavy. Returns (preset config, default weight paths or None)."""
     from longlive.infer.decode import DECODE_MODES
-    from longlive.infer.pipeline import plan_chunks
+    from longlive.infer.pipeline import chunk_texts
     from longlive.model.attention import BACKENDS
     from longlive.weights import default_paths, require
 
@@ -88,7 +88,7 @@ def validate(req: VideoRequest):
         d = torch.device(dev)
         if d.type == "cuda" and (not torch.cuda.is_available() or (d.index or 0) >= torch.cuda.device_count()):
             raise ValueError(f"device {dev} is not available on this machine")
-    plan_chunks(req.prompts, req.frames // cfg.chunk_frames, req.switch_at)
+    chunk_texts(req.prompts, req.frames // cfg.chunk_frames, req.switch_at)
     if req.sp > 1:
         import os
 
@@ -129,8 +129,7 @@ def load_components(req: VideoRequest, cfg: ModelConfig, paths):
     """Generator, VAE and text encoder on their devices; notes say which are untrained stand-ins."""
     from longlive.model.checkpoint import load_generator
     from longlive.model.dit import build_model
-    from longlive.text import build_text_encoder
-    from longlive.vae import build_vae, load_vae
+    from longlive.weights import describe, load_text_for, load_vae_for
 
     dev = torch.device(req.device)
     vae_dev = torch.device(req.vae_device or req.device)
@@ -138,6 +137,9 @@ def load_components(req: VideoRequest, cfg: ModelConfig, paths):
     notes = []
     model = build_model(cfg, device=dev, dtype=dtype, seed=req.seed).eval().requires_grad_(False)
     gen_path = req.checkpoint or (paths.generator if paths else None)
+    if req.checkpoint is None and req.steps == 2 and paths is not None and paths.generator_2step is not None \
+            and paths.generator_2step.exists():
+        gen_path = paths.generator_2step  # the tiny default's 2-step generator (its DMD LoRA merged)
     packed_checkpoint = False
     if gen_path is not None and Path(gen_path).exists():
         from longlive.model.checkpoint import NVFP4_FORMAT, checkpoint_format
@@ -151,6 +153,7 @@ def load_components(req: VideoRequest, cfg: ModelConfig, paths):
             packed_checkpoint = True
         else:
             load_generator(model, gen_path)
+            notes.append(f"generator: {describe(gen_path)}")
     elif req.checkpoint is not None:
         raise FileNotFoundError(f"generator checkpoint not found: expected {req.checkpoint}")
     else:
@@ -164,19 +167,10 @@ def load_components(req: VideoRequest, cfg: ModelConfig, paths):
         rep = quantize_model(model, qcfg, device=dev)
         notes.append(f"PTQ: {len(rep.quantised)} block Linears -> {req.quant} ({req.linear_backend} backend), "
                      f"{rep.bytes_before / 1e9:.2f} -> {rep.bytes_after / 1e9:.2f} GB")
-    vae_path = req.vae or (paths.vae if paths else None)
     vae_dtype = dtype if vae_dev.type == "cuda" else torch.float32
-    if vae_path is not None and Path(vae_path).exists():
-        vae = load_vae(cfg.vae, vae_path, device=vae_dev, dtype=vae_dtype)
-        from longlive.train.vae_train import apply_stats
-
-        apply_stats(vae, Path(vae_path).with_name("vae_stats.json"))  # our trained VAEs ship their latent stats
-    elif req.vae is not None:
-        raise FileNotFoundError(f"VAE checkpoint not found: expected {req.vae}")
-    else:
-        torch.manual_seed(req.seed)
-        vae = build_vae(cfg.vae, device=vae_dev, dtype=vae_dtype)
-        notes.append("vae: seeded random weights (no trained checkpoint found)")
+    vae, note = load_vae_for(cfg, req.vae or (paths.vae if paths else None), explicit=req.vae is not None,
+                             device=vae_dev, dtype=vae_dtype, seed=req.seed)
+    notes += [note] if note else []
     if vae_dev.type == "cuda":
         # cuDNN's channels-last 3-D conv kernels with algorithm search (reports/perf: 1227 → 1071 ms per steady
         # 32-frame chunk with the stream's single layout), and the fused RMSNorm+SiLU when the DiT compiles too.
@@ -186,30 +180,26 @@ def load_components(req: VideoRequest, cfg: ModelConfig, paths):
             from longlive.infer.compile import compile_vae
 
             compile_vae(vae)
-    text_path = req.text_encoder or (paths.text if paths else None)
-    if cfg.text_encoder == "tiny":
-        ckpt = text_path if text_path is not None and Path(text_path).exists() else None
-        text = build_text_encoder("tiny", checkpoint=ckpt, device=dev, seed=req.seed if ckpt is None else None)
-        if ckpt is None:
-            notes.append("text encoder: seeded random tiny umT5")
-    elif req.random_weights:
-        text = None
-        notes.append("text encoder: skipped (random prompt embeddings)")
-    else:
-        text = build_text_encoder(cfg.text_encoder, checkpoint=text_path,
-                                  tokenizer_dir=req.tokenizer or paths.tokenizer, device=dev)
+    text, note = load_text_for(cfg, req.text_encoder or (paths.text if paths else None),
+                               req.tokenizer or (paths.tokenizer if paths else None), device=dev, seed=req.seed,
+                               random_weights=req.random_weights)
+    notes += [note] if note else []
     return model, vae, text, notes
 
 
 def embed_prompts(req: VideoRequest, text, cfg: ModelConfig) -> list[torch.Tensor]:
+    """One embedding per conditioning text (`GenerationSpec.texts`: the prompts, then the bare captions of scene
+    cuts)."""
+    from longlive.infer.pipeline import conditioning_texts
     from longlive.text import EmbeddingCache
 
     dev, dtype = torch.device(req.device), req.torch_dtype
+    texts = conditioning_texts(req.prompts)
     if text is None:
         g = torch.Generator().manual_seed(req.seed)
-        return [torch.randn(1, cfg.text_len, cfg.text_dim, generator=g).to(dev, dtype) for _ in req.prompts]
-    embs = EmbeddingCache(req.cache_dir).encode(text, req.prompts)
-    return [embs[i : i + 1].to(dev, dtype) for i in range(len(req.prompts))]
+        return [torch.randn(1, cfg.text_len, cfg.text_dim, generator=g).to(dev, dtype) for _ in texts]
+    embs = EmbeddingCache(req.cache_dir).encode(text, texts)
+    return [embs[i : i + 1].to(dev, dtype) for i in range(len(texts))]
 
 
 def image_latent(path: Path, vae, cfg: ModelConfig) -> torch.Tensor:

@@ -143,13 +143,8 @@ class KVCache:
         self._clock = 0
 
     # -- chunk lifecycle ------------------------------------------------------------------------------
-    def begin_chunk(self, chunk: int, *, clear_to_sink: bool = False) -> int:
+    def begin_chunk(self, chunk: int) -> int:
         """Choose the slot of a new chunk (the release's roll), return it. Called once per chunk."""
-        if clear_to_sink:  # the release's `shot_clean_recache`: keep only the global sink
-            for s in range(self.geo.sink_slots, self.geo.num_slots):
-                self.slot_chunk[s] = None
-                self.slot_time[s] = -1
-            self.pinned_slot = None
         empty = [s for s, c in enumerate(self.slot_chunk) if c is None]
         if empty:
             slot = empty[0]
@@ -162,6 +157,25 @@ class KVCache:
         self.current_slot = slot
         return slot
 
+    def clear_to_sink(self) -> None:
+        """The release's `shot_clean_recache`, called just before a cut chunk's clean re-run: drop every chunk but
+        the global sink (and the shot pin), keeping the current chunk.
+
+        The current chunk moves to the first slot after the sink, so filled slots stay a prefix of the buffer; its
+        K/V there are written by the re-run itself (every storage writes the current chunk before attending).
+        """
+        if self.current_slot is None:
+            raise RuntimeError("KVCache.clear_to_sink() before begin_chunk()")
+        chunk, time = self.slot_chunk[self.current_slot], self.slot_time[self.current_slot]
+        if self.current_slot < self.geo.sink_slots:
+            return  # the chunk is itself part of the global sink: nothing after it yet
+        for s in range(self.geo.sink_slots, self.geo.num_slots):
+            self.slot_chunk[s] = None
+            self.slot_time[s] = -1
+        self.pinned_slot = None
+        self.current_slot = self.geo.sink_slots
+        self.slot_chunk[self.current_slot], self.slot_time[self.current_slot] = chunk, time
+
     def pin_current(self) -> None:
         """Multi-shot sink: keep the just-generated chunk (a scene cut's first chunk) until the next cut."""
         if not self.geo.multishot_sink:
@@ -169,6 +183,11 @@ class KVCache:
         if self.current_slot is None or self.current_slot < self.geo.sink_slots:
             return  # a cut on a sink chunk is already kept
         self.pinned_slot = self.current_slot
+
+    @property
+    def pinned_chunk(self) -> int | None:
+        """The chunk held by the multi-shot sink, if any."""
+        return None if self.pinned_slot is None else self.slot_chunk[self.pinned_slot]
 
     @property
     def filled_slots(self) -> int:

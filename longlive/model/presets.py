@@ -85,3 +85,15 @@ def get_preset(name: str) -> ModelConfig:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}") from None
+
+
+DEFAULT_VIDEO_SECONDS = 5.0
+
+
+def default_frames(cfg: ModelConfig, seconds: float = DEFAULT_VIDEO_SECONDS) -> int:
+    """Latent frames for about `seconds` of video: the whole number of chunks whose 1 + 4(T−1) frames come nearest
+    to seconds·fps (tiny and 5B: 30 and 32 latents, 4.9 s and 5.2 s)."""
+    stride = cfg.vae_stride[0]
+    target = seconds * cfg.fps
+    return min((k * cfg.chunk_frames for k in range(1, 10_000)),
+               key=lambda t: (abs(1 + stride * (t - 1) - target), t))

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from longlive.output import check_out_dir, write_text_atomic
 from longlive.report.compare import (
     DMD_RUNGS,
     LAYOUT_ORDER,
@@ -222,12 +223,6 @@ def _publish(src: Path, assets: Path, stem: str) -> str:
         shutil.copyfile(src, tmp)
         os.replace(tmp, dest)
     return f"assets/{name}"
-
-
-def _atomic_write(path: Path, content: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(content, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _sorted(df: pd.DataFrame) -> pd.DataFrame:
@@ -555,10 +550,8 @@ def build_report(results: list[Path], out: Path, title: str | None = None) -> Pa
     paths = [Path(p) for p in results]
     if not paths:
         raise ValueError("no results given")
+    out = check_out_dir(out)
     df = load_results(paths)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out} exists and is not a folder")
     assets = out / "assets"
     assets.mkdir(parents=True, exist_ok=True)
     sources = [str(p) for p in paths]
@@ -580,7 +573,7 @@ def build_report(results: list[Path], out: Path, title: str | None = None) -> Pa
     _manifests(doc, df)
     _timing(doc, df)
     md, page = doc.render(title)
-    _atomic_write(out / "index.md", md)
-    _atomic_write(out / "index.html", page)
+    write_text_atomic(out / "index.md", md)
+    write_text_atomic(out / "index.html", page)
     _gc_assets(assets, doc.assets)
     return out / "index.html"

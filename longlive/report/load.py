@@ -16,6 +16,7 @@ import pandas as pd
 
 from longlive.report.compare import flag
 from longlive.runner.schema import AXES, IDENTITY, METRICS, NESTED, TIMES
+from longlive.runner.store import read_jsonl
 
 RESULTS_NAMES = ("results.jsonl", "results.parquet")
 INT_COLUMNS = ("sp", "steps", "frames", "seed", "dp")
@@ -39,20 +40,10 @@ def resolve_results_path(path: Path) -> Path:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    """Rows of a JSONL store; a torn last line (a writer killed mid-append) is dropped with a warning."""
-    lines = [(i, s) for i, s in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if s.strip()]
-    rows = []
-    for k, (lineno, text) in enumerate(lines):
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as exc:
-            if k == len(lines) - 1:
-                warnings.warn(f"{path}:{lineno}: ignoring an incomplete last line ({exc})", stacklevel=3)
-                continue
-            raise ValueError(f"{path}:{lineno}: not a JSON object: {exc}") from exc
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-        rows.append(row)
+    """Rows of a JSONL store; torn lines (a writer killed mid-append) are dropped with a warning each."""
+    rows, torn = read_jsonl(path)
+    for lineno in torn:
+        warnings.warn(f"{path}:{lineno}: ignoring a torn line (a write cut short)", stacklevel=3)
     return rows
 
 

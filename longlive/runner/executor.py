@@ -66,8 +66,29 @@ def run_cell(cell: Cell, store: ResultsStore, config_dir: Path = EXPERIMENTS_DIR
         row = json.loads(row_path.read_text())
         row["artifacts"] = {k: f"cells/{cell.cell_id}/{v}" for k, v in (row.get("artifacts") or {}).items()}
         return row
-    tail = (out / "stderr.log").read_text()[-4000:]
-    return build_row(spec, "failed", classify_failure(tail) or f"exit code {code}", None, started, t0)
+    tail = (out / "stderr.log").read_text(errors="replace")[-4000:]
+    reason = signal_reason(code, tail) or classify_failure(tail) or f"exit code {code}"
+    return build_row(spec, "failed", reason, None, started, t0)
+
+
+def signal_reason(code: int, stderr_tail: str) -> str | None:
+    """'killed by SIGKILL (signal 9)...' when the cell's process (or, under torchrun, a rank) died of a signal."""
+    import re
+    import signal
+
+    num = -code if code < 0 else None
+    if num is None:  # torchrun reports a rank's death: "exitcode  : -9" / "Signal 9 (SIGKILL) received by PID"
+        m = re.search(r"exitcode\s*:\s*-(\d+)", stderr_tail) or re.search(r"Signal (\d+) \(SIG\w+\) received",
+                                                                         stderr_tail)
+        num = int(m.group(1)) if m else None
+    if num is None:
+        return None
+    try:
+        name = signal.Signals(num).name
+    except ValueError:
+        name = f"signal {num}"
+    hint = " (the host's out-of-memory killer sends SIGKILL)" if name == "SIGKILL" else ""
+    return f"killed by {name} (signal {num}){hint}"
 
 
 def order_cells(cells: list[Cell], config_dir: Path = EXPERIMENTS_DIR) -> list[Cell]:
@@ -85,18 +106,20 @@ def order_cells(cells: list[Cell], config_dir: Path = EXPERIMENTS_DIR) -> list[C
 
 def run_sweep(experiment: str | None, overrides: list[str], results: Path, *, force: bool = False,
               retry_failed: bool = False, progress: bool = True, config_dir: Path = EXPERIMENTS_DIR) -> dict[str, int]:
-    """Expand, resume and run a matrix; returns counts of ok / failed / skipped / reused rows."""
+    """Expand, resume and run a matrix; returns counts of ok / failed / skipped / reused rows (and of reused rows
+    that had failed: `failed_earlier`)."""
     from tqdm import tqdm
 
     cells = order_cells(expand(experiment, overrides, config_dir), config_dir)
     store = ResultsStore(results)
     done = store.latest()
-    counts = {"ok": 0, "failed": 0, "skipped": 0, "reused": 0}
+    counts = {"ok": 0, "failed": 0, "skipped": 0, "reused": 0, "failed_earlier": 0}
     bar = tqdm(cells, desc=f"sweep {experiment or 'adhoc'}", unit="cell", disable=not progress, file=sys.stderr)
     for cell in bar:
         prev = done.get(cell.cell_id)
         if prev is not None and not force and not (retry_failed and prev["status"] == "failed"):
             counts["reused"] += 1
+            counts["failed_earlier"] += prev["status"] == "failed"
             continue
         bar.set_postfix_str(" ".join(f"{k}={v}" for k, v in cell.axes.items()))
         row = run_cell(cell, store, config_dir)

@@ -11,8 +11,10 @@ AXES = ("model", "precision", "kv_quant", "sp", "exchange", "steps", "decode", "
 """Matrix axes: config key = CLI override = result column (DESIGN.md conventions). An axis a workload does not
 read is None in its rows: inference rows have no train_layout, training rows no decode or kv_quant."""
 
-IDENTITY = ("cell_id", "experiment", "workload", "status", "reason", "frames", "seed", "linear_backend", "compile")
-"""status: ok | failed | skipped; reason: why a cell failed or was skipped (OOM, unsupported, missing extra)."""
+IDENTITY = ("cell_id", "experiment", "workload", "status", "reason", "frames", "seed", "linear_backend", "weight_rule",
+            "compile")
+"""status: ok | failed | skipped; reason: why a cell failed or was skipped (OOM, unsupported, missing extra);
+linear_backend / weight_rule: how quantised Linears ran and the NVFP4 weight rule (None without them)."""
 
 METRICS = (
     # inference speed (spec 05 timing definitions)
@@ -36,7 +38,7 @@ STATUSES = ("ok", "failed", "skipped")
 def empty_row(cell_id: str, experiment: str, workload: str, axes: dict, frames: int | None, seed: int | None) -> dict:
     """A row with every column present (metrics None) so rows of any status stack into one table."""
     row = {"cell_id": cell_id, "experiment": experiment, "workload": workload, "status": "skipped", "reason": None,
-           "frames": frames, "seed": seed, "linear_backend": None, "compile": None}
+           "frames": frames, "seed": seed, "linear_backend": None, "weight_rule": None, "compile": None}
     row.update({a: axes.get(a) for a in AXES})
     row.update({m: None for m in METRICS})
     row.update({n: {} for n in NESTED})

@@ -1,7 +1,8 @@
 """Append-only results store: one JSON line per finished cell, Parquet snapshots for analysis.
 
-Lines are appended with a single write + fsync, so a killed sweep leaves at worst one torn trailing line,
-which the reader drops (and reports). The latest row for a cell id wins. Parquet is rewritten atomically.
+Lines are appended with a single write + fsync, so a killed sweep leaves at worst one torn trailing line. The next
+append starts a new line after such a tail, so the torn fragment stays a line of its own and every reader skips
+exactly that line (and reports it). The latest row for a cell id wins. Parquet is rewritten atomically.
 """
 
 from __future__ import annotations
@@ -26,28 +27,26 @@ class ResultsStore:
         return d
 
     def rows(self) -> list[dict[str, Any]]:
-        """Every parseable row in file order (a torn last line from a killed writer is skipped)."""
+        """Every readable row in file order (torn lines from killed writers are skipped and reported)."""
         if not self.jsonl.exists():
             return []
-        out = []
-        with self.jsonl.open("r", encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    print(f"results store: ignoring unreadable line {n} of {self.jsonl} (torn write?)", file=sys.stderr)
-        return out
+        rows, torn = read_jsonl(self.jsonl)
+        for n in torn:
+            print(f"results store: ignoring unreadable line {n} of {self.jsonl} (torn write?)", file=sys.stderr)
+        return rows
 
     def latest(self) -> dict[str, dict[str, Any]]:
         return {r["cell_id"]: r for r in self.rows()}
 
     def append(self, row: dict[str, Any]) -> None:
-        line = json.dumps(row, default=str, separators=(",", ":")) + "\n"
-        fd = os.open(self.jsonl, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        """One line, one write, fsync'd. After a torn tail (no final newline) the row starts on a new line."""
+        line = (json.dumps(row, default=str, separators=(",", ":")) + "\n").encode("utf-8")
+        fd = os.open(self.jsonl, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, line.encode("utf-8"))
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line
+            os.write(fd, line)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -66,3 +65,23 @@ class ResultsStore:
         df.to_parquet(tmp, index=False)
         tmp.replace(self.parquet)
         return self.parquet
+
+
+def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
+    """(rows, line numbers of torn lines) of a results file: a line that is not a whole JSON object is a write cut
+    short by a crash, skipped on its own; blank lines are ignored."""
+    rows, torn = [], []
+    with Path(path).open("rb") as f:
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                torn.append(n)
+                continue
+            if isinstance(row, dict) and "cell_id" in row:
+                rows.append(row)
+            else:
+                torn.append(n)
+    return rows, torn

@@ -141,6 +141,7 @@ class InferWorkload:
                 "per chunk / ((steps+1) x (GEMM FLOP / gemm rate + attention FLOP / attention rate)); mfu = "
                 "achieved FLOP/s / measured dense GEMM rate")
         out["linear_backend"] = req.linear_backend if req.quant != "none" else None
+        out["weight_rule"] = req.weight_rule if req.quant == "nvfp4" else None
         out.update(quality_metrics(cfg, frames, ctx))
         from longlive.quant.kernels import active_kernels
 

@@ -31,8 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from longlive.text import EmbeddingCache, TextEncoder
-
-TRANSITION_PREFIX = "The scene transitions. "
+from longlive.text.prompts import SCENE_CUT_PREFIX, with_prefix
 
 # Well separated RGB values; names are what captions say.
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -256,7 +255,7 @@ class ProceduralVideos:
             raw.append(self.caption(scene))
             metas.append(self._meta(scene, centres))
             bounds.append(bounds[-1] + n)
-        captions = [c if k == 0 else TRANSITION_PREFIX + c for k, c in enumerate(raw)]
+        captions = [c if k == 0 else SCENE_CUT_PREFIX + c for k, c in enumerate(raw)]
         meta = {"shots": metas, "raw_captions": raw, "bounds": bounds}
         return torch.from_numpy(np.concatenate(frames)), captions, meta
 
@@ -560,10 +559,6 @@ def frame_prompts(
     return prompts, index
 
 
-def _with_prefix(caption: str) -> str:
-    return caption if caption.startswith(TRANSITION_PREFIX) else TRANSITION_PREFIX + caption
-
-
 def fix_mmap_threshold(nbytes: int = 1 << 20) -> bool:
     """Pin glibc's mmap threshold so every video-sized buffer is mmapped and returned to the OS on free.
 
@@ -610,7 +605,7 @@ def training_samples(
         key = f"{base}/frames=0:{needed}"
         latents = latent_cache.encode(vae, video[:, :needed], key)
         shots, frame_idx = frame_prompts(bounds, num_latents, stride_t, transition_latents)
-        prompts = [_with_prefix(captions[s]) if t else captions[s] for s, t in shots]
+        prompts = [with_prefix(captions[s]) if t else captions[s] for s, t in shots]
         embeds = emb_cache.encode(text_encoder, prompts, device="cpu")
         yield {
             "latents": latents.unsqueeze(0),
@@ -619,3 +614,62 @@ def training_samples(
             "prompts": prompts,
             "key": key,
         }
+
+
+class CycledSamples:
+    """Trainer input over a finite list of samples, endlessly, with its position in state_dict (resume continues
+    the stream exactly)."""
+
+    def __init__(self, samples: list[dict[str, Any]]) -> None:
+        if not samples:
+            raise ValueError("no training samples: every clip is shorter than the frames asked for")
+        self.samples, self.index = samples, 0
+
+    def __iter__(self) -> CycledSamples:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        s = self.samples[self.index % len(self.samples)]
+        self.index += 1
+        return s
+
+    def state_dict(self) -> dict[str, int]:
+        return {"index": self.index}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.index = int(state["index"])
+
+
+def build_train_data(spec: str, *, model_cfg, frames: int, seed: int = 0, rank: int = 0, ranks: int = 1,
+                     samples: int = 64, cache_dir: str | os.PathLike = Path(".cache") / "train") -> CycledSamples:
+    """`--data procedural` (multi-shot procedural clips, 2 shots) or `--data folder:PATH` (the release's
+    video/<sample>/<n>.mp4 + caption/<sample>/<n>.json layout), encoded once through the preset's VAE and text
+    encoder (`longlive.weights`: the shipped tiny components, or the published files) into latent and embedding
+    caches. A shot's first chunk gets the scene-cut caption, its later chunks the bare one. Data-parallel rank
+    `rank` of `ranks` takes samples rank, rank + ranks, ..."""
+    from longlive.weights import default_paths, load_text_for, load_vae_for
+
+    needed = 1 + 4 * (frames - 1)
+    if spec == "procedural":
+        gen = ProceduralVideos(model_cfg.height, model_cfg.width, model_cfg.fps, seed=seed)
+        source: VideoSource = ProceduralDataset(gen, n_samples=samples, shots=2, frames_per_shot=-(-needed // 2))
+    elif spec.startswith("folder:"):
+        root = Path(spec.split(":", 1)[1])
+        if not root.is_dir():
+            raise FileNotFoundError(f"--data {spec}: {root} is not a folder (expected {root}/video/<sample>/<n>.mp4 "
+                                    f"and {root}/caption/<sample>/<n>.json)")
+        source = FolderVideos(root, model_cfg.height, model_cfg.width, model_cfg.fps)
+        if not len(source):
+            raise FileNotFoundError(f"--data {spec}: no samples under {root / 'video'} (folders of <n>.mp4)")
+    else:
+        raise ValueError(f"unknown --data {spec!r}; use random, procedural or folder:PATH")
+    paths = default_paths(model_cfg)
+    vae, vae_note = load_vae_for(model_cfg, paths.vae, seed=seed)
+    text, text_note = load_text_for(model_cfg, paths.text, paths.tokenizer, seed=seed)
+    for note in filter(None, (vae_note, text_note)):
+        print(f"note: {note}", flush=True)
+    cache = Path(cache_dir)
+    out = list(training_samples(source, vae, text, LatentCache(cache / "latents"), EmbeddingCache(cache / "text"),
+                                num_latents=frames, indices=range(rank, len(source), ranks),
+                                transition_latents=model_cfg.chunk_frames))
+    return CycledSamples(out)

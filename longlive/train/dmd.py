@@ -43,9 +43,9 @@ class DMDConfig:
     min_t: float = 20.0
     max_t: float = 980.0
     gen_every: int = 5  # generator updates on steps 0, 5, 10, … ; the critic on every step
-    lr_generator: float = 2e-6
-    lr_critic: float = 1e-5
-    betas: tuple[float, float] = (0.0, 0.999)  # not fixed by the spec; the self-forcing recipe's choice
+    lr_generator: float = 1e-5  # the release's configs/train_dmd.yaml: training.lr (the generator's LoRA)
+    lr_critic: float = 2e-6     # ... and training.lr_critic
+    betas: tuple[float, float] = (0.0, 0.999)  # the release's beta1/beta2 for both optimisers
     weight_decay: float = 0.0
     max_grad_norm: float | None = 10.0
     rank: int = 128

@@ -20,6 +20,7 @@ import torch.nn as nn
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
 from peft.tuners.lora.layer import Linear as LoraLinear
 
+from longlive.output import check_out_file
 from longlive.quant.linear import QuantLinear
 from longlive.quant.recipes import BLOCK_LINEARS, merge_lora
 
@@ -226,6 +227,7 @@ def add_lora_parser(subparsers) -> argparse.ArgumentParser:
 
 def cmd_lora(args: argparse.Namespace) -> int:
     if args.lora_cmd == "merge":
+        check_out_file(args.out)
         out = merge_lora_into_checkpoint(args.base, args.lora, args.out, args.which, preset=args.preset,
                                          scale=args.scale)
         print(f"merged {args.which} from {args.lora} into {args.base} -> {out}")

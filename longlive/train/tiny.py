@@ -59,6 +59,65 @@ TINY_TEXT_PRETRAIN_STEPS = 0
 AR_SHARE = 0.7  # of the time left after the codec and the data; the 2-step LoRA gets the rest
 
 
+RETRAIN_COMMAND = ("longlive train --preset tiny --tiny-default --out DIR  (2 CPU cores, 14 min), then "
+                   "python -m longlive.train.tiny ship DIR")
+# What `ship` copies into the package (longlive/assets/tiny): generator pickles become safetensors.
+SHIPPED = {"model_bf16.pt": "model_bf16.safetensors", "model_2step.pt": "model_2step.safetensors",
+           "vae.safetensors": "vae.safetensors", "vae_stats.json": "vae_stats.json",
+           "text_encoder.safetensors": "text_encoder.safetensors"}
+
+
+def recipe() -> dict:
+    """The tiny default's knobs, as recorded next to the weights they made."""
+    return {"task": {k: list(v) if isinstance(v, tuple) else v for k, v in TINY_TASK.items()},
+            "samples": TINY_SAMPLES, "first_tube": TINY_FIRST_TUBE, "ar_lr": AR_LR, "ar_batch": AR_BATCH,
+            "error_recycling": TINY_ERROR_RECYCLING, "loss_weighting": TINY_LOSS_WEIGHTING,
+            "timestep_density": TINY_TIMESTEP_DENSITY, "dmd_guidance": TINY_DMD_GUIDANCE,
+            "text_pretrain_steps": TINY_TEXT_PRETRAIN_STEPS, "ar_share": AR_SHARE}
+
+
+def ship(src: Path, dest: Path | None = None, *, notes: str | None = None) -> dict:
+    """Copy a finished `--tiny-default` run into the package's shipped weights (`longlive/assets/tiny`): generators as
+    safetensors, the codec and text encoder as they are, and MANIFEST.json (commit, recipe, evaluation numbers,
+    sha256 of every file, how to retrain). Files are written atomically; returns the manifest."""
+    import hashlib
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from longlive.model.checkpoint import read_generator_file
+    from longlive.output import write_text_atomic
+    from longlive.weights import SHIPPED_TINY
+
+    src, dest = Path(src), Path(dest or SHIPPED_TINY)
+    evaluation = json.loads((src / "tiny_eval.json").read_text())
+    missing = [n for n in SHIPPED if not (src / n).exists()]
+    if missing:
+        raise FileNotFoundError(f"{src} lacks {missing}: is it a finished `longlive train --tiny-default` run?")
+    dest.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name, shipped in SHIPPED.items():
+        tmp = dest / f".{shipped}.tmp"
+        if name.endswith(".pt"):
+            sd, meta = read_generator_file(src / name)
+            save_file({f"model.{k}": v.contiguous() for k, v in sd.items()}, str(tmp),
+                      metadata={"checkpoint_format": str(meta.get("checkpoint_format", "")), "source": name})
+        else:
+            shutil.copyfile(src / name, tmp)
+        tmp.replace(dest / shipped)
+        data = (dest / shipped).read_bytes()
+        files[shipped] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    man = {"what": "the tiny preset's trained weights (longlive train --preset tiny --tiny-default)",
+           "trained": evaluation.get("manifest", {}), "recipe": evaluation.get("manifest", {}).get("config", {}).get(
+               "recipe", recipe()),
+           "minutes": evaluation.get("minutes"), "ar_steps": evaluation.get("ar_steps"),
+           "lora_steps": (evaluation.get("lora") or {}).get("steps"), "vae_reconstruction":
+               evaluation.get("vae_reconstruction"), "eval": evaluation.get("eval"), "metric": evaluation.get("metric"),
+           "files": files, "retrain": RETRAIN_COMMAND, "notes": notes}
+    write_text_atomic(dest / "MANIFEST.json", json.dumps(man, indent=1, default=str) + "\n")
+    return man
+
+
 def named_colours(text: str) -> torch.Tensor:
     """RGB [K, 3] of the palette colours a caption or prompt names, the grey background excepted."""
     import re
@@ -192,7 +251,10 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0, samples: int 
                                          "centroid_travel_px": sum(real_travel) / len(real_travel)}}
     seeds = eval_seeds or EVAL_SEEDS
     evals.update(_evaluate(out, palette, seeds=seeds))
-    result = {"minutes": (time.perf_counter() - t_start) / 60, "vae": {"kind": "pca codec", **codec_stats},
+    from longlive.bench.manifest import manifest
+
+    result = {"manifest": manifest({"recipe": recipe(), "minutes": minutes}, seed),
+              "minutes": (time.perf_counter() - t_start) / 60, "vae": {"kind": "pca codec", **codec_stats},
               "vae_reconstruction": vae_quality, "text_encoder": text_info, "ar_steps": steps, "ar_summary": summary,
               "lora": lora_info, "eval": evals,
               "metric": "palette_match: fraction of pixels within 24/255 (L∞) of a procedural palette colour; "
@@ -311,3 +373,23 @@ def _evaluate(out: Path, palette: torch.Tensor, seeds: int = EVAL_SEEDS) -> dict
                                     "shape_match": per_prompt(shp)},
                      "strip": str(out / "samples" / tag / "strip.png")}
     return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m longlive.train.tiny ship RUN_DIR [--dest DIR] [--notes TEXT]`."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m longlive.train.tiny", description=main.__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sp = sub.add_parser("ship", help="copy a finished --tiny-default run into longlive/assets/tiny with its manifest")
+    sp.add_argument("run", type=Path)
+    sp.add_argument("--dest", type=Path, default=None)
+    sp.add_argument("--notes", default=None)
+    a = ap.parse_args(argv)
+    man = ship(a.run, a.dest, notes=a.notes)
+    print(json.dumps({k: man[k] for k in ("files", "minutes", "ar_steps", "lora_steps")}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

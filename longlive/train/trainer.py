@@ -40,6 +40,7 @@ from longlive.train.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
+from longlive.train.data import build_train_data
 from longlive.train.error_recycling import ErrorRecycler, ErrorRecyclingConfig
 from longlive.train.teacher_forcing import (
     LOSS_WEIGHTINGS,
@@ -692,18 +693,16 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def build_data(spec: str, model_cfg, frames: int, seed: int, rank: int = 0):
-    """Resolve --data; procedural/folder come from longlive.train.data (`build_train_data(spec, model_cfg=...,
-    frames=..., seed=..., rank=...)`), with a clear error while that module is not available."""
+def build_data(spec: str, model_cfg, frames: int, seed: int, rank: int = 0, ranks: int = 1,
+               cache_dir: str | os.PathLike = Path(".cache") / "train"):
+    """Resolve --data: `random` (the internal stand-in) here, `procedural` and `folder:PATH` through
+    `longlive.train.data.build_train_data` (latents and embeddings cached under cache_dir). rank / ranks: this
+    process's data-parallel rank and their number."""
     if spec == "random":
         return RandomLatentData(model_cfg, frames, seed=seed, rank=rank)
     if spec == "procedural" or spec.startswith("folder:"):
-        try:
-            from longlive.train.data import build_train_data
-        except ImportError as exc:
-            raise ValueError(f"--data {spec} needs longlive.train.data.build_train_data ({exc}); "
-                             f"use --data random for the internal stand-in") from None
-        return build_train_data(spec, model_cfg=model_cfg, frames=frames, seed=seed, rank=rank)
+        return build_train_data(spec, model_cfg=model_cfg, frames=frames, seed=seed, rank=rank, ranks=ranks,
+                                cache_dir=cache_dir)
     raise ValueError(f"unknown --data {spec!r}; use random, procedural or folder:PATH")
 
 
@@ -730,9 +729,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                       activation_checkpointing=args.activation_checkpointing, progress=not args.no_progress,
                       error_recycling=args.error_recycling, lr_schedule=args.lr_schedule,
                       warmup_steps=args.warmup_steps, text_dropout=args.text_dropout)
+    # every rank of an SP group must see the same sample: seed the data by the data-parallel rank. Data first: a bad
+    # --data fails before the model is built.
+    dp = max(1, int(os.environ.get("WORLD_SIZE", "1")) // max(1, args.sp))
+    data = build_data(args.data, mc, frames, args.seed, rank=rank // max(1, args.sp), ranks=dp,
+                      cache_dir=Path(args.out) / "data_cache")
     model = build_model(mc, device=device, seed=args.seed)
-    # every rank of an SP group must see the same sample: seed the data by the data-parallel rank
-    data = build_data(args.data, mc, frames, args.seed, rank=rank // max(1, args.sp))
     summary = ARTrainer(model, cfg, data, args.out, device=device, sp_group=sp_group).run()
     if rank == 0:
         shown = {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in summary.items()}

@@ -192,14 +192,3 @@ def save_vae(vae, out: Path, mean: list[float], std: list[float]) -> None:
     tmp.replace(out)
     stats = out.with_name("vae_stats.json")
     stats.write_text(json.dumps({"latent_mean": mean, "latent_std": std}))
-
-
-def apply_stats(vae, stats_path: Path) -> bool:
-    """Set the latent normalisation measured at training time (if the file exists)."""
-    if not stats_path.exists():
-        return False
-    s = json.loads(stats_path.read_text())
-    dev = vae.device
-    vae.latent_mean = torch.tensor(s["latent_mean"], dtype=torch.float32, device=dev)
-    vae.latent_std = torch.tensor(s["latent_std"], dtype=torch.float32, device=dev)
-    return True

@@ -2,7 +2,7 @@
 
 from .causal import CausalCache, CausalConv3d
 from .config import VAE_PRESETS, VAEConfig, get_vae_config
-from .loading import build_vae, check_state_dict, load_vae, read_state_dict
+from .loading import apply_stats, build_vae, check_state_dict, load_vae, read_state_dict
 from .wan_vae import StreamingDecoder, WanVAE
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "StreamingDecoder",
     "VAEConfig",
     "WanVAE",
+    "apply_stats",
     "build_vae",
     "check_state_dict",
     "get_vae_config",

@@ -90,3 +90,17 @@ def load_vae(
     vae.reset_latent_stats()
     vae.to(device=device if device is not None else "cpu", dtype=dtype)
     return vae.eval().requires_grad_(False)
+
+
+def apply_stats(vae, stats_path: str | Path) -> bool:
+    """Set the latent normalisation measured when our own VAEs were trained (`vae_stats.json`), if the file exists."""
+    import json
+
+    stats_path = Path(stats_path)
+    if not stats_path.exists():
+        return False
+    s = json.loads(stats_path.read_text())
+    dev = vae.device
+    vae.latent_mean = torch.tensor(s["latent_mean"], dtype=torch.float32, device=dev)
+    vae.latent_std = torch.tensor(s["latent_std"], dtype=torch.float32, device=dev)
+    return True
