@@ -43,8 +43,11 @@ def test_emulated_linear_equals_dequantised_reference(fmt, act_quant):
     cfg = LinearQuantConfig(fmt=fmt, backend="emulated", act_quant=act_quant)
     q = QuantLinear.from_linear(lin, cfg)
     if fmt == "nvfp4":
-        w = nvfp4.dequantize_nvfp4(nvfp4.quantize_nvfp4(lin.weight.detach(), block=(1, 16)), torch.float32)
-        xq = nvfp4.dequantize_nvfp4(nvfp4.quantize_nvfp4(x.reshape(-1, 64), block=(1, 16)), torch.float32)
+        assert (cfg.weight_rule, cfg.act_rule) == ("mse", "static_6")  # the release's 4-over-6 weights by default
+        w = nvfp4.dequantize_nvfp4(nvfp4.quantize_nvfp4(lin.weight.detach(), block=(1, 16), rule="mse"),
+                                   torch.float32)
+        xq = nvfp4.dequantize_nvfp4(nvfp4.quantize_nvfp4(x.reshape(-1, 64), block=(1, 16), rule="static_6"),
+                                    torch.float32)
     else:
         w = fp8.dequantize_fp8(fp8.quantize_fp8(lin.weight.detach(), granularity="row"), torch.float32)
         xq = fp8.dequantize_fp8(fp8.quantize_fp8(x.reshape(-1, 64), granularity="row"), torch.float32)

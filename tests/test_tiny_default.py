@@ -7,7 +7,7 @@ import json
 
 import torch
 
-from longlive.train.tiny import EVAL_PROMPTS, train_tiny
+from longlive.train.tiny import EVAL_PROMPTS, ship, train_tiny
 
 
 def test_train_tiny_writes_loadable_weights_and_an_evaluation(tmp_path):
@@ -43,3 +43,23 @@ def test_train_tiny_writes_loadable_weights_and_an_evaluation(tmp_path):
     assert evals["procedural (real clips)"]["centroid_travel_px"] > 5.0
     assert "centroid_travel_px" in evals["4-step"]
     assert "1 seeds each" in saved["metric"]
+    assert saved["manifest"]["git_commit"] and saved["manifest"]["config"]["recipe"]["task"]["start_spread"] == 0.0
+
+    # shipping: refused without the 2-step generator, then (given one) safetensors + a manifest that load back
+    import pytest
+
+    with pytest.raises(FileNotFoundError, match="model_2step.pt"):
+        ship(tmp_path, tmp_path / "shipped")
+    (tmp_path / "model_2step.pt").write_bytes((tmp_path / "model_bf16.pt").read_bytes())
+    man = ship(tmp_path, tmp_path / "shipped" / "tiny", notes="test")
+    assert set(man["files"]) == {"model_bf16.safetensors", "model_2step.safetensors", "vae.safetensors",
+                                 "vae_stats.json", "text_encoder.safetensors"}
+    assert man["eval"] == evals and man["trained"] == saved["manifest"] and man["notes"] == "test"
+    from longlive.weights import default_paths
+
+    paths = default_paths(get_preset("tiny"), root=tmp_path / "shipped")
+    assert paths.generator.name == "model_bf16.safetensors"
+    shipped = build_model(get_preset("tiny"))
+    load_generator(shipped, paths.generator)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), shipped.state_dict().values(),
+                                                 strict=True))
