@@ -50,8 +50,8 @@ report: $(STAMP)
 # One tiny video through `longlive generate` (the single-video path).
 demo: $(STAMP)
 	$(BIN)/longlive generate --preset tiny --device cpu --frames 16 --steps 4 --seed 0 --decode streaming \
-		--prompt "A red ball bounces across a blue floor" \
-		--prompt "The scene transitions. A green square slides to the right" \
+		--prompt "A red circle bounces on a grey background." \
+		--prompt "The scene transitions. A blue square bounces on a grey background." \
 		--out $(OUT)
 
 # On a GPU machine: the 5B preset, 6 chunks at 704x1280, random weights (results + manifest in OUT).

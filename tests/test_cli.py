@@ -114,6 +114,7 @@ def test_compiled_generation_equals_eager(capsys, tmp_path):
 
 def _no_work(monkeypatch):
     """Make any generation, sweep cell, training or merge blow up, so a test proves a check ran before the work."""
+    import longlive.infer.fidelity as fidelity  # imported before patching: it binds make_video by name
     import longlive.infer.video as video
     import longlive.model.dit as dit
     import longlive.runner.executor as executor
@@ -125,6 +126,7 @@ def _no_work(monkeypatch):
         raise AssertionError("work started before the output path was checked")
 
     monkeypatch.setattr(video, "make_video", boom)
+    monkeypatch.setattr(fidelity, "make_video", boom)
     monkeypatch.setattr(video, "load_components", boom)
     monkeypatch.setattr(executor, "run_sweep", boom)
     monkeypatch.setattr(dit, "build_model", boom)

@@ -42,6 +42,7 @@ def test_train_tiny_writes_loadable_weights_and_an_evaluation(tmp_path):
     # real clips of the task move: at least 0.08 sides/s × 60 frames / 24 fps less what a bounce takes back
     assert evals["procedural (real clips)"]["centroid_travel_px"] > 5.0
     assert "centroid_travel_px" in evals["4-step"]
+    assert evals["4-step NVFP4 W4A4 + NVFP4 KV"]["weight_rule"] == "mse" and evals["4-step"]["weight_rule"] is None
     assert "1 seeds each" in saved["metric"]
     assert saved["manifest"]["git_commit"] and saved["manifest"]["config"]["recipe"]["task"]["start_spread"] == 0.0
 

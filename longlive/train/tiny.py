@@ -371,7 +371,8 @@ def _evaluate(out: Path, palette: torch.Tensor, seeds: int = EVAL_SEEDS) -> dict
                      "temporal_flickering": mean(flick), "denoise_fps": mean(fps), "centroid_travel_px": mean(mov),
                      "per_prompt": {"palette_match": per_prompt(pal), "prompt_colour_match": per_prompt(col),
                                     "shape_match": per_prompt(shp)},
-                     "strip": str(out / "samples" / tag / "strip.png")}
+                     "strip": str(out / "samples" / tag / "strip.png"),
+                     "weight_rule": req.weight_rule if req.quant == "nvfp4" else None}
     return res
 
 
