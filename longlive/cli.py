@@ -93,8 +93,8 @@ def cmd_generate(a: argparse.Namespace) -> int:
     import os
     import subprocess
 
-    from longlive.bench.manifest import manifest
     from longlive.infer.video import make_video, validate
+    from longlive.measure.manifest import manifest
 
     check_out_dir(a.out)
     req = _request(a)
@@ -143,18 +143,18 @@ def _add_fidelity(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", action="append", default=None)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--random-weights", action="store_true")
-    p.add_argument("--ref-precision", default="bf16", help="a name from experiments/precision/")
+    p.add_argument("--ref-precision", default="bf16", help="a name from longlive/experiments/precision/")
     p.add_argument("--ref-kv-quant", default="none")
-    p.add_argument("--precision", required=True, help="candidate precision (experiments/precision/<name>.yaml)")
+    p.add_argument("--precision", required=True, help="candidate precision (a name as for --ref-precision)")
     p.add_argument("--kv-quant", default="none", help="candidate KV cache: none, fp8, nvfp4")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_fidelity)
 
 
 def cmd_fidelity(a: argparse.Namespace) -> int:
-    from longlive.bench.manifest import manifest
     from longlive.infer.fidelity import compare, precision_fields
     from longlive.infer.video import DEFAULT_PROMPT, VideoRequest
+    from longlive.measure.manifest import manifest
 
     precision_fields(a.ref_precision), precision_fields(a.precision)  # unknown names fail before any work
     check_out_dir(a.out)
@@ -192,7 +192,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_env(a: argparse.Namespace) -> int:
-    from longlive.bench.manifest import manifest
+    from longlive.measure.manifest import manifest
 
     print(json.dumps(manifest(), indent=2, default=str))
     return 0

@@ -12,12 +12,8 @@ SPEC_DIR = Path(__file__).resolve().parents[1] / "spec"
 
 
 def published_shapes() -> dict:
-    """The published key → shape lists (spec 01), from the repo copy or the shared folder beside it."""
-    for cand in (SPEC_DIR, Path(__file__).resolve().parents[2] / "shared" / "spec"):
-        f = cand / "published_state_dict_shapes.json"
-        if f.exists():
-            return json.loads(f.read_text())
-    pytest.skip("published_state_dict_shapes.json not found")
+    """The published key → shape lists (spec 01), from the repo's copy."""
+    return json.loads((SPEC_DIR / "published_state_dict_shapes.json").read_text())
 
 
 @pytest.fixture

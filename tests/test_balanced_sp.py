@@ -12,14 +12,14 @@ import torch.multiprocessing as mp
 
 from longlive.model.dit import build_model
 from longlive.model.presets import get_preset
-from longlive.parallel.balanced import (
+from longlive.parallel.groups import shutdown_parallel
+from longlive.train.balanced import (
     balanced_mask_mod,
     balanced_sp_loss,
     local_frame_range,
     traditional_mask_mod,
     traditional_sp_loss,
 )
-from longlive.parallel.groups import shutdown_parallel
 from longlive.train.teacher_forcing import (
     MaskedAttention,
     dense_mask,

@@ -5,6 +5,7 @@ import torch
 
 from longlive.model.attention import sdpa
 from longlive.model.kv_cache import CacheGeometry, KVCache
+from longlive.quant.kv import allocate_cache
 
 DEFAULT = CacheGeometry(chunk_frames=8, window_frames=32, sink_frames=8, tokens_per_frame=1)
 
@@ -125,12 +126,14 @@ def test_geometry_errors():
         CacheGeometry(chunk_frames=8, window_frames=16, sink_frames=8, tokens_per_frame=1)
     with pytest.raises(ValueError, match="unknown KV storage"):
         KVCache.allocate(DEFAULT, 1, 1, 1, 2, storage="int3")
+    with pytest.raises(ValueError, match="allocate it with longlive.quant.kv.allocate_cache"):
+        KVCache.allocate(DEFAULT, 1, 1, 1, 2, storage="nvfp4")
 
 
 def test_buffers_are_heads_first_so_a_full_window_needs_no_copy():
     geo = CacheGeometry(chunk_frames=2, window_frames=8, sink_frames=2, tokens_per_frame=3)
     for storage in ("bf16", "nvfp4"):
-        cache = KVCache.allocate(geo, num_layers=1, batch=1, heads=2, head_dim=16, storage=storage)
+        cache = allocate_cache(geo, num_layers=1, batch=1, heads=2, head_dim=16, storage=storage)
         for c in range(4):
             cache.begin_chunk(c)
             cache.committing = True

@@ -11,6 +11,7 @@ from longlive.infer.pipeline import GenerationSpec, generate
 from longlive.model.dit import build_model
 from longlive.model.kv_cache import CacheGeometry, KVCache
 from longlive.model.presets import get_preset
+from longlive.quant.kv import allocate_cache
 from longlive.quant.linear import BackendUnavailable, LinearQuantConfig, QuantLinear, check_backend
 from longlive.quant.recipes import merge_lora, model_weight_bytes, quantize_model
 
@@ -114,7 +115,7 @@ GEO = CacheGeometry(chunk_frames=1, window_frames=4, sink_frames=1, tokens_per_f
 def test_quantised_kv_is_smaller_and_close(fmt, ratio):
     torch.manual_seed(0)
     dense = KVCache.allocate(GEO, 2, 1, 2, 64, storage="bf16")
-    quant = KVCache.allocate(GEO, 2, 1, 2, 64, storage=fmt, compute_dtype=torch.bfloat16)
+    quant = allocate_cache(GEO, 2, 1, 2, 64, storage=fmt, compute_dtype=torch.bfloat16)
     assert dense.storage.nbytes() / quant.storage.packed_nbytes() > ratio
     ptrs = [t.data_ptr() for t in quant.storage.packed]
     for c in range(6):

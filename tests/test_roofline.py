@@ -2,7 +2,7 @@
 
 import pytest
 
-from longlive.bench.roofline import (
+from longlive.measure.roofline import (
     ceiling_fps,
     chunk_flops,
     measure_attention_tflops,

@@ -9,14 +9,17 @@ import pytest
 import torch
 
 from longlive.eval.shapes import (
+    SHAPE_AREA,
+    SHAPES,
     centroid_travel,
     named_shape,
     recognised_shapes,
     shape_iou,
     shape_match,
+    shape_sdf,
     template_ious,
 )
-from longlive.train.data import COLOURS, SHAPE_AREA, SHAPES, ProceduralVideos, shape_sdf
+from longlive.train.data import COLOURS, ProceduralVideos
 
 GREY = torch.tensor(COLOURS["grey"])
 

@@ -87,7 +87,7 @@ def test_train_ladder_bench_runs_on_cpu(tmp_path):
 
 def test_manifest_commit_prefers_the_stated_commit(monkeypatch):
     """A copied tree (the GPU machine's) may carry a stale .git: the commit the caller states wins."""
-    from longlive.bench.manifest import git_commit
+    from longlive.measure.manifest import git_commit
 
     monkeypatch.setenv("LONGLIVE_GIT_COMMIT", "abc1234+wip")
     assert git_commit() == "abc1234+wip"

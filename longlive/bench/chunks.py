@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from longlive.bench.manifest import manifest
-from longlive.bench.memory import peaks, reset_peaks
 from longlive.infer.pipeline import GenerationSpec, generate
 from longlive.infer.video import DTYPES
+from longlive.measure.manifest import manifest
+from longlive.measure.memory import peaks, reset_peaks
 from longlive.model.attention import resolve_backend
 from longlive.model.dit import build_model
 from longlive.model.presets import get_preset

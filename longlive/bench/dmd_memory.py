@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from longlive.bench.manifest import manifest
+from longlive.measure.manifest import manifest
 
 # name → (generator, teacher, critic) frozen-base formats
 LADDER = {

@@ -1,6 +1,6 @@
 """Benchmark: precision × KV-cache quantisation on one preset, same seed and same (random) weights.
 
-For each precision (bf16 | fp8 | nvfp4 ... as named in experiments/precision/) the BF16 model is rebuilt from
+For each precision (bf16 | fp8 | nvfp4 ... as named in longlive/experiments/precision/) the BF16 model is rebuilt from
 the seed and post-training quantised; for each kv_quant a short generation runs. Reported per cell: weight
 memory (packed bytes of every parameter and buffer), KV-cache memory (packed and with the dequantisation
 scratch), per-chunk ms and denoise FPS (spec 05 definition), peak memory, and fidelity against the first cell
@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from longlive.bench.manifest import manifest
-from longlive.bench.memory import peaks, reset_peaks
 from longlive.eval.fidelity import latent_rel_err, psnr
 from longlive.infer.fidelity import precision_fields
 from longlive.infer.pipeline import GenerationSpec, generate
 from longlive.infer.video import DTYPES
+from longlive.measure.manifest import manifest
+from longlive.measure.memory import peaks, reset_peaks
 from longlive.model.attention import resolve_backend
 from longlive.model.dit import build_model
 from longlive.model.presets import get_preset

@@ -7,7 +7,7 @@ block (`longlive.infer.compile`), warmed up over every window length, then timed
 Timing definition: `denoise_fps` of spec 05 — device events around each chunk (all steps, the clean re-run and
 the KV writes; text encoding, load, compile and VAE excluded), chunks before the window is full dropped. The
 ceilings are measured in the same process: the dense GEMM rate at the FFN shape (BF16 and FP8 `_scaled_mm`) and
-the attention rate at the steady-state window shape (`longlive.bench.roofline`). Every row is appended to
+the attention rate at the steady-state window shape (`longlive.measure.roofline`). Every row is appended to
 `rows.jsonl` as soon as it is measured, with the manifest.
 
     python -m longlive.bench.perf --configs bf16:none:4 fp8:none:2 --compile none default --out reports/perf/x
@@ -22,9 +22,11 @@ from pathlib import Path
 
 import torch
 
-from longlive.bench.manifest import manifest
-from longlive.bench.memory import peaks, reset_peaks
-from longlive.bench.roofline import (
+from longlive.infer.compile import COMPILE_MODES, compile_and_warm
+from longlive.infer.pipeline import GenerationSpec, generate
+from longlive.measure.manifest import manifest
+from longlive.measure.memory import peaks, reset_peaks
+from longlive.measure.roofline import (
     ceiling_fps,
     chunk_flops,
     frames_per_chunk,
@@ -32,8 +34,6 @@ from longlive.bench.roofline import (
     measure_fp8_gemm_tflops,
     measure_gemm_tflops,
 )
-from longlive.infer.compile import COMPILE_MODES, compile_and_warm
-from longlive.infer.pipeline import GenerationSpec, generate
 from longlive.model.attention import resolve_backend
 from longlive.model.dit import build_model
 from longlive.model.presets import get_preset

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from longlive.bench.manifest import manifest
-from longlive.bench.timers import percentile
+from longlive.measure.manifest import manifest
+from longlive.measure.timers import percentile
 
 TIMING_DEFINITION = (
     "per call: CUDA-event time of one call of the Python wrapper (allocation, the amax/global-scale launches and "

@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from longlive.bench.manifest import manifest
-from longlive.bench.memory import peaks, reset_peaks
 from longlive.eval.fidelity import latent_rel_err
 from longlive.infer.compile import compile_and_warm
 from longlive.infer.pipeline import GenerationSpec, generate
 from longlive.infer.video import DTYPES
+from longlive.measure.manifest import manifest
+from longlive.measure.memory import peaks, reset_peaks
 from longlive.model.attention import resolve_backend
 from longlive.model.dit import build_model
 from longlive.model.presets import get_preset
@@ -40,8 +40,8 @@ def _e2e(model, spec, embeds, dims, decode: str, exchange: str, preset: str, ste
     only (`decode=rank0`, the release's behaviour). Frames end in pinned host memory on rank 0."""
     import time
 
-    from longlive.bench.timers import Clock
     from longlive.infer.decode import frames_to_uint8, to_host
+    from longlive.measure.timers import Clock
     from longlive.vae import build_vae
 
     cfg = get_preset(preset)

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from longlive.bench.manifest import manifest
+from longlive.measure.manifest import manifest
 
 # name → (training precision recipe, sp layout, use SP over the whole world)
 CONFIGS = {

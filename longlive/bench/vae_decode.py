@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from longlive.bench.manifest import manifest
-from longlive.bench.memory import peaks, reset_peaks
-from longlive.bench.timers import Clock
 from longlive.infer.video import DTYPES
+from longlive.measure.manifest import manifest
+from longlive.measure.memory import peaks, reset_peaks
+from longlive.measure.timers import Clock
 from longlive.model.presets import get_preset
 from longlive.vae import build_vae
 

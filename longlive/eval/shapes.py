@@ -2,22 +2,43 @@
 
 Colour metrics (`longlive.eval.palette`) cannot tell a square from a blob of the same colour. This one asks what a
 viewer asks of each frame: which of the procedural shapes does the drawn object look like? The foreground (pixels
-farther than `tol` from the background) is compared with each kind's template — drawn by the data generator's own
-signed distance (`longlive.train.data.shape_sdf`) at the foreground's centroid, with the foreground's area, in the
-generator's orientation (axis-aligned squares, upward triangles) — and the frame is recognised as the kind of the
-best-overlapping template (intersection over union). Real procedural frames score 1.0 (the anti-aliased edges
-are the only disagreement); a round blob is recognised as a circle whatever the prompt said, so a model that draws
-blobs scores about 1/3 over circle, square and triangle prompts.
+farther than `tol` from the background) is compared with each kind's template — drawn with the signed distance
+`shape_sdf` defined here, which the renderer in `longlive.train.data` draws with too, at the foreground's centroid,
+with the foreground's area, in the generator's orientation (axis-aligned squares, upward triangles) — and the frame
+is recognised as the kind of the best-overlapping template (intersection over union). Real procedural frames score
+1.0 (the anti-aliased edges are the only disagreement); a round blob is recognised as a circle whatever the prompt
+said, so a model that draws blobs scores about 1/3 over circle, square and triangle prompts.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from longlive.eval.palette import foreground_mask
-from longlive.train.data import SHAPE_AREA, SHAPES, shape_sdf
+
+SHAPES = ("circle", "square", "triangle")
+# Area of each kind over r² (r: the drawn radius), from the signed distances below: πr², a square of side 1.6r, an
+# equilateral triangle of inradius r/2.
+SHAPE_AREA = {"circle": float(np.pi), "square": 2.56, "triangle": 0.75 * float(np.sqrt(3.0))}
+
+
+def shape_sdf(kind: str, dx, dy, r):
+    """Signed distance (px, > 0 inside) of a point (dx, dy) from a shape of radius r centred at the origin: one
+    definition for the renderer and for this module's templates. Works on numpy arrays and tensors."""
+    if kind == "circle":
+        return r - (dx * dx + dy * dy) ** 0.5
+    if kind == "square":
+        return 0.8 * r - _maximum(abs(dx), abs(dy))
+    if kind == "triangle":  # upward equilateral triangle with circumradius r (image y points down)
+        return 0.5 * r - _maximum(dy, _maximum(0.866 * dx - 0.5 * dy, -0.866 * dx - 0.5 * dy))
+    raise ValueError(f"unknown shape {kind!r}; known shapes: {', '.join(SHAPES)}")
+
+
+def _maximum(a, b):
+    return torch.maximum(a, b) if isinstance(a, torch.Tensor) else np.maximum(a, b)
 
 
 def _pixel_centres(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,7 +1,7 @@
 """Fidelity of a low-precision configuration: the same seed through a reference and a candidate configuration,
 compared on final latents (relative error) and decoded video (PSNR).
 
-Precision names are the runner's (`experiments/precision/*.yaml`), so `nvfp4` here means exactly what it
+Precision names are the runner's (`longlive/experiments/precision/*.yaml`), so `nvfp4` here means exactly what it
 means in a sweep (weights, activations, backend, rule).
 """
 
@@ -11,10 +11,9 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from longlive.experiments import PRECISION_DIR
 from longlive.infer.video import VideoRequest, make_video
 from longlive.quant.linear import DEFAULT_WEIGHT_RULE
-
-PRECISION_DIR = Path(__file__).resolve().parents[2] / "experiments" / "precision"
 
 
 def precision_fields(name: str) -> dict[str, Any]:

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from longlive.bench.timers import ChunkStats, Clock
 from longlive.infer.scheduler import make_scheduler
+from longlive.measure.timers import ChunkStats, Clock
 from longlive.model.dit import CausalWanModel
-from longlive.model.kv_cache import STORAGES, CacheGeometry, KVCache
+from longlive.model.kv_cache import STORAGES, CacheGeometry
+from longlive.quant.kv import allocate_cache
 from longlive.text.prompts import SCENE_CUT_PREFIX, bare_caption
 
 
@@ -173,9 +174,8 @@ def generate(
     dtype_name = {v: k for k, v in STORAGES.items()}[next(model.parameters()).dtype]
     heads = cfg.num_heads // (sp.size if sp is not None else 1)
     lo, hi = sp.frame_range(cf) if sp is not None else (0, cf)  # this rank's frames of every chunk
-    cache = KVCache.allocate(geo, cfg.num_layers, B, heads, cfg.head_dim,
-                             storage=spec.kv_storage or dtype_name, device=device,
-                             compute_dtype=next(model.parameters()).dtype)
+    cache = allocate_cache(geo, cfg.num_layers, B, heads, cfg.head_dim, storage=spec.kv_storage or dtype_name,
+                           device=device, compute_dtype=next(model.parameters()).dtype)
     text_kvs = [model.text_kv(e.to(device)) for e in prompt_embeds]
 
     # Noise for the whole video, drawn once on the CPU from the seed: identical on every device.

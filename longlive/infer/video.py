@@ -219,9 +219,9 @@ def make_video(req: VideoRequest, out: Path) -> dict:
     """
     from tqdm import tqdm
 
-    from longlive.bench.memory import peaks, reset_peaks
     from longlive.infer.decode import make_decoder
     from longlive.infer.pipeline import GenerationSpec, generate, video_frames
+    from longlive.measure.memory import peaks, reset_peaks
     from longlive.model.attention import resolve_backend
     from longlive.output import write_frame_strip, write_mp4
     from longlive.quant.recipes import model_weight_bytes

@@ -123,13 +123,11 @@ class KVCache:
         cls, geometry: CacheGeometry, num_layers: int, batch: int, heads: int, head_dim: int,
         storage: str = "bf16", device: torch.device | str | None = None, compute_dtype: torch.dtype | None = None,
     ) -> KVCache:
-        """storage: a dense dtype name (bf16, fp16, fp32, fp64) or a quantised format (fp8, nvfp4)."""
+        """storage: a dense dtype name (bf16, fp16, fp32, fp64). Quantised storage (fp8, nvfp4) is applied from
+        outside, by `longlive.quant.kv.allocate_cache`, which takes every storage name."""
         args = (num_layers, batch, geometry.num_slots, geometry.chunk_tokens, heads, head_dim)
         if storage in QUANTISED:
-            from longlive.quant.kv import QuantKVStorage
-
-            return cls(geometry, QuantKVStorage(*args, fmt=storage, dtype=compute_dtype or torch.bfloat16,
-                                                device=device))
+            raise ValueError(f"KV storage {storage!r} is quantised: allocate it with longlive.quant.kv.allocate_cache")
         if storage not in STORAGES:
             raise ValueError(f"unknown KV storage {storage!r}; known: {', '.join([*STORAGES, *QUANTISED])}")
         return cls(geometry, DenseKVStorage(*args, dtype=STORAGES[storage], device=device))
@@ -159,7 +157,7 @@ class KVCache:
 
     def clear_to_sink(self) -> None:
         """The release's `shot_clean_recache`, called just before a cut chunk's clean re-run: drop every chunk but
-        the global sink (and the shot pin), keeping the current chunk.
+        the global sink (the shot pin goes too), keeping the current chunk.
 
         The current chunk moves to the first slot after the sink, so filled slots stay a prefix of the buffer; its
         K/V there are written by the re-run itself (every storage writes the current chunk before attending).

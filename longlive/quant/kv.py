@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from longlive.model.kv_cache import heads_first_buffer
+from longlive.model.kv_cache import QUANTISED, CacheGeometry, KVCache, heads_first_buffer
 from longlive.quant import kernels
 from longlive.quant.tensors import FP8Tensor, NVFP4Tensor
 
@@ -94,3 +94,14 @@ class QuantKVStorage:
 
     def nbytes(self) -> int:
         return self.packed_nbytes() + sum(t.numel() * t.element_size() for t in self.scratch)
+
+
+def allocate_cache(geometry: CacheGeometry, num_layers: int, batch: int, heads: int, head_dim: int,
+                   storage: str = "bf16", device: torch.device | str | None = None,
+                   compute_dtype: torch.dtype | None = None) -> KVCache:
+    """A KV cache with any storage: a dense dtype name (bf16, fp16, fp32, fp64) or a quantised format (fp8, nvfp4).
+    The quantised storages live here, so the model package never depends on quantisation."""
+    if storage not in QUANTISED:
+        return KVCache.allocate(geometry, num_layers, batch, heads, head_dim, storage=storage, device=device)
+    args = (num_layers, batch, geometry.num_slots, geometry.chunk_tokens, heads, head_dim)
+    return KVCache(geometry, QuantKVStorage(*args, fmt=storage, dtype=compute_dtype or torch.bfloat16, device=device))

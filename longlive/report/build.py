@@ -455,7 +455,7 @@ def _comparisons(doc: Doc, ok: pd.DataFrame) -> None:
 
 def _paper_tables(doc: Doc) -> None:
     doc.heading(2, "Published numbers (reference)")
-    doc.para(f"From {PAPER} and spec 05-benchmarks.md; each with the hardware and timing definition as stated.")
+    doc.para(f"From {PAPER} and docs/spec/05-benchmarks.md; each with the hardware and timing definition as stated.")
     for pt in all_tables():
         _paper_table(doc, pt)
 

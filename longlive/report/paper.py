@@ -1,7 +1,7 @@
 """Published numbers to compare against, each tagged with the hardware and timing definition behind it.
 
 Sources: LongLive-2.0 (arXiv 2605.18739) Tables 1-5, and the release's own code measured on our H200
-(spec 05-benchmarks.md). A number without its machine and its clock is not comparable, so every table
+(docs/spec/05-benchmarks.md). A number without its machine and its clock is not comparable, so every table
 here carries both, and the report prints them next to ours instead of implying one machine.
 """
 

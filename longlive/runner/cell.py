@@ -43,7 +43,7 @@ def _last_error_line(text: str) -> str:
 
 def build_row(spec: dict[str, Any], status: str, reason: str | None, metrics: dict[str, Any] | None,
               started: str, t0: float) -> dict[str, Any]:
-    from longlive.bench.manifest import manifest
+    from longlive.measure.manifest import manifest
 
     cfg = spec["config"]
     row = empty_row(spec["cell_id"], cfg.get("experiment", "adhoc"), cfg["workload"]["name"], spec["axes"],

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from longlive.experiments import EXPERIMENTS_DIR
 from longlive.runner.schema import AXES
 
-EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
 NOT_IDENTITY = ("cell_timeout_s", "hydra", "matrices")
 """Keys that do not change what a cell measures (excluded from its id)."""
 

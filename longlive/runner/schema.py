@@ -8,7 +8,7 @@ from __future__ import annotations
 
 AXES = ("model", "precision", "kv_quant", "sp", "exchange", "steps", "decode", "gpu",
         "dp", "train_layout", "error_recycling", "dmd_quantised")
-"""Matrix axes: config key = CLI override = result column (DESIGN.md conventions). An axis a workload does not
+"""Matrix axes: config key = CLI override = result column (docs/architecture.md). An axis a workload does not
 read is None in its rows: inference rows have no train_layout, training rows no decode or kv_quant."""
 
 IDENTITY = ("cell_id", "experiment", "workload", "status", "reason", "frames", "seed", "linear_backend", "weight_rule",

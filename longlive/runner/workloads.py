@@ -119,8 +119,8 @@ class InferWorkload:
     def run(self, cfg: dict[str, Any], ctx: CellContext) -> dict[str, Any]:
         import torch
 
-        from longlive.bench.roofline import roofline_metrics
         from longlive.infer.video import make_video
+        from longlive.measure.roofline import roofline_metrics
         from longlive.model.attention import resolve_backend
         from longlive.model.presets import get_preset
 

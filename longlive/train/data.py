@@ -30,6 +30,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from longlive.eval.shapes import SHAPES, shape_sdf
 from longlive.text import EmbeddingCache, TextEncoder
 from longlive.text.prompts import SCENE_CUT_PREFIX, with_prefix
 
@@ -48,7 +49,6 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "grey": (128, 128, 128),
     "brown": (130, 80, 40),
 }
-SHAPES = ("circle", "square", "triangle")
 DEFAULT_MAX_SHAPES = 3
 DEFAULT_RADIUS = (0.08, 0.16)  # fraction of the shorter side
 DEFAULT_COLOUR_CHANGE = 0.5  # probability that one shape of a clip changes colour part-way
@@ -58,32 +58,11 @@ _COLOUR_NAMES = tuple(COLOURS)
 _BLOCK = 64  # frames drawn per vectorised block (bounds memory for long clips)
 
 
-# Area of each kind over r² (r: the drawn radius), from the signed distances below: πr², a square of side 1.6r, an
-# equilateral triangle of inradius r/2.
-SHAPE_AREA = {"circle": float(np.pi), "square": 2.56, "triangle": 0.75 * float(np.sqrt(3.0))}
-
-
-def shape_sdf(kind: str, dx, dy, r):
-    """Signed distance (px, > 0 inside) of a point (dx, dy) from a shape of radius r centred at the origin: one
-    definition for the renderer and for `longlive.eval.shapes`' templates. Works on numpy arrays and tensors."""
-    if kind == "circle":
-        return r - (dx * dx + dy * dy) ** 0.5
-    if kind == "square":
-        return 0.8 * r - _maximum(abs(dx), abs(dy))
-    if kind == "triangle":  # upward equilateral triangle with circumradius r (image y points down)
-        return 0.5 * r - _maximum(dy, _maximum(0.866 * dx - 0.5 * dy, -0.866 * dx - 0.5 * dy))
-    raise ValueError(f"unknown shape {kind!r}; known shapes: {', '.join(SHAPES)}")
-
-
 def _shot_lengths(shots: int, frames_per_shot: int | Sequence[int]) -> list[int]:
     lengths = [frames_per_shot] * shots if isinstance(frames_per_shot, int) else list(frames_per_shot)
     if len(lengths) != shots or shots < 1:
         raise ValueError(f"need one length per shot ({shots}), got {frames_per_shot}")
     return lengths
-
-
-def _maximum(a, b):
-    return torch.maximum(a, b) if isinstance(a, Tensor) else np.maximum(a, b)
 
 
 def _article(word: str) -> str:

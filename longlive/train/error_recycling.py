@@ -22,7 +22,7 @@ part of the trainer checkpoint (every rank's, gathered to rank 0), so checkpoint
 `capacity`, set p_noise = 0 (no velocity bank) or store fewer frames where host memory is tight.
 
 Scope: one process or data parallel (each rank keeps and checkpoints its own banks). Sequence parallelism is not
-supported (the SP losses in `longlive.parallel.balanced` do not return the per-block predictions to record); the
+supported (the SP losses in `longlive.train.balanced` do not return the per-block predictions to record); the
 trainer raises a ValueError for error recycling with sp > 1.
 """
 

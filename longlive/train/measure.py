@@ -68,7 +68,7 @@ def measure_train(preset: str, frames: int, *, precision: str, layout: str, iter
                   out_dir: Path, seed: int = 0, attn: str = "auto", error_recycling: bool = False,
                   sp_group=None, log=print) -> dict[str, Any]:
     """`iters` timed iterations after one warm-up. Call on every rank; sp_group spans the SP ranks (or None)."""
-    from longlive.bench.memory import peaks, reset_peaks
+    from longlive.measure.memory import peaks, reset_peaks
     from longlive.model.dit import build_model
     from longlive.model.presets import get_preset
     from longlive.train.trainer import ARTrainer, RandomLatentData, TrainConfig
@@ -120,7 +120,7 @@ def measure_dmd(preset: str, latents: int, *, rung: str | tuple[str, str, str], 
                 out_dir: Path, seed: int = 0, rank: int = 128, attn: str = "auto", dtype: torch.dtype = torch.bfloat16,
                 log=print) -> dict[str, Any]:
     """DMD iterations on one device; `rung` names a Table 2 rung (DMD_RUNGS) or gives the three formats."""
-    from longlive.bench.memory import peaks, reset_peaks
+    from longlive.measure.memory import peaks, reset_peaks
     from longlive.model.dit import build_model
     from longlive.model.presets import get_preset
     from longlive.train.dmd import DMDConfig, DMDTrainer

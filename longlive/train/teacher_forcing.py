@@ -3,7 +3,7 @@
 The model sees [clean copy of all F frames ; noisy copy] in one forward pass. Both copies of frame f share RoPE
 position f and block f // chunk's prompt; the clean copy runs at t = 0. A block-causal mask makes the noisy block i
 see the clean history 0..i−1 and itself, so one pass trains every block as if it were generated autoregressively.
-Only the noisy half's velocity enters the loss. Sequence parallelism (`longlive.parallel.balanced`) reuses every
+Only the noisy half's velocity enters the loss. Sequence parallelism (`longlive.train.balanced`) reuses every
 piece here; only the layout of the tokens and how the mask decodes them differ.
 """
 

@@ -251,7 +251,7 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0, samples: int 
                                          "centroid_travel_px": sum(real_travel) / len(real_travel)}}
     seeds = eval_seeds or EVAL_SEEDS
     evals.update(_evaluate(out, palette, seeds=seeds))
-    from longlive.bench.manifest import manifest
+    from longlive.measure.manifest import manifest
 
     result = {"manifest": manifest({"recipe": recipe(), "minutes": minutes}, seed),
               "minutes": (time.perf_counter() - t_start) / 60, "vae": {"kind": "pca codec", **codec_stats},

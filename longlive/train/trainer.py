@@ -290,7 +290,7 @@ def train_flops_per_step(model_cfg, frames: int, tokens_per_frame: int) -> float
 
     Forward on L = 2·F·tpf tokens: GEMMs + masked self-attention at the mask density (N+1)/(4N) + cross-attention.
     """
-    from longlive.bench.roofline import linear_macs_per_token_layer
+    from longlive.measure.roofline import linear_macs_per_token_layer
 
     L = 2 * frames * tokens_per_frame
     n = max(1, frames // model_cfg.chunk_frames)
@@ -429,7 +429,7 @@ class ARTrainer:
             return teacher_forcing_loss(self.model, x0.to(dev), pe, fp, noise=noise, t_index=t_index,
                                         attn=self.cfg.attn, recycler=rec, recycle_generator=rg,
                                         loss_weighting=self.cfg.loss_weighting)
-        from longlive.parallel.balanced import local_frame_range, sp_loss
+        from longlive.train.balanced import local_frame_range, sp_loss
 
         if self.cfg.sp_layout == "balanced":
             # per-rank timesteps/noise for this rank's own frames, seeded by base seed + global rank (spec 04)
@@ -526,7 +526,7 @@ class ARTrainer:
         return self._summary()
 
     def _summary(self) -> dict[str, Any]:
-        from longlive.bench.roofline import training_metrics
+        from longlive.measure.roofline import training_metrics
 
         s: dict[str, Any] = {"steps": self.step, "steps_this_run": len(self.step_seconds), "fsdp": self.fsdp,
                              "sp": self.sp, "world": self.world, "device": str(self.device),
