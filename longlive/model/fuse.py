@@ -2,8 +2,10 @@
 
 `fuse_qkv` replaces each self-attention's q, k and v Linears by one Linear with their weights stacked, so a chunk's
 tokens are read once and multiplied in one [tokens, dim] × [dim, 3·dim] GEMM instead of three of a third the
-width, and an FP8 model quantises the block's normed input once instead of three times. The outputs are the
-same up to the GEMM's summation order (exactly the same rows of the same products).
+width, and an FP8 model quantises the block's normed input once instead of three times. In BF16/FP32 and with
+row-wise FP8 the outputs are the same up to the GEMM's summation order (the same rows of the same products). NVFP4
+is not: the fused weight has one tensor scale over q, k and v together, so its block scales, and its rounding,
+differ from the unfused model's.
 
 Order: fuse after loading and after any LoRA merge (those address q, k, v by name), and before quantisation, so
 the fused Linear is the one that gets quantised (`BLOCK_LINEARS` names it). A fused model's state dict has
