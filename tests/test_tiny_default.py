@@ -7,7 +7,7 @@ import json
 
 import torch
 
-from longlive.train.tiny import EVAL_PROMPTS, ship, train_tiny
+from longlive.train.tiny import EVAL_PROMPTS, TinyRecipe, ship, train_tiny
 
 
 def test_train_tiny_writes_loadable_weights_and_an_evaluation(tmp_path):
@@ -17,7 +17,8 @@ def test_train_tiny_writes_loadable_weights_and_an_evaluation(tmp_path):
     from longlive.vae import load_vae
 
     torch.set_num_threads(1)
-    result = train_tiny(tmp_path, minutes=0.3, samples=6, codec_clips=4, eval_seeds=1)
+    result = train_tiny(tmp_path, minutes=0.3, samples=6, codec_clips=4, eval_seeds=1,
+                        recipe=TinyRecipe(speed=(0.2, 0.3)))  # a variant, passed as a value
     for name in ("vae.safetensors", "vae_stats.json", "text_encoder.safetensors", "model_bf16.pt", "tiny_eval.json",
                  "vae_reconstruction.png"):
         assert (tmp_path / name).is_file(), name
@@ -44,7 +45,7 @@ def test_train_tiny_writes_loadable_weights_and_an_evaluation(tmp_path):
     assert "centroid_travel_px" in evals["4-step"]
     assert evals["4-step NVFP4 W4A4 + NVFP4 KV"]["weight_rule"] == "mse" and evals["4-step"]["weight_rule"] is None
     assert "1 seeds each" in saved["metric"]
-    assert saved["manifest"]["git_commit"] and saved["manifest"]["config"]["recipe"]["task"]["start_spread"] == 0.0
+    assert saved["manifest"]["git_commit"] and saved["manifest"]["config"]["recipe"]["task"]["speed"] == [0.2, 0.3]
 
     # shipping: refused without the 2-step generator, then (given one) safetensors + a manifest that load back
     import pytest

@@ -6,7 +6,7 @@
    procedural clips in seconds — the Wan2.2 VAE graph at tiny widths does not learn the shapes on 2 CPU cores in
    minutes (reports/tiny-default run1–3; `vae_train` still trains it);
 2. the tiny umT5 text encoder: its seeded initialisation, optionally given caption semantics by a few seconds of
-   bag-of-words pretraining on the training captions (`TINY_TEXT_PRETRAIN_STEPS`, `longlive.text.pretrain`);
+   bag-of-words pretraining on the training captions (`TinyRecipe.text_pretrain_steps`, `longlive.text.pretrain`);
 3. the AR model by teacher forcing on cached latents of procedural clips;
 4. a 2-step LoRA by DMD on top of it, merged into its own checkpoint.
 Weights land in LONGLIVE_WEIGHTS/tiny (where `longlive generate --preset tiny` and `make reproduce` look), with
@@ -21,42 +21,62 @@ from __future__ import annotations
 import itertools
 import json
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-# One large shape: at radius 26–32 % a shape spans 4–5 codec patches, so its interior is whole patches of one colour
-# and its outline is a larger share of what is drawn (run14; at 18–25 % the samples were clusters of blocks). No
-# mid-clip colour changes (the evaluation prompts have none): in 6-minute probes that alone raised prompt-colour
-# match from 0.56 to 0.67 and the prompted-shape IoU from 0.40 to 0.53 (reports/tiny-default, run16).
-# Shapes that start at the centre and move at 0.15-0.35 sides/s (run24). At high noise the denoiser predicts the
-# mean over what it cannot yet tell apart, and over start positions anywhere in the frame that mean is a round blob;
-# from the centre it keeps the corners. In the device CPU sweep (reports/tiny-default/sweep) narrowed starts raised
-# the 4-step IoU with the prompted shape from 0.27-0.34 to 0.55-0.77. run24 scores 4-step / 2-step / NVFP4 shape
-# match 0.52 / 0.62 / 0.47 against run16's 0.39 / 0.35 / 0.38; run22 (0.08-0.2 sides/s, start_spread 0.15) drew
-# sharper 2-step shapes (0.72) but barely moved them (centroid travel 9 px over 61 frames; run24 22 px; real 31 px).
-TINY_TASK = {"backgrounds": ("grey",), "max_shapes": 1, "radius": (0.26, 0.32), "colour_change": 0.0,
-             "speed": (0.15, 0.35), "start_spread": 0.0}
-TINY_SAMPLES = 1600
-# Frame 0 coded as a still tube through the group basis, so latent 0 lives in the same space as the others (see
-# longlive.vae.pca_codec); with its own basis the first frames of runs 9 and 10 came out as noise.
-TINY_FIRST_TUBE = True
-AR_LR = 4e-3
-AR_BATCH = 1  # samples per AR step (TrainConfig.batch_size)
-# Error recycling (spec 04) puts the model's own recorded errors into its context, as at inference: run7's shapes
-# faded within a chunk or two of being drawn, the exposure bias it exists for.
-TINY_ERROR_RECYCLING = True
-# From scratch, the first denoising step (pure noise, t = 999) sets what a chunk shows; the release's w(t) gives it
-# 0.3 % of the peak weight, and run9's first chunks stayed noise at 4, 16 and 48 steps alike.
-TINY_LOSS_WEIGHTING = "uniform"
-TINY_TIMESTEP_DENSITY = "table"  # TrainConfig.timestep_density
-# DMD's CFG scale for the 2-step LoRA (r = r_c + s·(r_c − r_u)). At the release's 3, run10's teacher (trained with
-# uniform weighting) flooded the frame with the prompt's colour: foreground 0.71 against the real clips' 0.09.
-TINY_DMD_GUIDANCE = 1.0
-# Bag-of-words pretraining of the tiny text encoder (longlive.text.pretrain; 0 = keep the seeded weights): with
-# the seeded byte-level encoder the shape word moved the first chunk a sixth as much as the colour word.
-TINY_TEXT_PRETRAIN_STEPS = 0
-AR_SHARE = 0.7  # of the time left after the codec and the data; the 2-step LoRA gets the rest
+
+@dataclass(frozen=True)
+class TinyRecipe:
+    """Every knob of the tiny default, one typed value: `train_tiny(out, recipe=TinyRecipe(speed=(0.1, 0.2)))` runs a
+    variant without touching module state. Defaults are the shipped recipe (run24 / run26)."""
+
+    # The task. One large shape: at radius 26–32 % a shape spans 4–5 codec patches, so its interior is whole patches of
+    # one colour and its outline is a larger share of what is drawn (run14; at 18–25 % the samples were clusters of
+    # blocks). No mid-clip colour changes (the evaluation prompts have none): in 6-minute probes that alone raised
+    # prompt-colour match from 0.56 to 0.67 and the prompted-shape IoU from 0.40 to 0.53 (run16). Shapes start at the
+    # centre and move at 0.15-0.35 sides/s (run24): at high noise the denoiser predicts the mean over what it cannot
+    # yet tell apart, and over start positions anywhere in the frame that mean is a round blob; from the centre it
+    # keeps the corners. In the device CPU sweep (reports/tiny-default/sweep) narrowed starts raised the 4-step IoU
+    # with the prompted shape from 0.27-0.34 to 0.55-0.77.
+    backgrounds: tuple[str, ...] = ("grey",)
+    max_shapes: int = 1
+    radius: tuple[float, float] = (0.26, 0.32)
+    colour_change: float = 0.0
+    speed: tuple[float, float] = (0.15, 0.35)
+    start_spread: float = 0.0
+    samples: int = 1600  # distinct training clips (with 192, run5 memorised them)
+    # Frame 0 coded as a still tube through the group basis, so latent 0 lives in the same space as the others (see
+    # longlive.vae.pca_codec); with its own basis the first frames of runs 9 and 10 came out as noise.
+    first_tube: bool = True
+    ar_lr: float = 4e-3
+    ar_batch: int = 1  # samples per AR step (TrainConfig.batch_size)
+    # Error recycling (spec 04) puts the model's own recorded errors into its context, as at inference: run7's shapes
+    # faded within a chunk or two of being drawn, the exposure bias it exists for.
+    error_recycling: bool = True
+    # From scratch, the first denoising step (pure noise, t = 999) sets what a chunk shows; the release's w(t) gives it
+    # 0.3 % of the peak weight, and run9's first chunks stayed noise at 4, 16 and 48 steps alike.
+    loss_weighting: str = "uniform"
+    timestep_density: str = "table"  # TrainConfig.timestep_density
+    # DMD's CFG scale for the 2-step LoRA (r = r_c + s·(r_c − r_u)). At the release's 3, run10's teacher (trained with
+    # uniform weighting) flooded the frame with the prompt's colour: foreground 0.71 against the real clips' 0.09.
+    dmd_guidance: float = 1.0
+    # Bag-of-words pretraining of the tiny text encoder (longlive.text.pretrain; 0 = keep the seeded weights): with
+    # the seeded byte-level encoder the shape word moved the first chunk a sixth as much as the colour word.
+    text_pretrain_steps: int = 0
+    ar_share: float = 0.7  # of the time left after the codec and the data; the 2-step LoRA gets the rest
+
+    @property
+    def task(self) -> dict:
+        """The ProceduralVideos knobs of the task."""
+        return {"backgrounds": self.backgrounds, "max_shapes": self.max_shapes, "radius": self.radius,
+                "colour_change": self.colour_change, "speed": self.speed, "start_spread": self.start_spread}
+
+    def as_dict(self) -> dict:
+        """JSON-ready, as recorded next to the weights it made: {"task": {...}, "samples": ..., ...}."""
+        plain = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        return {"task": {k: plain.pop(k) for k in self.task}, **plain}
 
 
 RETRAIN_COMMAND = ("longlive train --preset tiny --tiny-default --out DIR  (2 CPU cores, 14 min), then "
@@ -65,15 +85,6 @@ RETRAIN_COMMAND = ("longlive train --preset tiny --tiny-default --out DIR  (2 CP
 SHIPPED = {"model_bf16.pt": "model_bf16.safetensors", "model_2step.pt": "model_2step.safetensors",
            "vae.safetensors": "vae.safetensors", "vae_stats.json": "vae_stats.json",
            "text_encoder.safetensors": "text_encoder.safetensors"}
-
-
-def recipe() -> dict:
-    """The tiny default's knobs, as recorded next to the weights they made."""
-    return {"task": {k: list(v) if isinstance(v, tuple) else v for k, v in TINY_TASK.items()},
-            "samples": TINY_SAMPLES, "first_tube": TINY_FIRST_TUBE, "ar_lr": AR_LR, "ar_batch": AR_BATCH,
-            "error_recycling": TINY_ERROR_RECYCLING, "loss_weighting": TINY_LOSS_WEIGHTING,
-            "timestep_density": TINY_TIMESTEP_DENSITY, "dmd_guidance": TINY_DMD_GUIDANCE,
-            "text_pretrain_steps": TINY_TEXT_PRETRAIN_STEPS, "ar_share": AR_SHARE}
 
 
 def ship(src: Path, dest: Path | None = None, *, notes: str | None = None) -> dict:
@@ -109,7 +120,7 @@ def ship(src: Path, dest: Path | None = None, *, notes: str | None = None) -> di
         files[shipped] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     man = {"what": "the tiny preset's trained weights (longlive train --preset tiny --tiny-default)",
            "trained": evaluation.get("manifest", {}), "recipe": evaluation.get("manifest", {}).get("config", {}).get(
-               "recipe", recipe()),
+               "recipe", TinyRecipe().as_dict()),
            "minutes": evaluation.get("minutes"), "ar_steps": evaluation.get("ar_steps"),
            "lora_steps": (evaluation.get("lora") or {}).get("steps"), "vae_reconstruction":
                evaluation.get("vae_reconstruction"), "eval": evaluation.get("eval"), "metric": evaluation.get("metric"),
@@ -132,7 +143,8 @@ def _log(msg: str) -> None:
     print(f"[tiny] {msg}", flush=True)
 
 
-def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0, samples: int | None = None,
+def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0, recipe: TinyRecipe | None = None,
+               samples: int | None = None,
                codec_clips: int = 128, eval_seeds: int | None = None) -> dict:
     """The whole recipe under a wall-clock budget; `samples` / `codec_clips` / `eval_seeds` shrink it for tests."""
     from longlive.eval.palette import palette_match
@@ -149,19 +161,20 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0, samples: int 
     from longlive.vae.pca_codec import fit_pca_codec, save_codec
 
     t_start = time.perf_counter()
+    r = recipe or TinyRecipe()
     budget = minutes * 60
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     cfg = get_preset("tiny")
-    # The tiny default learns a narrowed procedural task (TINY_TASK): a grey background, one shape of radius 26–32 %
-    # (the full distribution — 10 backgrounds, up to 3 smaller shapes — stays the data generator's default).
-    gen = ProceduralVideos(cfg.height, cfg.width, cfg.fps, seed=seed, **TINY_TASK)
+    # The tiny default learns a narrowed procedural task (TinyRecipe.task): a grey background, one shape of radius
+    # 26–32 % (the full distribution — 10 backgrounds, up to 3 smaller shapes — stays the data generator's default).
+    gen = ProceduralVideos(cfg.height, cfg.width, cfg.fps, seed=seed, **r.task)
 
     # 1. autoencoder ------------------------------------------------------------------------------------------
     vae = build_vae(cfg.vae)
     codec_stats = fit_pca_codec(vae, (gen.clip(50_000 + i, 29)[0] for i in range(codec_clips)), log=_log,
-                                first_tube=TINY_FIRST_TUBE)
+                                first_tube=r.first_tube)
     save_codec(vae, out / "vae.safetensors")
     palette = torch.tensor(list(COLOURS.values()), dtype=torch.uint8)
     held_out = gen.clip(30_000, 61)[0]
@@ -172,16 +185,16 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0, samples: int 
     frames = 4 * cfg.chunk_frames  # 8 latents = 29 frames per sample
     # 1600 distinct clips (≈ 40 s to render and encode): with 192 (run5) the model memorised them — held-out
     # teacher-forcing loss 0.79 against 0.53 on the training clips.
-    ds = ProceduralDataset(gen, n_samples=samples or TINY_SAMPLES, shots=1, frames_per_shot=1 + 4 * (frames - 1))
+    ds = ProceduralDataset(gen, n_samples=samples or r.samples, shots=1, frames_per_shot=1 + 4 * (frames - 1))
 
-    # 2. text encoder: seeded, then (TINY_TEXT_PRETRAIN_STEPS) a bag-of-words pretraining on the captions --------
+    # 2. text encoder: seeded, then (text_pretrain_steps) a bag-of-words pretraining on the captions --------
     text = build_text_encoder("tiny", seed=seed, device="cpu")
     text_info: dict = {"pretrain_steps": 0}
-    if TINY_TEXT_PRETRAIN_STEPS:
+    if r.text_pretrain_steps:
         from longlive.text.pretrain import pretrain_bag_of_words
 
         captions = [c for i in range(len(ds)) for c in ds.captions(i)]
-        text_info = pretrain_bag_of_words(text, captions, steps=TINY_TEXT_PRETRAIN_STEPS, seed=seed, log=_log)
+        text_info = pretrain_bag_of_words(text, captions, steps=r.text_pretrain_steps, seed=seed, log=_log)
     save_tiny_text_encoder(text, out / "text_encoder.safetensors")
     # Reloaded from the file, so the embedding cache is keyed by the saved weights, as at inference.
     text = build_text_encoder("tiny", checkpoint=out / "text_encoder.safetensors", device="cpu")
@@ -192,17 +205,17 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0, samples: int 
     _log(f"encoded {len(samples)} training samples ({time.perf_counter() - t_start:.0f} s so far)")
     model = build_model(cfg, seed=seed)
     remaining = budget - (time.perf_counter() - t_start)
-    ar_seconds = AR_SHARE * remaining
+    ar_seconds = r.ar_share * remaining
     t_ar = time.perf_counter()
     # From scratch, not the release's fine-tune: Adam with momentum, a high lr with warm-up and cosine decay
     # (lr 4e-3 reached in 150 s the held-out loss run5 reached in 11 min), and 10 % empty-prompt samples so the
     # DMD teacher's CFG against the empty prompt means something.
     probe_steps = 400
-    trainer = ARTrainer(model, TrainConfig(steps=probe_steps, lr=AR_LR, batch_size=AR_BATCH, betas=(0.9, 0.99),
+    trainer = ARTrainer(model, TrainConfig(steps=probe_steps, lr=r.ar_lr, batch_size=r.ar_batch, betas=(0.9, 0.99),
                                            lr_schedule="cosine",
                                            warmup_steps=200, lr_min_ratio=0.05, text_dropout=0.1,
-                                           loss_weighting=TINY_LOSS_WEIGHTING, error_recycling=TINY_ERROR_RECYCLING,
-                                           timestep_density=TINY_TIMESTEP_DENSITY,
+                                           loss_weighting=r.loss_weighting, error_recycling=r.error_recycling,
+                                           timestep_density=r.timestep_density,
                                            ema_start=10**9, ema_decay=0.999, ckpt_every=10**9, progress=True,
                                            resume=False, seed=seed),
                         itertools.cycle(samples), out / "ar")
@@ -231,7 +244,8 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0, samples: int 
     _log(f"AR: {steps} steps at {per_step:.2f} s/step; summary {summary}")
 
     # 4. 2-step LoRA by DMD -------------------------------------------------------------------------------------
-    lora_info = _train_lora(model, samples, out, seconds=budget - (time.perf_counter() - t_start) - 60, seed=seed)
+    lora_info = _train_lora(model, samples, out, seconds=budget - (time.perf_counter() - t_start) - 60, seed=seed,
+                            guidance=r.dmd_guidance)
 
     # 5. evaluation ---------------------------------------------------------------------------------------------
     from longlive.eval.palette import foreground_fraction, prompt_colour_match
@@ -253,7 +267,7 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0, samples: int 
     evals.update(_evaluate(out, palette, seeds=seeds))
     from longlive.measure.manifest import manifest
 
-    result = {"manifest": manifest({"recipe": recipe(), "minutes": minutes}, seed),
+    result = {"manifest": manifest({"recipe": r.as_dict(), "minutes": minutes}, seed),
               "minutes": (time.perf_counter() - t_start) / 60, "vae": {"kind": "pca codec", **codec_stats},
               "vae_reconstruction": vae_quality, "text_encoder": text_info, "ar_steps": steps, "ar_summary": summary,
               "lora": lora_info, "eval": evals,
@@ -271,7 +285,7 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0, samples: int 
     return result
 
 
-def _train_lora(model, samples, out: Path, *, seconds: float, seed: int) -> dict:
+def _train_lora(model, samples, out: Path, *, seconds: float, seed: int, guidance: float) -> dict:
     """A few DMD steps with a LoRA generator (2-step target); merged into model_2step.pt."""
     import copy
 
@@ -286,7 +300,7 @@ def _train_lora(model, samples, out: Path, *, seconds: float, seed: int) -> dict
     base = copy.deepcopy(model)
     prompts = itertools.cycle([s["prompt_embeds"][:1] for s in samples])
     dmd = DMDTrainer(base, DMDConfig(num_blocks=2, steps=4, rank=8, alpha=8, seed=seed, lr_generator=1e-4,
-                                     lr_critic=1e-4, guidance_scale=TINY_DMD_GUIDANCE), prompts, out / "lora")
+                                     lr_critic=1e-4, guidance_scale=guidance), prompts, out / "lora")
     t0, n = time.perf_counter(), 0
     while time.perf_counter() - t0 < seconds:
         dmd.step()

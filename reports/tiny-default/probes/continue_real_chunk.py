@@ -1,6 +1,6 @@
 """Continue a real clean first chunk: does the model keep the shape it is shown? Shape match of the generated second
 chunk per shape. Usage: python continue_real_chunk.py WEIGHTS_DIR STEPS SHIFT
-Held-out clips come from the current TINY_TASK; session 6's numbers were taken with run16's (no speed or
+Held-out clips come from the current TinyRecipe().task; session 6's numbers were taken with run16's (no speed or
 start_spread narrowing)."""
 import sys
 from pathlib import Path
@@ -15,8 +15,10 @@ from longlive.model.presets import get_preset
 from longlive.text import build_text_encoder
 from longlive.train.data import COLOURS, ProceduralVideos, uint8_to_video
 from longlive.train.teacher_forcing import MaskedAttention, tf_mask_mod
-from longlive.train.tiny import TINY_TASK
+from longlive.train.tiny import TinyRecipe
 from longlive.vae import load_vae
+
+TINY_TASK = TinyRecipe().task
 
 w = Path(sys.argv[1])
 cfg = get_preset("tiny")

@@ -1,6 +1,6 @@
 """x0-prediction vs σ: held-out real clips noised to one σ, clean context (teacher-forcing layout); shape match of
 blocks 1-3 per prompted shape. Usage: python denoise_vs_sigma.py WEIGHTS_DIR [CLIPS]
-Held-out clips come from the current TINY_TASK; session 6's numbers were taken with run16's (no speed or
+Held-out clips come from the current TinyRecipe().task; session 6's numbers were taken with run16's (no speed or
 start_spread narrowing)."""
 import sys
 from pathlib import Path
@@ -14,8 +14,10 @@ from longlive.model.presets import get_preset
 from longlive.text import build_text_encoder
 from longlive.train.data import COLOURS, ProceduralVideos, uint8_to_video
 from longlive.train.teacher_forcing import _tf_attention, predicted_x0, sigma_table
-from longlive.train.tiny import TINY_TASK
+from longlive.train.tiny import TinyRecipe
 from longlive.vae import load_vae
+
+TINY_TASK = TinyRecipe().task
 
 w = Path(sys.argv[1])
 n = int(sys.argv[2]) if len(sys.argv) > 2 else 12

@@ -23,7 +23,9 @@ from longlive.eval.palette import foreground_mask  # noqa: E402
 from longlive.eval.shapes import foreground_centroids  # noqa: E402
 from longlive.infer.video import VideoRequest, make_video  # noqa: E402
 from longlive.train.data import COLOURS, ProceduralVideos  # noqa: E402
-from longlive.train.tiny import EVAL_PROMPTS, EVAL_SEEDS, TINY_TASK  # noqa: E402
+from longlive.train.tiny import EVAL_PROMPTS, EVAL_SEEDS, TinyRecipe  # noqa: E402
+
+TINY_TASK = TinyRecipe().task
 
 w, out = Path(sys.argv[1]), Path(sys.argv[2])
 out.mkdir(parents=True, exist_ok=True)

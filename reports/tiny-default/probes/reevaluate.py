@@ -2,8 +2,8 @@
 e.g. after a metric was added: `python reevaluate.py WEIGHTS_DIR OUT_JSON [SPEED_LO SPEED_HI]`.
 
 WEIGHTS_DIR must hold model_bf16.pt, vae.safetensors, text_encoder.safetensors (and model_2step.pt for the 2-step
-row); samples are written under it. Real clips come from the current TINY_TASK, with the speed given (the one the
-weights were trained at), so their motion is the reference for those weights.
+row); samples are written under it. Real clips come from the current TinyRecipe().task, with the speed given (the
+one the weights were trained at), so their motion is the reference for those weights.
 """
 import json
 import sys
@@ -16,7 +16,7 @@ from longlive.eval.shapes import centroid_travel
 from longlive.train.data import COLOURS, ProceduralVideos
 
 w, out = Path(sys.argv[1]), Path(sys.argv[2])
-task = dict(T.TINY_TASK)
+task = dict(T.TinyRecipe().task)
 if len(sys.argv) > 4:
     task["speed"] = (float(sys.argv[3]), float(sys.argv[4]))
 gen = ProceduralVideos(128, 128, 24, seed=0, **task)

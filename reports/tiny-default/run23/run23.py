@@ -2,8 +2,8 @@
 import sys
 from pathlib import Path
 
-import longlive.train.tiny as T
+from longlive.train.tiny import TinyRecipe, train_tiny
 
-T.TINY_TASK = {**T.TINY_TASK, "speed": (0.15, 0.35)}
-print(T.TINY_TASK, flush=True)
-T.train_tiny(Path(sys.argv[1]), minutes=14.0, seed=0)
+recipe = TinyRecipe(speed=(0.15, 0.35), start_spread=0.15)  # run22 (start_spread 0.15) with faster shapes
+print(recipe, flush=True)
+train_tiny(Path(sys.argv[1]), minutes=14.0, seed=0, recipe=recipe)

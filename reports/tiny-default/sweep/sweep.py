@@ -2,8 +2,8 @@
 
     python reports/tiny-default/sweep/sweep.py VARIANT --minutes 8 --work /tmp/sweep --keep $OUT
 
-A variant is a set of overrides of the recipe's task (longlive.train.tiny.TINY_TASK) and of the tiny preset's shapes
-(longlive.model.presets), applied in this process before training, so generation in the same process sees them.
+A variant is a set of overrides of the recipe's task (longlive.train.tiny.TinyRecipe) and of the tiny preset's shapes
+(longlive.model.presets, applied in this process before training, so generation in the same process sees them).
 Variants run side by side on the device machine's CPU cores (2 threads each, like the 2-core machine the tiny
 default is meant for); only their relative results mean something, since the cores are not ours.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-# Every variant overrides run16's task (the default before this sweep), whatever TINY_TASK is now.
+# Every variant overrides run16's task (the default before this sweep), whatever TinyRecipe's defaults are now.
 RUN16_TASK = {"backgrounds": ("grey",), "max_shapes": 1, "radius": (0.26, 0.32), "colour_change": 0.0}
 SLOW = {"speed": (0.08, 0.2)}  # run19's slower shapes
 VARIANTS: dict[str, dict] = {
@@ -51,13 +51,14 @@ VARIANTS: dict[str, dict] = {
 }
 
 
-def apply(variant: dict) -> None:
+def apply(variant: dict):
+    """The variant's recipe; its preset overrides are applied to the tiny preset in this process."""
     import longlive.model.presets as P
-    import longlive.train.tiny as T
+    from longlive.train.tiny import TinyRecipe
 
-    T.TINY_TASK = {**RUN16_TASK, **variant.get("task", {})}
     if variant.get("preset"):
         P.PRESETS["tiny"] = P.PRESETS["tiny"].with_overrides(**variant["preset"])
+    return TinyRecipe(**{**RUN16_TASK, **variant.get("task", {})})
 
 
 def main() -> None:
@@ -73,13 +74,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from longlive.train.tiny import train_tiny
 
-    apply(VARIANTS[args.variant])
+    recipe = apply(VARIANTS[args.variant])
     work, keep = args.work / args.variant, args.keep / args.variant
     keep.mkdir(parents=True, exist_ok=True)
     (keep / "variant.json").write_text(json.dumps({"variant": args.variant, **VARIANTS[args.variant],
                                                    "minutes": args.minutes, "threads": args.threads}, default=str))
-    result = train_tiny(work, minutes=args.minutes, seed=VARIANTS[args.variant].get("seed", 0), samples=args.samples,
-                        eval_seeds=args.eval_seeds)
+    result = train_tiny(work, minutes=args.minutes, seed=VARIANTS[args.variant].get("seed", 0), recipe=recipe,
+                        samples=args.samples, eval_seeds=args.eval_seeds)
     for name in ("tiny_eval.json", "vae_reconstruction.png", "model_bf16.pt", "model_2step.pt", "vae.safetensors",
                  "text_encoder.safetensors"):
         if (work / name).exists():
