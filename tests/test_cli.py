@@ -146,7 +146,7 @@ def test_output_paths_are_checked_before_any_work(capsys, tmp_path, monkeypatch,
         ["generate", "--preset", "tiny", "--frames", "4", "--out", str(out)],
         ["fidelity", "--preset", "tiny", "--frames", "4", "--precision", "nvfp4", "--out", str(out)],
         ["sweep", "frames=4", "--results", str(out)],
-        ["train", "--preset", "tiny", "--steps", "1", "--out", str(out)],
+        ["train", "--preset", "tiny", "--train-steps", "1", "--out", str(out)],
         ["train", "--preset", "tiny", "--tiny-default", "--out", str(out)],
         ["report", str(tmp_path), "--out", str(out)],
     ]

@@ -224,16 +224,16 @@ def test_cli_hook(tmp_path, capsys):
     ap = argparse.ArgumentParser()
     add_train_parser(ap.add_subparsers(dest="command"))
     out = tmp_path / "cli"
-    a = ap.parse_args(["train", "--preset", "tiny", "--steps", "3", "--out", str(out), "--lr", "1e-4",
+    a = ap.parse_args(["train", "--preset", "tiny", "--train-steps", "3", "--out", str(out), "--lr", "1e-4",
                        "--data", "random", "--no-progress", "--ckpt-every", "2", "--no-activation-checkpointing"])
     assert a.func(a) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps"] == 3 and summary["iter_s"] > 0 and summary["tokens_per_s"] > 0
     assert len(read_metrics(out)) == 3
-    a = ap.parse_args(["train", "--steps", "4", "--out", str(out), "--no-progress"])  # resumes at 3
+    a = ap.parse_args(["train", "--train-steps", "4", "--out", str(out), "--no-progress"])  # resumes at 3
     assert a.func(a) == 0
     assert [m["step"] for m in read_metrics(out)] == [1, 2, 3, 4]
-    bad = ap.parse_args(["train", "--steps", "1", "--out", str(tmp_path / "bad"), "--precision", "fp3"])
+    bad = ap.parse_args(["train", "--train-steps", "1", "--out", str(tmp_path / "bad"), "--precision", "fp3"])
     with pytest.raises(ValueError):
         bad.func(bad)
 
@@ -250,8 +250,8 @@ def test_train_cli_runs_every_data_source(tmp_path, capsys, source):
         write_procedural_folder(tmp_path / "clips", 2, shots=2, frames_per_shot=7, seed=3)
         data = f"folder:{tmp_path / 'clips'}"
     out = tmp_path / "run"
-    code = cli.main(["train", "--preset", "tiny", "--steps", "2", "--frames", "4", "--data", data, "--out", str(out),
-                     "--no-progress", "--no-activation-checkpointing", "--no-fsdp"])
+    code = cli.main(["train", "--preset", "tiny", "--train-steps", "2", "--frames", "4", "--data", data,
+                     "--out", str(out), "--no-progress", "--no-activation-checkpointing", "--no-fsdp"])
     assert code == 0, capsys.readouterr().err
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps"] == 2 and [m["step"] for m in read_metrics(out)] == [1, 2]

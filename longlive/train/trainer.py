@@ -662,7 +662,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     """`longlive train`: Stage-1 teacher-forcing fine-tune (the lead wires this into longlive/cli.py)."""
     p = subparsers.add_parser("train", help="Stage-1 AR teacher-forcing fine-tune (resumable)")
     p.add_argument("--preset", default="tiny")
-    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--train-steps", type=int, default=600,
+                   help="optimiser steps (denoising steps are `generate --steps`)")
     p.add_argument("--out", default=None, help="run directory: metrics.jsonl, summary.json, checkpoints/ (required "
                    "except with --tiny-default)")
     p.add_argument("--lr", type=float, default=1e-5)
@@ -723,7 +724,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         pd = init_parallel(args.sp, device=str(device) if args.device else None)
         device, sp_group, rank = pd.device, pd.sp_group, pd.rank
-    cfg = TrainConfig(steps=args.steps, lr=args.lr, seed=args.seed, precision=precision, resume=args.resume,
+    cfg = TrainConfig(steps=args.train_steps, lr=args.lr, seed=args.seed, precision=precision, resume=args.resume,
                       ckpt_every=args.ckpt_every, log_every=args.log_every, ema_start=args.ema_start,
                       sp_layout=args.sp_layout if args.sp > 1 else "none", fsdp=args.fsdp,
                       activation_checkpointing=args.activation_checkpointing, progress=not args.no_progress,
