@@ -13,12 +13,11 @@ from pathlib import Path
 
 import torch
 
+from longlive.experiments import precision_config, precisions, request_fields
 from longlive.model.presets import DEFAULT_VIDEO_SECONDS, PRESETS, default_frames, get_preset
 from longlive.output import check_out_dir, write_text_atomic
 from longlive.quant.linear import DEFAULT_WEIGHT_RULE
 from longlive.quant.nvfp4 import RULES as NVFP4_RULES
-
-DTYPES = ("bf16", "fp16", "fp32")
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
@@ -47,16 +46,16 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image", type=Path, default=None, help="first frame for image-to-video")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--vae-device", default=None, help="device of the VAE (decode=device: e.g. cuda:1)")
-    p.add_argument("--dtype", choices=DTYPES, default=None, help="default: bf16 on GPU, fp32 on CPU")
     p.add_argument("--attn", default="auto", help="attention backend: auto, math, flash, cudnn, efficient")
     p.add_argument("--decode", default="streaming", help="batch, streaming, async or device")
-    p.add_argument("--quant", choices=["none", "fp8", "nvfp4"], default="none",
-                   help="post-training quantisation of the 300 block Linears")
-    p.add_argument("--linear-backend", choices=["emulated", "fp8", "te"], default="emulated",
-                   help="emulated: dequantise + high-precision GEMM (any device); fp8: torch._scaled_mm (cc>=8.9); "
-                        "te: TransformerEngine (optional extra)")
-    p.add_argument("--weight-rule", default=DEFAULT_WEIGHT_RULE, choices=list(NVFP4_RULES),
-                   help="NVFP4 weight rule (default: the release's 4-over-6 %(default)s)")
+    p.add_argument("--precision", choices=precisions(), default=None,
+                   help="a named precision, as in sweeps and `fidelity` (longlive/experiments/precision/): dtype, "
+                        "block-Linear format and backend (fp8: real W8A8 GEMMs, cc >= 8.9; *-emulated / nvfp4: "
+                        "dequantise + high-precision GEMM, any device; *-te: TransformerEngine). Default: bf16 on GPU, "
+                        "fp32 on CPU")
+    p.add_argument("--weight-rule", default=None, choices=list(NVFP4_RULES),
+                   help=f"override the NVFP4 weight rule (default: the precision's, else the release's 4-over-6 "
+                        f"{DEFAULT_WEIGHT_RULE})")
     p.add_argument("--weight-only", action="store_true", help="quantise weights only (no activation quantisation)")
     p.add_argument("--kv-quant", choices=["none", "fp8", "nvfp4"], default="none", help="quantised KV cache")
     p.add_argument("--compile", choices=["none", "default", "max-autotune-no-cudagraphs"], default="none",
@@ -78,13 +77,19 @@ def _request(a: argparse.Namespace):
 
     if a.frames is None:
         a.frames = default_frames(get_preset(a.preset))
+    if a.precision is None:
+        a.precision = "bf16" if torch.device(a.device).type == "cuda" else "fp32"
+    precision = request_fields(precision_config(a.precision))
+    if a.weight_rule is not None:
+        precision["weight_rule"] = a.weight_rule
+    if a.weight_only:
+        precision["act_quant"] = False
     return VideoRequest(
         preset=a.preset, frames=a.frames, prompts=a.prompt or [DEFAULT_PROMPT], steps=a.steps, seed=a.seed,
-        switch_at=a.switch_at, device=a.device, vae_device=a.vae_device, dtype=a.dtype, attn=a.attn,
+        switch_at=a.switch_at, device=a.device, vae_device=a.vae_device, attn=a.attn, **precision,
         decode=a.decode, checkpoint=a.checkpoint, vae=a.vae, text_encoder=a.text_encoder, tokenizer=a.tokenizer,
         random_weights=a.random_weights, image=a.image, multishot_sink=not a.no_multishot_sink,
         clean_recache=a.clean_recache, cache_dir=a.cache_dir, progress=not a.no_progress,
-        quant=a.quant, linear_backend=a.linear_backend, weight_rule=a.weight_rule, act_quant=not a.weight_only,
         kv_quant=a.kv_quant, sp=a.sp, exchange=a.exchange, compile=a.compile,
     )
 
@@ -120,9 +125,10 @@ def cmd_generate(a: argparse.Namespace) -> int:
         return 0
     out.pop("video_uint8")
     model_config = out.pop("model_config")
-    row = {"preset": a.preset, "precision": str(req.torch_dtype).replace("torch.", ""), "steps": a.steps,
-           "decode": a.decode, "quant": a.quant, "linear_backend": a.linear_backend if a.quant != "none" else None,
-           "weight_rule": a.weight_rule if a.quant == "nvfp4" else None,
+    row = {"preset": a.preset, "precision": req.precision, "dtype": req.dtype, "steps": a.steps,
+           "decode": a.decode, "quant": req.quant,
+           "linear_backend": req.linear_backend if req.quant != "none" else None,
+           "weight_rule": req.weight_rule if req.quant == "nvfp4" else None, "act_quant": req.act_quant,
            "kv_quant": a.kv_quant, "sp": a.sp, "exchange": a.exchange, "frames_latent": a.frames, **out}
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items() if k not in ("func", "argv")}
     config["model_config"] = model_config

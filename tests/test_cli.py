@@ -196,3 +196,23 @@ def test_frames_default_to_about_five_seconds(capsys, tmp_path):
     assert "about 5 s of video: wan2.2-ti2v-5b 32, wan2.1-t2v-1.3b 21, tiny 30" in help_text
     assert "its first chunk is conditioned on the prompt as written, the shot's later chunks on the bare caption" in \
         help_text
+
+
+def test_generate_takes_the_named_precisions_and_records_the_name(capsys, tmp_path):
+    """`generate --precision` takes the names sweeps and `fidelity` take; the row's precision column is the name."""
+    from longlive.experiments import precisions
+
+    assert {"fp32", "bf16", "fp8", "fp8-emulated", "nvfp4"} <= set(precisions())
+    out = tmp_path / "q"
+    code, err = _run(capsys, "--preset", "tiny", "--frames", "4", "--steps", "2", "--precision", "nvfp4",
+                     "--kv-quant", "nvfp4", "--out", str(out), "--no-progress")
+    assert code == 0, err
+    row = json.loads((out / "result.json").read_text())["rows"][0]
+    assert (row["precision"], row["dtype"], row["quant"], row["linear_backend"], row["weight_rule"]) == (
+        "nvfp4", "bf16", "nvfp4", "emulated", "mse")
+    code, err = _run(capsys, "--preset", "tiny", "--frames", "4", "--steps", "2", "--precision", "nvfp4",
+                     "--weight-rule", "static_6", "--out", str(tmp_path / "s6"), "--no-progress")
+    assert json.loads((tmp_path / "s6" / "result.json").read_text())["rows"][0]["weight_rule"] == "static_6"
+    with pytest.raises(SystemExit):
+        main(["generate", "--preset", "tiny", "--precision", "fp4", "--out", str(tmp_path / "x")])
+    assert "invalid choice: 'fp4'" in capsys.readouterr().err

@@ -1,7 +1,39 @@
 """The Hydra config tree (model, precision, kv, decode, hardware, workload groups and the experiment presets), shipped
-as package data so that an installed wheel runs `longlive sweep +experiment=smoke` as a checkout does."""
+as package data so that an installed wheel runs `longlive sweep +experiment=smoke` as a checkout does.
+
+Precisions are named configs (`precision/<name>.yaml`); `request_fields` maps one onto the fields of a video request,
+so `generate --precision NAME`, `fidelity --precision NAME` and a sweep's `precision=NAME` mean exactly the same.
+"""
+
+from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent
 PRECISION_DIR = EXPERIMENTS_DIR / "precision"
+
+
+def precisions() -> list[str]:
+    """The named precisions (`precision/*.yaml`)."""
+    return sorted(p.stem for p in PRECISION_DIR.glob("*.yaml"))
+
+
+def precision_config(name: str) -> dict[str, Any]:
+    """The precision config `name` as a plain dict; an unknown name is a ValueError listing the known ones."""
+    path = PRECISION_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise ValueError(f"unknown precision {name!r}; known: {', '.join(precisions())}")
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(path))
+
+
+def request_fields(precision: dict[str, Any]) -> dict[str, Any]:
+    """Video-request fields of a precision config: dtype, quant (the block Linears' format), linear_backend,
+    act_quant and, where the config names one, weight_rule (else the request's default)."""
+    out = {"precision": precision["name"], "dtype": precision["dtype"], "quant": precision.get("weights", "none"),
+           "linear_backend": precision.get("backend") or "emulated", "act_quant": precision.get("act_quant", True)}
+    if precision.get("weight_rule"):
+        out["weight_rule"] = precision["weight_rule"]
+    return out

@@ -11,22 +11,13 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from longlive.experiments import PRECISION_DIR
+from longlive.experiments import precision_config, request_fields
 from longlive.infer.video import VideoRequest, make_video
-from longlive.quant.linear import DEFAULT_WEIGHT_RULE
 
 
 def precision_fields(name: str) -> dict[str, Any]:
-    """VideoRequest fields of a named precision config (dtype, quant, backend, rule, act_quant)."""
-    path = PRECISION_DIR / f"{name}.yaml"
-    if not path.exists():
-        known = sorted(p.stem for p in PRECISION_DIR.glob("*.yaml"))
-        raise ValueError(f"unknown precision {name!r}; known: {', '.join(known)}")
-    from omegaconf import OmegaConf
-
-    c = OmegaConf.to_container(OmegaConf.load(path))
-    return {"dtype": c["dtype"], "quant": c.get("weights", "none"), "linear_backend": c.get("backend") or "emulated",
-            "weight_rule": c.get("weight_rule", DEFAULT_WEIGHT_RULE), "act_quant": c.get("act_quant", True)}
+    """VideoRequest fields of a named precision config (longlive.experiments.request_fields)."""
+    return request_fields(precision_config(name))
 
 
 def compare(base: VideoRequest, ref: tuple[str, str], cand: tuple[str, str], out: Path) -> dict[str, Any]:

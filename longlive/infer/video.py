@@ -34,6 +34,7 @@ class VideoRequest:
     switch_at: list[int] | None = None
     device: str = "cpu"
     vae_device: str | None = None
+    precision: str | None = None  # the named precision the fields below come from (recorded in rows)
     dtype: str | None = None  # None: bf16 on GPU, fp32 on CPU
     attn: str = "auto"
     decode: str = "streaming"

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from longlive.quant.linear import DEFAULT_WEIGHT_RULE
+from longlive.experiments import request_fields
 
 WORKLOADS: dict[str, Workload] = {}
 
@@ -84,12 +84,9 @@ def video_request(cfg: dict[str, Any], progress: bool = False):
     return VideoRequest(
         preset=cfg["model"]["name"], frames=int(cfg["frames"]), prompts=list(cfg["prompts"]), steps=int(cfg["steps"]),
         seed=int(cfg["seed"]), switch_at=cfg.get("switch_at"), device=cfg["hardware"]["device"],
-        vae_device=cfg["decode"].get("vae_device"), dtype=cfg["precision"]["dtype"], attn=cfg.get("attn", "auto"),
+        vae_device=cfg["decode"].get("vae_device"), attn=cfg.get("attn", "auto"),
         decode=cfg["decode"]["mode"], random_weights=bool(cfg.get("random_weights")), progress=progress,
-        save_latents=True, quant=cfg["precision"].get("weights", "none"),
-        linear_backend=cfg["precision"].get("backend") or "emulated",
-        weight_rule=cfg["precision"].get("weight_rule", DEFAULT_WEIGHT_RULE),
-        act_quant=cfg["precision"].get("act_quant", True),
+        save_latents=True, **request_fields(cfg["precision"]),
         kv_quant=cfg["kv"]["name"], sp=int(cfg["sp"]), exchange=cfg.get("exchange", "none"),
         compile=cfg.get("compile", "none"),
     )

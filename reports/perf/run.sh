@@ -62,7 +62,7 @@ case "$PHASE" in
   e2e)
     for steps in 4 2; do
       python -m longlive.cli generate --preset wan2.2-ti2v-5b --random-weights --frames 96 --steps $steps \
-        --quant fp8 --linear-backend fp8 --compile default --decode device --vae-device cuda:1 --no-progress \
+        --precision fp8 --compile default --decode device --vae-device cuda:1 --no-progress \
         --out "$OUT/e2e/fp8_${steps}step"
       rm -f "$OUT/e2e/fp8_${steps}step/video.mp4"  # 400+ MB at 1280x704; result.json and strip.png stay
     done ;;
