@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 
 from longlive.model.presets import ModelConfig
+from longlive.text import build_text_encoder
+from longlive.vae import apply_stats, build_vae, load_vae
 
 ENV = "LONGLIVE_WEIGHTS"
 SHIPPED_TINY = Path(__file__).resolve().parent / "assets" / "tiny"
@@ -82,8 +84,6 @@ def load_vae_for(cfg: ModelConfig, path: Path | None, *, explicit: bool = False,
                  dtype: torch.dtype = torch.float32, seed: int = 0):
     """(VAE, note or None): the file at `path` with its latent stats, or seeded random weights where there is none
     (an error instead if the path was given explicitly)."""
-    from longlive.vae import apply_stats, build_vae, load_vae
-
     if path is not None and Path(path).exists():
         vae = load_vae(cfg.vae, path, device=device, dtype=dtype)
         apply_stats(vae, Path(path).with_name("vae_stats.json"))  # our trained VAEs ship their latent stats
@@ -98,8 +98,6 @@ def load_text_for(cfg: ModelConfig, path: Path | None, tokenizer: Path | None, *
                   seed: int = 0, random_weights: bool = False):
     """(text encoder or None, note or None). The tiny encoder falls back to seeded weights; umT5 with random_weights
     is skipped (None: the caller draws random prompt embeddings)."""
-    from longlive.text import build_text_encoder
-
     if cfg.text_encoder == "tiny":
         ckpt = path if path is not None and Path(path).exists() else None
         text = build_text_encoder("tiny", checkpoint=ckpt, device=device, seed=seed if ckpt is None else None)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 EXPERIMENTS_DIR = Path(__file__).resolve().parent
 PRECISION_DIR = EXPERIMENTS_DIR / "precision"
 
@@ -24,8 +26,6 @@ def precision_config(name: str) -> dict[str, Any]:
     path = PRECISION_DIR / f"{name}.yaml"
     if not path.exists():
         raise ValueError(f"unknown precision {name!r}; known: {', '.join(precisions())}")
-    from omegaconf import OmegaConf
-
     return OmegaConf.to_container(OmegaConf.load(path))
 
 

@@ -164,9 +164,9 @@ class KVCache:
         """
         if self.current_slot is None:
             raise RuntimeError("KVCache.clear_to_sink() before begin_chunk()")
-        chunk, time = self.slot_chunk[self.current_slot], self.slot_time[self.current_slot]
         if self.current_slot < self.geo.sink_slots:
             return  # the chunk is itself part of the global sink: nothing after it yet
+        chunk, time = self.slot_chunk[self.current_slot], self.slot_time[self.current_slot]
         for s in range(self.geo.sink_slots, self.geo.num_slots):
             self.slot_chunk[s] = None
             self.slot_time[s] = -1

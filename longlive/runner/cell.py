@@ -15,6 +15,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from longlive.output import write_text_atomic
 from longlive.runner.schema import empty_row
 
 
@@ -57,9 +58,7 @@ def build_row(spec: dict[str, Any], status: str, reason: str | None, metrics: di
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, default=str))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(obj, default=str))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -73,9 +75,6 @@ def run_cell(cell: Cell, store: ResultsStore, config_dir: Path = EXPERIMENTS_DIR
 
 def signal_reason(code: int, stderr_tail: str) -> str | None:
     """'killed by SIGKILL (signal 9)...' when the cell's process (or, under torchrun, a rank) died of a signal."""
-    import re
-    import signal
-
     num = -code if code < 0 else None
     if num is None:  # torchrun reports a rank's death: "exitcode  : -9" / "Signal 9 (SIGKILL) received by PID"
         m = re.search(r"exitcode\s*:\s*-(\d+)", stderr_tail) or re.search(r"Signal (\d+) \(SIG\w+\) received",

@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from longlive.eval.shapes import SHAPES, shape_sdf
+from longlive.output import write_text_atomic
 from longlive.text import EmbeddingCache, TextEncoder
 from longlive.text.prompts import SCENE_CUT_PREFIX, with_prefix
 
@@ -332,16 +333,6 @@ class FolderVideos:
         return torch.cat(videos, dim=1), captions, bounds
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_procedural_folder(
     root: str | os.PathLike,
     n_samples: int,
@@ -369,7 +360,7 @@ def write_procedural_folder(
         bounds = meta["bounds"]
         for k, caption in enumerate(meta["raw_captions"]):
             write_mp4(frames[bounds[k] : bounds[k + 1]], root / "video" / name / f"{k}.mp4", fps)
-            _atomic_write_text(root / "caption" / name / f"{k}.json", json.dumps({"caption": caption}))
+            write_text_atomic(root / "caption" / name / f"{k}.json", json.dumps({"caption": caption}))
         names.append(name)
     return names
 

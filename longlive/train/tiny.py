@@ -18,13 +18,20 @@ clip, bottom: its reconstruction).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
+
+from longlive.model.checkpoint import read_generator_file
+from longlive.output import write_text_atomic
+from longlive.weights import SHIPPED_TINY
 
 
 @dataclass(frozen=True)
@@ -91,15 +98,6 @@ def ship(src: Path, dest: Path | None = None, *, notes: str | None = None) -> di
     """Copy a finished `--tiny-default` run into the package's shipped weights (`longlive/assets/tiny`): generators as
     safetensors, the codec and text encoder as they are, and MANIFEST.json (commit, recipe, evaluation numbers,
     sha256 of every file, how to retrain). Files are written atomically; returns the manifest."""
-    import hashlib
-    import shutil
-
-    from safetensors.torch import save_file
-
-    from longlive.model.checkpoint import read_generator_file
-    from longlive.output import write_text_atomic
-    from longlive.weights import SHIPPED_TINY
-
     src, dest = Path(src), Path(dest or SHIPPED_TINY)
     evaluation = json.loads((src / "tiny_eval.json").read_text())
     missing = [n for n in SHIPPED if not (src / n).exists()]
