@@ -49,7 +49,7 @@ report: $(STAMP)
 
 # One tiny video through `longlive generate` (the single-video path).
 demo: $(STAMP)
-	$(BIN)/longlive generate --preset tiny --device cpu --frames 16 --steps 4 --seed 0 --decode streaming \
+	$(BIN)/longlive generate --model tiny --device cpu --frames 16 --steps 4 --seed 0 --decode streaming \
 		--prompt "A red circle bounces on a grey background." \
 		--prompt "The scene transitions. A blue square bounces on a grey background." \
 		--out $(OUT)

@@ -8,21 +8,39 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
 from longlive.experiments import precision_config, precisions, request_fields
+from longlive.infer.assemble import make_video
+from longlive.infer.fidelity import compare, precision_fields
+from longlive.infer.video import DECODE_CHOICES, DEFAULT_PROMPT, VideoRequest, validate
+from longlive.measure.manifest import manifest
+from longlive.model.attention import BACKENDS
 from longlive.model.presets import DEFAULT_VIDEO_SECONDS, PRESETS, default_frames, get_preset
+from longlive.names import COMPILE_MODES, EXCHANGE, KV_QUANT
 from longlive.output import check_out_dir, write_text_atomic
+from longlive.parallel.groups import check_sp, shutdown_parallel
 from longlive.quant.linear import DEFAULT_WEIGHT_RULE
 from longlive.quant.nvfp4 import RULES as NVFP4_RULES
+from longlive.report import add_report_parser
+from longlive.runner.executor import run_sweep
+from longlive.runner.matrix import expand
+from longlive.runner.schema import empty_row
+from longlive.train.lora import add_lora_parser
+from longlive.train.tiny import train_tiny
+from longlive.train.trainer import add_train_parser
+from longlive.train.trainer import cmd_train as run_trainer
+from longlive.weights import weights_root
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate a video autoregressively, chunk by chunk")
-    p.add_argument("--preset", required=True, help=f"one of: {', '.join(PRESETS)}")
+    p.add_argument("--model", required=True, help=f"one of: {', '.join(PRESETS)}")
     p.add_argument("--prompt", action="append", default=None,
                    help="repeat for multi-prompt videos. A prompt starting with 'The scene transitions. ' opens a new "
                         "shot (the release's convention): its first chunk is conditioned on the prompt as written, "
@@ -46,8 +64,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image", type=Path, default=None, help="first frame for image-to-video")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--vae-device", default=None, help="device of the VAE (decode=device: e.g. cuda:1)")
-    p.add_argument("--attn", default="auto", help="attention backend: auto, math, flash, cudnn, efficient")
-    p.add_argument("--decode", default="streaming", help="batch, streaming, async or device")
+    p.add_argument("--attn", default="auto", choices=list(BACKENDS), help="attention backend")
+    p.add_argument("--decode", default="streaming", choices=list(DECODE_CHOICES),
+                   help="when and where latents become frames (none: latents only, no VAE)")
     p.add_argument("--precision", choices=precisions(), default=None,
                    help="a named precision, as in sweeps and `fidelity` (longlive/experiments/precision/): dtype, "
                         "block-Linear format and backend (fp8: real W8A8 GEMMs, cc >= 8.9; *-emulated / nvfp4: "
@@ -57,11 +76,15 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
                    help=f"override the NVFP4 weight rule (default: the precision's, else the release's 4-over-6 "
                         f"{DEFAULT_WEIGHT_RULE})")
     p.add_argument("--weight-only", action="store_true", help="quantise weights only (no activation quantisation)")
-    p.add_argument("--kv-quant", choices=["none", "fp8", "nvfp4"], default="none", help="quantised KV cache")
-    p.add_argument("--compile", choices=["none", "default", "max-autotune-no-cudagraphs"], default="none",
+    p.add_argument("--kv-quant", choices=list(KV_QUANT), default="none", help="quantised KV cache")
+    p.add_argument("--compile", choices=list(COMPILE_MODES), default="none",
                    help="torch.compile the DiT blocks (GPU); a warm-up generation runs first, excluded from timings")
+    p.add_argument("--fuse-qkv", action="store_true",
+                   help="one q/k/v GEMM per self-attention (longlive.model.fuse), applied before quantising")
+    p.add_argument("--save-latents", action="store_true", help="also write latents.safetensors (always with "
+                                                                "--decode none)")
     p.add_argument("--sp", type=int, default=1, help="sequence-parallel ranks (launches torchrun itself)")
-    p.add_argument("--exchange", choices=["none", "fp8", "nvfp4"], default="none",
+    p.add_argument("--exchange", choices=list(EXCHANGE), default="none",
                    help="compress K/V on the SP all-to-all")
     p.add_argument("--no-multishot-sink", action="store_true", help="do not pin the first chunk of a new shot")
     p.add_argument("--clean-recache", action="store_true",
@@ -73,10 +96,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 
 def _request(a: argparse.Namespace):
-    from longlive.infer.video import DEFAULT_PROMPT, VideoRequest
-
     if a.frames is None:
-        a.frames = default_frames(get_preset(a.preset))
+        a.frames = default_frames(get_preset(a.model))
     if a.precision is None:
         a.precision = "bf16" if torch.device(a.device).type == "cuda" else "fp32"
     precision = request_fields(precision_config(a.precision))
@@ -85,28 +106,21 @@ def _request(a: argparse.Namespace):
     if a.weight_only:
         precision["act_quant"] = False
     return VideoRequest(
-        preset=a.preset, frames=a.frames, prompts=a.prompt or [DEFAULT_PROMPT], steps=a.steps, seed=a.seed,
+        model=a.model, frames=a.frames, prompts=a.prompt or [DEFAULT_PROMPT], steps=a.steps, seed=a.seed,
         switch_at=a.switch_at, device=a.device, vae_device=a.vae_device, attn=a.attn, **precision,
         decode=a.decode, checkpoint=a.checkpoint, vae=a.vae, text_encoder=a.text_encoder, tokenizer=a.tokenizer,
         random_weights=a.random_weights, image=a.image, multishot_sink=not a.no_multishot_sink,
         clean_recache=a.clean_recache, cache_dir=a.cache_dir, progress=not a.no_progress,
-        kv_quant=a.kv_quant, sp=a.sp, exchange=a.exchange, compile=a.compile,
+        kv_quant=a.kv_quant, sp=a.sp, exchange=a.exchange, compile=a.compile, fuse_qkv=a.fuse_qkv,
+        save_latents=a.save_latents,
     )
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
-    import os
-    import subprocess
-
-    from longlive.infer.video import make_video, validate
-    from longlive.measure.manifest import manifest
-
     check_out_dir(a.out)
     req = _request(a)
     if a.sp > 1 and "WORLD_SIZE" not in os.environ:  # start the ranks ourselves, with the same arguments
-        from longlive.parallel.groups import check_sp
-
-        check_sp(get_preset(a.preset), a.sp)
+        check_sp(get_preset(a.model), a.sp)
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if torch.device(a.device).type == "cuda" and a.sp > gpus:
             raise ValueError(f"--sp {a.sp} needs {a.sp} GPUs (one rank per GPU); this machine has {gpus}. Use a "
@@ -116,33 +130,37 @@ def cmd_generate(a: argparse.Namespace) -> int:
         return subprocess.call(cmd)
     validate(req)
     try:
-        out = make_video(req, a.out)
+        res = make_video(req, a.out)
     finally:
-        from longlive.parallel.groups import shutdown_parallel
-
         shutdown_parallel()  # under torchrun: exit cleanly once rank 0 has written the video
-    if out.get("rank_not_main"):
+    if not res.is_main:
         return 0
-    out.pop("video_uint8")
-    model_config = out.pop("model_config")
-    row = {"preset": a.preset, "precision": req.precision, "dtype": req.dtype, "steps": a.steps,
-           "decode": a.decode, "quant": req.quant,
-           "linear_backend": req.linear_backend if req.quant != "none" else None,
-           "weight_rule": req.weight_rule if req.quant == "nvfp4" else None, "act_quant": req.act_quant,
-           "kv_quant": a.kv_quant, "sp": a.sp, "exchange": a.exchange, "frames_latent": a.frames, **out}
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items() if k not in ("func", "argv")}
-    config["model_config"] = model_config
-    result = {"rows": [row], "manifest": manifest(config, a.seed)}
-    write_text_atomic(a.out / "result.json", json.dumps(result, indent=2, default=str))
+    row = generate_row(a, req, res, config)
+    write_text_atomic(a.out / "result.json", json.dumps({"rows": [row], "manifest": row["manifest"]}, indent=2,
+                                                        default=str))
     print(f"wrote {a.out / 'video.mp4'} ({row['frames_video']} frames), {a.out / 'strip.png'}; "
           f"denoise {row['denoise_fps']:.1f} FPS, end to end {row['e2e_fps']:.1f} FPS ({a.decode} decode)")
     return 0
 
 
+def generate_row(a: argparse.Namespace, req, res, config: dict) -> dict:
+    """The result row of one `generate`, in the runner's schema (same columns as a sweep's infer cell), so
+    `longlive report` reads a generate folder's result.json like any results file."""
+    axes = {"model": a.model, "precision": req.precision, "kv_quant": a.kv_quant, "sp": a.sp, "exchange": a.exchange,
+            "steps": a.steps, "decode": a.decode, "hardware": torch.device(a.device).type}
+    row = empty_row(None, "generate", "infer", axes, a.frames, a.seed)
+    row.update(status="ok", config=config, **res.metrics, timing_definition=res.timing_definition,
+               artifacts=res.artifacts, manifest=manifest(config, a.seed),
+               metrics_extra={"chunk_ms": res.chunk_ms, "windows": res.windows, "notes": res.notes,
+                              "dtype": req.dtype, "act_quant": req.act_quant})
+    return row
+
+
 def _add_fidelity(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fidelity", help="same seed through a reference and a quantised configuration: latent "
                                         "relative error and decoded-video PSNR")
-    p.add_argument("--preset", required=True)
+    p.add_argument("--model", required=True)
     p.add_argument("--frames", type=int, required=True)
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
@@ -158,13 +176,9 @@ def _add_fidelity(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_fidelity(a: argparse.Namespace) -> int:
-    from longlive.infer.fidelity import compare, precision_fields
-    from longlive.infer.video import DEFAULT_PROMPT, VideoRequest
-    from longlive.measure.manifest import manifest
-
     precision_fields(a.ref_precision), precision_fields(a.precision)  # unknown names fail before any work
     check_out_dir(a.out)
-    base = VideoRequest(preset=a.preset, frames=a.frames, prompts=a.prompt or [DEFAULT_PROMPT], steps=a.steps,
+    base = VideoRequest(model=a.model, frames=a.frames, prompts=a.prompt or [DEFAULT_PROMPT], steps=a.steps,
                         seed=a.seed, device=a.device, random_weights=a.random_weights, progress=False)
     res = compare(base, (a.ref_precision, a.ref_kv_quant), (a.precision, a.kv_quant), a.out)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items() if k != "func"}
@@ -179,18 +193,15 @@ def cmd_train(a: argparse.Namespace) -> int:
     if a.out is not None:
         check_out_dir(a.out)
     if a.tiny_default:
-        from longlive.train.tiny import train_tiny
-        from longlive.weights import weights_root
 
-        if a.preset != "tiny":
-            raise ValueError("--tiny-default trains the tiny preset; pass --preset tiny")
+        if a.model != "tiny":
+            raise ValueError("--tiny-default trains the tiny preset; pass --model tiny")
         out = Path(a.out) if a.out else weights_root() / "tiny"
         train_tiny(out, minutes=a.minutes, seed=a.seed)
         use = f"LONGLIVE_WEIGHTS={out.parent}" if out.name == "tiny" else f"--checkpoint {out / 'model_bf16.pt'} ..."
-        print(f"trained tiny weights in {out}. Generate with them: {use} longlive generate --preset tiny ...; "
+        print(f"trained tiny weights in {out}. Generate with them: {use} longlive generate --model tiny ...; "
               f"make them the package's shipped weights: python -m longlive.train.tiny ship {out}")
         return 0
-    from longlive.train.trainer import cmd_train as run_trainer
 
     if a.out is None:
         raise ValueError("--out is required (the run directory for metrics and checkpoints)")
@@ -198,8 +209,6 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_env(a: argparse.Namespace) -> int:
-    from longlive.measure.manifest import manifest
-
     print(json.dumps(manifest(), indent=2, default=str))
     return 0
 
@@ -227,10 +236,6 @@ def _experiment_of(overrides: list[str]) -> tuple[str | None, list[str]]:
 
 
 def cmd_sweep(a: argparse.Namespace) -> int:
-    import subprocess
-
-    from longlive.runner.executor import run_sweep
-    from longlive.runner.matrix import expand
 
     experiment, rest = _experiment_of(a.overrides)
     results = check_out_dir(a.results or Path("results") / (experiment or "adhoc"), "--results")
@@ -258,9 +263,6 @@ def main(argv: list[str] | None = None) -> int:
     _add_generate(sub)
     _add_sweep(sub)
     _add_fidelity(sub)
-    from longlive.report import add_report_parser
-    from longlive.train.lora import add_lora_parser
-    from longlive.train.trainer import add_train_parser
 
     add_report_parser(sub)
     add_lora_parser(sub)

@@ -15,8 +15,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
+import imageio.v2 as iio
 import numpy as np
 import torch
+from PIL import Image
 
 Frames = torch.Tensor | np.ndarray
 
@@ -113,8 +115,6 @@ def write_mp4(frames: Frames, path: str | os.PathLike, fps: int, *, crf: int = 1
     edge row/column (no resampling, the picture is not shifted; the file is at most 1 px larger).
     yuv420p is what players and VBench's decoders handle everywhere.
     """
-    import imageio.v2 as iio
-
     arr = _as_uint8_frames(frames)
     _, h, w, _ = arr.shape
     if h % 2 or w % 2:
@@ -148,8 +148,6 @@ def write_frame_strip(
     Frames are separated by `separator`-pixel columns of grey level `color`; fewer frames than `num`
     gives one panel per frame. Width = n·W + (n−1)·separator, height = H.
     """
-    from PIL import Image
-
     arr = _as_uint8_frames(frames)
     t, h, w, _ = arr.shape
     n = min(num, t)

@@ -288,7 +288,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
 
 
-def test_sp_layouts_match_single_process(tmp_path):
+def test_train_layouts_match_single_process(tmp_path):
     d = _inputs()
     torch.save(d, tmp_path / "inputs.pt")
     model = build_model(get_preset("tiny"), seed=0)

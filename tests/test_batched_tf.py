@@ -68,13 +68,14 @@ def _single_prompt(data: RandomLatentData):
 
 def test_trainer_batches_single_prompt_samples_and_refuses_the_rest(tmp_path):
     model = build_model(MC, seed=0)
-    cfg = TrainConfig(steps=2, lr=1e-3, batch_size=3, text_dropout=0.5, attn="dense", progress=False, resume=False)
+    cfg = TrainConfig(train_steps=2, lr=1e-3, batch_size=3, text_dropout=0.5, attn="dense", progress=False,
+                      resume=False)
     tr = ARTrainer(model, cfg, _single_prompt(RandomLatentData(MC, FRAMES, seed=0)), tmp_path / "a")
     before = [p.detach().clone() for p in tr.params]
     tr.run()
     assert tr.step == 2 and tr.tokens_per_step == 3 * 2 * FRAMES * (MC.latent_hw[0] // 2) * (MC.latent_hw[1] // 2)
     assert any(not torch.equal(a, b) for a, b in zip(before, tr.params, strict=True))
-    multi = ARTrainer(build_model(MC, seed=0), TrainConfig(steps=1, batch_size=2, attn="dense", progress=False,
+    multi = ARTrainer(build_model(MC, seed=0), TrainConfig(train_steps=1, batch_size=2, attn="dense", progress=False,
                                                            resume=False),
                       RandomLatentData(MC, FRAMES, seed=0, num_prompts=2), tmp_path / "b")
     with pytest.raises(ValueError, match="takes single-prompt samples"):

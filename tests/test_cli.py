@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from longlive.cli import main
+from longlive.infer.video import VideoRequest, validate
 from longlive.model.checkpoint import save_generator
 from longlive.model.dit import build_model
 from longlive.model.presets import get_preset
@@ -22,21 +23,21 @@ def _run(capsys, *args):
 
 
 def test_unknown_preset(capsys, tmp_path):
-    code, err = _run(capsys, "--preset", "wan3", "--frames", "8", "--out", str(tmp_path))
+    code, err = _run(capsys, "--model", "wan3", "--frames", "8", "--out", str(tmp_path))
     assert code == 2 and "unknown preset 'wan3'" in err and "tiny" in err
 
 
 def test_frames_not_a_multiple_of_the_chunk(capsys, tmp_path):
-    code, err = _run(capsys, "--preset", "tiny", "--frames", "5", "--out", str(tmp_path))
+    code, err = _run(capsys, "--model", "tiny", "--frames", "5", "--out", str(tmp_path))
     assert code == 2 and "--frames 5 is not a multiple of the tiny chunk of 2" in err
 
 
 def test_missing_weight_file_names_expected_path(capsys, tmp_path):
-    code, err = _run(capsys, "--preset", "wan2.2-ti2v-5b", "--frames", "8", "--out", str(tmp_path))
+    code, err = _run(capsys, "--model", "wan2.2-ti2v-5b", "--frames", "8", "--out", str(tmp_path))
     assert code == 2
     assert str(tmp_path / "weights" / "wan2.2-ti2v-5b" / "model_bf16.pt") in err
     code, err = _run(
-        capsys, "--preset", "tiny", "--frames", "4", "--checkpoint", str(tmp_path / "no.pt"), "--out", str(tmp_path)
+        capsys, "--model", "tiny", "--frames", "4", "--checkpoint", str(tmp_path / "no.pt"), "--out", str(tmp_path)
     )
     assert code == 2 and f"expected {tmp_path / 'no.pt'}" in err
 
@@ -45,14 +46,26 @@ def test_checkpoint_shape_mismatch_names_key(capsys, tmp_path):
     other = get_preset("tiny").with_overrides(ffn_dim=200)
     path = save_generator(build_model(other), tmp_path / "model_bf16.pt")
     code, err = _run(
-        capsys, "--preset", "tiny", "--frames", "4", "--checkpoint", str(path), "--out", str(tmp_path), "--no-progress"
+        capsys, "--model", "tiny", "--frames", "4", "--checkpoint", str(path), "--out", str(tmp_path), "--no-progress"
     )
     assert code == 2 and "model.blocks.0.ffn.0.weight has shape [200, 128]" in err
 
 
 def test_unknown_decode_mode(capsys, tmp_path):
-    code, err = _run(capsys, "--preset", "tiny", "--frames", "4", "--decode", "teleport", "--out", str(tmp_path))
-    assert code == 2 and "unknown --decode 'teleport'" in err
+    with pytest.raises(SystemExit) as exc:
+        _run(capsys, "--model", "tiny", "--frames", "4", "--decode", "teleport", "--out", str(tmp_path))
+    assert exc.value.code == 2 and "invalid choice: 'teleport'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown --decode 'teleport'"):  # requests built in code are checked too
+        validate(VideoRequest(model="tiny", frames=4, decode="teleport"))
+
+
+def test_decode_none_writes_latents_without_a_vae(capsys, tmp_path):
+    code, err = _run(capsys, "--model", "tiny", "--frames", "4", "--steps", "2", "--decode", "none", "--out",
+                     str(tmp_path / "n"), "--no-progress")
+    assert code == 0, err
+    row = json.loads((tmp_path / "n" / "result.json").read_text())["rows"][0]
+    assert row["artifacts"] == {"latents": "latents.safetensors"} and not (tmp_path / "n" / "video.mp4").exists()
+    assert row["e2e_fps"] > 0 and row["vae_warmup_s"] is None and row["decode"] == "none"
 
 
 def test_generates_video_strip_and_result(capsys, tmp_path):
@@ -61,7 +74,7 @@ def test_generates_video_strip_and_result(capsys, tmp_path):
     out = tmp_path / "run"
     code, _ = _run(
         capsys,
-        "--preset",
+        "--model",
         "tiny",
         "--device",
         "cpu",
@@ -89,7 +102,8 @@ def test_generates_video_strip_and_result(capsys, tmp_path):
     row = result["rows"][0]
     assert row["frames_video"] == 13 and row["steps"] == 2 and row["denoise_fps"] > 0 and row["e2e_fps"] > 0
     assert "denoise_fps" in row["timing_definition"] and result["manifest"]["seed"] == 3
-    assert row["windows"][1] == [0, 1, 2, 3]
+    assert row["metrics_extra"]["windows"][1] == [0, 1, 2, 3]
+    assert (row["model"], row["workload"], row["frames"]) == ("tiny", "infer", 4)  # the runner's row schema
     assert torch.__version__.split("+")[0] in result["manifest"]["packages"]["torch"]
 
 
@@ -97,25 +111,28 @@ def test_compiled_generation_equals_eager(capsys, tmp_path):
     """`--compile default` warms every window length up first (reported as compile_s) and writes the eager latents."""
     from safetensors.torch import load_file
 
-    from longlive.infer.video import VideoRequest, make_video
+    from longlive.infer.assemble import make_video
+    from longlive.infer.video import VideoRequest
 
-    base = dict(preset="tiny", frames=10, steps=2, seed=1, device="cpu", progress=False, save_latents=True)
+    base = dict(model="tiny", frames=10, steps=2, seed=1, device="cpu", progress=False, save_latents=True)
     eager = make_video(VideoRequest(**base), tmp_path / "eager")
     compiled = make_video(VideoRequest(**base, compile="default"), tmp_path / "compiled")
-    assert eager["compile_s"] is None and compiled["compile_s"] > 0 and compiled["compile"] == "default"
+    assert eager.metrics["compile_s"] is None and compiled.metrics["compile_s"] > 0
+    assert compiled.metrics["compile"] == "default"
     a, b = (load_file(tmp_path / d / "latents.safetensors")["latents"] for d in ("eager", "compiled"))
     torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="unknown --compile 'fast'"):  # runner requests are checked too
         make_video(VideoRequest(**{**base, "compile": "fast"}), tmp_path / "bad")
     with pytest.raises(SystemExit) as exc:
-        _run(capsys, "--preset", "tiny", "--frames", "4", "--compile", "fastest", "--out", str(tmp_path))
+        _run(capsys, "--model", "tiny", "--frames", "4", "--compile", "fastest", "--out", str(tmp_path))
     assert exc.value.code == 2 and "invalid choice: 'fastest'" in capsys.readouterr().err
 
 
 def _no_work(monkeypatch):
     """Make any generation, sweep cell, training or merge blow up, so a test proves a check ran before the work."""
-    import longlive.infer.fidelity as fidelity  # imported before patching: it binds make_video by name
-    import longlive.infer.video as video
+    import longlive.cli as cli  # imported before patching: it binds make_video by name
+    import longlive.infer.assemble as assemble
+    import longlive.infer.fidelity as fidelity
     import longlive.model.dit as dit
     import longlive.runner.executor as executor
     import longlive.train.lora as lora
@@ -125,10 +142,13 @@ def _no_work(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("work started before the output path was checked")
 
-    monkeypatch.setattr(video, "make_video", boom)
+    monkeypatch.setattr(assemble, "make_video", boom)
+    monkeypatch.setattr(cli, "make_video", boom)
     monkeypatch.setattr(fidelity, "make_video", boom)
-    monkeypatch.setattr(video, "load_components", boom)
+    monkeypatch.setattr(assemble, "build", boom)
     monkeypatch.setattr(executor, "run_sweep", boom)
+    monkeypatch.setattr(cli, "run_sweep", boom)
+    monkeypatch.setattr(cli, "train_tiny", boom)
     monkeypatch.setattr(dit, "build_model", boom)
     monkeypatch.setattr(trainer, "build_data", boom)
     monkeypatch.setattr(tiny, "train_tiny", boom)
@@ -143,11 +163,11 @@ def test_output_paths_are_checked_before_any_work(capsys, tmp_path, monkeypatch,
     out = blocker if kind == "file" else blocker / "sub" / "dir"
     expected = "exists and is not a folder" if kind == "file" else f"{blocker} is a file"
     commands = [
-        ["generate", "--preset", "tiny", "--frames", "4", "--out", str(out)],
-        ["fidelity", "--preset", "tiny", "--frames", "4", "--precision", "nvfp4", "--out", str(out)],
+        ["generate", "--model", "tiny", "--frames", "4", "--out", str(out)],
+        ["fidelity", "--model", "tiny", "--frames", "4", "--precision", "nvfp4", "--out", str(out)],
         ["sweep", "frames=4", "--results", str(out)],
-        ["train", "--preset", "tiny", "--train-steps", "1", "--out", str(out)],
-        ["train", "--preset", "tiny", "--tiny-default", "--out", str(out)],
+        ["train", "--model", "tiny", "--train-steps", "1", "--out", str(out)],
+        ["train", "--model", "tiny", "--tiny-default", "--out", str(out)],
         ["report", str(tmp_path), "--out", str(out)],
     ]
     for argv in commands:
@@ -175,7 +195,7 @@ def test_result_json_is_written_atomically(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "write_text", full_disk)
     out = tmp_path / "run"
     with pytest.raises(OSError, match="No space left"):
-        main(["generate", "--preset", "tiny", "--frames", "4", "--steps", "2", "--out", str(out), "--no-progress"])
+        main(["generate", "--model", "tiny", "--frames", "4", "--steps", "2", "--out", str(out), "--no-progress"])
     assert (out / "video.mp4").is_file() and (out / "strip.png").is_file()
     assert sorted(p.name for p in out.iterdir()) == ["strip.png", "video.mp4"]  # no result.json, no temp file
 
@@ -185,11 +205,11 @@ def test_frames_default_to_about_five_seconds(capsys, tmp_path):
 
     assert default_frames(get_preset("tiny")) == 30 and default_frames(get_preset("wan2.2-ti2v-5b")) == 32
     out = tmp_path / "five"
-    code, err = _run(capsys, "--preset", "tiny", "--prompt", "a red circle", "--steps", "2", "--out", str(out),
+    code, err = _run(capsys, "--model", "tiny", "--prompt", "a red circle", "--steps", "2", "--out", str(out),
                      "--no-progress")
     assert code == 0, err
     row = json.loads((out / "result.json").read_text())["rows"][0]
-    assert row["frames_latent"] == 30 and row["frames_video"] == 117 and row["video_seconds"] == pytest.approx(4.875)
+    assert row["frames"] == 30 and row["frames_video"] == 117 and row["video_seconds"] == pytest.approx(4.875)
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
@@ -204,15 +224,15 @@ def test_generate_takes_the_named_precisions_and_records_the_name(capsys, tmp_pa
 
     assert {"fp32", "bf16", "fp8", "fp8-emulated", "nvfp4"} <= set(precisions())
     out = tmp_path / "q"
-    code, err = _run(capsys, "--preset", "tiny", "--frames", "4", "--steps", "2", "--precision", "nvfp4",
+    code, err = _run(capsys, "--model", "tiny", "--frames", "4", "--steps", "2", "--precision", "nvfp4",
                      "--kv-quant", "nvfp4", "--out", str(out), "--no-progress")
     assert code == 0, err
     row = json.loads((out / "result.json").read_text())["rows"][0]
-    assert (row["precision"], row["dtype"], row["quant"], row["linear_backend"], row["weight_rule"]) == (
-        "nvfp4", "bf16", "nvfp4", "emulated", "mse")
-    code, err = _run(capsys, "--preset", "tiny", "--frames", "4", "--steps", "2", "--precision", "nvfp4",
+    assert (row["precision"], row["metrics_extra"]["dtype"], row["linear_quant"], row["linear_backend"],
+            row["weight_rule"], row["kv_quant"]) == ("nvfp4", "bf16", "nvfp4", "emulated", "mse", "nvfp4")
+    code, err = _run(capsys, "--model", "tiny", "--frames", "4", "--steps", "2", "--precision", "nvfp4",
                      "--weight-rule", "static_6", "--out", str(tmp_path / "s6"), "--no-progress")
     assert json.loads((tmp_path / "s6" / "result.json").read_text())["rows"][0]["weight_rule"] == "static_6"
     with pytest.raises(SystemExit):
-        main(["generate", "--preset", "tiny", "--precision", "fp4", "--out", str(tmp_path / "x")])
+        main(["generate", "--model", "tiny", "--precision", "fp4", "--out", str(tmp_path / "x")])
     assert "invalid choice: 'fp4'" in capsys.readouterr().err

@@ -23,7 +23,7 @@ def test_compiled_blocks_stream_the_eager_latents():
     embeds = [torch.randn(1, cfg.text_len, cfg.text_dim, generator=torch.Generator().manual_seed(1))]
     slots = cfg.window_frames // cfg.chunk_frames
     spec = GenerationSpec(prompts=["x"], frames=(slots + 2) * cfg.chunk_frames, steps=2, seed=0, warmup_chunks=0,
-                          kv_storage="nvfp4")  # a quantised cache too: its scratch is what attention reads
+                          kv_quant="nvfp4")  # a quantised cache too: its scratch is what attention reads
     with torch.no_grad():
         ref = generate(model, spec, embeds).latents
         torch._dynamo.reset()  # an earlier test may have compiled these blocks already: count from a clean cache

@@ -52,7 +52,7 @@ def test_lora_touches_exactly_block_linears_and_starts_as_identity():
     x, t, ctx = _inputs()
     with torch.no_grad():
         ref = base(x, t, ctx)
-    model = add_lora(copy.deepcopy(base), rank=8, alpha=16)
+    model = add_lora(copy.deepcopy(base), lora_rank=8, alpha=16)
     names = sorted(lora_modules(model))
     assert len(names) == 10 * CFG.num_layers
     assert all(n.startswith("blocks.") for n in names)
@@ -79,9 +79,9 @@ def test_normalise_accepts_peft_spellings():
 def test_merged_checkpoint_equals_adapted_model(tmp_path):
     base = _model()
     base_path = save_generator(base, tmp_path / "base.pt")
-    adapted = add_lora(copy.deepcopy(base), rank=8, alpha=16)  # scale 2 catches a missing alpha/rank
+    adapted = add_lora(copy.deepcopy(base), lora_rank=8, alpha=16)  # scale 2 catches a missing alpha/rank
     _nudge(adapted)
-    lora_path = save_lora(tmp_path / "lora.pt", lora_state_dict(adapted), step=7, rank=8, alpha=16)
+    lora_path = save_lora(tmp_path / "lora.pt", lora_state_dict(adapted), step=7, lora_rank=8, alpha=16)
     out = merge_lora_into_checkpoint(base_path, lora_path, tmp_path / "merged.pt")
     _, meta = read_generator_file(out)
     assert meta["merged_lora"] is True
@@ -95,8 +95,8 @@ def test_merged_checkpoint_equals_adapted_model(tmp_path):
 
 
 def test_lora_file_round_trip(tmp_path):
-    gen = add_lora(_model(), rank=4, alpha=4)
-    crit = add_lora(_model(1), rank=4, alpha=4)
+    gen = add_lora(_model(), lora_rank=4, alpha=4)
+    crit = add_lora(_model(1), lora_rank=4, alpha=4)
     _nudge(gen, 5)
     _nudge(crit, 6)
     save_lora(tmp_path / "l.pt", lora_state_dict(gen), lora_state_dict(crit), step=42)
@@ -105,7 +105,7 @@ def test_lora_file_round_trip(tmp_path):
     assert got["step"] == 42 and got["lora_rank"] == 4 and got["lora_alpha"] == 4
     for key, val in lora_state_dict(gen).items():
         assert torch.equal(got["generator_lora"][key], val)
-    fresh = add_lora(_model(), rank=4, alpha=4)
+    fresh = add_lora(_model(), lora_rank=4, alpha=4)
     load_lora_weights(fresh, got["generator_lora"])
     x, t, ctx = _inputs()
     with torch.no_grad():
@@ -117,7 +117,7 @@ def test_lora_file_round_trip(tmp_path):
 def test_cli_hook_writes_merged_checkpoint(tmp_path):
     base = _model()
     save_generator(base, tmp_path / "base.pt")
-    adapted = add_lora(copy.deepcopy(base), rank=4, alpha=4)
+    adapted = add_lora(copy.deepcopy(base), lora_rank=4, alpha=4)
     _nudge(adapted)
     save_lora(tmp_path / "lora.pt", lora_state_dict(adapted))
     parser = argparse.ArgumentParser()
@@ -155,7 +155,7 @@ def test_rollout_at_last_exit_step_equals_inference():
 
 @pytest.mark.parametrize("exit_step", [0, 2])
 def test_rollout_gradients_flow_only_through_the_exit_step(exit_step):
-    gen = add_lora(_model(), rank=4, alpha=4)
+    gen = add_lora(_model(), lora_rank=4, alpha=4)
     _nudge(gen)
     ctx = _inputs()[2]
     trace: list = []
@@ -226,7 +226,7 @@ def _prompts(seed: int = 0):
 
 def test_dmd_default_learning_rates_are_the_releases(tmp_path):
     """The release's configs/train_dmd.yaml: generator (LoRA) lr 1e-5, critic lr 2e-6, betas (0, 0.999) for both."""
-    tr = DMDTrainer(_model(), DMDConfig(num_blocks=2, rank=4, alpha=4), _prompts(), tmp_path)
+    tr = DMDTrainer(_model(), DMDConfig(num_blocks=2, lora_rank=4, alpha=4), _prompts(), tmp_path)
     assert [g["lr"] for g in tr.gen_opt.param_groups] == [1e-5]
     assert [g["lr"] for g in tr.critic_opt.param_groups] == [2e-6]
     assert tr.gen_opt.param_groups[0]["betas"] == tr.critic_opt.param_groups[0]["betas"] == (0.0, 0.999)
@@ -235,7 +235,7 @@ def test_dmd_default_learning_rates_are_the_releases(tmp_path):
 def test_dmd_steps_update_on_schedule_and_keep_base_frozen(tmp_path):
     base = _model()
     base_sd = {k: v.clone() for k, v in base.state_dict().items()}
-    cfg = DMDConfig(num_blocks=2, rank=4, alpha=4, lr_generator=1e-3, lr_critic=1e-3)
+    cfg = DMDConfig(num_blocks=2, lora_rank=4, alpha=4, lr_generator=1e-3, lr_critic=1e-3)
     tr = DMDTrainer(base, cfg, _prompts(), tmp_path)
 
     def lora(model):
@@ -275,7 +275,7 @@ def test_activation_checkpointing_gives_the_same_generator_gradients():
     grads = []
     for ac in (False, True):
         torch.manual_seed(0)  # PEFT draws lora_A from the global RNG
-        gen = add_lora(_model(), rank=4, alpha=4)
+        gen = add_lora(_model(), lora_rank=4, alpha=4)
         _nudge(gen)
         if ac:
             apply_activation_checkpointing(gen)
@@ -292,7 +292,7 @@ def test_dmd_with_quantised_frozen_networks_steps_and_shrinks_weights(tmp_path):
     from longlive.quant.linear import QuantLinear
     from longlive.quant.recipes import model_weight_bytes
 
-    cfg = DMDConfig(num_blocks=2, rank=4, alpha=4, quant_generator="nvfp4", quant_teacher="nvfp4",
+    cfg = DMDConfig(num_blocks=2, lora_rank=4, alpha=4, quant_generator="nvfp4", quant_teacher="nvfp4",
                     quant_critic="fp8", activation_checkpointing=True)
     tr = DMDTrainer(_model(), cfg, _prompts(), tmp_path)
     for net, kind in ((tr.generator, "nvfp4"), (tr.teacher, "nvfp4"), (tr.critic, "fp8")):
@@ -338,7 +338,7 @@ def test_dmd_trainer_takes_multi_shot_prompts(tmp_path):
         while True:
             yield {"prompts_embeds": torch.randn(2, CFG.text_len, CFG.text_dim, generator=g), "block_prompt": [0, 1]}
 
-    tr = DMDTrainer(_model(), DMDConfig(num_blocks=2, rank=4, alpha=4), items(), tmp_path)
+    tr = DMDTrainer(_model(), DMDConfig(num_blocks=2, lora_rank=4, alpha=4), items(), tmp_path)
     out = tr.step()
     assert out["generator_updated"] and torch.isfinite(torch.tensor([out["generator_loss"], out["critic_loss"]])).all()
 
@@ -347,4 +347,4 @@ def test_dmd_trainer_takes_multi_shot_prompts(tmp_path):
             yield {"prompts_embeds": torch.randn(2, CFG.text_len, CFG.text_dim), "block_prompt": [0, 2]}
 
     with pytest.raises(ValueError, match="block_prompt"):
-        DMDTrainer(_model(), DMDConfig(num_blocks=2, rank=4, alpha=4), bad(), tmp_path).step()
+        DMDTrainer(_model(), DMDConfig(num_blocks=2, lora_rank=4, alpha=4), bad(), tmp_path).step()

@@ -212,7 +212,7 @@ def test_loss_target(target):
 
 
 def make(tmp, *, steps=4, seed=0, model_seed=0, fixed=False, er=None, **kw):
-    cfg = TrainConfig(steps=steps, seed=seed, progress=False, error_recycling=True,
+    cfg = TrainConfig(train_steps=steps, seed=seed, progress=False, error_recycling=True,
                       error_recycling_config=er or ErrorRecyclingConfig(), **kw)
     return ARTrainer(build_model(MC, seed=model_seed), cfg, RandomLatentData(MC, FRAMES, seed=seed, fixed=fixed), tmp)
 

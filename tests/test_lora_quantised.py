@@ -23,7 +23,7 @@ def test_lora_over_quantised_linear_equals_base_plus_low_rank(fmt):
     model = _quantised_tiny(fmt)
     ref_q = model.blocks[0].ffn[0]
     assert isinstance(ref_q, QuantLinear)
-    add_lora(model, rank=4, alpha=8)
+    add_lora(model, lora_rank=4, alpha=8)
     layer = lora_modules(model)["blocks.0.ffn.0"]
     g = torch.Generator().manual_seed(1)
     for p in (layer.lora_A["default"].weight, layer.lora_B["default"].weight):
@@ -39,7 +39,7 @@ def test_lora_over_quantised_linear_equals_base_plus_low_rank(fmt):
 
 def test_lora_on_quantised_model_trains_only_adapters_and_saves():
     model = _quantised_tiny("nvfp4")
-    add_lora(model, rank=4, alpha=4)
+    add_lora(model, lora_rank=4, alpha=4)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(".lora_" in n for n in trainable)
     assert all(model.get_parameter(n).dtype == torch.float32 for n in trainable)
@@ -57,6 +57,6 @@ def test_lora_on_quantised_model_trains_only_adapters_and_saves():
 
 def test_merge_into_quantised_linear_is_refused():
     model = _quantised_tiny("nvfp4")
-    add_lora(model, rank=2, alpha=2)
+    add_lora(model, lora_rank=2, alpha=2)
     with pytest.raises(ValueError, match="merge into the BF16 checkpoint first"):
         lora_modules(model)["blocks.0.ffn.0"].merge()

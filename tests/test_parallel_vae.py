@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from longlive.infer.decode import frames_to_uint8, make_decoder
 from longlive.parallel.groups import shutdown_parallel
 from longlive.parallel.vae_decode import ParallelDecoder, decode_tiles, decoder_halo, split_rows
 from longlive.parallel.vae_encode import (
@@ -196,6 +197,12 @@ def _worker(rank: int, port: int, tmp: str) -> None:
                 chunks.append(dec.decode(d["z"][:, :, start : start + n]))
                 start += n
             out[axis] = chunks
+        tiles = make_decoder("tiles", vae)  # the decode mode `generate --sp 2 --decode tiles` uses
+        start = 0
+        for n in d["chunks"]:
+            tiles.submit(d["z"][:, :, start : start + n])
+            start += n
+        out["tiles_mode"] = [tiles.finish(), len(tiles.chunk_times)]
         torch.save(out, Path(tmp) / f"rank{rank}.pt")
     finally:
         shutdown_parallel()
@@ -216,3 +223,9 @@ def test_parallel_decoder_two_ranks(tiny: torch.nn.Module, tmp_path: Path) -> No
             assert none is None
             assert got.shape == ref.shape
             torch.testing.assert_close(got, ref, atol=TOL, rtol=0)
+    # decode=tiles: uint8 frames on the group's first rank only, a rounding step at most from the whole decode
+    (frames, landed), (none, none_landed) = root["tiles_mode"], other["tiles_mode"]
+    assert none is None and none_landed == 0 and landed == len(chunks)
+    want = frames_to_uint8(tiny.decode(z))
+    assert frames.shape == want.shape and frames.dtype == torch.uint8
+    assert (frames.int() - want.int()).abs().max() <= 1

@@ -148,10 +148,10 @@ def test_kv_quantised_once_per_chunk_and_first_chunk_exact(monkeypatch):
     monkeypatch.setattr(nvfp4, "quantize_nvfp4", counting)
     one = GenerationSpec(prompts=["x"], frames=cfg.chunk_frames, steps=4)
     exact = generate(model, one, e).latents
-    q1 = generate(model, GenerationSpec(prompts=["x"], frames=cfg.chunk_frames, steps=4, kv_storage="nvfp4"), e)
+    q1 = generate(model, GenerationSpec(prompts=["x"], frames=cfg.chunk_frames, steps=4, kv_quant="nvfp4"), e)
     assert torch.equal(q1.latents, exact)  # chunk 0 attends only itself, in full precision
     calls.clear()
-    res = generate(model, GenerationSpec(prompts=["x"], frames=3 * cfg.chunk_frames, steps=4, kv_storage="nvfp4"), e)
+    res = generate(model, GenerationSpec(prompts=["x"], frames=3 * cfg.chunk_frames, steps=4, kv_quant="nvfp4"), e)
     assert len(calls) == 3 * cfg.num_layers * 2  # once per chunk, per layer, for K and V: not per step
     assert res.kv_packed_bytes < res.kv_cache_bytes
 
@@ -159,7 +159,7 @@ def test_kv_quantised_once_per_chunk_and_first_chunk_exact(monkeypatch):
 def test_fidelity_cli(tmp_path, capsys):
     from longlive.cli import main
 
-    code = main(["fidelity", "--preset", "tiny", "--frames", "4", "--steps", "2", "--device", "cpu",
+    code = main(["fidelity", "--model", "tiny", "--frames", "4", "--steps", "2", "--device", "cpu",
                  "--ref-precision", "fp32", "--precision", "nvfp4", "--kv-quant", "nvfp4", "--out", str(tmp_path)])
     assert code == 0
     res = json.loads((tmp_path / "fidelity.json").read_text())

@@ -34,7 +34,7 @@ def _manifest(commit: str = "abc1234def5678") -> dict:
 def _ok(cell: str, precision: str, kv: str, decode: str, steps: int, fps: float, e2e_fps: float, *,
         video_s: float = 16.0, mem: float = 21.6, flicker: float | None = None, sp: int = 1, frames: int = 96) -> dict:
     axes = {"model": MODEL, "precision": precision, "kv_quant": kv, "sp": sp, "steps": steps, "decode": decode,
-            "gpu": GPU_AXIS}
+            "hardware": GPU_AXIS}
     r = empty_row(cell, "table3", "infer", axes, frames=frames, seed=0)
     frames_video = int(video_s * 24)
     r.update(status="ok", denoise_fps=fps, e2e_fps=e2e_fps, e2e_s=frames_video / e2e_fps, video_seconds=video_s,
@@ -63,11 +63,11 @@ def _write_store(folder: Path) -> Path:
         _ok("c-nvfp4-2-dev", "nvfp4", "nvfp4", "device", 2, 41.93, 30.37, mem=12.9, flicker=0.940),
     ]
     failed = empty_row("c-bf16-8", "table3", "infer", {"model": MODEL, "precision": "bf16", "kv_quant": "none",
-                       "sp": 1, "steps": 8, "decode": "batch", "gpu": GPU_AXIS}, frames=384, seed=0)
+                       "sp": 1, "steps": 8, "decode": "batch", "hardware": GPU_AXIS}, frames=384, seed=0)
     failed.update(status="failed", reason="OOM")
     failed["manifest"] = _manifest()
     skipped = empty_row("c-sp2", "table3", "infer", {"model": MODEL, "precision": "bf16", "kv_quant": "none",
-                        "sp": 2, "steps": 4, "decode": "streaming", "gpu": GPU_AXIS}, frames=96, seed=0)
+                        "sp": 2, "steps": 4, "decode": "streaming", "hardware": GPU_AXIS}, frames=96, seed=0)
     skipped.update(status="skipped", reason="sp=2 needs 2 GPUs")
     rows += [failed, skipped]
     strip_rel = "cells/c-bf16-4-str/strip.png"
@@ -96,7 +96,7 @@ def test_load_last_row_wins_and_sources(tmp_path: Path) -> None:
     assert Path(row["source_dir"]) == store.parent.resolve()
     assert set(df["status"]) == {"ok", "failed", "skipped"}
     assert df["steps"].dtype == "Int64" and df["denoise_fps"].dtype == "float64"
-    assert set(df["gpu"]) == {GPU_AXIS}
+    assert set(df["hardware"]) == {GPU_AXIS}
     assert set(df.loc[df["status"] == "ok", "gpu_name"]) == {GPU}  # the device comes from the manifest
     assert df.set_index("cell_id").loc["c-sp2", "gpu_name"] == GPU_AXIS  # skipped: no manifest, the request
 
@@ -244,7 +244,7 @@ DMD_DEF = "iter_s: wall time of one DMD iteration, median; peak_allocated_gb: to
 
 def _train(cell: str, precision: str, sp: int, layout: str, iter_s: float, *, er: bool = False, frames: int = 96,
            mem: float | None = 44.7, rss: float | None = None, model: str = MODEL) -> dict:
-    axes = {"model": model, "precision": precision, "sp": sp, "gpu": GPU_AXIS, "train_layout": layout,
+    axes = {"model": model, "precision": precision, "sp": sp, "hardware": GPU_AXIS, "train_layout": layout,
             "error_recycling": er}  # kv_quant, exchange, steps, decode, dmd_quantised: None
     r = empty_row(cell, "table1_training", "train", axes, frames=frames, seed=0)
     r.update(status="ok", iter_s=iter_s, tokens_per_s=168960 / iter_s, mfu=None if mem is None else 0.233,
@@ -257,7 +257,7 @@ def _train(cell: str, precision: str, sp: int, layout: str, iter_s: float, *, er
 
 
 def _dmd(cell: str, rung: str, peak: float, *, precision: str = "bf16", frames: int = 96) -> dict:
-    axes = {"model": MODEL, "precision": precision, "gpu": GPU_AXIS, "dmd_quantised": rung}
+    axes = {"model": MODEL, "precision": precision, "hardware": GPU_AXIS, "dmd_quantised": rung}
     r = empty_row(cell, "table2_dmd_memory", "dmd", axes, frames=frames, seed=0)
     r.update(status="ok", peak_allocated_gb=peak, resident_gb=peak / 2, iter_s=30.5, generator_loss=0.4375,
              critic_loss=0.3125)
@@ -307,7 +307,7 @@ def mixed_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, Pa
     root = tmp_path_factory.mktemp("mixed")
     store = _write_store(root / "run")
     failed = empty_row("t-bf16-nosp-192", "table1_training", "train", {"model": MODEL, "precision": "bf16", "sp": 1,
-                       "gpu": GPU_AXIS, "train_layout": "none", "error_recycling": False}, frames=192, seed=0)
+                       "hardware": GPU_AXIS, "train_layout": "none", "error_recycling": False}, frames=192, seed=0)
     failed.update(status="failed", reason="OOM at 192 latents without SP")
     with store.open("a") as f:
         f.writelines(json.dumps(r) + "\n" for r in [*TRAIN_ROWS, *DMD_ROWS, failed])
@@ -322,7 +322,7 @@ def test_training_section(mixed_report: tuple[str, str, Path]) -> None:
     head = _header(train)
     assert head[:8] == ["cell", "experiment", "model", "precision", "sp", "dp", "train_layout", "error_recycling"] or \
         head[:7] == ["cell", "model", "precision", "sp", "dp", "train_layout", "error_recycling"]
-    for col in ("gpu", "gpu_name", "frames", "iter_s", "tokens_per_s", "mfu", "peak_allocated_gb", "loss_first",
+    for col in ("hardware", "gpu_name", "frames", "iter_s", "tokens_per_s", "mfu", "peak_allocated_gb", "loss_first",
                 "loss_last", "host RSS GB (CPU, no device peak)"):
         assert col in head
     for r in TRAIN_ROWS:
@@ -350,7 +350,7 @@ def test_dmd_section(mixed_report: tuple[str, str, Path]) -> None:
     md, page, _ = mixed_report
     dmd = _sections(md)["DMD (distillation memory ladder)"]
     head = _header(dmd)
-    for col in ("model", "precision", "dmd_quantised", "gpu", "frames", "peak_allocated_gb",
+    for col in ("model", "precision", "dmd_quantised", "hardware", "frames", "peak_allocated_gb",
                 "× of the unquantised rung", "resident_gb", "iter_s", "generator_loss", "critic_loss"):
         assert col in head
     assert head.index("× of the unquantised rung") == head.index("peak_allocated_gb") + 1

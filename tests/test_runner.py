@@ -25,17 +25,17 @@ def test_smoke_matrix_covers_every_declared_axis_value():
     assert len(cells) == len(combos) == 2 * 2 * 4 * 2 * 2
     assert {c.axes["precision"] for c in cells} == {"fp32", "bf16", "fp8-emulated", "nvfp4"}
     assert {c.axes["kv_quant"] for c in cells} == {"none", "nvfp4"} and {c.axes["sp"] for c in cells} == {1, 2}
-    assert {c.axes["model"] for c in cells} == {"tiny"} and {c.axes["gpu"] for c in cells} == {"cpu"}
+    assert {c.axes["model"] for c in cells} == {"tiny"} and {c.axes["hardware"] for c in cells} == {"cpu"}
     assert len({c.cell_id for c in cells}) == len(cells)
     assert all(set(c.axes) == set(AXES) for c in cells)
 
 
 def test_command_line_sweep_replaces_the_presets_axis_and_ids_are_stable():
-    cells = expand("smoke", ["steps=3", "decode=batch", "sp=1", "kv=none", "precision=fp32,bf16", "matrices=[]"])
+    cells = expand("smoke", ["steps=3", "decode=batch", "sp=1", "kv_quant=none", "precision=fp32,bf16", "matrices=[]"])
     assert [(c.axes["steps"], c.axes["precision"]) for c in cells] == [(3, "fp32"), (3, "bf16")]
-    again = expand("smoke", ["steps=3", "decode=batch", "sp=1", "kv=none", "precision=fp32,bf16", "matrices=[]"])
+    again = expand("smoke", ["steps=3", "decode=batch", "sp=1", "kv_quant=none", "precision=fp32,bf16", "matrices=[]"])
     assert [c.cell_id for c in cells] == [c.cell_id for c in again]
-    other = expand("smoke", ["steps=3", "decode=batch", "sp=1", "kv=none", "precision=fp32", "seed=1",
+    other = expand("smoke", ["steps=3", "decode=batch", "sp=1", "kv_quant=none", "precision=fp32", "seed=1",
                              "matrices=[]"])
     assert other[0].cell_id != cells[0].cell_id  # any config change is a different cell
 
@@ -61,7 +61,7 @@ def test_smoke_training_sub_matrices_are_a_union_not_a_product():
 
 
 def test_train_and_dmd_cells_run_skip_and_fail_with_reasons(tmp_path):
-    fast = ["frames=4", "train_iters=1", "dmd_iters=1", "dmd_lora_rank=4"]
+    fast = ["frames=4", "train_iters=1", "dmd_iters=1", "lora_rank=4"]
     run_sweep(None, ["workload=train", *fast, "precision=fp32,fp8,fp8-te"], tmp_path, progress=False)
     run_sweep(None, ["workload=train", *fast, "sp=2", "train_layout=balanced", "error_recycling=false,true"],
               tmp_path, progress=False)
@@ -174,7 +174,7 @@ def test_skip_and_failure_rows_never_stop_the_sweep(tmp_path):
     counts = run_sweep(None, ["sp=1,3", "frames=5", "hardware=cpu,h200"], tmp_path, progress=False)
     rows = _rows(tmp_path)
     assert counts == {"ok": 0, "failed": 2, "skipped": 2, "reused": 0, "failed_earlier": 0} and len(rows) == 4
-    by = {(r["sp"], r["gpu"]): r for r in rows}
+    by = {(r["sp"], r["hardware"]): r for r in rows}
     assert by[(1, "cpu")]["status"] == "failed" and "not a multiple of the tiny chunk" in by[(1, "cpu")]["reason"]
     assert by[(3, "cpu")]["status"] == "failed" and "sp=3 does not divide" in by[(3, "cpu")]["reason"]
     assert by[(1, "h200")]["status"] == "skipped" and "needs a CUDA GPU" in by[(1, "h200")]["reason"]
@@ -253,3 +253,18 @@ def test_sp8_cells_are_explained_skips_without_8_gpus(tmp_path):
     row = _rows(tmp_path)[0]
     assert counts["skipped"] == 1 and row["sp"] == 8
     assert "needs a CUDA GPU" in row["reason"] or "needs 8 GPUs" in row["reason"]
+
+
+def test_a_reference_outside_the_matrix_runs_first_when_asked():
+    """perf_ladder compares every cell with the FP32 eager run of its step count, which its matrix does not hold."""
+    from longlive.runner.executor import order_cells
+
+    cells = expand("perf_ladder", ["model=tiny", "hardware=cpu"])
+    ordered = order_cells(cells)
+    assert len(cells) == 4 and len(ordered) == 6
+    refs, rest = ordered[:2], ordered[2:]
+    assert [(c.axes["precision"], c.axes["compile"], c.axes["steps"]) for c in refs] == [("fp32", "none", 4),
+                                                                                         ("fp32", "none", 2)]
+    assert {c.cell_id for c in rest} == {c.cell_id for c in cells}
+    plain = expand(None, ["steps=2,4"])  # the default reference (steps=4) is in this matrix: nothing is added
+    assert len(order_cells(plain)) == 2 and order_cells(plain)[0].axes["steps"] == 4

@@ -11,7 +11,8 @@ import torch
 
 from longlive.eval.palette import palette_match, prompt_colour_match
 from longlive.eval.shapes import named_shape, shape_iou, shape_match
-from longlive.infer.video import VideoRequest, make_video
+from longlive.infer.assemble import make_video
+from longlive.infer.video import VideoRequest
 from longlive.model.presets import get_preset
 from longlive.train.data import COLOURS
 from longlive.train.tiny import SHIPPED, TinyRecipe, named_colours
@@ -26,7 +27,7 @@ def test_manifest_matches_the_shipped_files():
     for name, meta in man["files"].items():
         data = (SHIPPED_TINY / name).read_bytes()
         assert len(data) == meta["bytes"] and hashlib.sha256(data).hexdigest() == meta["sha256"], name
-    assert man["trained"]["git_commit"] and man["retrain"].startswith("longlive train --preset tiny --tiny-default")
+    assert man["trained"]["git_commit"] and man["retrain"].startswith("longlive train --model tiny --tiny-default")
     assert man["recipe"] == TinyRecipe().as_dict()  # the shipped weights come from today's default recipe
     assert man["ar_steps"] > 1000 and man["lora_steps"] > 0
     for variant in ("4-step", "2-step (LoRA)", "4-step NVFP4 W4A4 + NVFP4 KV"):
@@ -41,13 +42,13 @@ def test_shipped_weights_are_the_default_and_longlive_weights_overrides(tmp_path
     assert paths.generator_2step == SHIPPED_TINY / "model_2step.safetensors" and paths.vae.is_file()
     monkeypatch.setenv("LONGLIVE_WEIGHTS", str(tmp_path))
     assert default_paths(cfg).generator == tmp_path / "tiny" / "model_bf16.pt"
-    res = make_video(VideoRequest(preset="tiny", frames=4, steps=2, progress=False), tmp_path / "own")
-    assert any("seeded random" in n for n in res["notes"])  # LONGLIVE_WEIGHTS/tiny is empty: nothing shipped used
+    res = make_video(VideoRequest(model="tiny", frames=4, steps=2, progress=False), tmp_path / "own")
+    assert any("seeded random" in n for n in res.notes)  # LONGLIVE_WEIGHTS/tiny is empty: nothing shipped used
     monkeypatch.delenv("LONGLIVE_WEIGHTS")
-    four = make_video(VideoRequest(preset="tiny", frames=4, steps=4, progress=False), tmp_path / "four")
-    two = make_video(VideoRequest(preset="tiny", frames=4, steps=2, progress=False), tmp_path / "two")
-    assert four["notes"] == ["generator: shipped tiny weights (model_bf16.safetensors)"]
-    assert two["notes"] == ["generator: shipped tiny weights (model_2step.safetensors)"]  # the 2-step LoRA merge
+    four = make_video(VideoRequest(model="tiny", frames=4, steps=4, progress=False), tmp_path / "four")
+    two = make_video(VideoRequest(model="tiny", frames=4, steps=2, progress=False), tmp_path / "two")
+    assert four.notes == ["generator: shipped tiny weights (model_bf16.safetensors)"]
+    assert two.notes == ["generator: shipped tiny weights (model_2step.safetensors)"]  # the 2-step LoRA merge
 
 
 def _scores(tmp_path, random_weights: bool) -> dict[str, float]:
@@ -57,9 +58,9 @@ def _scores(tmp_path, random_weights: bool) -> dict[str, float]:
     pal, col, shp, iou = [], [], [], []
     for i, prompt in enumerate(prompts):
         for seed in (11, 12):
-            req = VideoRequest(preset="tiny", frames=8, prompts=[prompt], steps=4, seed=seed, progress=False,
+            req = VideoRequest(model="tiny", frames=8, prompts=[prompt], steps=4, seed=seed, progress=False,
                                random_weights=random_weights)
-            frames = make_video(req, tmp_path / f"{random_weights}-{i}-{seed}")["video_uint8"]
+            frames = make_video(req, tmp_path / f"{random_weights}-{i}-{seed}").video
             pal.append(palette_match(frames, palette))
             col.append(prompt_colour_match(frames, named_colours(prompt), grey))
             shp.append(shape_match(frames, named_shape(prompt), grey))

@@ -6,48 +6,78 @@ import sys
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from longlive.eval.fidelity import latent_rel_err
+from longlive.eval.loading import load_frames
 from longlive.model.presets import get_preset
 from longlive.parallel.groups import check_sp
 
+GEN = ["--model", "tiny", "--frames", "12", "--steps", "2", "--precision", "fp32", "--device", "cpu", "--no-progress",
+       "--random-weights"]
 
-def _run_sp(tmp_path, *args) -> list[dict]:
-    out = tmp_path / "sp.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-           "longlive.bench.sp", "--preset", "tiny", "--chunks", "6", "--steps", "2", "--dtype", "fp32",
-           "--reference", "single", "--out", str(out), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+
+def _generate(out, *args) -> dict:
+    """`longlive generate` on the tiny preset (6 chunks, 2 steps, fp32): its result row, latents and frames."""
+    proc = subprocess.run([sys.executable, "-m", "longlive.cli", "generate", *GEN, "--out", str(out), *args],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(out.read_text())["rows"]
+    (row,) = json.loads((out / "result.json").read_text())["rows"]
+    row["latents"] = load_file(str(out / "latents.safetensors"))["latents"]
+    row["frames"] = load_frames(out / "video.mp4") if (out / "video.mp4").exists() else None
+    return row
 
 
-def test_sp2_equals_single_process_and_compression_shrinks_kv_bytes(tmp_path):
-    rows = {r["exchange"]: r for r in _run_sp(tmp_path, "--exchange", "none", "fp8", "nvfp4")}
-    assert rows["none"]["sp"] == 2
-    assert rows["none"]["latent_rel_err_vs_ref"] < 1e-5  # fp32: the same computation, re-associated
-    assert 0 < rows["fp8"]["latent_rel_err_vs_ref"] < 1e-2
-    assert rows["fp8"]["latent_rel_err_vs_ref"] < rows["nvfp4"]["latent_rel_err_vs_ref"] < 3e-2
-    k = {ex: r["bytes_by_kind_rank0"]["k"] for ex, r in rows.items()}
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """The one-process run every SP run is compared with (streaming decode on the one process)."""
+    return _generate(tmp_path_factory.mktemp("single"), "--save-latents")
+
+
+@pytest.fixture(scope="module")
+def sp_tiles(tmp_path_factory):
+    """sp=2, plain exchange, every rank decoding its tile of each chunk."""
+    return _generate(tmp_path_factory.mktemp("sp_tiles"), "--sp", "2", "--decode", "tiles", "--save-latents")
+
+
+def test_sp2_with_tile_parallel_decode_equals_single_process(single, sp_tiles):
+    row = sp_tiles
+    assert row["sp"] == 2 and row["decode"] == "tiles" and row["exchange"] == "none"
+    assert latent_rel_err(row["latents"], single["latents"]) < 1e-5  # fp32: the same computation, re-associated
+    # the frames decoded in tiles on both ranks, gathered on rank 0, are the single process's (mp4 both ways)
+    assert row["frames"].shape == single["frames"].shape
+    assert (row["frames"].float() - single["frames"].float()).abs().mean() < 0.5
+    assert row["e2e_fps"] > 0 and row["frames_video"] == single["frames_video"]
+
+
+@pytest.mark.parametrize("exchange", ["fp8", "nvfp4"])
+def test_compressed_exchange_shrinks_kv_bytes_at_small_error(single, sp_tiles, tmp_path, exchange):
+    plain = sp_tiles
+    row = _generate(tmp_path, "--sp", "2", "--decode", "none", "--exchange", exchange)
+    assert 0 < latent_rel_err(row["latents"], single["latents"]) < (1e-2 if exchange == "fp8" else 3e-2)
+    k = {"none": plain["sp_bytes_by_kind"]["k"], exchange: row["sp_bytes_by_kind"]["k"]}
     head_dim = get_preset("tiny").head_dim
-    assert k["none"] / k["fp8"] == pytest.approx(4 * head_dim / (head_dim + 4))  # fp32 → E4M3 + fp32 row scale
-    assert k["none"] / k["nvfp4"] > 6.5  # fp32 → 4.5 bits per element (+ one tensor scale per destination)
-    assert rows["nvfp4"]["bytes_by_kind_rank0"]["q"] == rows["none"]["bytes_by_kind_rank0"]["q"]  # only K/V squeezed
+    if exchange == "fp8":
+        assert k["none"] / k["fp8"] == pytest.approx(4 * head_dim / (head_dim + 4))  # fp32 → E4M3 + fp32 row scale
+    else:
+        assert k["none"] / k["nvfp4"] > 6.5  # fp32 → 4.5 bits per element (+ one tensor scale per destination)
+    assert row["sp_bytes_by_kind"]["q"] == plain["sp_bytes_by_kind"]["q"]  # only K/V squeezed
+    assert row["sp_bytes_per_forward"] < plain["sp_bytes_per_forward"]
 
 
-def test_compiled_sp2_equals_single_process(tmp_path):
+def test_compiled_sp2_equals_single_process(single, tmp_path):
     """The compiled blocks with the SP attention island (all-to-alls in eager) stream the single-process latents."""
-    (row,) = _run_sp(tmp_path, "--exchange", "none", "--compile", "default")
+    row = _generate(tmp_path, "--sp", "2", "--decode", "none", "--compile", "default")
     assert row["sp"] == 2 and row["compile"] == "default" and row["compile_s"] > 0
-    assert row["latent_rel_err_vs_ref"] < 1e-5
+    assert latent_rel_err(row["latents"], single["latents"]) < 1e-5
 
 
 def test_sp2_with_quantised_kv_cache(tmp_path):
-    rows = _run_sp(tmp_path, "--exchange", "none", "--kv-quant", "nvfp4", "--profile", str(tmp_path / "prof.txt"))
+    one = _generate(tmp_path / "one", "--decode", "none", "--kv-quant", "nvfp4")
+    row = _generate(tmp_path / "sp2", "--sp", "2", "--decode", "none", "--kv-quant", "nvfp4")
     # per-rank head groups get their own NVFP4 tensor scales, so not bit-equal, but close
-    assert rows[0]["latent_rel_err_vs_ref"] < 1e-2
-    assert rows[0]["kv_cache_gb_per_rank"] > 0
-    # the profile runs on both ranks (its collectives) and rank 0 writes it
-    assert (tmp_path / "prof.txt").read_text().startswith("tiny sp=2 rank 0, none Linears, exchange none, 2-step")
+    assert latent_rel_err(row["latents"], one["latents"]) < 1e-2
+    assert 0 < row["kv_cache_gb"] < one["kv_cache_gb"]  # each rank holds its share of the heads
 
 
 def test_sp_errors_before_work():

@@ -1,5 +1,5 @@
 """The tiny default end to end at a toy budget: codec, text encoder, AR model, evaluation, all written where
-`longlive generate --preset tiny` looks, and loadable."""
+`longlive generate --model tiny` looks, and loadable."""
 
 from __future__ import annotations
 

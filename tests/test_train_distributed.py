@@ -37,7 +37,7 @@ def _worker(rank: int, port: int, tmp: str) -> None:
         out = {}
         for fsdp in (False, True):
             model = build_model(mc, seed=0)
-            cfg = TrainConfig(steps=3, lr=1e-3, fsdp=fsdp, activation_checkpointing=fsdp, resume=False,
+            cfg = TrainConfig(train_steps=3, lr=1e-3, fsdp=fsdp, activation_checkpointing=fsdp, resume=False,
                               progress=False, ckpt_every=3, ema_start=1)
             tr = ARTrainer(model, cfg, RandomLatentData(mc, 4, seed=0, rank=rank), Path(tmp) / f"fsdp{int(fsdp)}")
             steps = [tr.train_step() for _ in range(3)]
@@ -74,7 +74,7 @@ def test_fsdp_trainer_equals_hand_averaged_gradients(tmp_path):
 def test_train_ladder_bench_runs_on_cpu(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-           "-m", "longlive.bench.train_ladder", "--preset", "tiny", "--frames", "8", "--iters", "1",
+           "-m", "longlive.bench.train_ladder", "--model", "tiny", "--frames", "8", "--iters", "1",
            "--config", "bf16-balanced", "fp8-balanced", "--out", str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

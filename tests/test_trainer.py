@@ -20,7 +20,7 @@ FRAMES = 2 * MC.chunk_frames  # 2 blocks → 2·4·16 = 128 tokens
 
 
 def make(tmp, *, steps=4, seed=0, model_seed=0, fixed=False, **kw):
-    cfg = TrainConfig(steps=steps, seed=seed, progress=False, **kw)
+    cfg = TrainConfig(train_steps=steps, seed=seed, progress=False, **kw)
     model = build_model(MC, seed=model_seed)
     return ARTrainer(model, cfg, RandomLatentData(MC, FRAMES, seed=seed, fixed=fixed), tmp)
 
@@ -75,7 +75,7 @@ def test_ema_rule(tmp_path):
 
 
 def test_lr_schedule_warmup_then_cosine(tmp_path):
-    cfg = TrainConfig(steps=10, lr=1.0, lr_schedule="cosine", warmup_steps=3, lr_min_ratio=0.1)
+    cfg = TrainConfig(train_steps=10, lr=1.0, lr_schedule="cosine", warmup_steps=3, lr_min_ratio=0.1)
     lrs = [cfg.lr_at(s) for s in range(10)]
     assert lrs[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])  # linear warm-up ends at the peak
     assert lrs[3] == pytest.approx(1.0) and lrs[-1] == pytest.approx(0.1)  # cosine from the peak to lr·min_ratio
@@ -224,11 +224,11 @@ def test_cli_hook(tmp_path, capsys):
     ap = argparse.ArgumentParser()
     add_train_parser(ap.add_subparsers(dest="command"))
     out = tmp_path / "cli"
-    a = ap.parse_args(["train", "--preset", "tiny", "--train-steps", "3", "--out", str(out), "--lr", "1e-4",
+    a = ap.parse_args(["train", "--model", "tiny", "--train-steps", "3", "--out", str(out), "--lr", "1e-4",
                        "--data", "random", "--no-progress", "--ckpt-every", "2", "--no-activation-checkpointing"])
     assert a.func(a) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["steps"] == 3 and summary["iter_s"] > 0 and summary["tokens_per_s"] > 0
+    assert summary["train_steps"] == 3 and summary["iter_s"] > 0 and summary["tokens_per_s"] > 0
     assert len(read_metrics(out)) == 3
     a = ap.parse_args(["train", "--train-steps", "4", "--out", str(out), "--no-progress"])  # resumes at 3
     assert a.func(a) == 0
@@ -250,16 +250,16 @@ def test_train_cli_runs_every_data_source(tmp_path, capsys, source):
         write_procedural_folder(tmp_path / "clips", 2, shots=2, frames_per_shot=7, seed=3)
         data = f"folder:{tmp_path / 'clips'}"
     out = tmp_path / "run"
-    code = cli.main(["train", "--preset", "tiny", "--train-steps", "2", "--frames", "4", "--data", data,
+    code = cli.main(["train", "--model", "tiny", "--train-steps", "2", "--frames", "4", "--data", data,
                      "--out", str(out), "--no-progress", "--no-activation-checkpointing", "--no-fsdp"])
     assert code == 0, capsys.readouterr().err
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["steps"] == 2 and [m["step"] for m in read_metrics(out)] == [1, 2]
+    assert summary["train_steps"] == 2 and [m["step"] for m in read_metrics(out)] == [1, 2]
     assert all(math.isfinite(m["loss"]) for m in read_metrics(out))
     if source != "random":
         assert list((out / "data_cache" / "latents").rglob("*.safetensors"))  # encoded once, cached
-    assert cli.main(["train", "--preset", "tiny", "--data", "nowhere", "--out", str(tmp_path / "x")]) == 2
+    assert cli.main(["train", "--model", "tiny", "--data", "nowhere", "--out", str(tmp_path / "x")]) == 2
     assert "unknown --data 'nowhere'" in capsys.readouterr().err
-    assert cli.main(["train", "--preset", "tiny", "--data", f"folder:{tmp_path / 'none'}",
+    assert cli.main(["train", "--model", "tiny", "--data", f"folder:{tmp_path / 'none'}",
                      "--out", str(tmp_path / "y")]) == 2
     assert "is not a folder" in capsys.readouterr().err

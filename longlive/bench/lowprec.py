@@ -81,7 +81,7 @@ def run(preset: str, chunks: int, steps: int, precisions: list[str], kvs: list[s
                 torch.cuda.empty_cache()
             reset_peaks(dev)
             spec = GenerationSpec(prompts=["random"], frames=chunks * cfg.chunk_frames, steps=steps, seed=seed,
-                                  warmup_chunks=slots - 1, kv_storage=None if kv == "none" else kv)
+                                  warmup_chunks=slots - 1, kv_quant=kv)
             res = generate(model, spec, [e.to(dev, dtype) for e in embeds])
             lat = res.latents.float()
             row = {**row_base, "kv_quant": kv, "status": "ok", "weights_gb": weights / 1e9,

@@ -120,7 +120,7 @@ def run(a: argparse.Namespace) -> list[dict]:
                     continue
                 chunks = a.long_chunks if (a.long_chunks and (p, kv) == ("fp8", "nvfp4")) else a.chunks
                 spec = GenerationSpec(prompts=["random"], frames=chunks * cfg.chunk_frames, steps=steps, seed=a.seed,
-                                      warmup_chunks=slots - 1, kv_storage=None if kv == "none" else kv)
+                                      warmup_chunks=slots - 1, kv_quant=kv)
                 reset_peaks(dev)
                 res = generate(model, spec, embeds)
                 s = res.stats.summary()

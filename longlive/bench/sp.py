@@ -56,7 +56,7 @@ def _e2e(model, spec, embeds, dims, decode: str, exchange: str, preset: str, ste
         dec = vae.streaming_decoder() if dims.is_main else None
     ctx = None
     if dims.world > 1:
-        ctx = SPContext(dims.sp_group, dims.sp_rank, dims.sp, compress_kv=exchange)
+        ctx = SPContext(dims.sp_group, dims.sp_rank, dims.sp, exchange=exchange)
     clock, frames = Clock(dev), []
 
     def on_chunk(c: int, x: torch.Tensor) -> None:
@@ -118,7 +118,7 @@ def run(preset: str, chunks: int, steps: int | list[int], exchanges: list[str], 
     steps_list = [steps] if isinstance(steps, int) else list(steps)
     spec = GenerationSpec(prompts=["random"], frames=chunks * cfg.chunk_frames, steps=steps_list[0], seed=seed,
                           warmup_chunks=min(slots - 1, chunks - 1), kv_storage=None if kv_quant == "none" else kv_quant)
-    ctx0 = SPContext(dims.sp_group, dims.sp_rank, dims.sp, compress_kv=exchanges[0]) \
+    ctx0 = SPContext(dims.sp_group, dims.sp_rank, dims.sp, exchange=exchanges[0]) \
         if dims.world > 1 and compile != "none" else None
     compile_s = compile_and_warm(model, compile, embeds, kv_storage=spec.kv_storage, sp=ctx0, seed=seed)
     rows = []
@@ -130,7 +130,7 @@ def run(preset: str, chunks: int, steps: int | list[int], exchanges: list[str], 
         for ex in exchanges:
             ctx = None
             if dims.world > 1:
-                ctx = SPContext(dims.sp_group, dims.sp_rank, dims.sp, compress_kv=ex, compress_q=compress_q,
+                ctx = SPContext(dims.sp_group, dims.sp_rank, dims.sp, exchange=ex, compress_q=compress_q,
                                 compress_out=compress_out)
             reset_peaks(dev)
             res = generate(model, spec, embeds, sp=ctx)
@@ -161,7 +161,7 @@ def run(preset: str, chunks: int, steps: int | list[int], exchanges: list[str], 
     if profile is not None:  # every rank runs it (the collectives); rank 0 records
         from longlive.bench.chunks import profile_chunks
 
-        pctx = SPContext(dims.sp_group, dims.sp_rank, dims.sp, compress_kv=exchanges[0]) if dims.world > 1 else None
+        pctx = SPContext(dims.sp_group, dims.sp_rank, dims.sp, exchange=exchanges[0]) if dims.world > 1 else None
         profile_chunks(model, cfg, embeds, steps_list[0], seed, spec.kv_storage, Path(profile), sp=pctx,
                        record=dims.is_main, title=f"{preset} sp={dims.sp} rank 0, {quant} Linears, exchange "
                                                   f"{exchanges[0]}, {steps_list[0]}-step, {slots + 1} chunks")

@@ -54,7 +54,7 @@ def run_config(name: str, args: argparse.Namespace, dims) -> dict:
                                                           "device_used_gb")})
     return {
         "config": name, "status": "ok", "preset": args.preset, "frames": args.frames, "precision": precision,
-        "sp_layout": layout, "sp": extra["sp"], "world": dims.world, "samples_per_iter": extra["samples_per_iter"],
+        "train_layout": layout, "sp": extra["sp"], "world": dims.world, "samples_per_iter": extra["samples_per_iter"],
         "tokens_per_sample": extra["tokens_per_sample"], "timing": "train_iter_s", "iter_s": m["iter_s"],
         "iter_s_all": extra["iter_s_all"], "warmup": 1, "flops_per_iter": extra["flops_per_iter"],
         "mfu_bf16_peak": m["mfu"], "peak_tflops_assumed": extra["peak_tflops_assumed"], "loss": extra["losses"],

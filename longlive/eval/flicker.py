@@ -24,7 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from longlive.output import write_mp4
+
 from .loading import VideoLike, as_video
+from .vbench_adapter import VBenchUnavailableError, install_hint
 
 _SLAB = 16  # frame pairs per step: bounds the int16 working set to ~17 frames at any resolution
 
@@ -56,7 +59,7 @@ def temporal_flickering(frames: VideoLike) -> float:
 def vbench_available() -> bool:
     """Whether VBench's flickering module (and its OpenCV dependency) imports in this interpreter."""
     try:
-        import vbench.temporal_flickering  # noqa: F401
+        import vbench.temporal_flickering  # noqa: F401  # optional extra: vbench probe, absence -> False
     except Exception:
         return False
     return True
@@ -64,10 +67,8 @@ def vbench_available() -> bool:
 
 def _vbench_flicker_module():
     try:
-        import vbench.temporal_flickering as mod
+        import vbench.temporal_flickering as mod  # optional extra: vbench, absence -> VBenchUnavailableError
     except Exception as e:
-        from .vbench_adapter import VBenchUnavailableError, install_hint
-
         raise VBenchUnavailableError(f"cannot import vbench.temporal_flickering ({e}). {install_hint()}") from e
     return mod
 
@@ -86,7 +87,7 @@ def vbench_score_file(video_path: str | os.PathLike) -> float:
 
 def decode_like_vbench(video_path: str | os.PathLike) -> np.ndarray:
     """Decode a file with OpenCV as VBench does (BGR uint8 [T, H, W, 3])."""
-    import cv2
+    import cv2  # optional extra: OpenCV is not a dependency, it comes with the vbench extra
 
     cap = cv2.VideoCapture(str(video_path))
     frames = []
@@ -110,8 +111,6 @@ def compare_with_vbench(frames: VideoLike, fps: int = 16, workdir: str | os.Path
     (the mp4 written by `longlive.output.write_mp4`, decoded by OpenCV: should agree to ~1e-6; their gap to the
     raw pair is the codec's effect). Needs the real `vbench` package.
     """
-    from longlive.output import write_mp4
-
     x = as_video(frames)
     out = {"ours": temporal_flickering(x), "vbench_frames": vbench_score_frames(x)}
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import imageio.v2 as iio
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 VideoLike = torch.Tensor | np.ndarray | str | os.PathLike
 TensorLike = torch.Tensor | np.ndarray | str | os.PathLike
@@ -18,8 +20,6 @@ TensorLike = torch.Tensor | np.ndarray | str | os.PathLike
 
 def load_frames(path: str | os.PathLike) -> torch.Tensor:
     """Decode a video file (mp4 via imageio-ffmpeg) into uint8 frames [T, H, W, 3] on the CPU."""
-    import imageio.v2 as iio
-
     reader = iio.get_reader(str(path), format="FFMPEG")
     try:
         frames = [np.asarray(f)[..., :3] for f in reader]
@@ -32,8 +32,6 @@ def load_frames(path: str | os.PathLike) -> torch.Tensor:
 
 def load_latents(path: str | os.PathLike, key: str | None = None) -> torch.Tensor:
     """One tensor from a safetensors file: `key`, or the only tensor in the file (an error lists the keys)."""
-    from safetensors.torch import load_file
-
     tensors = load_file(str(path))
     if key is not None:
         if key not in tensors:

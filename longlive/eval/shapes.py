@@ -13,6 +13,7 @@ said, so a model that draws blobs scores about 1/3 over circle, square and trian
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import torch
@@ -123,8 +124,6 @@ def centroid_travel(frames: torch.Tensor, background: torch.Tensor, tol: int = 4
 
 def named_shape(text: str) -> str | None:
     """The one shape a prompt names, or None if it names none or several."""
-    import re
-
     words = set(re.findall(r"[a-z]+", text.lower()))
     named = [k for k in SHAPES if k in words]
     return named[0] if len(named) == 1 else None

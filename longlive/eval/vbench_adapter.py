@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import glob
 import importlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -29,6 +30,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+import torch
 
 from .scoring import canonical_dimension
 
@@ -134,8 +137,6 @@ def default_cache_dir() -> Path:
 
 
 def _torch_hub_dir() -> Path:
-    import torch
-
     return Path(torch.hub.get_dir())
 
 
@@ -267,8 +268,6 @@ def unavailable_reason(
     Checks the package without importing it in this process (importing would pin VBENCH_CACHE_DIR), then the
     weights; a cheap pre-flight before any video is generated.
     """
-    import importlib.util
-
     python = python or os.environ.get("LONGLIVE_VBENCH_PYTHON") or None
     try:
         if python is None:
@@ -342,8 +341,6 @@ def run_vbench(
     check_weights(dims, cache, check_external=check_external)
 
     if device is None:
-        import torch
-
         device = "cuda" if torch.cuda.is_available() else "cpu"
     out.mkdir(parents=True, exist_ok=True)
     args = {

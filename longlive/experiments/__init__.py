@@ -12,6 +12,11 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from longlive.experiments.spec import RunSpec, check_spec, from_config  # registers the schema
+
+__all__ = ["EXPERIMENTS_DIR", "RunSpec", "check_spec", "from_config", "precision_config", "precisions",
+           "request_fields"]
+
 EXPERIMENTS_DIR = Path(__file__).resolve().parent
 PRECISION_DIR = EXPERIMENTS_DIR / "precision"
 
@@ -30,10 +35,12 @@ def precision_config(name: str) -> dict[str, Any]:
 
 
 def request_fields(precision: dict[str, Any]) -> dict[str, Any]:
-    """Video-request fields of a precision config: dtype, quant (the block Linears' format), linear_backend,
+    """Video-request fields of a precision config, named as in the config: dtype, linear_quant, linear_backend,
     act_quant and, where the config names one, weight_rule (else the request's default)."""
-    out = {"precision": precision["name"], "dtype": precision["dtype"], "quant": precision.get("weights", "none"),
-           "linear_backend": precision.get("backend") or "emulated", "act_quant": precision.get("act_quant", True)}
+    out = {"precision": precision["name"], "dtype": precision["dtype"],
+           "linear_quant": precision.get("linear_quant", "none"),
+           "linear_backend": precision.get("linear_backend") or "emulated",
+           "act_quant": precision.get("act_quant", True)}
     if precision.get("weight_rule"):
         out["weight_rule"] = precision["weight_rule"]
     return out

@@ -15,9 +15,16 @@ chunk's own tokens, whose shape never changes, so one set of graphs serves every
 
 from __future__ import annotations
 
+import time
+
+import torch
+import torch._dynamo
+import torch._inductor.config as inductor_config
 from torch import nn
 
-COMPILE_MODES = ("none", "default", "max-autotune-no-cudagraphs")
+from longlive.infer.pipeline import GenerationSpec, generate
+from longlive.names import COMPILE_MODES
+from longlive.vae.layers import ResidualBlock, RMSNorm, residual_block_steady, rms_silu, rms_silu_pad
 
 
 def compile_blocks(model: nn.Module, mode: str = "default") -> nn.Module:
@@ -26,14 +33,10 @@ def compile_blocks(model: nn.Module, mode: str = "default") -> nn.Module:
         raise ValueError(f"unknown compile mode {mode!r}; choose one of {', '.join(COMPILE_MODES)}")
     if mode == "none":
         return model
-    import torch._dynamo
-
     # 30 blocks share one code object; their graphs are shared too (parameters are graph inputs), but the
     # window-length variants and the layer index add guard entries: leave room so nothing falls back to eager.
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     if mode.startswith("max-autotune"):
-        import torch._inductor.config as inductor_config
-
         # Autotune the fused pointwise/reduction kernels, but keep the GEMMs on cuBLAS: in torch 2.11 every Triton
         # FP8 `_scaled_mm` template fails to compile and the compile aborts, and the Triton BF16 GEMMs never beat
         # nvjet at these shapes (reports/perf, session 4).
@@ -55,10 +58,6 @@ def compile_vae(vae: nn.Module) -> nn.Module:
     compiles is the pointwise chain around them, which in eager mode reads and writes each full-resolution
     activation three times. One shared compiled function, specialised per activation shape (a handful).
     """
-    import torch._dynamo
-
-    from longlive.vae.layers import ResidualBlock, RMSNorm, residual_block_steady, rms_silu, rms_silu_pad
-
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     fused, fused_pad = torch.compile(rms_silu, dynamic=False), torch.compile(rms_silu_pad, dynamic=False)
     block = torch.compile(residual_block_steady, dynamic=False)
@@ -70,21 +69,17 @@ def compile_vae(vae: nn.Module) -> nn.Module:
     return vae
 
 
-def compile_and_warm(model: nn.Module, mode: str, embeds: list, *, kv_storage: str | None = None, sp=None,
+def compile_and_warm(model: nn.Module, mode: str, embeds: list, *, kv_quant: str = "none", sp=None,
                      seed: int = 0) -> float | None:
     """`compile_blocks`, then one 1-step generation over window/chunk + 1 chunks, so every window length has
     compiled before anything is timed. Returns the seconds this took (None for mode 'none', which does nothing).
     Every SP rank must call it (the warm-up runs the all-to-alls)."""
-    import time
-
-    from longlive.infer.pipeline import GenerationSpec, generate
-
     if mode == "none":
         return None
     cfg = model.cfg
     t0 = time.perf_counter()
     compile_blocks(model, mode)
     warm = GenerationSpec(prompts=["warm-up"], frames=(cfg.window_frames // cfg.chunk_frames + 1) * cfg.chunk_frames,
-                          steps=1, seed=seed, warmup_chunks=0, kv_storage=kv_storage)
+                          steps=1, seed=seed, warmup_chunks=0, kv_quant=kv_quant)
     generate(model, warm, embeds[:1], sp=sp)
     return time.perf_counter() - t0

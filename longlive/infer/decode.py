@@ -14,6 +14,9 @@ All modes share one interface, so the generator and the benchmarks can swap them
   overlaps the caller's next chunk; at most ``max_in_flight`` (default 1) decodes are outstanding.
 - ``device``: the VAE lives on ``device`` (e.g. a second GPU); latents are copied there and a worker
   thread decodes and copies the frames into pinned host memory.
+- ``tiles``: under sequence parallelism, every SP rank decodes one spatial tile of each chunk in ``submit()``
+  (``longlive.parallel.vae_decode.ParallelDecoder``) and the group's first rank gathers the frames; the release
+  decodes on rank 0 alone (``streaming`` under SP).
 
 Every mode yields exactly the frames of ``vae.decode`` on all latents (the streaming decoder is
 bit-identical to a batch decode). Errors raised in a worker are re-raised in the caller by the next
@@ -29,7 +32,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import ClassVar
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
+
+from longlive.parallel.vae_decode import ParallelDecoder, PatchParallelDecoder
 
 DECODE_MODES: dict[str, type[Decoder]] = {}
 
@@ -280,3 +286,45 @@ class DeviceDecoder(AsyncDecoder):
     Latents are copied to that device, a worker thread decodes them on its own stream and copies the
     uint8 frames into pinned host memory, so the generator's GPU only pays for the latent copy.
     """
+
+
+@register_mode("tiles")
+class TilesDecoder(Decoder):
+    """Tile-parallel streaming decode over an SP group: every rank of ``group`` builds one and submits every chunk
+    (the decode is a collective, so it runs synchronously in the caller's thread, between chunks, never beside the
+    generator's all-to-alls); frames land on the group's first rank only, the others' ``finish()`` returns None.
+    Equal to ``streaming`` within float rounding (tests/test_decode_tiles.py)."""
+
+    def __init__(self, vae: nn.Module, *, device: str | torch.device | None = None,
+                 group: dist.ProcessGroup | None = None) -> None:
+        super().__init__(vae, device=device)
+        # a patch-local codec (the tiny preset's) splits by latent rows; the Wan VAE by halo tiles of its decoder
+        tiled = PatchParallelDecoder if getattr(vae, "patch_local", False) else ParallelDecoder
+        self._tiles = tiled(vae, group=group)
+        self.is_root = self._tiles.rank == 0
+
+    def submit(self, latents: Tensor) -> None:
+        self._check_open()
+        self.submit_times.append(time.perf_counter())
+        frames = self._tiles.decode(latents.to(self.device))
+        if frames is not None:
+            self._land(to_host(frames_to_uint8(frames)))
+
+    def warm_up(self, chunk_shape: tuple[int, ...]) -> float | None:
+        """The base warm-up through the tiled stream (every rank takes part), then a fresh stream for the video."""
+        if self.device.type != "cuda":
+            return None
+        t0 = time.perf_counter()
+        z = torch.zeros(chunk_shape, device=self.device, dtype=self.vae.dtype)
+        with torch.no_grad():
+            self._tiles.decode(z)
+            self._tiles.decode(z)
+        self._tiles.reset()
+        torch.cuda.synchronize(self.device)
+        return time.perf_counter() - t0
+
+    def finish(self) -> Tensor | None:  # type: ignore[override]
+        if not self.is_root:
+            self._finished = True
+            return None
+        return self._collect()

@@ -11,8 +11,10 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from longlive.eval.metrics import compute_metrics
 from longlive.experiments import precision_config, request_fields
-from longlive.infer.video import VideoRequest, make_video
+from longlive.infer.assemble import make_video
+from longlive.infer.video import VideoRequest
 
 
 def precision_fields(name: str) -> dict[str, Any]:
@@ -22,15 +24,12 @@ def precision_fields(name: str) -> dict[str, Any]:
 
 def compare(base: VideoRequest, ref: tuple[str, str], cand: tuple[str, str], out: Path) -> dict[str, Any]:
     """Run base with (precision, kv_quant) = ref and = cand; return both runs' key numbers and the fidelity."""
-    from longlive.eval.metrics import compute_metrics
-
     runs = {}
     for tag, (prec, kv) in (("reference", ref), ("candidate", cand)):
         req = dataclasses.replace(base, kv_quant=kv, save_latents=True, **precision_fields(prec))
         res = make_video(req, out / tag)
-        res.pop("video_uint8")
-        runs[tag] = {"precision": prec, "kv_quant": kv, **{k: res.get(k) for k in (
-            "denoise_fps", "chunk_ms_median", "weights_gb", "kv_cache_gb", "peak_allocated_gb", "notes")}}
+        runs[tag] = {"precision": prec, "kv_quant": kv, "notes": res.notes, **{k: res.metrics.get(k) for k in (
+            "denoise_fps", "chunk_ms_median", "weights_gb", "kv_cache_gb", "peak_allocated_gb")}}
     fid = compute_metrics(["latent_rel_err_vs_ref", "psnr_vs_ref"],
                           latents=out / "candidate" / "latents.safetensors",
                           ref_latents=out / "reference" / "latents.safetensors",

@@ -40,7 +40,7 @@ class GenerationSpec:
     batch: int = 1
     multishot_sink: bool = True
     clean_recache_at_cut: bool = False
-    kv_storage: str | None = None  # None: the model's dtype; or fp8 / nvfp4 (quantised KV cache)
+    kv_quant: str = "none"  # none: K/V in the model's dtype; fp8 / nvfp4: a quantised KV cache
     warmup_chunks: int = 4
     chunk_texts: list[str] | None = None  # explicit text per chunk (then `prompts` and `switch_chunks` are unused)
 
@@ -174,7 +174,8 @@ def generate(
     dtype_name = {v: k for k, v in STORAGES.items()}[next(model.parameters()).dtype]
     heads = cfg.num_heads // (sp.size if sp is not None else 1)
     lo, hi = sp.frame_range(cf) if sp is not None else (0, cf)  # this rank's frames of every chunk
-    cache = allocate_cache(geo, cfg.num_layers, B, heads, cfg.head_dim, storage=spec.kv_storage or dtype_name,
+    storage = dtype_name if spec.kv_quant == "none" else spec.kv_quant
+    cache = allocate_cache(geo, cfg.num_layers, B, heads, cfg.head_dim, storage=storage,
                            device=device, compute_dtype=next(model.parameters()).dtype)
     text_kvs = [model.text_kv(e.to(device)) for e in prompt_embeds]
 

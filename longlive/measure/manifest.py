@@ -54,7 +54,7 @@ def _gpus() -> dict[str, Any]:
         "cudnn": torch.backends.cudnn.version(),
     }
     try:
-        import pynvml
+        import pynvml  # optional extra: NVML may be absent or unusable, handled below
 
         pynvml.nvmlInit()
         info["driver"] = pynvml.nvmlSystemGetDriverVersion()

@@ -16,7 +16,7 @@ def reset_peaks(device: torch.device | str) -> None:
 def device_used_gb(device: torch.device | str) -> float | None:
     """Memory in use on the whole GPU per NVML (all processes), or None without NVML."""
     try:
-        import pynvml
+        import pynvml  # optional extra: no NVML -> None
     except ImportError:
         return None
     dev = torch.device(device)

@@ -10,6 +10,8 @@ the same device at the model's own shapes; MFU is achieved FLOP/s over the measu
 
 from __future__ import annotations
 
+import statistics
+import time
 from dataclasses import dataclass
 
 import torch
@@ -56,9 +58,6 @@ def frames_per_chunk(cfg: ModelConfig) -> int:
 
 def _time_ms(fn, device: torch.device, repeats: int) -> float:
     """Median device milliseconds of fn() after one warm-up call."""
-    import statistics
-    import time
-
     fn()
     times = []
     for _ in range(repeats):
@@ -124,9 +123,11 @@ def ceiling_fps(cfg: ModelConfig, steps: int, gemm_tflops: float, attn_tflops: f
 
 
 def roofline_metrics(cfg: ModelConfig, steps: int, denoise_fps: float, device: torch.device | str,
-                     dtype: torch.dtype, backend: str) -> dict[str, float]:
-    """Measured ceilings and how close a measured denoise_fps comes to them (same run, same device)."""
-    gemm = measure_gemm_tflops(cfg, device, dtype)
+                     dtype: torch.dtype, backend: str, fp8_gemm: bool = False) -> dict[str, float]:
+    """Measured ceilings and how close a measured denoise_fps comes to them (same run, same device). With
+    `fp8_gemm` (the Linears run real FP8 GEMMs) the GEMM rate, the ceiling and MFU use the FP8 `_scaled_mm` rate."""
+    gemm = measure_fp8_gemm_tflops(cfg, device) if fp8_gemm else None
+    gemm = gemm if gemm is not None else measure_gemm_tflops(cfg, device, dtype)
     attn = measure_attention_tflops(cfg, device, dtype, backend)
     per_frame = chunk_flops(cfg, steps) / frames_per_chunk(cfg)
     ceiling = ceiling_fps(cfg, steps, gemm, attn)
@@ -138,8 +139,6 @@ def roofline_metrics(cfg: ModelConfig, steps: int, denoise_fps: float, device: t
 def training_metrics(step_seconds: list[float], tokens_per_step: int, flops_per_step: float, peak_tflops: float,
                      warmup: int = 1) -> dict[str, float]:
     """iter_s (median after warm-up), tokens/s and MFU for training (one precision per MFU, stated by caller)."""
-    import statistics
-
     if len(step_seconds) <= warmup:
         raise ValueError(f"need more than {warmup} steps to drop the warm-up, got {len(step_seconds)}")
     it = statistics.median(step_seconds[warmup:])

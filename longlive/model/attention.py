@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 SDPA_BACKENDS: dict[str, SDPBackend] = {
     "math": SDPBackend.MATH,
@@ -20,14 +21,17 @@ SDPA_BACKENDS: dict[str, SDPBackend] = {
 BACKENDS = ("auto", *SDPA_BACKENDS)
 
 
-def resolve_backend(name: str, device: torch.device | str) -> str:
-    """Map `auto` to the fastest kernel for the device and validate explicit choices."""
+def resolve_backend(name: str, device: torch.device | str, dtype: torch.dtype | None = None) -> str:
+    """Map `auto` to the fastest kernel for the device (and dtype: cuDNN and FlashAttention take no FP32, so FP32
+    on CUDA gets the memory-efficient kernel) and validate explicit choices."""
     device = torch.device(device)
     if name not in BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; choose one of {', '.join(BACKENDS)}")
     if name == "auto":
         if device.type != "cuda":
             return "math"
+        if dtype == torch.float32:
+            return "efficient"
         major, _ = torch.cuda.get_device_capability(device)
         return "cudnn" if major >= 9 else "flash"
     if name in ("cudnn", "flash", "efficient") and device.type != "cuda":
@@ -60,8 +64,6 @@ def flex_block_causal(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tokens_per_frame: int, chunk_frames: int
 ) -> torch.Tensor:
     """Block-causal attention through FlexAttention on [B, L, H, D] (used by teacher-forcing training)."""
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
     B, L, H, _ = q.shape
     mask = create_block_mask(
         block_causal_mask_fn(tokens_per_frame, chunk_frames), None, None, L, k.shape[1], device=q.device

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from safetensors.torch import load_file
 
 PREFIX = "model."
 GENERATOR_KEYS = ("generator", "generator_ema", "model")
@@ -41,8 +42,6 @@ def read_generator_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict
         shards = sorted(path.glob("*.safetensors"))
         if not shards:
             raise FileNotFoundError(f"no *.safetensors shards in {path}")
-        from safetensors.torch import load_file
-
         sd: dict[str, torch.Tensor] = {}
         for shard in shards:
             sd.update(load_file(str(shard)))
@@ -52,8 +51,6 @@ def read_generator_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict
             meta["config"] = json.loads(cfg.read_text())
         return {_strip(k): v for k, v in sd.items()}, meta
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return {_strip(k): v for k, v in load_file(str(path)).items()}, {}
     obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
     if not isinstance(obj, dict):

@@ -17,12 +17,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from longlive.model.dit import SelfAttention
+
 
 @torch.no_grad()
 def fuse_qkv(model: nn.Module) -> int:
     """Fuse every `SelfAttention`'s q, k, v into `qkv` in place (idempotent); returns how many were fused."""
-    from longlive.model.dit import SelfAttention
-
     n = 0
     for attn in model.modules():
         if not isinstance(attn, SelfAttention) or attn.qkv is not None:

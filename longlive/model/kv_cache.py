@@ -18,6 +18,8 @@ from typing import Protocol
 
 import torch
 
+from longlive.names import KV_QUANT
+
 
 class KVStorage(Protocol):
     """Where K/V of one cache live.
@@ -73,7 +75,7 @@ class DenseKVStorage:
 
 
 STORAGES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp64": torch.float64}
-QUANTISED = ("fp8", "nvfp4")
+QUANTISED = tuple(f for f in KV_QUANT if f != "none")
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ Ranks are laid out as dp replicas of consecutive sp groups: global rank = dp_ran
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -74,8 +75,6 @@ def shutdown_parallel() -> None:
     """Leave the default process group cleanly: a barrier so no rank tears down while a peer still has a collective
     in flight, a collection so no object still holds gloo work at interpreter exit, then destroy. Without this a gloo
     rank can abort at exit ("terminate called without an active exception"), which CI saw once."""
-    import gc
-
     if not dist.is_initialized():
         return
     dist.barrier()

@@ -22,21 +22,21 @@ class SPContext:
     group: object
     rank: int
     size: int
-    compress_kv: str = "none"     # none | fp8 | nvfp4: K and V on the wire
+    exchange: str = "none"     # none | fp8 | nvfp4: K and V on the wire
     compress_q: bool = False      # also Q
     compress_out: bool = False    # also the attention output (heads→seq)
     stats: ExchangeStats = field(default_factory=ExchangeStats)
 
     def __post_init__(self):
-        if self.compress_kv not in COMPRESSION:
-            raise ValueError(f"unknown exchange {self.compress_kv!r}; choose one of {', '.join(COMPRESSION)}")
+        if self.exchange not in COMPRESSION:
+            raise ValueError(f"unknown exchange {self.exchange!r}; choose one of {', '.join(COMPRESSION)}")
 
     def frame_range(self, chunk_frames: int) -> tuple[int, int]:
         per = chunk_frames // self.size
         return self.rank * per, (self.rank + 1) * per
 
     def attn_fn(self, cache, backend: str):
-        c = self.compress_kv
+        c = self.exchange
         g, st = self.group, self.stats
 
         def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int) -> torch.Tensor:

@@ -14,7 +14,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-COMPRESSION = ("none", "fp8", "nvfp4")
+from longlive.names import EXCHANGE
+from longlive.quant import kernels
+from longlive.quant.tensors import FP8Tensor, NVFP4Tensor
+
+COMPRESSION = EXCHANGE  # the exchange field's values (longlive.names)
 
 
 @dataclass
@@ -42,9 +46,6 @@ def _exchange(blocks: torch.Tensor, group, compress: str, stats: ExchangeStats |
         if stats is not None:
             stats.add(kind, blocks.numel() * blocks.element_size())
         return _a2a(blocks, group)
-    from longlive.quant import kernels
-    from longlive.quant.tensors import FP8Tensor, NVFP4Tensor
-
     sp, D = blocks.shape[0], blocks.shape[-1]
     rows = blocks[0].numel() // D
     dtype = blocks.dtype

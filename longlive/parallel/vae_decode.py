@@ -442,3 +442,44 @@ class ParallelDecoder:
     def vae_stride(self) -> int:
         """Pixels per latent row along the tiled axis."""
         return self._stream.vae.stride[1 if self._stream.dim == 3 else 2]
+
+
+class PatchParallelDecoder:
+    """:class:`ParallelDecoder` for a codec without spatial mixing (``vae.patch_local``: the tiny preset's PCA codec):
+    rank r streams its own latent rows through its own ``vae.streaming_decoder()`` and the group's rank 0 stitches
+    the rows; equal to one process's streaming decode, bit for bit (nothing crosses a row boundary)."""
+
+    def __init__(self, vae: nn.Module, group: dist.ProcessGroup | None = None) -> None:
+        if not getattr(vae, "patch_local", False):
+            raise ValueError(f"{type(vae).__name__} mixes neighbouring latents; use ParallelDecoder (halo tiles)")
+        if not dist.is_available() or not dist.is_initialized():
+            raise RuntimeError("PatchParallelDecoder needs an initialised torch.distributed process group")
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world = dist.get_world_size(group)
+        self.root = dist.get_global_rank(group, 0) if group is not None else 0
+        self.vae = vae
+        self._stream = vae.streaming_decoder()
+
+    @property
+    def first(self) -> bool:
+        return self._stream.first
+
+    def reset(self) -> None:
+        self._stream.reset()
+
+    def decode(self, latents: Tensor) -> Tensor | None:
+        """Decode one chunk's rows on every rank; the frames on the group's rank 0, None elsewhere."""
+        cores = split_rows(latents.shape[3], self.world)
+        lo, hi = cores[self.rank]
+        rows = self._stream.decode(latents[:, :, :, lo:hi].contiguous())
+        stride = self.vae.stride[1]
+        most = max(b - a for a, b in cores) * stride
+        pad = most - rows.shape[3]
+        send = torch.cat([rows, rows.new_zeros(*rows.shape[:3], pad, rows.shape[4])], dim=3) if pad else rows
+        bufs = [torch.empty_like(send) for _ in cores] if self.rank == 0 else None
+        dist.gather(send.contiguous(), bufs, dst=self.root, group=self.group)
+        if bufs is None:
+            return None
+        return torch.cat([b[:, :, :, : (hi_ - lo_) * stride] for b, (lo_, hi_) in zip(bufs, cores, strict=True)],
+                         dim=3)

@@ -17,11 +17,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from longlive.names import LINEAR_BACKENDS, LINEAR_QUANT
 from longlive.quant import kernels
 from longlive.quant.tensors import FP8Tensor, NVFP4Tensor
 
-BACKENDS = ("emulated", "fp8", "te")
-FORMATS = ("fp8", "nvfp4")
+BACKENDS = LINEAR_BACKENDS
+FORMATS = tuple(f for f in LINEAR_QUANT if f != "none")
 TE_RECIPES = {"fp8": "Float8CurrentScaling", "fp8_block": "Float8BlockScaling", "nvfp4": "NVFP4BlockScaling"}
 
 
@@ -51,7 +52,7 @@ def check_backend(fmt: str, backend: str, device: torch.device | str) -> None:
             )
     if backend == "te":
         try:
-            import transformer_engine.pytorch  # noqa: F401
+            import transformer_engine.pytorch  # noqa: F401  # optional extra: te backend probe
         except ImportError:
             raise BackendUnavailable(
                 "linear backend 'te' needs TransformerEngine: pip install 'longlive[te]' (optional extra; not "
@@ -167,8 +168,8 @@ class _TELinear(nn.Module):
 
     def __init__(self, lin: nn.Linear, cfg: LinearQuantConfig):
         super().__init__()
-        import transformer_engine.common.recipe as te_recipe
-        import transformer_engine.pytorch as te
+        import transformer_engine.common.recipe as te_recipe  # optional extra: TransformerEngine ([te])
+        import transformer_engine.pytorch as te  # optional extra: TransformerEngine ([te])
 
         self.cfg = cfg
         self.out_features, self.in_features = lin.weight.shape

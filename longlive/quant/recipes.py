@@ -14,7 +14,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from longlive.model.checkpoint import CheckpointError
 from longlive.quant.linear import LinearQuantConfig, QuantLinear, check_backend
+from longlive.quant.nvfp4_checkpoint import load_nvfp4_generator, save_nvfp4_generator
+from longlive.quant.tensors import NVFP4Tensor
 
 BLOCK_LINEARS = r"^blocks\.\d+\.(self_attn\.(q|k|v|o|qkv)|cross_attn\.(q|k|v|o)|ffn\.(0|2))$"
 
@@ -96,8 +99,6 @@ def merge_lora(model: nn.Module, lora: dict[str, torch.Tensor], scale: float = 1
 # -- the published NVFP4 generator layout (model_4o6.pt) ------------------------------------------------------
 def nvfp4_generator_parts(model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
     """Split a PTQ'd NVFP4 model into ({linear name: NVFP4Tensor}, {every other tensor incl. Linear biases})."""
-    from longlive.quant.tensors import NVFP4Tensor
-
     quantised, other = {}, {}
     for name, mod in model.named_modules():
         if isinstance(mod, QuantLinear):
@@ -117,8 +118,6 @@ def nvfp4_generator_parts(model: nn.Module) -> tuple[dict, dict[str, torch.Tenso
 
 
 def save_nvfp4_model(model: nn.Module, path, rule: str) -> None:
-    from longlive.quant.nvfp4_checkpoint import save_nvfp4_generator
-
     quantised, other = nvfp4_generator_parts(model)
     save_nvfp4_generator(path, quantised, other, rule)
 
@@ -127,9 +126,6 @@ def load_nvfp4_model(model: nn.Module, path, *, backend: str = "emulated", act_q
                      act_rule: str = "static_6") -> dict:
     """Install a published-layout NVFP4 generator into `model` (built in BF16): packed QuantLinears for the
     quantised Linears, strict load of everything else. Errors name the first missing or unexpected key."""
-    from longlive.model.checkpoint import CheckpointError
-    from longlive.quant.nvfp4_checkpoint import load_nvfp4_generator
-
     quantised, other, meta = load_nvfp4_generator(path)
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype

@@ -436,7 +436,7 @@ _KERNEL_NAMES = {
 def triton_available() -> bool:
     """True when Triton imports and a CUDA device is visible."""
     try:
-        import triton  # noqa: F401
+        import triton  # noqa: F401  # optional extra: Triton probe, absence -> False
     except ImportError:
         return False
     return torch.cuda.is_available()
@@ -447,8 +447,8 @@ def _kernels() -> dict[str, Any]:
     global _KERNELS, tl
     if _KERNELS is None:
         try:
-            import triton
-            import triton.language as language
+            import triton  # optional extra: Triton, absence -> RuntimeError
+            import triton.language as language  # optional extra: Triton, absence -> RuntimeError
         except ImportError as exc:
             msg = "longlive.quant.triton_kernels needs Triton (pip install triton) and a CUDA GPU"
             raise RuntimeError(msg) from exc
@@ -472,7 +472,7 @@ def _check_input(x: torch.Tensor, what: str) -> None:
     if not x.is_cuda and not _interpreting():
         raise RuntimeError(f"{what}: the Triton kernels need a CUDA tensor, got device {x.device}")
     try:
-        import triton  # noqa: F401
+        import triton  # noqa: F401  # optional extra: Triton probe, absence -> RuntimeError
     except ImportError:
         raise RuntimeError(f"{what}: Triton is not installed (pip install triton)") from None
 

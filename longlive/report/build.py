@@ -275,7 +275,7 @@ def _summary(doc: Doc, df: pd.DataFrame, sources: list[str]) -> None:
 
 def _device_cols(df: pd.DataFrame) -> list[str]:
     """['gpu_name'] when the device that ran a cell differs from its gpu axis (the hardware request)."""
-    return ["gpu_name"] if (df["gpu_name"].map(text) != df["gpu"].map(text)).any() else []
+    return ["gpu_name"] if (df["gpu_name"].map(text) != df["hardware"].map(text)).any() else []
 
 
 def _main_table(doc: Doc, ok: pd.DataFrame, others: int = 0) -> None:
@@ -355,7 +355,7 @@ def _section_table(doc: Doc, rows: pd.DataFrame, axes: list[str], metrics: tuple
     t = pd.DataFrame({"cell": rows["cell_id"].map(_short_id)}, index=rows.index)
     for c in [*_identity_cols(rows), *axes]:
         t[c] = rows[c].map(flag) if c == "error_recycling" else rows[c]
-    for c in ["gpu", *_device_cols(rows), "frames"]:
+    for c in ["hardware", *_device_cols(rows), "frames"]:
         t[c] = rows[c]
     shown = [m for m in metrics if m in always or rows[m].notna().any()]
     for m in metrics:

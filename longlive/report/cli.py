@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from longlive.report.build import build_report
+
 
 def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("results", nargs="+", type=Path,
@@ -25,8 +27,6 @@ def add_report_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Build the report; a missing or unreadable store is a one-line error and exit status 2, not a traceback."""
-    from longlive.report.build import build_report
-
     try:
         index = build_report(args.results, args.out, title=args.title)
     except (FileNotFoundError, NotADirectoryError, ValueError) as exc:

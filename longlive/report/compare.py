@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from longlive.names import DMD_QUANTISED, KV_QUANT
 from longlive.report.paper import TABLE3_HARDWARE, release_measured, table1, table2, table3, table4
 
 GIB = 2**30
@@ -20,11 +21,11 @@ LENGTH_TOLERANCE = 0.10
 """Our video length counts as the paper's 16/32/64 s when within this fraction of it."""
 
 PRECISION_ORDER = ("fp32", "bf16", "fp16", "fp8", "mxfp4", "nvfp4")
-KV_ORDER = ("none", "fp8", "nvfp4")
+KV_ORDER = KV_QUANT
 DECODE_ORDER = ("batch", "streaming", "async", "device")
 RECIPE_ORDER = ("fp32", "bf16", "fp16", "fp8-emulated", "fp8", "mxfp4", "nvfp4")
 LAYOUT_ORDER = ("none", "traditional", "balanced")
-DMD_RUNGS = ("none", "generator", "generator+real", "generator+real+critic")
+DMD_RUNGS = DMD_QUANTISED
 """Table 2's ladder: which frozen DMD networks hold NVFP4 weights, each rung adding one."""
 TRAIN_WORKLOADS = ("train",)
 DMD_WORKLOADS = ("dmd",)
@@ -158,11 +159,11 @@ def find_key(d: Any, names: tuple[str, ...], depth: int = 3) -> Any:
 
 
 def _gpu_name(r: pd.Series) -> Any:
-    """The device that ran the cell: the manifest's name, else the gpu axis (a hardware request)."""
+    """The device that ran the cell: the manifest's name, else the hardware axis (a request)."""
     name = r.get("gpu_name")
     if is_missing(name) and isinstance(r.get("manifest"), dict):
         name = r["manifest"].get("gpu")
-    return r["gpu"] if is_missing(name) else name
+    return r["hardware"] if is_missing(name) else name
 
 
 def ratio(ours: Any, paper: Any) -> float:
@@ -234,7 +235,7 @@ def compare_release(ok: pd.DataFrame) -> pd.DataFrame:
     rel = release_measured().data
     out = []
     for _, r in ok.iterrows():
-        kind = gpu_kind(_gpu_name(r)) or gpu_kind(r["gpu"])
+        kind = gpu_kind(_gpu_name(r)) or gpu_kind(r["hardware"])
         if (not is_5b(r["model"]) or kind is None or is_missing(r["steps"]) or is_missing(r["denoise_fps"])
                 or norm_kv(r["kv_quant"]) != "none"):
             continue

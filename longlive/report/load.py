@@ -100,16 +100,28 @@ def _coerce(df: pd.DataFrame) -> pd.DataFrame:
     # a boolean axis: parquet may give numpy bools or floats, an override the string "false"; None stays None
     df["error_recycling"] = pd.Series([v if flag(v) is None else flag(v) for v in df["error_recycling"]],
                                       index=df.index, dtype="object")
-    # the gpu axis names the hardware *request* (e.g. "gpu" = whatever is there); the manifest names the device
-    df["gpu_name"] = [m.get("gpu") or g for m, g in zip(df["manifest"], df["gpu"], strict=True)]
+    # the hardware axis names the *request* (e.g. "gpu" = whatever is there); the manifest names the device
+    df["gpu_name"] = [m.get("gpu") or g for m, g in zip(df["manifest"], df["hardware"], strict=True)]
     return df
+
+
+LEGACY_COLUMNS = {"gpu": "hardware", "dmd_lora_rank": "lora_rank"}
+"""Row columns renamed since rows were first written (old name -> one name per concept); read, never rewritten."""
+
+
+def upgrade_row(row: dict) -> dict:
+    """A row written before a column was renamed, in today's names (in place; also returned)."""
+    for old, new in LEGACY_COLUMNS.items():
+        if old in row and new not in row:
+            row[new] = row.pop(old)
+    return row
 
 
 def load_results(paths: list[Path]) -> pd.DataFrame:
     """All rows of the given stores (files or folders), the last row per cell_id winning, in store order.
 
     Adds `source_dir` (absolute folder of the results file, for artifact paths), `source_file`, and
-    `gpu_name` (the device in the row's manifest, else the gpu axis value).
+    `gpu_name` (the device in the row's manifest, else the hardware axis value).
     """
     rows: list[dict] = []
     for p in paths:
@@ -118,6 +130,7 @@ def load_results(paths: list[Path]) -> pd.DataFrame:
         folder = str(f.resolve().parent)
         for r in batch:
             r["source_dir"], r["source_file"] = folder, str(f.resolve())
+            upgrade_row(r)
         rows.extend(batch)
     columns = list(dict.fromkeys([*IDENTITY, *AXES, *METRICS, *NESTED, *TIMES, *SOURCE_COLUMNS]))
     df = pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)

@@ -139,10 +139,10 @@ def plot_ladder(ok: pd.DataFrame, path: Path) -> Plot:
     d = ok[ok["denoise_fps"].notna() | ok["e2e_fps"].notna()]
     axes = varying(d, LABEL_AXES)
     panels = []
-    for first, sub in groups(d, ["gpu", "model"]):
+    for first, sub in groups(d, ["gpu_name", "model"]):
         cfgs = [(f, s["denoise_fps"].median(), s["e2e_fps"].median(), len(s)) for f, s in groups(sub, axes)]
         if len(cfgs) >= 2:
-            panels.append((f"{text(first['gpu'])} · {text(first['model'])}", cfgs[:MAX_CONFIGS]))
+            panels.append((f"{text(first['gpu_name'])} · {text(first['model'])}", cfgs[:MAX_CONFIGS]))
     if not panels:
         return Plot("ladder", title, note="not enough data: needs ≥2 configurations (differing in precision, "
                     "kv_quant, decode, steps or sp) with denoise_fps or e2e_fps on one gpu/model")
@@ -178,7 +178,7 @@ def plot_memory(ok: pd.DataFrame, path: Path) -> Plot:
     xcol = "video_seconds" if ok["video_seconds"].notna().any() else "frames"
     title = f"Peak memory ({mem}) vs video length"
     d = ok[ok[mem].notna() & ok[xcol].notna()]
-    by = ["gpu", "model", *varying(d, LABEL_AXES)]
+    by = ["gpu_name", "model", *varying(d, LABEL_AXES)]
     lines = [(f, s) for f, s in groups(d, by) if s[xcol].nunique() >= 2]
     if not lines:
         return Plot("memory", title, note=f"not enough data: needs ≥2 video lengths ({xcol}) for one configuration "
@@ -204,7 +204,7 @@ def plot_sp(ok: pd.DataFrame, path: Path) -> Plot:
     d = ok[ok["denoise_fps"].notna() & ok["sp"].notna()]
     if d["sp"].nunique() < 2:
         return Plot("sp", title, note="not enough data: needs ≥2 values of sp with denoise_fps")
-    by = ["gpu", "model", "frames", *varying(d, [a for a in LABEL_AXES if a != "sp"])]
+    by = ["gpu_name", "model", "frames", *varying(d, [a for a in LABEL_AXES if a != "sp"])]
     lines = [(f, s) for f, s in groups(d, by) if s["sp"].nunique() >= 2]
     if not lines:
         return Plot("sp", title, note="not enough data: needs ≥2 values of sp within one configuration")
@@ -252,7 +252,7 @@ def plot_pareto(ok: pd.DataFrame, out_dir: Path) -> list[Plot]:
             continue
         d = ok[ok[speed].notna() & finite]
         left_out = int((ok[speed].notna() & ok[q].notna() & ~finite).sum())
-        axes = varying(d, ["gpu", "model", *LABEL_AXES, "frames"])
+        axes = varying(d, ["gpu_name", "model", *LABEL_AXES, "frames"])
         x, y = d[speed].astype(float).tolist(), d[q].astype(float).tolist()
         mask = pareto_mask(x, y, higher)
         fig = Figure(figsize=(8, 5))
@@ -285,7 +285,7 @@ def plot_chunks(ok: pd.DataFrame, path: Path) -> Plot:
     """(e) Per-chunk denoise time: median with p10-p90 bars, every recorded chunk (incl. warm-up) as dots."""
     title = "Per-chunk denoise time (chunk_ms p10 / median / p90)"
     d = ok[ok["chunk_ms_median"].notna()]
-    axes = varying(d, ["gpu", "model", *LABEL_AXES, "frames"])
+    axes = varying(d, ["gpu_name", "model", *LABEL_AXES, "frames"])
     cfgs = groups(d, axes)[:MAX_CONFIGS]
     if len(cfgs) < 2:
         return Plot("chunks", title, note="not enough data: needs ≥2 configurations with per-chunk timings "
@@ -352,13 +352,13 @@ def plot_train(train: pd.DataFrame, path: Path) -> Plot:
     title = "Training: seconds per iteration per configuration"
     d = train[train["iter_s"].notna()]
     panels = []
-    for first, sub in groups(d, ["gpu", "model"]):
+    for first, sub in groups(d, ["gpu_name", "model"]):
         axes = varying(sub, TRAIN_LABEL_AXES)  # what differs on this device/model names the bars
         cfgs = _sorted_groups(sub, axes, _train_key)
         if len(cfgs) >= 2:
             bars = [(config_label(f, axes, "\n") + (f"\n(median of {len(s)})" if len(s) > 1 else ""),
                      float(s["iter_s"].median()), num(float(s["iter_s"].median())) + " s") for f, s in cfgs]
-            panels.append((f"{text(first['gpu'])} · {text(first['model'])}", bars[:MAX_CONFIGS]))
+            panels.append((f"{text(first['gpu_name'])} · {text(first['model'])}", bars[:MAX_CONFIGS]))
     if not panels:
         return Plot("train", title, note="not enough data: needs ≥2 train configurations (differing in precision, "
                     "sp, train_layout, error_recycling or frames) with iter_s on one gpu/model")
@@ -377,7 +377,7 @@ def plot_dmd(dmd: pd.DataFrame, path: Path) -> Plot:
     d = dmd.assign(_mem=[m[0] if m and m[1] == measure else math.nan for m in mem])
     d = d[d["_mem"].notna()]
     panels = []
-    for first, sub in groups(d, ["gpu", "model", "frames", "precision"]):
+    for first, sub in groups(d, ["gpu_name", "model", "frames", "precision"]):
         rungs = sorted(groups(sub, ["dmd_quantised"]), key=lambda g: DMD_RUNGS.index(g[0]["dmd_quantised"])
                        if g[0]["dmd_quantised"] in DMD_RUNGS else len(DMD_RUNGS))
         if len(rungs) < 2:
@@ -386,7 +386,7 @@ def plot_dmd(dmd: pd.DataFrame, path: Path) -> Plot:
         base = next((v for r, v in vals if r == "none"), None)
         bars = [(config_label({"dmd_quantised": r}, ["dmd_quantised"]).replace("+", "\n+"), v,
                  f"{num(v)} GB" + (f"\n{v / base:.2f}×" if base else "")) for r, v in vals]
-        panels.append((f"{text(first['gpu'])} · {text(first['model'])} · {text(first['frames'])} latent frames · "
+        panels.append((f"{text(first['gpu_name'])} · {text(first['model'])} · {text(first['frames'])} latent frames · "
                        f"{text(first['precision'])}", bars))
     if not panels:
         return Plot("dmd", title, note="not enough data: needs ≥2 dmd_quantised rungs with peak memory on one "
@@ -404,11 +404,11 @@ def make_plots(ok: pd.DataFrame, out_dir: Path) -> list[Plot]:
 
     Inference figures see only inference rows; train and dmd rows get their own bar charts (only when there are
     such rows). Precision and KV spellings are normalised first ('bfloat16' and 'bf16' are one configuration;
-    training recipes keep 'fp8-emulated' apart from 'fp8'), and `gpu` is the device that ran the cell
+    training recipes keep 'fp8-emulated' apart from 'fp8'), and `gpu_name` is the device that ran the cell
     (manifest), not the hardware request of the axis.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    ok = ok.assign(gpu=ok["gpu_name"] if "gpu_name" in ok.columns else ok["gpu"])  # the device, not the request
+    ok = ok.assign(gpu_name=ok["gpu_name"] if "gpu_name" in ok.columns else ok["hardware"])  # the device
     infer, train, dmd = split_workloads(ok)
     plots = []
     if infer.empty and not (train.empty and dmd.empty):

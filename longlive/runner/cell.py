@@ -15,8 +15,12 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from longlive.experiments.spec import from_config
+from longlive.measure.manifest import manifest
 from longlive.output import write_text_atomic
+from longlive.parallel.groups import shutdown_parallel
 from longlive.runner.schema import empty_row
+from longlive.workloads import CellContext, get_workload
 
 
 def now() -> str:
@@ -44,8 +48,6 @@ def _last_error_line(text: str) -> str:
 
 def build_row(spec: dict[str, Any], status: str, reason: str | None, metrics: dict[str, Any] | None,
               started: str, t0: float) -> dict[str, Any]:
-    from longlive.measure.manifest import manifest
-
     cfg = spec["config"]
     row = empty_row(spec["cell_id"], cfg.get("experiment", "adhoc"), cfg["workload"]["name"], spec["axes"],
                     cfg.get("frames"), cfg.get("seed"))
@@ -67,13 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     spec = json.loads(spec_path.read_text())
     rank = int(os.environ.get("RANK", "0"))
     started, t0 = now(), time.perf_counter()
-    from longlive.runner.workloads import CellContext, get_workload
-
-    workload = get_workload(spec["config"]["workload"]["name"])
     ref = spec.get("reference_dir")
     ctx = CellContext(out=Path(spec["out"]), reference_dir=Path(ref) if ref else None)
     try:
-        metrics = workload.run(spec["config"], ctx)
+        workload = get_workload(spec["config"]["workload"]["name"])
+        metrics = workload.run(from_config(spec["config"]), ctx)
         row = build_row(spec, "ok", None, metrics, started, t0)
         code = 0
     except Exception as exc:  # recorded as a failed row; the sweep goes on
@@ -83,8 +83,6 @@ def main(argv: list[str] | None = None) -> int:
         code = 1
     if rank == 0:
         write_json_atomic(row_path, row)
-    from longlive.parallel.groups import shutdown_parallel
-
     shutdown_parallel()  # SP cells: tear gloo/NCCL down cleanly so the ranks exit without aborting
     return code
 

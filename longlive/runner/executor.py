@@ -16,10 +16,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
+from longlive.experiments.spec import from_config
 from longlive.runner.cell import build_row, classify_failure, now, write_json_atomic
-from longlive.runner.matrix import EXPERIMENTS_DIR, Cell, expand, reference_cell
+from longlive.runner.matrix import EXPERIMENTS_DIR, Cell, HydraContext, expand, reference_cell
 from longlive.runner.store import ResultsStore
-from longlive.runner.workloads import get_workload
+from longlive.workloads import get_workload
 
 
 def cell_command(cell: Cell, spec_path: Path, row_path: Path) -> list[str]:
@@ -37,7 +40,7 @@ def run_cell(cell: Cell, store: ResultsStore, config_dir: Path = EXPERIMENTS_DIR
     spec = {"cell_id": cell.cell_id, "config": cell.config, "axes": cell.axes, "overrides": cell.overrides}
     try:
         workload = get_workload(cell.config["workload"]["name"])
-        reason = workload.check(cell.config)
+        reason = workload.check(from_config(cell.config))
     except Exception as exc:
         return build_row(spec, "failed", classify_failure(f"{type(exc).__name__}: {exc}"), None, started, t0)
     if reason:
@@ -91,24 +94,22 @@ def signal_reason(code: int, stderr_tail: str) -> str | None:
 
 
 def order_cells(cells: list[Cell], config_dir: Path = EXPERIMENTS_DIR) -> list[Cell]:
-    """Reference cells first, so every other cell can be compared with its reference."""
-    from longlive.runner.matrix import _HydraContext
-
-    refs = set()
-    with _HydraContext(config_dir):
+    """Reference cells first, so every other cell can be compared with its reference; a reference the matrix does
+    not hold is added, once, where the cell's `quality.add_reference` asks for it (perf_ladder's FP32 eager cell)."""
+    ids = {c.cell_id for c in cells}
+    refs: dict[str, Cell] = {}
+    with HydraContext(config_dir):
         for c in cells:
             r = reference_cell(c, config_dir)
-            if r is not None:
-                refs.add(r.cell_id)
-    return sorted(cells, key=lambda c: c.cell_id not in refs)
+            if r is not None and (r.cell_id in ids or (c.config.get("quality") or {}).get("add_reference")):
+                refs.setdefault(r.cell_id, r)
+    return [*refs.values(), *(c for c in cells if c.cell_id not in refs)]
 
 
 def run_sweep(experiment: str | None, overrides: list[str], results: Path, *, force: bool = False,
               retry_failed: bool = False, progress: bool = True, config_dir: Path = EXPERIMENTS_DIR) -> dict[str, int]:
     """Expand, resume and run a matrix; returns counts of ok / failed / skipped / reused rows (and of reused rows
     that had failed: `failed_earlier`)."""
-    from tqdm import tqdm
-
     cells = order_cells(expand(experiment, overrides, config_dir), config_dir)
     store = ResultsStore(results)
     done = store.latest()

@@ -11,18 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from longlive.runner.executor import run_cell
 from longlive.runner.matrix import EXPERIMENTS_DIR, make_cell
+from longlive.runner.store import ResultsStore
 
 
 @hydra.main(config_path=str(EXPERIMENTS_DIR), config_name="config", version_base="1.3")
 def app(cfg: DictConfig) -> str:
-    from hydra.core.hydra_config import HydraConfig
-
-    from longlive.runner.executor import run_cell
-    from longlive.runner.store import ResultsStore
-
     overrides = list(HydraConfig.get().overrides.task)
     cell = make_cell(overrides)
     results = Path(cfg.get("results_dir") or Path(hydra.utils.get_original_cwd()) / "results" / cell.experiment)

@@ -15,10 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from longlive.experiments import EXPERIMENTS_DIR
-from longlive.runner.schema import AXES
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
 
-NOT_IDENTITY = ("cell_timeout_s", "hydra", "matrices")
+from longlive.experiments import EXPERIMENTS_DIR
+from longlive.experiments.spec import from_config
+from longlive.runner.schema import AXES
+from longlive.workloads import INFERENCE_WORKLOADS
+
+NOT_IDENTITY = ("cell_timeout_s", "hydra", "matrices", "results_dir", "force")
 """Keys that do not change what a cell measures (excluded from its id)."""
 
 
@@ -40,7 +47,6 @@ def cell_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-INFERENCE_WORKLOADS = ("infer", "quality")
 
 
 def axes_of(config: dict[str, Any]) -> dict[str, Any]:
@@ -51,10 +57,10 @@ def axes_of(config: dict[str, Any]) -> dict[str, Any]:
     sp = int(config["sp"])
     return {
         "model": config["model"]["name"], "precision": config["precision"]["name"],
-        "kv_quant": config["kv"]["name"] if infer else None, "sp": sp,
+        "kv_quant": config["kv_quant"]["name"] if infer else None, "sp": sp,
         "exchange": config.get("exchange", "none") if infer else None,
         "steps": int(config["steps"]) if infer else None, "decode": config["decode"]["mode"] if infer else None,
-        "gpu": config["hardware"]["name"],
+        "hardware": config["hardware"]["name"], "compile": config.get("compile", "none"),
         "dp": int(config.get("dp", 1)) if wl == "train" else None,
         "train_layout": (config.get("train_layout", "none") if sp > 1 else "none") if wl == "train" else None,
         "error_recycling": bool(config.get("error_recycling", False)) if wl == "train" else None,
@@ -66,20 +72,16 @@ _ACTIVE_DIR: list[Path] = []  # set while a sweep's cells are composed inside on
 
 
 def _compose(overrides: list[str], config_dir: Path, hydra_cfg: bool = False):
-    from hydra import compose, initialize_config_dir
-
     if _ACTIVE_DIR and _ACTIVE_DIR[-1] == config_dir:
         return compose("config", overrides=overrides, return_hydra_config=hydra_cfg)
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
         return compose("config", overrides=overrides, return_hydra_config=hydra_cfg)
 
 
-class _HydraContext:
+class HydraContext:
     """One Hydra initialisation for many compositions (hundreds of cells in a large matrix)."""
 
     def __init__(self, config_dir: Path):
-        from hydra import initialize_config_dir
-
         self.config_dir = config_dir
         self.ctx = initialize_config_dir(config_dir=str(config_dir), version_base="1.3")
 
@@ -94,8 +96,6 @@ class _HydraContext:
 
 
 def _resolve(cfg) -> dict[str, Any]:
-    from omegaconf import OmegaConf
-
     out = OmegaConf.to_container(cfg, resolve=True)
     out.pop("hydra", None)
     return out
@@ -110,9 +110,6 @@ def make_cell(overrides: list[str], config_dir: Path = EXPERIMENTS_DIR) -> Cell:
 
 def expand(experiment: str | None, overrides: list[str] = (), config_dir: Path = EXPERIMENTS_DIR) -> list[Cell]:
     """All cells of `+experiment=NAME` with extra overrides (sweeps like `steps=4,2` allowed), in Hydra's order."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     if experiment is not None:
         known = sorted(p.stem for p in (config_dir / "experiment").glob("*.yaml"))
         if experiment not in known:
@@ -124,8 +121,12 @@ def expand(experiment: str | None, overrides: list[str] = (), config_dir: Path =
     base = ([f"+experiment={experiment}"] if experiment else []) + fixed
     try:
         root = _compose(base, config_dir, hydra_cfg=True)
-    except Exception as exc:  # unknown group option or key: Hydra's first line says which, before any work
-        raise ValueError(f"cannot compose the config for {base}: {str(exc).splitlines()[0]}") from exc
+    except Exception as exc:  # unknown group option or key, wrong type: Hydra's first lines say which, before any work
+        root_cause = exc
+        while root_cause.__cause__ is not None:  # Hydra wraps OmegaConf's ValidationError, which names key and type
+            root_cause = root_cause.__cause__
+        lines = [ln.strip() for ln in str(root_cause).splitlines() if ln.strip()][:2]
+        raise ValueError(f"cannot compose the config for {base}: {'; '.join(lines)}") from exc
     fixed_keys = _keys(fixed, parser)
     # (base overrides, sweep params, user sweeps that apply): the main matrix takes every sweep from the command
     # line; a sub-matrix only those of keys it sweeps itself (steps=4,2 must not multiply training cells)
@@ -136,7 +137,7 @@ def expand(experiment: str | None, overrides: list[str] = (), config_dir: Path =
         params = dict(extra.get("params") or {})
         matrices.append((base + own, params, [v for k, v in swept_user.items() if k in params]))
     cells, seen = [], set()
-    with _HydraContext(config_dir):
+    with HydraContext(config_dir):
         for mbase, params, user_sweeps in matrices:
             lines = [f"{k}={v}" for k, v in params.items() if k not in swept_user and k not in fixed_keys]
             lines += user_sweeps
@@ -147,6 +148,14 @@ def expand(experiment: str | None, overrides: list[str] = (), config_dir: Path =
                 if cell.cell_id not in seen:
                     seen.add(cell.cell_id)
                     cells.append(cell)
+    invalid = []
+    for cell in cells:  # value sets (types were checked by composing): every invalid cell named before any runs
+        try:
+            from_config(cell.config)
+        except ValueError as exc:
+            invalid.append(f"  {' '.join(cell.overrides) or '(defaults)'}: {exc}")
+    if invalid:
+        raise ValueError(f"{len(invalid)} of {len(cells)} cells are invalid; nothing ran:\n" + "\n".join(invalid))
     return cells
 
 
@@ -159,6 +168,6 @@ def reference_cell(cell: Cell, config_dir: Path = EXPERIMENTS_DIR) -> Cell | Non
     ref = (cell.config.get("quality") or {}).get("reference")
     if not ref or cell.config["workload"]["name"] not in INFERENCE_WORKLOADS:
         return None
-    keys = set(ref)
-    kept = [o for o in cell.overrides if o.split("=", 1)[0].lstrip("+~") not in keys]
+    ref = {k: v for k, v in ref.items() if v is not None}  # null: the cell's own value (see config.yaml)
+    kept = [o for o in cell.overrides if o.split("=", 1)[0].lstrip("+~") not in ref]
     return make_cell(kept + [f"{k}={v}" for k, v in ref.items()], config_dir)

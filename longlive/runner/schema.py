@@ -6,21 +6,24 @@ columns (None where a metric does not apply), `timing_definition`, `artifacts` a
 
 from __future__ import annotations
 
-AXES = ("model", "precision", "kv_quant", "sp", "exchange", "steps", "decode", "gpu",
+AXES = ("model", "precision", "kv_quant", "sp", "exchange", "steps", "decode", "hardware", "compile",
         "dp", "train_layout", "error_recycling", "dmd_quantised")
 """Matrix axes: config key = CLI override = result column (docs/architecture.md). An axis a workload does not
 read is None in its rows: inference rows have no train_layout, training rows no decode or kv_quant."""
 
-IDENTITY = ("cell_id", "experiment", "workload", "status", "reason", "frames", "seed", "linear_backend", "weight_rule",
-            "compile")
+IDENTITY = ("cell_id", "experiment", "workload", "status", "reason", "frames", "seed", "linear_quant", "linear_backend",
+            "weight_rule")
 """status: ok | failed | skipped; reason: why a cell failed or was skipped (OOM, unsupported, missing extra);
-linear_backend / weight_rule: how quantised Linears ran and the NVFP4 weight rule (None without them)."""
+linear_quant / linear_backend / weight_rule: what the block Linears really ran as (a packed NVFP4 checkpoint shows
+as nvfp4 whatever the precision's dtype), how, and the NVFP4 weight rule (None without them)."""
 
 METRICS = (
     # inference speed (spec 05 timing definitions)
     "denoise_fps", "e2e_fps", "e2e_s", "first_chunk_latency_s",
     "chunk_ms_p10", "chunk_ms_median", "chunk_ms_p90", "load_s", "text_encode_s", "compile_s",
     "frames_video", "video_seconds",
+    # VAE decode (workload vae_decode)
+    "decode_fps", "decode_ms_median",
     # roofline: ceilings measured in the same run
     "gemm_tflops", "attn_tflops", "flop_per_frame", "ceiling_fps", "achieved_tflops", "mfu", "fraction_of_ceiling",
     # training (train: teacher-forcing iterations; dmd: DMD iterations, generator + critic then critic only)
@@ -38,7 +41,7 @@ STATUSES = ("ok", "failed", "skipped")
 def empty_row(cell_id: str, experiment: str, workload: str, axes: dict, frames: int | None, seed: int | None) -> dict:
     """A row with every column present (metrics None) so rows of any status stack into one table."""
     row = {"cell_id": cell_id, "experiment": experiment, "workload": workload, "status": "skipped", "reason": None,
-           "frames": frames, "seed": seed, "linear_backend": None, "weight_rule": None, "compile": None}
+           "frames": frames, "seed": seed, "linear_quant": None, "linear_backend": None, "weight_rule": None}
     row.update({a: axes.get(a) for a in AXES})
     row.update({m: None for m in METRICS})
     row.update({n: {} for n in NESTED})

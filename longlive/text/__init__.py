@@ -12,6 +12,8 @@ import torch
 
 from .base import TextEncoder, UMT5TextEncoder, clean_prompt
 from .cache import EmbeddingCache
+from .tiny import build_tiny_text_encoder
+from .umt5 import build_umt5_text_encoder
 
 TEXT_ENCODERS = ("tiny", "umt5-xxl")
 
@@ -46,14 +48,10 @@ def build_text_encoder(
     if name == "tiny":
         if tokenizer_dir is not None:
             raise ValueError("the tiny text encoder is byte-level and takes no tokenizer_dir")
-        from .tiny import build_tiny_text_encoder
-
         seed = 0 if seed is None else seed
         return build_tiny_text_encoder(checkpoint, seed=seed, device=device, dtype=dtype)
     if name == "umt5-xxl":
         if seed is not None:
             raise ValueError("seed only applies to the tiny text encoder; umt5-xxl loads its checkpoint")
-        from .umt5 import build_umt5_text_encoder
-
         return build_umt5_text_encoder(checkpoint, tokenizer_dir=tokenizer_dir, device=device, dtype=dtype)
     raise ValueError(f"unknown text encoder {name!r}; known text encoders: {', '.join(TEXT_ENCODERS)}")

@@ -15,6 +15,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from .base import PROMPT_CLEANING, UMT5TextEncoder, clean_prompt, config_fingerprint, file_fingerprint
@@ -97,8 +99,6 @@ def save_tiny_text_encoder(
     model_or_encoder: torch.nn.Module | UMT5TextEncoder, path: str | os.PathLike
 ) -> Path:
     """Save the weights as safetensors (float32, tied alias dropped), atomically."""
-    from safetensors.torch import save_file
-
     model = model_or_encoder.model if isinstance(model_or_encoder, UMT5TextEncoder) else model_or_encoder
     state = model.state_dict()
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items() if k != TIED_KEY}
@@ -116,9 +116,6 @@ def save_tiny_text_encoder(
 
 def load_tiny_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     """Read a tiny text-encoder checkpoint, checking its format tag and spec before its keys."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(

@@ -20,8 +20,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import Tensor
-from transformers import UMT5Config, UMT5EncoderModel
+from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
 
 from .base import (
     PROMPT_CLEANING,
@@ -199,8 +200,6 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
     """Read a `.pth` (weights only, memory-mapped) or `.safetensors` state dict onto the CPU."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return load_file(str(path), device="cpu")
     state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     if not isinstance(state, Mapping):
@@ -274,8 +273,6 @@ def resolve_paths(
 
 def hf_tokenize_fn(tokenizer_dir: str | os.PathLike, max_len: int):
     """A tokenize function over a local Hugging Face tokenizer folder (never the hub)."""
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
 
     def tokenize(prompts: Sequence[str]) -> tuple[Tensor, Tensor]:

@@ -36,7 +36,7 @@ def capture_rng() -> dict[str, Any]:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     try:
-        import numpy as np
+        import numpy as np  # optional extra: kept in its ImportError guard (numpy RNG captured if importable)
 
         state["numpy"] = np.random.get_state()
     except ImportError:
@@ -51,7 +51,7 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
     if "numpy" in state:
         try:
-            import numpy as np
+            import numpy as np  # optional extra: kept in its ImportError guard
 
             np.random.set_state(state["numpy"])
         except ImportError:

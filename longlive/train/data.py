@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import json
 import os
@@ -23,6 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
+import imageio.v2 as iio
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -31,9 +34,10 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from longlive.eval.shapes import SHAPES, shape_sdf
-from longlive.output import write_text_atomic
+from longlive.output import write_mp4, write_text_atomic
 from longlive.text import EmbeddingCache, TextEncoder
 from longlive.text.prompts import SCENE_CUT_PREFIX, with_prefix
+from longlive.weights import default_paths, load_text_for, load_vae_for
 
 # Well separated RGB values; names are what captions say.
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -281,8 +285,6 @@ def resample_indices(num_src: int, src_fps: float, fps: float) -> np.ndarray:
 
 def read_mp4(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     """All frames uint8 [T, H, W, 3] and the container's fps."""
-    import imageio.v2 as iio
-
     reader = iio.get_reader(str(path), format="FFMPEG")
     try:
         fps = float(reader.get_meta_data()["fps"])
@@ -349,8 +351,6 @@ def write_procedural_folder(
     Captions are stored without the transition prefix, as in the release (the reader adds it at cuts).
     `fps` is the files' frame rate (e.g. 30, to exercise resampling to 24).
     """
-    from longlive.output import write_mp4
-
     root = Path(root)
     gen = ProceduralVideos(height, width, fps, seed)
     names = []
@@ -537,9 +537,6 @@ def fix_mmap_threshold(nbytes: int = 1 << 20) -> bool:
     Measured on the tiny task: RSS grew by about 17 MB per cache-hit sample (23 GB for 2,000), and stays flat
     with the threshold pinned. No-op (False) off glibc.
     """
-    import ctypes
-    import ctypes.util
-
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name) if name else None
@@ -617,8 +614,6 @@ def build_train_data(spec: str, *, model_cfg, frames: int, seed: int = 0, rank: 
     encoder (`longlive.weights`: the shipped tiny components, or the published files) into latent and embedding
     caches. A shot's first chunk gets the scene-cut caption, its later chunks the bare one. Data-parallel rank
     `rank` of `ranks` takes samples rank, rank + ranks, ..."""
-    from longlive.weights import default_paths, load_text_for, load_vae_for
-
     needed = 1 + 4 * (frames - 1)
     if spec == "procedural":
         gen = ProceduralVideos(model_cfg.height, model_cfg.width, model_cfg.fps, seed=seed)

@@ -25,9 +25,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from longlive.infer.scheduler import FlowUniPC
-from longlive.model.attention import block_causal_mask_fn, sdpa
+from longlive.model.attention import block_causal_mask_fn, resolve_backend, sdpa
+from longlive.quant.linear import LinearQuantConfig
+from longlive.quant.recipes import quantize_model
 from longlive.train.lora import add_lora, lora_state_dict, save_lora
 from longlive.train.teacher_forcing import MaskedAttention
+from longlive.train.trainer import apply_activation_checkpointing
 
 NUM_TRAIN_TIMESTEPS = 1000
 
@@ -48,7 +51,7 @@ class DMDConfig:
     betas: tuple[float, float] = (0.0, 0.999)  # the release's beta1/beta2 for both optimisers
     weight_decay: float = 0.0
     max_grad_norm: float | None = 10.0
-    rank: int = 128
+    lora_rank: int = 128
     alpha: float = 128.0
     save_every: int = 0  # 0: save only when save() is called
     seed: int = 0
@@ -267,9 +270,6 @@ def _quantise_frozen(model: nn.Module, fmt: str) -> nn.Module:
     if fmt not in QUANT_FROZEN:
         raise ValueError(f"unknown frozen-network quantisation {fmt!r}; choose one of {', '.join(QUANT_FROZEN)}")
     if fmt != "none":
-        from longlive.quant.linear import LinearQuantConfig
-        from longlive.quant.recipes import quantize_model
-
         quantize_model(model, LinearQuantConfig(fmt=fmt, backend="emulated", act_quant=False))
     return model
 
@@ -297,19 +297,15 @@ class DMDTrainer:
         self.device = next(base_model.parameters()).device
         mcfg = base_model.cfg
         self.chunk = mcfg.chunk_frames
-        from longlive.model.attention import resolve_backend
-
         with torch.random.fork_rng(devices=[]):  # PEFT draws lora_A from the global RNG
             torch.manual_seed(cfg.seed)
-            self.generator = add_lora(_frozen_copy(base_model, cfg.quant_generator), cfg.rank, cfg.alpha)
-            self.critic = add_lora(_frozen_copy(base_model, cfg.quant_critic), cfg.rank, cfg.alpha)
+            self.generator = add_lora(_frozen_copy(base_model, cfg.quant_generator), cfg.lora_rank, cfg.alpha)
+            self.critic = add_lora(_frozen_copy(base_model, cfg.quant_critic), cfg.lora_rank, cfg.alpha)
         self.teacher = _quantise_frozen(base_model, cfg.quant_teacher).requires_grad_(False).eval()
         backend = resolve_backend(cfg.attn, self.device)
         for m in (self.generator, self.critic, self.teacher):
             m.attn_backend = backend
         if cfg.activation_checkpointing:
-            from longlive.train.trainer import apply_activation_checkpointing
-
             apply_activation_checkpointing(self.generator)
             apply_activation_checkpointing(self.critic)
         if negative_embed is None:
@@ -416,4 +412,4 @@ class DMDTrainer:
         """LoRA weights of both adapters as `{generator_lora, critic_lora, step}` (atomic)."""
         path = Path(path) if path is not None else self.out_dir / "lora.pt"
         return save_lora(path, lora_state_dict(self.generator), lora_state_dict(self.critic), self.global_step,
-                         rank=self.cfg.rank, alpha=self.cfg.alpha)
+                         lora_rank=self.cfg.lora_rank, alpha=self.cfg.alpha)

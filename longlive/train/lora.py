@@ -18,8 +18,13 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
+from peft.tuners.lora import LoraLayer
 from peft.tuners.lora.layer import Linear as LoraLinear
+from safetensors.torch import load_file
 
+from longlive.model.checkpoint import load_generator, read_generator_file, save_generator
+from longlive.model.dit import build_model
+from longlive.model.presets import PRESETS
 from longlive.output import check_out_file
 from longlive.quant.linear import QuantLinear
 from longlive.quant.recipes import BLOCK_LINEARS, merge_lora
@@ -57,7 +62,7 @@ def target_modules(model: nn.Module, target: str = BLOCK_LINEARS) -> list[str]:
     return names
 
 
-def add_lora(model: nn.Module, rank: int = DEFAULT_RANK, alpha: float = DEFAULT_ALPHA, target: str = BLOCK_LINEARS,
+def add_lora(model: nn.Module, lora_rank: int = DEFAULT_RANK, alpha: float = DEFAULT_ALPHA, target: str = BLOCK_LINEARS,
              adapter_name: str = "default", dropout: float = 0.0) -> nn.Module:
     """Inject LoRA (B = 0, so the model starts as the base) into `model` in place and return it.
 
@@ -65,7 +70,7 @@ def add_lora(model: nn.Module, rank: int = DEFAULT_RANK, alpha: float = DEFAULT_
     matching cannot pick up a Linear outside the blocks. Block Linears already quantised (QuantLinear, e.g. the
     NVFP4 frozen networks of DMD, Table 2) get a float32 adapter over the packed weight.
     """
-    cfg = LoraConfig(r=rank, lora_alpha=alpha, target_modules=target_modules(model, target), lora_dropout=dropout,
+    cfg = LoraConfig(r=lora_rank, lora_alpha=alpha, target_modules=target_modules(model, target), lora_dropout=dropout,
                      bias="none", init_lora_weights=True)
     if not any(isinstance(m, QuantLinear) for m in model.modules()):
         return inject_adapter_in_model(cfg, model, adapter_name=adapter_name)
@@ -77,8 +82,6 @@ def add_lora(model: nn.Module, rank: int = DEFAULT_RANK, alpha: float = DEFAULT_
 
 def lora_modules(model: nn.Module) -> dict[str, nn.Module]:
     """The PEFT LoRA layers of a model by qualified name."""
-    from peft.tuners.lora import LoraLayer
-
     return {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer)}
 
 
@@ -119,19 +122,20 @@ def lora_scale(payload: dict) -> float:
 
 def save_lora(path: str | Path, generator_lora: dict[str, torch.Tensor],
               critic_lora: dict[str, torch.Tensor] | None = None, step: int = 0, *,
-              rank: int | None = None, alpha: float | None = None) -> Path:
+              lora_rank: int | None = None, alpha: float | None = None) -> Path:
     """Write `{generator_lora, critic_lora, step}` atomically (temp file, then rename) so a crash never truncates.
 
-    rank/alpha default to what the A matrices say and alpha = rank (the spec's scale 1).
+    lora_rank/alpha default to what the A matrices say and alpha = rank (the spec's scale 1).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if rank is None:
+    if lora_rank is None:
         a = next((v for k, v in generator_lora.items() if ".lora_A" in k), None)
-        rank = int(a.shape[0]) if a is not None else None
+        lora_rank = int(a.shape[0]) if a is not None else None
     payload = {"generator_lora": {k: v.detach().cpu() for k, v in generator_lora.items()},
                "critic_lora": None if critic_lora is None else {k: v.detach().cpu() for k, v in critic_lora.items()},
-               "step": int(step), "lora_rank": rank, "lora_alpha": alpha if alpha is not None else rank}
+               "step": int(step), "lora_rank": lora_rank,
+               "lora_alpha": alpha if alpha is not None else lora_rank}
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, str(tmp))
     tmp.replace(path)
@@ -147,8 +151,6 @@ def load_lora(path: str | Path) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"LoRA file not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         obj: dict = {"generator_lora": load_file(str(path))}
     else:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -164,8 +166,6 @@ def load_lora(path: str | Path) -> dict:
 
 def infer_config(sd: dict[str, torch.Tensor], preset: str | None = None):
     """The ModelConfig of a generator state dict: the named preset, else the preset whose shapes match."""
-    from longlive.model.presets import PRESETS
-
     if preset is not None:
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
@@ -188,9 +188,6 @@ def merge_lora_into_checkpoint(base_ckpt: str | Path, lora_path: str | Path, out
     The model is rebuilt and loaded strictly, so a checkpoint that does not fit its preset fails loudly here
     rather than at inference. Merging happens in float32 in the checkpoint's own dtype (recipes.merge_lora).
     """
-    from longlive.model.checkpoint import load_generator, read_generator_file, save_generator
-    from longlive.model.dit import build_model
-
     payload = load_lora(lora_path)
     lora = payload.get(which)
     if not lora:
@@ -211,7 +208,7 @@ def merge_lora_into_checkpoint(base_ckpt: str | Path, lora_path: str | Path, out
 
 
 def add_lora_parser(subparsers) -> argparse.ArgumentParser:
-    """`lora merge --base CKPT --lora LORA --out OUT [--which generator_lora] [--preset P] [--scale S]`."""
+    """`lora merge --base CKPT --lora LORA --out OUT [--which generator_lora] [--model P] [--scale S]`."""
     p = subparsers.add_parser("lora", help="LoRA utilities (merge a trained adapter into a generator)")
     sub = p.add_subparsers(dest="lora_cmd", required=True)
     m = sub.add_parser("merge", help="merge W + (alpha/rank)·B·A into a generator checkpoint (before quantising)")
@@ -219,7 +216,7 @@ def add_lora_parser(subparsers) -> argparse.ArgumentParser:
     m.add_argument("--lora", required=True, help="LoRA file {generator_lora, critic_lora, step}")
     m.add_argument("--out", required=True, help="merged generator checkpoint to write")
     m.add_argument("--which", default="generator_lora", choices=("generator_lora", "critic_lora"))
-    m.add_argument("--preset", default=None, help="model preset (default: inferred from the checkpoint's shapes)")
+    m.add_argument("--model", default=None, help="model preset (default: inferred from the checkpoint's shapes)")
     m.add_argument("--scale", type=float, default=None, help="override alpha/rank")
     p.set_defaults(func=cmd_lora)
     return p
@@ -228,7 +225,7 @@ def add_lora_parser(subparsers) -> argparse.ArgumentParser:
 def cmd_lora(args: argparse.Namespace) -> int:
     if args.lora_cmd == "merge":
         check_out_file(args.out)
-        out = merge_lora_into_checkpoint(args.base, args.lora, args.out, args.which, preset=args.preset,
+        out = merge_lora_into_checkpoint(args.base, args.lora, args.out, args.which, preset=args.model,
                                          scale=args.scale)
         print(f"merged {args.which} from {args.lora} into {args.base} -> {out}")
         return 0

@@ -10,6 +10,7 @@ Both return flat metric dicts (result-row columns) plus per-iteration lists; the
 from __future__ import annotations
 
 import gc
+import resource
 import statistics
 import time
 from pathlib import Path
@@ -17,6 +18,12 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from longlive.measure.memory import peaks, reset_peaks
+from longlive.model.dit import build_model
+from longlive.model.presets import get_preset
+from longlive.train.dmd import DMDConfig, DMDTrainer
+from longlive.train.trainer import ARTrainer, RandomLatentData, TrainConfig
 
 PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "GB200": 2450.0, "B200": 2250.0}
 """Dense BF16 tensor-core peaks per GPU (vendor datasheets, no sparsity): MFU denominators."""
@@ -59,20 +66,13 @@ def release_memory() -> None:
 
 
 def _rss_gb() -> float | None:
-    import resource
-
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # Linux: KiB → GB
 
 
-def measure_train(preset: str, frames: int, *, precision: str, layout: str, iters: int, device: torch.device,
+def measure_train(preset: str, frames: int, *, precision: str, train_layout: str, iters: int, device: torch.device,
                   out_dir: Path, seed: int = 0, attn: str = "auto", error_recycling: bool = False,
                   sp_group=None, log=print) -> dict[str, Any]:
     """`iters` timed iterations after one warm-up. Call on every rank; sp_group spans the SP ranks (or None)."""
-    from longlive.measure.memory import peaks, reset_peaks
-    from longlive.model.dit import build_model
-    from longlive.model.presets import get_preset
-    from longlive.train.trainer import ARTrainer, RandomLatentData, TrainConfig
-
     mc = get_preset(preset)
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     rank = dist.get_rank() if world > 1 else 0
@@ -83,9 +83,9 @@ def measure_train(preset: str, frames: int, *, precision: str, layout: str, iter
         raise ValueError("iters must be ≥ 1")
     reset_peaks(device)
     model = build_model(mc, device=device, seed=seed)
-    cfg = TrainConfig(steps=10**9, precision=precision, sp_layout=layout if sp > 1 else "none", fsdp=True,
-                      activation_checkpointing=True, resume=False, progress=False, ckpt_every=10**9, seed=seed,
-                      attn=attn, error_recycling=error_recycling)
+    cfg = TrainConfig(train_steps=10**9, precision=precision, train_layout=train_layout if sp > 1 else "none",
+                      fsdp=True, activation_checkpointing=True, resume=False, progress=False, ckpt_every=10**9,
+                      seed=seed, attn=attn, error_recycling=error_recycling)
     data = RandomLatentData(mc, frames, seed=seed, rank=rank // sp)
     trainer = ARTrainer(model, cfg, data, out_dir, device=device, sp_group=sp_group)
     secs, losses = [], []
@@ -117,14 +117,9 @@ def measure_train(preset: str, frames: int, *, precision: str, layout: str, iter
 
 
 def measure_dmd(preset: str, latents: int, *, rung: str | tuple[str, str, str], iters: int, device: torch.device,
-                out_dir: Path, seed: int = 0, rank: int = 128, attn: str = "auto", dtype: torch.dtype = torch.bfloat16,
-                log=print) -> dict[str, Any]:
+                out_dir: Path, seed: int = 0, lora_rank: int = 128, attn: str = "auto",
+                dtype: torch.dtype = torch.bfloat16, log=print) -> dict[str, Any]:
     """DMD iterations on one device; `rung` names a Table 2 rung (DMD_RUNGS) or gives the three formats."""
-    from longlive.measure.memory import peaks, reset_peaks
-    from longlive.model.dit import build_model
-    from longlive.model.presets import get_preset
-    from longlive.train.dmd import DMDConfig, DMDTrainer
-
     mc = get_preset(preset)
     if latents % mc.chunk_frames:
         raise ValueError(f"DMD latents must be whole blocks of {mc.chunk_frames}; got {latents}")
@@ -133,8 +128,9 @@ def measure_dmd(preset: str, latents: int, *, rung: str | tuple[str, str, str], 
             raise ValueError(f"unknown DMD rung {rung!r}; choose one of {', '.join(DMD_RUNGS)}")
         rung = DMD_RUNGS[rung]
     gq, tq, cq = rung
-    cfg = DMDConfig(num_blocks=latents // mc.chunk_frames, rank=rank, alpha=float(rank), quant_generator=gq,
-                    quant_teacher=tq, quant_critic=cq, activation_checkpointing=True, attn=attn, seed=seed)
+    cfg = DMDConfig(num_blocks=latents // mc.chunk_frames, lora_rank=lora_rank, alpha=float(lora_rank),
+                    quant_generator=gq, quant_teacher=tq, quant_critic=cq, activation_checkpointing=True,
+                    attn=attn, seed=seed)
     g = torch.Generator().manual_seed(seed)
 
     def prompts():
@@ -162,7 +158,7 @@ def measure_dmd(preset: str, latents: int, *, rung: str | tuple[str, str, str], 
            "generator_loss": gen[-1] if gen else None, "critic_loss": steps[-1]["critic_loss"],
            "extra": {"iter_s_all": secs, "steps": steps, "frozen_formats": {"generator": gq, "teacher": tq,
                                                                              "critic": cq},
-                     "lora_rank": rank, "rss_gb": _rss_gb()}}
+                     "lora_rank": lora_rank, "rss_gb": _rss_gb()}}
     del trainer
     release_memory()
     return out

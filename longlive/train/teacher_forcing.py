@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 if TYPE_CHECKING:
     from longlive.train.error_recycling import ErrorRecycler
@@ -184,8 +185,6 @@ _COMPILED_FLEX = None
 def _flex_attention():
     """flex_attention compiled once (on GPU eager Flex is a slow reference path)."""
     global _COMPILED_FLEX
-    from torch.nn.attention.flex_attention import flex_attention
-
     if _COMPILED_FLEX is None:
         _COMPILED_FLEX = torch.compile(flex_attention, dynamic=False)
     return _COMPILED_FLEX
@@ -224,8 +223,6 @@ class MaskedAttention:
         if kind == "dense":
             self._mask = dense_mask(self.mask_mod, self.length, device)
         else:
-            from torch.nn.attention.flex_attention import create_block_mask
-
             self._mask = create_block_mask(self.mask_mod, None, None, self.length, self.length, device=device,
                                            _compile=device.type == "cuda")
         if key is not None:
@@ -243,8 +240,6 @@ class MaskedAttention:
         if kind == "dense":
             out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask)
         else:
-            from torch.nn.attention.flex_attention import flex_attention
-
             if q.device.type != "cuda" and torch.is_grad_enabled() and q.requires_grad:
                 raise ValueError("FlexAttention has no CPU backward; use attn='dense' (or 'auto') for CPU training")
             fn = _flex_attention() if q.device.type == "cuda" else flex_attention

@@ -1,6 +1,6 @@
 """The tiny default: train every component of the `tiny` preset on procedural video, on CPU, in minutes.
 
-    longlive train --preset tiny --tiny-default [--minutes 14] [--out DIR]
+    longlive train --model tiny --tiny-default [--minutes 14] [--out DIR]
 
 1. the autoencoder: the tiny preset's linear patch codec (`longlive.vae.pca_codec`), fitted in closed form to
    procedural clips in seconds — the Wan2.2 VAE graph at tiny widths does not learn the shapes on 2 CPU cores in
@@ -9,7 +9,7 @@
    bag-of-words pretraining on the training captions (`TinyRecipe.text_pretrain_steps`, `longlive.text.pretrain`);
 3. the AR model by teacher forcing on cached latents of procedural clips;
 4. a 2-step LoRA by DMD on top of it, merged into its own checkpoint.
-Weights land in LONGLIVE_WEIGHTS/tiny (where `longlive generate --preset tiny` and `make reproduce` look), with
+Weights land in LONGLIVE_WEIGHTS/tiny (where `longlive generate --model tiny` and `make reproduce` look), with
 `tiny_eval.json`: palette match (fraction of pixels on the procedural palette; 1.0 for real clips) and temporal
 flickering of generations for 4-step, 2-step (LoRA) and NVFP4-quantised variants, plus frame strips; and the
 VAE's reconstruction PSNR / palette match on a held-out 61-frame clip with `vae_reconstruction.png` (top: the
@@ -18,19 +18,42 @@ clip, bottom: its reconstruction).
 
 from __future__ import annotations
 
+import argparse
+import copy
 import hashlib
 import itertools
 import json
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
-from longlive.model.checkpoint import read_generator_file
-from longlive.output import write_text_atomic
+from longlive.eval.flicker import temporal_flickering
+from longlive.eval.palette import foreground_fraction, palette_match, prompt_colour_match
+from longlive.eval.shapes import centroid_travel, named_shape, shape_iou, shape_match
+from longlive.infer.assemble import make_video
+from longlive.infer.video import VideoRequest
+from longlive.measure.manifest import manifest
+from longlive.model.checkpoint import read_generator_file, save_generator
+from longlive.model.dit import build_model
+from longlive.model.presets import get_preset
+from longlive.output import write_frame_strip, write_text_atomic
+from longlive.quant.recipes import merge_lora
+from longlive.text import EmbeddingCache, build_text_encoder
+from longlive.text.pretrain import pretrain_bag_of_words
+from longlive.text.tiny import save_tiny_text_encoder
+from longlive.train.data import COLOURS, LatentCache, ProceduralDataset, ProceduralVideos, training_samples
+from longlive.train.dmd import DMDConfig, DMDTrainer
+from longlive.train.lora import load_lora, normalise_lora_keys
+from longlive.train.trainer import ARTrainer, TrainConfig
+from longlive.train.vae_train import reconstruction_quality
+from longlive.vae import build_vae
+from longlive.vae.pca_codec import fit_pca_codec, save_codec
 from longlive.weights import SHIPPED_TINY
 
 
@@ -86,7 +109,7 @@ class TinyRecipe:
         return {"task": {k: plain.pop(k) for k in self.task}, **plain}
 
 
-RETRAIN_COMMAND = ("longlive train --preset tiny --tiny-default --out DIR  (2 CPU cores, 14 min), then "
+RETRAIN_COMMAND = ("longlive train --model tiny --tiny-default --out DIR  (2 CPU cores, 14 min), then "
                    "python -m longlive.train.tiny ship DIR")
 # What `ship` copies into the package (longlive/assets/tiny): generator pickles become safetensors.
 SHIPPED = {"model_bf16.pt": "model_bf16.safetensors", "model_2step.pt": "model_2step.safetensors",
@@ -116,7 +139,7 @@ def ship(src: Path, dest: Path | None = None, *, notes: str | None = None) -> di
         tmp.replace(dest / shipped)
         data = (dest / shipped).read_bytes()
         files[shipped] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    man = {"what": "the tiny preset's trained weights (longlive train --preset tiny --tiny-default)",
+    man = {"what": "the tiny preset's trained weights (longlive train --model tiny --tiny-default)",
            "trained": evaluation.get("manifest", {}), "recipe": evaluation.get("manifest", {}).get("config", {}).get(
                "recipe", TinyRecipe().as_dict()),
            "minutes": evaluation.get("minutes"), "ar_steps": evaluation.get("ar_steps"),
@@ -129,10 +152,6 @@ def ship(src: Path, dest: Path | None = None, *, notes: str | None = None) -> di
 
 def named_colours(text: str) -> torch.Tensor:
     """RGB [K, 3] of the palette colours a caption or prompt names, the grey background excepted."""
-    import re
-
-    from longlive.train.data import COLOURS
-
     words = set(re.findall(r"[a-z]+", text.lower()))
     return torch.tensor([rgb for name, rgb in COLOURS.items() if name != "grey" and name in words])
 
@@ -145,19 +164,6 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0, recipe: TinyR
                samples: int | None = None,
                codec_clips: int = 128, eval_seeds: int | None = None) -> dict:
     """The whole recipe under a wall-clock budget; `samples` / `codec_clips` / `eval_seeds` shrink it for tests."""
-    from longlive.eval.palette import palette_match
-    from longlive.model.checkpoint import save_generator
-    from longlive.model.dit import build_model
-    from longlive.model.presets import get_preset
-    from longlive.output import write_frame_strip
-    from longlive.text import EmbeddingCache, build_text_encoder
-    from longlive.text.tiny import save_tiny_text_encoder
-    from longlive.train.data import COLOURS, LatentCache, ProceduralDataset, ProceduralVideos, training_samples
-    from longlive.train.trainer import ARTrainer, TrainConfig
-    from longlive.train.vae_train import reconstruction_quality
-    from longlive.vae import build_vae
-    from longlive.vae.pca_codec import fit_pca_codec, save_codec
-
     t_start = time.perf_counter()
     r = recipe or TinyRecipe()
     budget = minutes * 60
@@ -189,8 +195,6 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0, recipe: TinyR
     text = build_text_encoder("tiny", seed=seed, device="cpu")
     text_info: dict = {"pretrain_steps": 0}
     if r.text_pretrain_steps:
-        from longlive.text.pretrain import pretrain_bag_of_words
-
         captions = [c for i in range(len(ds)) for c in ds.captions(i)]
         text_info = pretrain_bag_of_words(text, captions, steps=r.text_pretrain_steps, seed=seed, log=_log)
     save_tiny_text_encoder(text, out / "text_encoder.safetensors")
@@ -209,8 +213,8 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0, recipe: TinyR
     # (lr 4e-3 reached in 150 s the held-out loss run5 reached in 11 min), and 10 % empty-prompt samples so the
     # DMD teacher's CFG against the empty prompt means something.
     probe_steps = 400
-    trainer = ARTrainer(model, TrainConfig(steps=probe_steps, lr=r.ar_lr, batch_size=r.ar_batch, betas=(0.9, 0.99),
-                                           lr_schedule="cosine",
+    trainer = ARTrainer(model, TrainConfig(train_steps=probe_steps, lr=r.ar_lr, batch_size=r.ar_batch,
+                                           betas=(0.9, 0.99), lr_schedule="cosine",
                                            warmup_steps=200, lr_min_ratio=0.05, text_dropout=0.1,
                                            loss_weighting=r.loss_weighting, error_recycling=r.error_recycling,
                                            timestep_density=r.timestep_density,
@@ -229,10 +233,10 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0, recipe: TinyR
     # The cosine schedule has barely moved after warm-up, so fixing its length now costs nothing; it is fixed
     # again half-way, from the measured rate, and only its tail stretches or shrinks.
     steps = plan(time.perf_counter() - t_ar)
-    trainer.cfg.steps, trainer.cfg.ema_start, trainer.cfg.ckpt_every = steps, steps // 2, max(50, steps // 4)
+    trainer.cfg.train_steps, trainer.cfg.ema_start, trainer.cfg.ckpt_every = steps, steps // 2, max(50, steps // 4)
     trainer.run(until=steps // 2)
     steps = max(trainer.step + 10, plan(time.perf_counter() - t_ar))
-    trainer.cfg.steps, trainer.cfg.ckpt_every = steps, max(50, steps // 4)
+    trainer.cfg.train_steps, trainer.cfg.ckpt_every = steps, max(50, steps // 4)
     summary = trainer.run()
     per_step = (time.perf_counter() - t_ar) / steps
     with torch.no_grad():  # ship the EMA of the second half (averages out the constant-lr noise of the last steps)
@@ -246,9 +250,6 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0, recipe: TinyR
                             guidance=r.dmd_guidance)
 
     # 5. evaluation ---------------------------------------------------------------------------------------------
-    from longlive.eval.palette import foreground_fraction, prompt_colour_match
-    from longlive.eval.shapes import centroid_travel, named_shape, shape_match
-
     clips = [gen.clip(20_000 + i, 29) for i in range(4)]
     # Motion over the generated length (61 frames), on 12 clips: the evaluation's 3 prompts × 4 seeds.
     grey = torch.tensor(COLOURS["grey"])
@@ -263,8 +264,6 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0, recipe: TinyR
                                          "centroid_travel_px": sum(real_travel) / len(real_travel)}}
     seeds = eval_seeds or EVAL_SEEDS
     evals.update(_evaluate(out, palette, seeds=seeds))
-    from longlive.measure.manifest import manifest
-
     result = {"manifest": manifest({"recipe": r.as_dict(), "minutes": minutes}, seed),
               "minutes": (time.perf_counter() - t_start) / 60, "vae": {"kind": "pca codec", **codec_stats},
               "vae_reconstruction": vae_quality, "text_encoder": text_info, "ar_steps": steps, "ar_summary": summary,
@@ -285,19 +284,12 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0, recipe: TinyR
 
 def _train_lora(model, samples, out: Path, *, seconds: float, seed: int, guidance: float) -> dict:
     """A few DMD steps with a LoRA generator (2-step target); merged into model_2step.pt."""
-    import copy
-
-    from longlive.model.checkpoint import save_generator
-    from longlive.quant.recipes import merge_lora
-    from longlive.train.dmd import DMDConfig, DMDTrainer
-    from longlive.train.lora import load_lora, normalise_lora_keys
-
     if seconds < 20:
         _log("LoRA: skipped (no time left in the budget)")
         return {"steps": 0}
     base = copy.deepcopy(model)
     prompts = itertools.cycle([s["prompt_embeds"][:1] for s in samples])
-    dmd = DMDTrainer(base, DMDConfig(num_blocks=2, steps=4, rank=8, alpha=8, seed=seed, lr_generator=1e-4,
+    dmd = DMDTrainer(base, DMDConfig(num_blocks=2, steps=4, lora_rank=8, alpha=8, seed=seed, lr_generator=1e-4,
                                      lr_critic=1e-4, guidance_scale=guidance), prompts, out / "lora")
     t0, n = time.perf_counter(), 0
     while time.perf_counter() - t0 < seconds:
@@ -324,16 +316,8 @@ EVAL_SEEDS = 4
 def _evaluate(out: Path, palette: torch.Tensor, seeds: int = EVAL_SEEDS) -> dict:
     """Each variant on EVAL_PROMPTS × EVAL_SEEDS: palette match, prompt-colour match, foreground fraction and
     temporal flickering averaged over all of them, and one strip per variant with a row per prompt (seed 0)."""
-    from PIL import Image
-
-    from longlive.eval.flicker import temporal_flickering
-    from longlive.eval.palette import foreground_fraction, palette_match, prompt_colour_match
-    from longlive.eval.shapes import centroid_travel, named_shape, shape_iou, shape_match
-    from longlive.infer.video import VideoRequest, make_video
-    from longlive.train.data import COLOURS
-
     runs = {"4-step": {}, "2-step (LoRA)": {"steps": 2, "checkpoint": out / "model_2step.pt"},
-            "4-step NVFP4 W4A4 + NVFP4 KV": {"quant": "nvfp4", "kv_quant": "nvfp4"}}
+            "4-step NVFP4 W4A4 + NVFP4 KV": {"linear_quant": "nvfp4", "kv_quant": "nvfp4"}}
     grey = torch.tensor(COLOURS["grey"])
     res = {}
     for name, kw in runs.items():
@@ -343,14 +327,14 @@ def _evaluate(out: Path, palette: torch.Tensor, seeds: int = EVAL_SEEDS) -> dict
         pal, col, col0, fg, flick, fps, rows, shp, iou, mov = [], [], [], [], [], [], [], [], [], []
         for i, prompt in enumerate(EVAL_PROMPTS):
             for seed in range(seeds):
-                req = VideoRequest(preset="tiny", frames=16, prompts=[prompt], steps=kw.get("steps", 4),
+                req = VideoRequest(model="tiny", frames=16, prompts=[prompt], steps=kw.get("steps", 4),
                                    seed=100 * i + seed, checkpoint=kw.get("checkpoint", out / "model_bf16.pt"),
                                    vae=out / "vae.safetensors", text_encoder=out / "text_encoder.safetensors",
-                                   quant=kw.get("quant", "none"), kv_quant=kw.get("kv_quant", "none"),
+                                   linear_quant=kw.get("linear_quant", "none"), kv_quant=kw.get("kv_quant", "none"),
                                    progress=False)
                 where = out / "samples" / tag / (str(i) if seed == 0 else f"{i}-{seed}")
                 r = make_video(req, where)
-                frames = r["video_uint8"]
+                frames = r.video
                 pal.append(palette_match(frames, palette))
                 col.append(prompt_colour_match(frames, named_colours(prompt), grey))
                 col0.append(prompt_colour_match(frames[:1], named_colours(prompt), grey))  # the unconditioned chunk
@@ -360,7 +344,7 @@ def _evaluate(out: Path, palette: torch.Tensor, seeds: int = EVAL_SEEDS) -> dict
                 iou.append(shape_iou(frames, kind, grey))
                 mov.append(centroid_travel(frames, grey))
                 flick.append(float(temporal_flickering(frames)))
-                fps.append(r["denoise_fps"])
+                fps.append(r.metrics["denoise_fps"])
                 if seed == 0:
                     rows.append(Image.open(where / "strip.png").convert("RGB"))
         sheet = Image.new("RGB", (max(r.width for r in rows), sum(r.height + 2 for r in rows) - 2), (255, 255, 255))
@@ -384,14 +368,12 @@ def _evaluate(out: Path, palette: torch.Tensor, seeds: int = EVAL_SEEDS) -> dict
                      "per_prompt": {"palette_match": per_prompt(pal), "prompt_colour_match": per_prompt(col),
                                     "shape_match": per_prompt(shp)},
                      "strip": str(out / "samples" / tag / "strip.png"),
-                     "weight_rule": req.weight_rule if req.quant == "nvfp4" else None}
+                     "weight_rule": req.weight_rule if req.linear_quant == "nvfp4" else None}
     return res
 
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m longlive.train.tiny ship RUN_DIR [--dest DIR] [--notes TEXT]`."""
-    import argparse
-
     ap = argparse.ArgumentParser(prog="python -m longlive.train.tiny", description=main.__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     sp = sub.add_parser("ship", help="copy a finished --tiny-default run into longlive/assets/tiny with its manifest")

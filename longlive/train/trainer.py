@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import resource
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -31,7 +32,25 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import distribute_tensor
+from torch.utils.checkpoint import checkpoint
+from tqdm import tqdm
 
+from longlive.measure.roofline import linear_macs_per_token_layer, training_metrics
+from longlive.model import dit
+from longlive.model.presets import get_preset
+from longlive.names import TRAIN_LAYOUTS
+from longlive.parallel.groups import init_parallel
+from longlive.train.balanced import local_frame_range, sp_loss
 from longlive.train.checkpoint import (
     capture_rng,
     checkpoint_path,
@@ -52,7 +71,7 @@ from longlive.train.teacher_forcing import (
 
 log = logging.getLogger("longlive.train")
 
-SP_LAYOUTS = ("none", "balanced", "traditional")
+SP_LAYOUTS = TRAIN_LAYOUTS
 LR_SCHEDULES = ("constant", "cosine")
 BASE_PRECISIONS = ("fp32", "bf16")
 
@@ -61,7 +80,7 @@ BASE_PRECISIONS = ("fp32", "bf16")
 class TrainConfig:
     """Stage-1 hyper-parameters; defaults follow the release (spec 04) except the step count."""
 
-    steps: int = 600
+    train_steps: int = 600
     lr: float = 1e-5
     # Samples per optimiser step (single process, single-prompt samples only): one batched forward pass
     # (`batched_teacher_forcing_loss`); the release trains one sample per GPU.
@@ -85,7 +104,7 @@ class TrainConfig:
     ckpt_every: int = 100
     keep_checkpoints: int = 2
     seed: int = 0
-    sp_layout: str = "none"
+    train_layout: str = "none"
     activation_checkpointing: bool = False
     fsdp: bool = False
     precision: str = "fp32"
@@ -101,12 +120,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
-        if self.sp_layout not in SP_LAYOUTS:
-            raise ValueError(f"unknown sp layout {self.sp_layout!r}; choose one of {', '.join(SP_LAYOUTS)}")
+        if self.train_layout not in SP_LAYOUTS:
+            raise ValueError(f"unknown train_layout {self.train_layout!r}; choose one of {', '.join(SP_LAYOUTS)}")
         if isinstance(self.error_recycling_config, dict):
             self.error_recycling_config = ErrorRecyclingConfig(**self.error_recycling_config)
-        if self.steps < 0 or self.ckpt_every < 1 or self.log_every < 1:
-            raise ValueError("steps must be ≥ 0 and ckpt_every / log_every ≥ 1")
+        if self.train_steps < 0 or self.ckpt_every < 1 or self.log_every < 1:
+            raise ValueError("train_steps must be ≥ 0 and ckpt_every / log_every ≥ 1")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
         if self.warmup_steps < 0 or not 0.0 <= self.lr_min_ratio <= 1.0:
@@ -128,7 +147,7 @@ class TrainConfig:
             return self.lr * (step + 1) / self.warmup_steps
         if self.lr_schedule == "constant":
             return self.lr
-        span = max(1, self.steps - self.warmup_steps - 1)
+        span = max(1, self.train_steps - self.warmup_steps - 1)
         frac = min(1.0, (step - self.warmup_steps) / span)
         return self.lr * (self.lr_min_ratio + (1 - self.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
 
@@ -145,8 +164,6 @@ def apply_activation_checkpointing(model: nn.Module) -> nn.Module:
     Patches each block's forward in place instead of wrapping the module, so parameter names (and hence
     checkpoints and FSDP's per-block sharding) are unchanged. Idempotent.
     """
-    from torch.utils.checkpoint import checkpoint
-
     for blk in model.blocks:
         if getattr(blk, "_longlive_ac", False):
             continue
@@ -171,9 +188,6 @@ def apply_fsdp(model: nn.Module, mesh_or_group, *, param_dtype: torch.dtype = to
     if world == 1:
         log.info("FSDP skipped: world size is 1")
         return False
-    from torch.distributed.device_mesh import DeviceMesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
     mesh = mesh_or_group
     if mesh is None:
         mesh = DeviceMesh.from_group(dist.group.WORLD, dev.type)
@@ -193,7 +207,7 @@ def prepare_precision(model: nn.Module, name: str) -> nn.Module:
     if name in BASE_PRECISIONS:
         return model
     try:
-        from longlive.quant.training import prepare_training_precision
+        from longlive.quant.training import prepare_training_precision  # optional extra: ImportError -> ValueError
     except ImportError:
         raise ValueError(f"training precision {name!r} needs longlive.quant.training, which is not available; "
                          f"choose one of {', '.join(BASE_PRECISIONS)}") from None
@@ -280,8 +294,6 @@ def memory_gb(device: torch.device) -> float:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
     except (OSError, ValueError):
-        import resource
-
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
@@ -290,8 +302,6 @@ def train_flops_per_step(model_cfg, frames: int, tokens_per_frame: int) -> float
 
     Forward on L = 2·F·tpf tokens: GEMMs + masked self-attention at the mask density (N+1)/(4N) + cross-attention.
     """
-    from longlive.measure.roofline import linear_macs_per_token_layer
-
     L = 2 * frames * tokens_per_frame
     n = max(1, frames // model_cfg.chunk_frames)
     layers, d = model_cfg.num_layers, model_cfg.dim
@@ -314,19 +324,19 @@ class ARTrainer:
         self.sp_group = sp_group
         self.sp = dist.get_world_size(sp_group) if (sp_group is not None and self.distributed) else 1
         self.sp_rank = dist.get_rank(sp_group) if self.sp > 1 else 0
-        if self.sp > 1 and cfg.sp_layout == "none":
-            raise ValueError(f"an SP group of {self.sp} ranks was given but sp_layout is 'none'")
+        if self.sp > 1 and cfg.train_layout == "none":
+            raise ValueError(f"an SP group of {self.sp} ranks was given but train_layout is 'none'")
         if self.sp > 1 and cfg.batch_size > 1:
             raise ValueError(f"batch_size {cfg.batch_size} is for single-process training; with sequence parallelism "
                              f"(sp={self.sp}) each SP group trains one sample per step")
-        if self.sp == 1 and cfg.sp_layout != "none":
-            log.info("sp_layout=%s ignored: no SP group with more than one rank", cfg.sp_layout)
+        if self.sp == 1 and cfg.train_layout != "none":
+            log.info("train_layout=%s ignored: no SP group with more than one rank", cfg.train_layout)
         self.is_main = self.rank == 0
         self.recycler: ErrorRecycler | None = None
         if cfg.error_recycling:
             if self.sp > 1:
                 raise ValueError(f"error_recycling is not supported with sequence parallelism (sp={self.sp}, "
-                                 f"{cfg.sp_layout} layout): the SP losses do not expose the per-block predictions "
+                                 f"{cfg.train_layout} layout): the SP losses do not expose the per-block predictions "
                                  f"it records; run error recycling with sp=1 (data parallel is fine)")
             self.recycler = ErrorRecycler(cfg.error_recycling_config)
 
@@ -429,9 +439,7 @@ class ARTrainer:
             return teacher_forcing_loss(self.model, x0.to(dev), pe, fp, noise=noise, t_index=t_index,
                                         attn=self.cfg.attn, recycler=rec, recycle_generator=rg,
                                         loss_weighting=self.cfg.loss_weighting)
-        from longlive.train.balanced import local_frame_range, sp_loss
-
-        if self.cfg.sp_layout == "balanced":
+        if self.cfg.train_layout == "balanced":
             # per-rank timesteps/noise for this rank's own frames, seeded by base seed + global rank (spec 04)
             lo, hi = local_frame_range(frames, self.sp_rank, self.sp)
             g = self._generator(step, self.rank)
@@ -494,17 +502,15 @@ class ARTrainer:
 
     # -- the loop ----------------------------------------------------------------------------------------------
     def run(self, until: int | None = None) -> dict[str, Any]:
-        """Train from the current step to cfg.steps (or stop early at `until`, leaving the lr schedule, which is
-        defined over cfg.steps, untouched); returns (and writes) the summary."""
-        from tqdm import tqdm
-
+        """Train from the current step to cfg.train_steps (or stop early at `until`, leaving the lr schedule, which is
+        defined over cfg.train_steps, untouched); returns (and writes) the summary."""
         cfg = self.cfg
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="it",
+        bar = tqdm(total=cfg.train_steps, initial=self.step, desc="train", unit="it",
                    disable=not (cfg.progress and self.is_main))
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        stop = cfg.steps if until is None else min(until, cfg.steps)
+        stop = cfg.train_steps if until is None else min(until, cfg.train_steps)
         while self.step < stop:
             t0 = time.perf_counter()
             m = self.train_step()
@@ -515,7 +521,7 @@ class ARTrainer:
             mem = memory_gb(self.device)
             rec = {"step": self.step, "loss": m["loss"], "grad_norm": m["grad_norm"], "lr": m["lr"], "step_s": dt,
                    "mem_gb": mem, "mem_kind": "cuda_peak_allocated" if self.device.type == "cuda" else "rss"}
-            if self.is_main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
+            if self.is_main and (self.step % cfg.log_every == 0 or self.step == cfg.train_steps):
                 with open(self.out_dir / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(rec) + "\n")
             bar.set_postfix(loss=f"{m['loss']:.4f}", mem=f"{mem:.2f}GB")
@@ -526,9 +532,7 @@ class ARTrainer:
         return self._summary()
 
     def _summary(self) -> dict[str, Any]:
-        from longlive.measure.roofline import training_metrics
-
-        s: dict[str, Any] = {"steps": self.step, "steps_this_run": len(self.step_seconds), "fsdp": self.fsdp,
+        s: dict[str, Any] = {"train_steps": self.step, "steps_this_run": len(self.step_seconds), "fsdp": self.fsdp,
                              "sp": self.sp, "world": self.world, "device": str(self.device),
                              "tokens_per_step": self.tokens_per_step, "flops_per_step": self.flops_per_step}
         if len(self.step_seconds) > 1:
@@ -544,15 +548,11 @@ class ARTrainer:
     # -- checkpoints -------------------------------------------------------------------------------------------
     def _model_state(self) -> dict[str, torch.Tensor]:
         if self.fsdp:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
             return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
 
     def _optim_state(self) -> dict[str, Any]:
         if self.fsdp:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
             return get_optimizer_state_dict(self.model, self.optim,
                                             options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return self.optim.state_dict()
@@ -593,12 +593,6 @@ class ARTrainer:
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore everything a step depends on; the data stream is restored or, lacking state_dict, fast-forwarded."""
         if self.fsdp:
-            from torch.distributed.checkpoint.state_dict import (
-                StateDictOptions,
-                set_model_state_dict,
-                set_optimizer_state_dict,
-            )
-
             opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
             set_model_state_dict(self.model, state["model"], options=opts)
             set_optimizer_state_dict(self.model, self.optim, state["optim"], options=opts)
@@ -609,8 +603,6 @@ class ARTrainer:
             for (n, _), e in zip(self.named_params, self.ema, strict=True):
                 src = state["ema"][n]
                 if hasattr(e, "device_mesh"):
-                    from torch.distributed.tensor import distribute_tensor
-
                     src = distribute_tensor(src.to(e.device), e.device_mesh, e.placements)
                     e.copy_(src)
                 else:
@@ -637,8 +629,9 @@ class ARTrainer:
         state = load_latest(self.out_dir)
         if state is None:
             return
-        old = {k: v for k, v in state.get("config", {}).items() if k not in ("steps", "resume", "progress")}
-        new = {k: v for k, v in self.cfg.to_dict().items() if k not in ("steps", "resume", "progress")}
+        free = ("steps", "train_steps", "resume", "progress")  # "steps": checkpoints written before the rename
+        old = {k: v for k, v in state.get("config", {}).items() if k not in free}
+        new = {k: v for k, v in self.cfg.to_dict().items() if k not in free}
         diff = {k: (old.get(k), new.get(k)) for k in new if old.get(k) != new.get(k) and k in old}
         if diff:
             log.warning("resuming with a changed config: %s", diff)
@@ -661,7 +654,7 @@ class ARTrainer:
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
     """`longlive train`: Stage-1 teacher-forcing fine-tune (the lead wires this into longlive/cli.py)."""
     p = subparsers.add_parser("train", help="Stage-1 AR teacher-forcing fine-tune (resumable)")
-    p.add_argument("--preset", default="tiny")
+    p.add_argument("--model", default="tiny")
     p.add_argument("--train-steps", type=int, default=600,
                    help="optimiser steps (denoising steps are `generate --steps`)")
     p.add_argument("--out", default=None, help="run directory: metrics.jsonl, summary.json, checkpoints/ (required "
@@ -682,7 +675,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=1)
     p.add_argument("--ema-start", type=int, default=100)
     p.add_argument("--sp", type=int, default=1, help="sequence-parallel degree (launch with torchrun)")
-    p.add_argument("--sp-layout", choices=["balanced", "traditional"], default="balanced")
+    p.add_argument("--train-layout", choices=["balanced", "traditional"], default="balanced")
     p.add_argument("--fsdp", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--error-recycling", action=argparse.BooleanOptionalAction, default=False,
@@ -708,11 +701,8 @@ def build_data(spec: str, model_cfg, frames: int, seed: int, rank: int = 0, rank
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from longlive.model.dit import build_model
-    from longlive.model.presets import get_preset
-
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    mc = get_preset(args.preset)
+    mc = get_preset(args.model)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
     frames = args.frames or 2 * mc.chunk_frames
@@ -720,13 +710,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ValueError(f"--error-recycling is not supported with --sp {args.sp} (sequence parallelism); use --sp 1")
     sp_group, rank = None, 0
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 or args.sp > 1:
-        from longlive.parallel.groups import init_parallel
-
         pd = init_parallel(args.sp, device=str(device) if args.device else None)
         device, sp_group, rank = pd.device, pd.sp_group, pd.rank
-    cfg = TrainConfig(steps=args.train_steps, lr=args.lr, seed=args.seed, precision=precision, resume=args.resume,
+    cfg = TrainConfig(train_steps=args.train_steps, lr=args.lr, seed=args.seed, precision=precision, resume=args.resume,
                       ckpt_every=args.ckpt_every, log_every=args.log_every, ema_start=args.ema_start,
-                      sp_layout=args.sp_layout if args.sp > 1 else "none", fsdp=args.fsdp,
+                      train_layout=args.train_layout if args.sp > 1 else "none", fsdp=args.fsdp,
                       activation_checkpointing=args.activation_checkpointing, progress=not args.no_progress,
                       error_recycling=args.error_recycling, lr_schedule=args.lr_schedule,
                       warmup_steps=args.warmup_steps, text_dropout=args.text_dropout)
@@ -735,7 +723,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     dp = max(1, int(os.environ.get("WORLD_SIZE", "1")) // max(1, args.sp))
     data = build_data(args.data, mc, frames, args.seed, rank=rank // max(1, args.sp), ranks=dp,
                       cache_dir=Path(args.out) / "data_cache")
-    model = build_model(mc, device=device, seed=args.seed)
+    model = dit.build_model(mc, device=device, seed=args.seed)  # through the module: tests patch dit.build_model
     summary = ARTrainer(model, cfg, data, args.out, device=device, sp_group=sp_group).run()
     if rank == 0:
         shown = {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in summary.items()}

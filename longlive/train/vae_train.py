@@ -26,9 +26,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
+from longlive.eval.palette import palette_match
 from longlive.vae.causal import CausalCache
-from longlive.vae.layers import patchify, unpatchify
+from longlive.vae.layers import AttentionBlock, ResidualBlock, patchify, unpatchify
 
 
 def encode_mu(vae, video: torch.Tensor) -> torch.Tensor:
@@ -78,8 +80,6 @@ def window_reconstruct(vae, video: torch.Tensor, start: int, n: int) -> tuple[to
 
 def zero_init_residuals(vae) -> None:
     """Start every residual branch (second conv) and attention output projection at zero: identity blocks."""
-    from longlive.vae.layers import AttentionBlock, ResidualBlock
-
     for m in vae.modules():
         if isinstance(m, ResidualBlock):
             torch.nn.init.zeros_(m.residual["6"].weight)
@@ -159,8 +159,6 @@ def reconstruction_quality(vae, frames: torch.Tensor, palette: torch.Tensor) -> 
     """PSNR (dB, pixels in [-1, 1]) and palette match of one clip through `vae.encode`/`vae.decode`.
 
     frames: uint8 [T, H, W, 3]. Returns (metrics, reconstructed uint8 frames)."""
-    from longlive.eval.palette import palette_match
-
     video = to_unit(frames)[None]
     rec = vae.decode(vae.encode(video))
     mse = (rec - video).pow(2).mean(dim=(0, 1, 3, 4)).clamp_min(1e-10)
@@ -184,8 +182,6 @@ def measure_latent_stats(vae, clips, n: int = 8) -> tuple[list[float], list[floa
 
 
 def save_vae(vae, out: Path, mean: list[float], std: list[float]) -> None:
-    from safetensors.torch import save_file
-
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(tmp))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .pca_codec import PCACodecConfig
+
 WAN22_LATENT_MEAN = (
     -0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557,
     -0.1382, 0.0542, 0.2813, 0.0891, 0.1570, -0.0098, 0.0375, -0.1825,
@@ -90,8 +92,6 @@ VAE_PRESETS: dict[str, VAEConfig] = {
 
 
 def _codec_presets() -> dict:
-    from .pca_codec import PCACodecConfig
-
     # The tiny preset's autoencoder: a fitted linear patch codec with the Wan interface (see pca_codec.py for why).
     return {"tiny-pca": PCACodecConfig("tiny-pca", z_dim=16, stride=(4, 16, 16))}
 

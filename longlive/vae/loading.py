@@ -7,13 +7,16 @@ key and both shapes instead of failing deep inside torch.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import Tensor
 
 from .config import VAEConfig, get_vae_config
+from .pca_codec import PCACodec, PCACodecConfig
 from .wan_vae import WanVAE
 
 
@@ -21,8 +24,6 @@ def build_vae(
     preset: str | VAEConfig, device: str | torch.device | None = None, dtype: torch.dtype | None = None
 ) -> WanVAE:
     """A randomly initialised VAE (``device="meta"`` for shapes only), in eval mode with frozen params."""
-    from .pca_codec import PCACodec, PCACodecConfig
-
     config = get_vae_config(preset)
     with torch.device(device if device is not None else "cpu"):
         vae = PCACodec(config) if isinstance(config, PCACodecConfig) else WanVAE(config)
@@ -35,8 +36,6 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Read a raw state dict from ``.safetensors`` or a torch pickle (weights only, mmap when possible)."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return load_file(str(path), device="cpu")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -94,8 +93,6 @@ def load_vae(
 
 def apply_stats(vae, stats_path: str | Path) -> bool:
     """Set the latent normalisation measured when our own VAEs were trained (`vae_stats.json`), if the file exists."""
-    import json
-
     stats_path = Path(stats_path)
     if not stats_path.exists():
         return False

@@ -21,11 +21,14 @@ Unfitted, the bases are seeded random orthonormal rows (a working stand-in).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from .interface import CodecShape, check_video
@@ -60,6 +63,7 @@ class PCACodec(CodecShape, nn.Module):
     """Linear patch codec; buffers (bases, means, latent stats) are its checkpoint."""
 
     _anchor = "group_basis"
+    patch_local = True  # each latent pixel decodes its own 16x16 patch tube: spatial tiles need no halo
 
     def __init__(self, config: PCACodecConfig) -> None:
         super().__init__()
@@ -220,11 +224,6 @@ def fit_pca_codec(codec: PCACodec, clips: Iterable[Tensor], log: Callable[[str],
 def save_codec(codec: PCACodec, path) -> None:
     """The codec's buffers as safetensors (atomic), plus vae_stats.json beside it with the same latent stats (the
     loader applies that file to every tiny-preset VAE; a stale one from a Wan VAE run must not survive)."""
-    import json
-    from pathlib import Path
-
-    from safetensors.torch import save_file
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

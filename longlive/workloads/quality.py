@@ -1,23 +1,22 @@
-"""Glue between the runner's rows and `longlive.eval`: registered metrics by name, fidelity against a
-reference cell's artifacts, and VBench availability as a skip reason (checked before any video is made)."""
+"""Glue between result rows and `longlive.eval`: registered metrics by name, fidelity against a reference cell's
+artifacts, and VBench availability as a skip reason (checked before any video is made)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from longlive.eval import scoring, vbench_adapter
+from longlive.eval.metrics import compute_metrics
+
 
 def compute_metric(name: str, *, frames) -> float | None:
     """A registered metric of a uint8 video [T, H, W, 3] (metrics needing other inputs are None here)."""
-    from longlive.eval.metrics import compute_metrics
-
     return compute_metrics([name], skip_missing=True, frames=frames)[name]
 
 
 def fidelity_against(cell_dir: Path, ref_dir: Path) -> dict[str, Any]:
     """Latent relative error and PSNR of this cell's outputs against the reference cell's."""
-    from longlive.eval.metrics import compute_metrics
-
     cell_dir, ref_dir = Path(cell_dir), Path(ref_dir)
     out: dict[str, Any] = {}
     lat, ref_lat = cell_dir / "latents.safetensors", ref_dir / "latents.safetensors"
@@ -31,13 +30,9 @@ def fidelity_against(cell_dir: Path, ref_dir: Path) -> dict[str, Any]:
 
 def vbench_unavailable_reason(dimensions: list[str]) -> str | None:
     """Why VBench cannot score these dimensions here (missing extra or weight files), or None."""
-    from longlive.eval.vbench_adapter import unavailable_reason
-
-    return unavailable_reason(dimensions)
+    return vbench_adapter.unavailable_reason(dimensions)
 
 
 def vbench_scores(cell_dir: Path, dimensions: list[str]) -> dict[str, Any]:
-    from longlive.eval import scoring, vbench_adapter
-
     raw = vbench_adapter.run_vbench(Path(cell_dir) / "video.mp4", dimensions, out_dir=Path(cell_dir) / "vbench")
     return {**{f"vbench_{k}": v for k, v in raw.items()}, **scoring.vbench_scores(raw)}

@@ -1,0 +1,291 @@
+"""The one assembler: `build(request) -> Pipeline`, then `run(pipeline, out) -> VideoResult`.
+
+`build` applies the transforms to plain PyTorch modules from outside, always in this order (docs/architecture.md,
+"Transform order"):
+
+    load (generator weights; a packed NVFP4 checkpoint stays packed) → fuse q/k/v → quantise (PTQ of the block
+    Linears) → KV storage (chosen by name, allocated per generation) → SP (an attention override + frame range)
+    → compile (per block, warmed over every window length) → decoder (VAE layout, compile, warm-up)
+
+The LoRA merge happens before load (`longlive lora merge` writes a merged checkpoint). `generate`, `fidelity`, the
+`infer`/`quality` workloads and the tiny default's evaluation all build through here, so a sweep cell and a CLI run
+of the same spec do exactly the same work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from torch import nn
+from tqdm import tqdm
+
+from longlive.infer.compile import compile_and_warm, compile_vae
+from longlive.infer.decode import Decoder, make_decoder
+from longlive.infer.pipeline import GenerationSpec, conditioning_texts, generate, video_frames
+from longlive.infer.video import VideoRequest, validate
+from longlive.measure.memory import peaks, reset_peaks
+from longlive.model.attention import resolve_backend
+from longlive.model.checkpoint import NVFP4_FORMAT, checkpoint_format, load_generator
+from longlive.model.dit import build_model
+from longlive.model.fuse import fuse_qkv
+from longlive.model.presets import ModelConfig
+from longlive.output import write_frame_strip, write_mp4
+from longlive.parallel.groups import init_parallel
+from longlive.parallel.sp_infer import SPContext
+from longlive.quant.linear import LinearQuantConfig
+from longlive.quant.recipes import load_nvfp4_model, model_weight_bytes, quantize_model
+from longlive.text import EmbeddingCache
+from longlive.weights import describe, load_text_for, load_vae_for
+
+E2E_DEFINITION = ("e2e_fps: video frames / wall time from the first chunk's noise to the last decoded frame in "
+                  "host memory (load, text encoding, the compile warm-up and the VAE's warm-up excluded, reported as "
+                  "load_s / text_encode_s / compile_s / vae_warmup_s); with decode=none, to the last latent chunk "
+                  "on the device (no VAE)")
+
+
+@dataclass
+class Pipeline:
+    """Everything one generation needs, assembled: modules on their devices, prompts embedded, decoder warm."""
+
+    request: VideoRequest
+    config: ModelConfig
+    model: nn.Module
+    vae: nn.Module | None
+    embeds: list[torch.Tensor]
+    spec: GenerationSpec
+    decoder: Decoder | None          # None: decode=none, or an SP rank other than the first
+    sp: SPContext | None = None
+    is_main: bool = True
+    image_latent: torch.Tensor | None = None
+    # what the block Linears really are: a packed NVFP4 checkpoint makes them nvfp4 whatever the precision said
+    linear_quant: str = "none"
+    linear_quant_source: str | None = None  # "checkpoint" (packed NVFP4 file) | "ptq" | None
+    linear_backend: str | None = None
+    weight_rule: str | None = None          # the NVFP4 weight rule of PTQ (None: none applied, or from the file)
+    notes: list[str] = field(default_factory=list)
+    timings: dict[str, float | None] = field(default_factory=dict)  # load_s, text_encode_s, compile_s, vae_warmup_s
+
+
+@dataclass
+class VideoResult:
+    """What one generation measured and wrote. `metrics` holds result-row columns only (how the Linears ran, speed,
+    memory); the rest rides beside."""
+
+    metrics: dict[str, Any]
+    timing_definition: dict[str, str]
+    artifacts: dict[str, str]                # name -> file name inside the output folder
+    video: torch.Tensor | None               # uint8 [T, H, W, 3] of the first sample (None: decode=none)
+    latents: torch.Tensor                    # float32 [B, C, F, H, W] on the host
+    chunk_ms: list[float]
+    windows: list[list[int]]
+    notes: list[str]
+    is_main: bool = True                     # False on SP ranks other than the first (nothing written there)
+
+
+def load_generator_for(req: VideoRequest, cfg: ModelConfig, paths,
+                       dev: torch.device) -> tuple[nn.Module, str | None, list[str]]:
+    """Build the DiT and load its weights (transform 1). A packed NVFP4 checkpoint (the release's model_4o6.pt) is
+    loaded packed: its Linears are already quantised, so the PTQ transform is skipped (returned source
+    the backend it was loaded with; else None)."""
+    notes: list[str] = []
+    gen_path = req.checkpoint or (paths.generator if paths else None)
+    if req.checkpoint is None and req.steps == 2 and paths is not None and paths.generator_2step is not None \
+            and paths.generator_2step.exists():
+        gen_path = paths.generator_2step  # the tiny default's 2-step generator (its DMD LoRA merged)
+    found = gen_path is not None and Path(gen_path).exists()
+    # Random weights are drawn as BF16 values, as a published checkpoint stores them, so every precision (fp32
+    # included: the fidelity reference) runs the same weights.
+    init_dtype = req.torch_dtype if found else torch.bfloat16
+    model = build_model(cfg, device=dev, dtype=init_dtype, seed=req.seed).to(req.torch_dtype)
+    model = model.eval().requires_grad_(False)
+    if found:
+        if checkpoint_format(gen_path) == NVFP4_FORMAT:
+            backend = req.linear_backend if req.linear_quant == "nvfp4" else "emulated"
+            load_nvfp4_model(model, gen_path, backend=backend, act_quant=req.act_quant)
+            notes.append(f"generator: NVFP4 checkpoint loaded packed ({backend} backend)")
+            return model, backend, notes
+        load_generator(model, gen_path)
+        notes.append(f"generator: {describe(gen_path)}")
+    elif req.checkpoint is not None:
+        raise FileNotFoundError(f"generator checkpoint not found: expected {req.checkpoint}")
+    else:
+        notes.append("generator: seeded random weights (no trained checkpoint found)")
+    return model, None, notes
+
+
+def quantise(model: nn.Module, req: VideoRequest, dev: torch.device) -> str:
+    """PTQ of the block Linears to req.linear_quant (transform 3); returns a note."""
+    qcfg = LinearQuantConfig(fmt=req.linear_quant, backend=req.linear_backend, weight_rule=req.weight_rule,
+                             act_quant=req.act_quant)
+    rep = quantize_model(model, qcfg, device=dev)
+    return (f"PTQ: {len(rep.quantised)} block Linears -> {req.linear_quant} ({req.linear_backend} backend), "
+            f"{rep.bytes_before / 1e9:.2f} -> {rep.bytes_after / 1e9:.2f} GB")
+
+
+def load_vae(req: VideoRequest, cfg: ModelConfig, paths) -> tuple[nn.Module, str | None]:
+    """The preset's VAE on its device; on CUDA channels-last with cuDNN's algorithm search (reports/perf: 1227 →
+    1071 ms per steady 32-frame chunk), and compiled RMSNorm+SiLU when the DiT compiles too."""
+    vae_dev = torch.device(req.vae_device or req.device)
+    vae_dtype = req.torch_dtype if vae_dev.type == "cuda" else torch.float32
+    vae, note = load_vae_for(cfg, req.vae or (paths.vae if paths else None), explicit=req.vae is not None,
+                             device=vae_dev, dtype=vae_dtype, seed=req.seed)
+    if vae_dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # process-wide: the VAE's 3-D convs are the only convs that run
+        vae.to_channels_last()
+        if req.compile != "none" and hasattr(vae, "decoder"):
+            compile_vae(vae)
+    return vae, note
+
+
+def embed_prompts(req: VideoRequest, text, cfg: ModelConfig) -> list[torch.Tensor]:
+    """One embedding per conditioning text (`GenerationSpec.texts`: the prompts, then the bare captions of scene
+    cuts); seeded random embeddings without a text encoder (random weights)."""
+    dev, dtype = torch.device(req.device), req.torch_dtype
+    texts = conditioning_texts(req.prompts)
+    if text is None:
+        g = torch.Generator().manual_seed(req.seed)
+        return [torch.randn(1, cfg.text_len, cfg.text_dim, generator=g).to(dev, dtype) for _ in texts]
+    embs = EmbeddingCache(req.cache_dir).encode(text, texts)
+    return [embs[i : i + 1].to(dev, dtype) for i in range(len(texts))]
+
+
+def image_latent(path: Path, vae, cfg: ModelConfig) -> torch.Tensor:
+    img = Image.open(path).convert("RGB").resize((cfg.width, cfg.height), Image.BICUBIC)
+    x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(cfg.height, cfg.width, 3)
+    x = x.permute(2, 0, 1).float().div(127.5).sub(1.0)[None, :, None]  # [1, 3, 1, H, W]
+    return vae.encode(x.to(vae.device, vae.dtype)).float()
+
+
+def generation_spec(req: VideoRequest, cfg: ModelConfig) -> GenerationSpec:
+    slots = cfg.window_frames // cfg.chunk_frames
+    return GenerationSpec(prompts=req.prompts, frames=req.frames, steps=req.steps, seed=req.seed,
+                          switch_chunks=req.switch_at, multishot_sink=req.multishot_sink,
+                          clean_recache_at_cut=req.clean_recache,
+                          warmup_chunks=slots - 1 if req.warmup_chunks is None else req.warmup_chunks,
+                          kv_quant=req.kv_quant)
+
+
+def build(req: VideoRequest) -> Pipeline:
+    """Validate cheaply, then assemble in the documented transform order (module docstring)."""
+    cfg, paths = validate(req)
+    sp_ctx, is_main = None, True
+    if req.sp > 1:  # SP: this process is one rank of torchrun's group
+        dims = init_parallel(req.sp, device=None if torch.device(req.device).type == "cuda" else "cpu")
+        req = dataclasses.replace(req, device=str(dims.device), vae_device=req.vae_device if dims.is_main else None,
+                                  progress=req.progress and dims.is_main)
+        sp_ctx = SPContext(dims.sp_group, dims.sp_rank, dims.sp, exchange=req.exchange)
+        is_main = dims.is_main
+    dev = torch.device(req.device)
+    t0 = time.perf_counter()
+    model, packed_backend, notes = load_generator_for(req, cfg, paths, dev)  # 1. load
+    if req.fuse_qkv:                                                          # 2. fuse (before quantising)
+        fuse_qkv(model)
+    linear = {"linear_quant": req.linear_quant, "linear_quant_source": None, "linear_backend": None,
+              "weight_rule": None}
+    if packed_backend is not None:
+        linear.update(linear_quant="nvfp4", linear_quant_source="checkpoint", linear_backend=packed_backend)
+    elif req.linear_quant != "none":                                          # 3. quantise
+        notes.append(quantise(model, req, dev))
+        linear.update(linear_quant_source="ptq", linear_backend=req.linear_backend,
+                      weight_rule=req.weight_rule if req.linear_quant == "nvfp4" else None)
+    model.attn_backend = resolve_backend(req.attn, dev, req.torch_dtype)
+    spec = generation_spec(req, cfg)                                       # 4. KV storage: spec.kv_quant
+    needs_vae = req.decode != "none" or req.image is not None
+    vae, note = load_vae(req, cfg, paths) if needs_vae else (None, None)
+    notes += [note] if note else []
+    text, note = load_text_for(cfg, req.text_encoder or (paths.text if paths else None),
+                               req.tokenizer or (paths.tokenizer if paths else None), device=dev, seed=req.seed,
+                               random_weights=req.random_weights)
+    notes += [note] if note else []
+    timings: dict[str, float | None] = {"load_s": time.perf_counter() - t0}
+    for n in notes:
+        print(f"note: {n}", file=sys.stderr)
+    t0 = time.perf_counter()
+    embeds = embed_prompts(req, text, cfg)
+    timings["text_encode_s"] = time.perf_counter() - t0
+    # 5. SP: sp_ctx goes into every forward; 6. compile (every rank: the warm-up runs the all-to-alls)
+    timings["compile_s"] = compile_and_warm(model, req.compile, embeds, kv_quant=spec.kv_quant, sp=sp_ctx,
+                                            seed=req.seed)
+    img = image_latent(req.image, vae, cfg) if req.image is not None else None
+    if req.decode == "tiles":  # every SP rank decodes its tile; the frames land on the first
+        decoder = make_decoder("tiles", vae, group=sp_ctx.group)
+    else:
+        decoder = make_decoder(req.decode, vae, device=req.vae_device) if is_main and req.decode != "none" else None
+    h, w = cfg.latent_hw                                                   # 7. decoder, warm
+    timings["vae_warmup_s"] = (decoder.warm_up((1, cfg.in_channels, cfg.chunk_frames, h, w))
+                               if decoder is not None else None)
+    return Pipeline(request=req, config=cfg, model=model, vae=vae, embeds=embeds, spec=spec, decoder=decoder,
+                    sp=sp_ctx, is_main=is_main, image_latent=img, notes=notes, timings=timings, **linear)
+
+
+def run(p: Pipeline, out: Path) -> VideoResult:
+    """Generate (and decode) one video; on the first rank write video.mp4, strip.png[, latents.safetensors] to
+    `out`. Speed, memory and KV-cache columns land in `VideoResult.metrics`."""
+    req, cfg, dev = p.request, p.config, torch.device(p.request.device)
+    n_chunks = req.frames // cfg.chunk_frames
+    bar = tqdm(total=n_chunks, desc=f"{cfg.name} {req.steps}-step", unit="chunk", disable=not req.progress,
+               file=sys.stderr)
+
+    def on_progress(c: int, n: int, ms: float) -> None:
+        bar.set_postfix_str(f"chunk {c + 1}/{n} {ms:.0f} ms")
+        bar.update(1)
+
+    dec = p.decoder
+    reset_peaks(dev)
+    t_start = time.perf_counter()
+    # With a decode thread in this process, the generator waits for its device after each step instead of blocking
+    # in a full launch queue while holding the GIL, which starves the decoder (reports/perf, E2E notes).
+    threaded = dec is not None and dec.mode in ("async", "device") and dev.type == "cuda"
+    res = generate(p.model, p.spec, p.embeds, image_latent=p.image_latent, sp=p.sp, on_progress=on_progress,
+                   on_chunk=(lambda c, x: dec.submit(x.to(p.vae.dtype))) if dec is not None else None,
+                   sync_each_step=threaded)
+    bar.close()
+    mem = peaks(dev)
+    latents = res.latents.float().cpu()
+    if not p.is_main:  # other SP ranks: their share is in rank 0's latents; rank 0 decodes and writes
+        return VideoResult(metrics={}, timing_definition={}, artifacts={}, video=None, latents=latents,
+                           chunk_ms=res.stats.chunk_ms, windows=res.windows, notes=p.notes, is_main=False)
+    out.mkdir(parents=True, exist_ok=True)
+    artifacts: dict[str, str] = {}
+    frames = None
+    if dec is not None:
+        frames = dec.finish()[0]  # uint8 [T, H, W, 3] on the host
+        e2e_s = dec.last_frame_time - t_start
+        write_mp4(frames, out / "video.mp4", fps=cfg.fps)
+        write_frame_strip(frames, out / "strip.png", num=8)
+        artifacts.update(video="video.mp4", strip="strip.png")
+    else:
+        e2e_s = time.perf_counter() - t_start  # .cpu() above waited for the device
+    if req.save_latents or dec is None:
+        tmp = out / "latents.safetensors.tmp"
+        save_file({"latents": latents.contiguous()}, str(tmp))
+        tmp.replace(out / "latents.safetensors")
+        artifacts["latents"] = "latents.safetensors"
+    n_frames = video_frames(req.frames)
+    metrics = {
+        "compile": req.compile, "linear_quant": p.linear_quant, "linear_backend": p.linear_backend,
+        "weight_rule": p.weight_rule, **res.stats.summary(), "e2e_s": e2e_s, "e2e_fps": n_frames / e2e_s,
+        **p.timings, "frames_video": n_frames,
+        "video_seconds": n_frames / cfg.fps, **mem, "kv_cache_gb": res.kv_cache_bytes / 1e9,
+        "kv_packed_gb": res.kv_packed_bytes / 1e9, "weights_gb": model_weight_bytes(p.model) / 1e9,
+        "decode_landed_s": [round(t - t_start, 3) for t in dec.chunk_times] if dec is not None else None,
+        "sp_bytes_per_forward": (p.sp.stats.bytes_sent / (n_chunks * (req.steps + 1))) if p.sp else None,
+        "sp_bytes_by_kind": ({k: v / (n_chunks * (req.steps + 1)) for k, v in p.sp.stats.by_kind.items()}
+                             if p.sp else None),
+    }
+    return VideoResult(metrics=metrics, artifacts=artifacts, video=frames, latents=latents,
+                       timing_definition={"denoise_fps": res.stats.timing_definition, "e2e_fps": E2E_DEFINITION},
+                       chunk_ms=res.stats.chunk_ms, windows=res.windows, notes=p.notes)
+
+
+def make_video(req: VideoRequest, out: Path) -> VideoResult:
+    """build, then run: one video from a request."""
+    return run(build(req), out)

@@ -1,0 +1,37 @@
+"""The value sets of the run spec's fields, spelled once (ground floor: no project imports).
+
+A field's name here is its config key, its `longlive generate` / `sweep` override and its result column
+(docs/architecture.md, "One name per concept"); every layer that checks a value imports the set from here.
+"""
+
+from __future__ import annotations
+
+KV_QUANT = ("none", "fp8", "nvfp4")
+"""kv_quant: how the KV cache stores keys and values (none: the model's dtype)."""
+
+LINEAR_QUANT = ("none", "fp8", "nvfp4")
+"""linear_quant: the format of the DiT blocks' Linear layers (weights, and activations unless weight-only)."""
+
+LINEAR_BACKENDS = ("emulated", "fp8", "te")
+"""linear_backend: how quantised Linears compute (emulated numerics with BF16 GEMMs, torch._scaled_mm, TE)."""
+
+EXCHANGE = ("none", "fp8", "nvfp4")
+"""exchange: compression of K and V in the sequence-parallel all-to-alls."""
+
+TRAIN_LAYOUTS = ("none", "traditional", "balanced")
+"""train_layout: how teacher forcing splits a sample over SP ranks (none: no SP)."""
+
+COMPILE_MODES = ("none", "default", "max-autotune-no-cudagraphs")
+"""compile: torch.compile mode of the DiT blocks (none: eager)."""
+
+DMD_QUANTISED = ("none", "generator", "generator+real", "generator+real+critic")
+"""dmd_quantised: which frozen DMD networks hold NVFP4 weights (Table 2's rungs)."""
+
+DTYPES = ("fp32", "bf16", "fp16")
+"""dtype: the parameter / activation dtype of a precision."""
+
+
+def check_choice(field: str, value: object, allowed: tuple[str, ...]) -> None:
+    """ValueError naming the field, the value and the allowed values, when `value` is not one of them."""
+    if value not in allowed:
+        raise ValueError(f"{field}={value!r} is not one of {', '.join(allowed)}")

@@ -1,0 +1,75 @@
+"""The `vae_decode` workload: the preset's VAE, set up exactly as a generation sets it up (`infer.assemble.load_vae`:
+channels-last with cuDNN's algorithm search on CUDA, RMSNorm+SiLU compiled when `compile` is not none), decoding
+`decode_chunks` chunks of random latents as one stream (`longlive sweep +experiment=vae_decode`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from typing import Any
+
+import torch
+
+from longlive.experiments.spec import RunSpec
+from longlive.infer.assemble import load_vae
+from longlive.measure.memory import peaks, reset_peaks
+from longlive.measure.profile import profile_call
+from longlive.measure.timers import Clock
+from longlive.model.presets import get_preset
+from longlive.workloads import CellContext
+from longlive.workloads.checks import hardware_reason
+from longlive.workloads.infer import video_request
+
+DECODE_TIMING = ("decode_ms: device time of one streaming decode(chunk) call with the causal caches carried from the "
+                 "previous chunk (chunk 0 yields 1 + 4(t-1) frames, later chunks 4t); decode_fps = frames of the "
+                 "chunks after the first / their time; decode_ms_median over those chunks; frames stay on the device "
+                 "(host copy excluded)")
+
+
+class VAEDecodeWorkload:
+    """Streaming decode of random latents; per-chunk device time, steady FPS, peak memory."""
+
+    name = "vae_decode"
+
+    def check(self, spec: RunSpec) -> str | None:
+        if spec.decode_chunks < 2:
+            raise ValueError(f"decode_chunks={spec.decode_chunks}: need ≥ 2 (the first chunk is not steady)")
+        return hardware_reason(spec)
+
+    def run(self, spec: RunSpec, ctx: CellContext) -> dict[str, Any]:
+        cfg = get_preset(spec.model.name)
+        req = dataclasses.replace(video_request(spec), random_weights=True)
+        vae, _ = load_vae(req, cfg, None)
+        dev, dtype = torch.device(req.vae_device or req.device), vae.dtype
+        h, w = cfg.latent_hw
+        g = torch.Generator().manual_seed(spec.seed)
+        n = spec.decode_chunks
+        lat = torch.randn(1, vae.z_dim, n * cfg.chunk_frames, h, w, generator=g).to(dev, dtype)
+        stream, clock = vae.streaming_decoder(), Clock(dev)
+        reset_peaks(dev)
+        frames = []
+        with torch.no_grad():
+            for c in range(n):
+                clock.mark()
+                out = stream.decode(lat[:, :, c * cfg.chunk_frames : (c + 1) * cfg.chunk_frames])
+                clock.mark()
+                frames.append(int(out.shape[2]))
+        ms = clock.intervals_ms()[::2]
+        extra_artifacts = {}
+        if spec.profile:  # one more steady chunk under the profiler
+            with torch.no_grad():
+                device_ms = profile_call(lambda: stream.decode(lat[:, :, -cfg.chunk_frames:]), ctx.out / "profile.txt",
+                                         f"{cfg.vae} VAE {spec.precision.dtype} {cfg.height}x{cfg.width}, compile="
+                                         f"{spec.compile}: one steady chunk of {cfg.chunk_frames} latents")
+            extra_artifacts["profile"] = "profile.txt"
+        return {
+            "decode_fps": sum(frames[1:]) / (sum(ms[1:]) / 1e3),
+            "decode_ms_median": statistics.median(ms[1:]),
+            "compile": spec.compile, **peaks(dev),
+            "timing_definition": {"decode_fps": DECODE_TIMING, "decode_ms_median": DECODE_TIMING},
+            "metrics_extra": {"decode_ms": [round(x, 2) for x in ms], "frames": frames, "vae": cfg.vae,
+                              "channels_last": dev.type == "cuda", "resolution": f"{cfg.height}x{cfg.width}",
+                              "dtype": str(dtype).removeprefix("torch."),
+                              **({"device_time_ms": device_ms} if spec.profile else {})},
+            "artifacts": extra_artifacts,
+        }

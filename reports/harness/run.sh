@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Device script (issue 17): the perf ladder and the VAE decode measurement through the runner, next to the bench
+# scripts they replace, each pair in one device call on one GPU.
+#   PHASE=perf  longlive sweep +experiment=perf_ladder, then python -m longlive.bench.perf with the same settings
+#               (BF16/FP8 x 4/2 steps, compile default, 8 chunks, fp32 fidelity)
+#   PHASE=vae   longlive sweep +experiment=vae_decode, then python -m longlive.bench.vae_decode (channels-last,
+#               eager and compiled)
+# Writes $OUT/<phase>.log and the rows flat in $OUT (sweep results.jsonl copied as cells finish, bench JSON).
+# SRC: the tree to run (default: the working tree), e.g. a snapshot of one commit.
+set -euo pipefail
+export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
+OUT=${OUT:?set OUT}
+PHASE=${PHASE:?set PHASE=perf or vae}
+SRC=${SRC:-$PWD}
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+export PYTHONPATH=$SRC:${PYTHONPATH:-}
+cd "$SRC"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv > "$OUT/nvidia-smi.txt"
+LOG="$OUT/$PHASE.log"
+sweep() {  # $1: experiment; results.jsonl is copied back every few seconds, so a cut-off call keeps finished rows
+  local res=/tmp/results/$1
+  (while sleep 5; do cp "$res/results.jsonl" "$OUT/sweep_$1.jsonl" 2>/dev/null || true; done) &
+  local copier=$!
+  python3 -m longlive.cli sweep +experiment="$1" --results "$res" 2>&1 | tr '\r' '\n' | grep -v "it/s\]$" \
+    | tail -5 | tee -a "$LOG"
+  kill $copier; cp "$res/results.jsonl" "$OUT/sweep_$1.jsonl"
+  python3 -c "
+import json, sys
+keys = ('precision', 'steps', 'compile', 'status', 'denoise_fps', 'ceiling_fps', 'fraction_of_ceiling',
+        'latent_rel_err_vs_ref', 'gemm_tflops', 'attn_tflops', 'compile_s', 'decode_ms_median', 'decode_fps', 'reason')
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    print({k: r.get(k) for k in keys if r.get(k) is not None})
+" "$OUT/sweep_$1.jsonl" | tee -a "$LOG"
+}
+case "$PHASE" in
+  perf)
+    sweep perf_ladder
+    python3 -m longlive.bench.perf --configs bf16:none:4 bf16:none:2 fp8:none:4 fp8:none:2 --compile default \
+      --chunks 8 --fidelity --out /tmp/bench_perf 2>&1 | grep -v "^  \[" | tee -a "$LOG"
+    cp /tmp/bench_perf/rows.jsonl "$OUT/bench_perf_rows.jsonl" ;;
+  vae)
+    sweep vae_decode
+    python3 -m longlive.bench.vae_decode --chunks 4 --channels-last --out "$OUT/bench_vae_eager.json" 2>&1 \
+      | tail -1 | tee -a "$LOG"
+    python3 -m longlive.bench.vae_decode --chunks 4 --channels-last --compile --out "$OUT/bench_vae_compiled.json" \
+      2>&1 | tail -1 | tee -a "$LOG" ;;
+  *) echo "unknown PHASE=$PHASE"; exit 2 ;;
+esac
