@@ -77,7 +77,30 @@ def test_the_cycle_finder_finds_cycles():
 def test_ground_floor_packages_import_no_upper_layer():
     graph = import_graph()
     for low, high in (("model", "quant"), ("model", "infer"), ("measure", "infer"), ("measure", "train"),
-                      ("measure", "bench"), ("eval", "train"), ("parallel", "train"), ("workloads", "runner"),
+                      ("eval", "train"), ("parallel", "train"), ("workloads", "runner"),
                       ("experiments", "infer"), ("experiments", "runner"), ("infer", "workloads")):
         assert high not in graph.get(low, {}), f"{low} imports {high}: {graph[low][high][:3]}"
     assert not graph.get("names"), f"longlive.names is the ground floor and imports nothing: {graph.get('names')}"
+
+
+OPTIONAL_EXTRAS = {"transformer_engine", "triton", "vbench", "cv2"}
+"""What a function may import: optional extras probed where they are used (not installed with the package, or only
+with a CUDA build of torch). Everything else, the project's own modules first, is imported at module top."""
+
+
+def test_imports_sit_at_module_top_unless_probing_an_optional_extra():
+    inside = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for fn in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for stmt in ast.walk(fn):
+                if isinstance(stmt, ast.Import):
+                    names = [a.name for a in stmt.names]
+                elif isinstance(stmt, ast.ImportFrom):
+                    names = ["." if stmt.level else (stmt.module or "")]
+                else:
+                    continue
+                inside += [f"{path.relative_to(PACKAGE.parent)}:{stmt.lineno} {n}" for n in names
+                           if n.split(".")[0] not in OPTIONAL_EXTRAS]
+    assert not inside, "function-level imports (move them to the module top): " + "; ".join(inside)

@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pynvml
 import torch
 
 KEY_PACKAGES = ("torch", "numpy", "transformers", "triton", "safetensors", "nvidia-ml-py", "transformer_engine")
@@ -54,8 +55,6 @@ def _gpus() -> dict[str, Any]:
         "cudnn": torch.backends.cudnn.version(),
     }
     try:
-        import pynvml  # optional extra: NVML may be absent or unusable, handled below
-
         pynvml.nvmlInit()
         info["driver"] = pynvml.nvmlSystemGetDriverVersion()
         pynvml.nvmlShutdown()

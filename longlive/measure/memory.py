@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pynvml
 import torch
 
 GB = 1e9
@@ -15,10 +16,6 @@ def reset_peaks(device: torch.device | str) -> None:
 
 def device_used_gb(device: torch.device | str) -> float | None:
     """Memory in use on the whole GPU per NVML (all processes), or None without NVML."""
-    try:
-        import pynvml  # optional extra: no NVML -> None
-    except ImportError:
-        return None
     dev = torch.device(device)
     index = dev.index if dev.index is not None else torch.cuda.current_device()
     pynvml.nvmlInit()

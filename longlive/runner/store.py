@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 
 class ResultsStore:
     def __init__(self, root: Path):
@@ -56,8 +58,6 @@ class ResultsStore:
         latest = list(self.latest().values())
         if not latest:
             return None
-        import pandas as pd
-
         flat = [{k: (json.dumps(v, default=str) if isinstance(v, (dict, list)) else v) for k, v in r.items()}
                 for r in latest]
         df = pd.DataFrame(flat)

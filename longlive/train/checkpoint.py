@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 CKPT_DIR = "checkpoints"
@@ -35,12 +36,7 @@ def capture_rng() -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
-    try:
-        import numpy as np  # optional extra: kept in its ImportError guard (numpy RNG captured if importable)
-
-        state["numpy"] = np.random.get_state()
-    except ImportError:
-        pass
+    state["numpy"] = np.random.get_state()
     return state
 
 
@@ -50,12 +46,7 @@ def restore_rng(state: dict[str, Any]) -> None:
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     if "numpy" in state:
-        try:
-            import numpy as np  # optional extra: kept in its ImportError guard
-
-            np.random.set_state(state["numpy"])
-        except ImportError:
-            pass
+        np.random.set_state(state["numpy"])
 
 
 def _as_tuple(x: Any) -> Any:

@@ -50,6 +50,7 @@ from longlive.model import dit
 from longlive.model.presets import get_preset
 from longlive.names import TRAIN_LAYOUTS
 from longlive.parallel.groups import init_parallel
+from longlive.quant.training import prepare_training_precision
 from longlive.train.balanced import local_frame_range, sp_loss
 from longlive.train.checkpoint import (
     capture_rng,
@@ -202,15 +203,10 @@ def apply_fsdp(model: nn.Module, mesh_or_group, *, param_dtype: torch.dtype = to
 
 
 def prepare_precision(model: nn.Module, name: str) -> nn.Module:
-    """fp32/bf16 are handled by the trainer (autocast or FSDP mixed precision); anything else is delegated to
-    `longlive.quant.training.prepare_training_precision` when that module exists."""
+    """fp32/bf16 are handled by the trainer (autocast or FSDP mixed precision); the low-precision recipes are
+    swapped in by `longlive.quant.training.prepare_training_precision`."""
     if name in BASE_PRECISIONS:
         return model
-    try:
-        from longlive.quant.training import prepare_training_precision  # optional extra: ImportError -> ValueError
-    except ImportError:
-        raise ValueError(f"training precision {name!r} needs longlive.quant.training, which is not available; "
-                         f"choose one of {', '.join(BASE_PRECISIONS)}") from None
     report = prepare_training_precision(model, name, device=next(model.parameters()).device)  # swaps in place
     log.info("training precision %s: %s", name, report)
     return model

@@ -2,16 +2,20 @@
 # Device script (issue 17): the perf ladder and the VAE decode measurement through the runner, next to the bench
 # scripts they replace, each pair in one device call on one GPU.
 #   PHASE=perf  longlive sweep +experiment=perf_ladder, then python -m longlive.bench.perf with the same settings
-#               (BF16/FP8 x 4/2 steps, compile default, 8 chunks, fp32 fidelity)
+#               (BF16/FP8 x 4/2 steps, compile default, 8 chunks; its fp32 fidelity runs are left out to fit
+#               the call: the committed bench rows carry them, the sweep's reference cells measure them again)
 #   PHASE=vae   longlive sweep +experiment=vae_decode, then python -m longlive.bench.vae_decode (channels-last,
 #               eager and compiled)
 # Writes $OUT/<phase>.log and the rows flat in $OUT (sweep results.jsonl copied as cells finish, bench JSON).
-# SRC: the tree to run (default: the working tree), e.g. a snapshot of one commit.
+# The bench scripts were removed once their workloads existed: BENCH_SRC is a snapshot of the package at the last
+# commit that had them (made here with `git archive 2dc68ec longlive | tar -x -C .snap/bench-2dc68ec`, carried
+# to the device machine), so both sides run in the same call on the same GPU.
 set -euo pipefail
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
 OUT=${OUT:?set OUT}
 PHASE=${PHASE:?set PHASE=perf or vae}
-SRC=${SRC:-$PWD}
+SRC=$PWD
+BENCH_SRC=${BENCH_SRC:-$PWD/.snap/bench-2dc68ec}
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
@@ -39,14 +43,14 @@ for line in open(sys.argv[1]):
 case "$PHASE" in
   perf)
     sweep perf_ladder
-    python3 -m longlive.bench.perf --configs bf16:none:4 bf16:none:2 fp8:none:4 fp8:none:2 --compile default \
-      --chunks 8 --fidelity --out /tmp/bench_perf 2>&1 | grep -v "^  \[" | tee -a "$LOG"
+    PYTHONPATH=$BENCH_SRC:$PYTHONPATH python3 -m longlive.bench.perf --configs bf16:none:4 bf16:none:2 fp8:none:4 fp8:none:2 --compile default \
+      --chunks 8 --out /tmp/bench_perf 2>&1 | grep -v "^  \[" | tee -a "$LOG"
     cp /tmp/bench_perf/rows.jsonl "$OUT/bench_perf_rows.jsonl" ;;
   vae)
     sweep vae_decode
-    python3 -m longlive.bench.vae_decode --chunks 4 --channels-last --out "$OUT/bench_vae_eager.json" 2>&1 \
+    PYTHONPATH=$BENCH_SRC:$PYTHONPATH python3 -m longlive.bench.vae_decode --chunks 4 --channels-last --out "$OUT/bench_vae_eager.json" 2>&1 \
       | tail -1 | tee -a "$LOG"
-    python3 -m longlive.bench.vae_decode --chunks 4 --channels-last --compile --out "$OUT/bench_vae_compiled.json" \
+    PYTHONPATH=$BENCH_SRC:$PYTHONPATH python3 -m longlive.bench.vae_decode --chunks 4 --channels-last --compile --out "$OUT/bench_vae_compiled.json" \
       2>&1 | tail -1 | tee -a "$LOG" ;;
   *) echo "unknown PHASE=$PHASE"; exit 2 ;;
 esac

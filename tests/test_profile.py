@@ -1,26 +1,15 @@
-"""longlive.bench.perf refuses bad configs before touching a GPU; its fidelity measure."""
+"""longlive.measure.profile: device time by kind of kernel, device-side events only, and a profile written for a
+real call (CPU)."""
 
-import pytest
+from types import SimpleNamespace
+
 import torch
+from torch.autograd import DeviceType
 
-
-def test_perf_bench_checks_its_configs_before_any_work():
-    from longlive.bench.perf import main, parse_config, rel_err
-
-    assert parse_config("fp8:nvfp4:2") == ("fp8", "nvfp4", 2)
-    for bad in ("fp8:nvfp4", "int8:none:4", "bf16:fp4:4", "bf16:none:two"):
-        with pytest.raises(ValueError, match="precision:kv:steps"):
-            parse_config(bad)
-    with pytest.raises(ValueError, match="precision:kv:steps"):
-        main(["--configs", "bf16:none:4", "fp16:none:4", "--out", "/nonexistent"])
-    ref = torch.ones(2, 3)
-    assert rel_err(ref * 1.5, ref) == pytest.approx(0.5) and rel_err(ref, None) is None
-    assert rel_err(torch.ones(3, 2), ref) is None  # a different length is no comparison
+from longlive.measure.profile import device_kernels, device_time_breakdown, profile_call
 
 
 def test_device_time_breakdown_sorts_kernels_by_kind_and_skips_cpu_ops():
-    from longlive.bench.chunks import device_time_breakdown
-
     events = [("aten::linear", 0.0), ("nvjet_tst_128x256_64x4", 400.0), ("triton_poi_fused_add_mul_0", 100.0),
               ("triton_red_fused__scaled_mm__to_copy_abs_amax_1", 20.0), ("triton_tem_fused_mm_2", 100.0),
               ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop", 700.0), ("void at::native::copy_kernel", 30.0),
@@ -30,12 +19,6 @@ def test_device_time_breakdown_sorts_kernels_by_kind_and_skips_cpu_ops():
 
 
 def test_device_kernels_keeps_device_events_only():
-    from types import SimpleNamespace
-
-    from torch.autograd import DeviceType
-
-    from longlive.bench.chunks import device_kernels
-
     ev = [SimpleNamespace(key="aten::addmm", self_device_time_total=5.0, device_type=DeviceType.CPU),
           SimpleNamespace(key="nvjet_x", self_device_time_total=5.0, device_type=DeviceType.CUDA),
           SimpleNamespace(key="nccl:all_to_all", self_device_time_total=2.0, device_type=DeviceType.CUDA,
@@ -43,3 +26,18 @@ def test_device_kernels_keeps_device_events_only():
           SimpleNamespace(key="ncclDevKernel_SendRecv", self_device_time_total=2.0, device_type=DeviceType.CUDA,
                           is_user_annotation=False)]
     assert device_kernels(ev) == [("nvjet_x", 5.0), ("ncclDevKernel_SendRecv", 2.0)]
+
+
+def test_profile_call_writes_its_table_and_only_the_recording_rank_profiles(tmp_path):
+    calls = []
+
+    def work():
+        calls.append(1)
+        return torch.randn(64, 64) @ torch.randn(64, 64)
+
+    shares = profile_call(work, tmp_path / "p.txt", "a title")
+    text = (tmp_path / "p.txt").read_text()
+    assert text.startswith("a title\ndevice time by kind of kernel") and "aten::mm" in text
+    assert isinstance(shares, dict)  # no device kernels on a CPU-only machine: an empty breakdown, not an error
+    assert profile_call(work, tmp_path / "q.txt", "t", record=False) is None and not (tmp_path / "q.txt").exists()
+    assert len(calls) == 2  # the non-recording rank still runs the work (its collectives)

@@ -1,1 +1,0 @@
-"""longlive.bench"""
