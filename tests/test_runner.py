@@ -94,10 +94,13 @@ def test_every_experiment_preset_expands():
 
     from longlive.runner.matrix import EXPERIMENTS_DIR
 
-    for name in ("smoke", "table1_training", "table2_dmd_memory", "table4_quality"):
+    for name in ("smoke", "table1_training", "table2_dmd_memory", "table4_quality", "sp_scaling", "perf_ladder",
+                 "vae_decode", "lowprec", "quant_kernels", "tiny_default"):
         cells = expand(name)
         assert cells and all(c.experiment == name for c in cells)
-    for name in ("table3_inference", "sp_scaling", "full_matrix"):  # large: size from the declared axes
+    sp = {(c.axes["sp"], c.axes["exchange"], c.axes["steps"], c.axes["decode"]) for c in expand("sp_scaling")}
+    assert len(sp) == 19 and (4, "nvfp4", 2, "none") in sp and (4, "none", 4, "tiles") in sp
+    for name in ("table3_inference", "full_matrix"):  # large: size from the declared axes
         params = OmegaConf.load(EXPERIMENTS_DIR / "experiment" / f"{name}.yaml").hydra.sweeper.params
         first = [f"{k}={str(v).split(',')[0]}" for k, v in params.items()]
         cell = make_cell([f"+experiment={name}", *first])
