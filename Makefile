@@ -9,7 +9,7 @@ OUT ?= outputs/demo
 PYTEST_ARGS ?=
 
 .PHONY: install test reproduce lint clean reproduce-gpu-5b demo report reproduce-table1 reproduce-table2 \
-	reproduce-table3 reproduce-table4 reproduce-sp
+	reproduce-table3 reproduce-table4 reproduce-sp reproduce-perf reproduce-lowprec reproduce-quant-kernels
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,8 +55,12 @@ demo: $(STAMP)
 		--out $(OUT)
 
 # On a GPU machine: the 5B preset, 6 chunks at 704x1280, random weights (results + manifest in OUT).
-reproduce-gpu-5b: $(STAMP)
-	OUT=$(OUT) bash reports/foundation-5b/run.sh
+reproduce-gpu-5b: $(STAMP) ; $(call sweep_and_report,foundation_5b)
+reproduce-perf: $(STAMP)
+	$(call sweep_and_report,perf_ladder)
+	$(call sweep_and_report,vae_decode)
+reproduce-lowprec: $(STAMP) ; $(call sweep_and_report,lowprec)
+reproduce-quant-kernels: $(STAMP) ; $(call sweep_and_report,quant_kernels)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -2,6 +2,8 @@
 
 The store is append-only (a re-run cell appends a new row), so the last row of a cell_id is the truth.
 Each row remembers the folder of the file it came from, because artifact paths are relative to it.
+A `longlive generate` result.json ({"rows": [...], "manifest": ...} in the runner's schema) reads like a store; a file
+of the retired bench scripts is refused with the command that converts it (longlive.report.legacy).
 """
 
 from __future__ import annotations
@@ -15,27 +17,41 @@ from typing import Any
 import pandas as pd
 
 from longlive.report.compare import flag
+from longlive.report.legacy import is_runner_row, legacy_files, legacy_message, legacy_script
 from longlive.runner.schema import AXES, IDENTITY, METRICS, NESTED, TIMES
 from longlive.runner.store import read_jsonl
 
-RESULTS_NAMES = ("results.jsonl", "results.parquet")
+RESULTS_NAMES = ("results.jsonl", "results.parquet", "result.json")
+"""Looked for in a folder, in this order: a sweep's store (JSONL, else its Parquet snapshot), a generate's result."""
 INT_COLUMNS = ("sp", "steps", "frames", "seed", "dp")
 SOURCE_COLUMNS = ("source_dir", "source_file")
 DERIVED_COLUMNS = ("gpu_name",)
 
 
 def resolve_results_path(path: Path) -> Path:
-    """A results file for `path`: the file itself, or results.jsonl (else .parquet) inside a folder."""
+    """A results file for `path`: the file itself, or results.jsonl (else .parquet, else a generate's result.json)
+    inside a folder. A file (or a folder of files) of the retired bench scripts is a ValueError naming the command
+    that converts it."""
     path = Path(path)
     if path.is_dir():
         for name in RESULTS_NAMES:
             if (path / name).is_file():
-                return path / name
+                return _not_legacy(path / name)
+        if legacy_files(path, max_checked=200):
+            raise ValueError(legacy_message(path))
         raise FileNotFoundError(f"{path} holds neither {' nor '.join(RESULTS_NAMES)}")
     if not path.is_file():
         raise FileNotFoundError(f"results file {path} does not exist")
-    if path.suffix not in (".jsonl", ".parquet"):
-        raise ValueError(f"{path}: expected a .jsonl or .parquet results file or a folder holding one")
+    if path.suffix not in (".jsonl", ".parquet", ".json"):
+        raise ValueError(f"{path}: expected a .jsonl / .parquet results file, a generate's result.json, or a folder "
+                         "holding one")
+    return _not_legacy(path)
+
+
+def _not_legacy(path: Path) -> Path:
+    script = legacy_script(path) if path.suffix in (".jsonl", ".json") else None
+    if script is not None:
+        raise ValueError(legacy_message(path, script))
     return path
 
 
@@ -44,6 +60,19 @@ def _read_jsonl(path: Path) -> list[dict]:
     rows, torn = read_jsonl(path)
     for lineno in torn:
         warnings.warn(f"{path}:{lineno}: ignoring a torn line (a write cut short)", stacklevel=3)
+    return rows
+
+
+def _read_json(path: Path) -> list[dict]:
+    """The rows of a JSON results file: `longlive generate`'s {"rows": [...], "manifest": ...}, runner schema."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not JSON ({exc})") from None
+    rows = data.get("rows") if isinstance(data, dict) else None
+    if not isinstance(rows, list) or not all(is_runner_row(r) for r in rows):
+        raise ValueError(f"{path}: not a results file (a JSON with 'rows' in the runner's schema, as `longlive "
+                         "generate` writes)")
     return rows
 
 
@@ -126,7 +155,7 @@ def load_results(paths: list[Path]) -> pd.DataFrame:
     rows: list[dict] = []
     for p in paths:
         f = resolve_results_path(Path(p))
-        batch = _read_jsonl(f) if f.suffix == ".jsonl" else _read_parquet(f)
+        batch = {".jsonl": _read_jsonl, ".json": _read_json}.get(f.suffix, _read_parquet)(f)
         folder = str(f.resolve().parent)
         for r in batch:
             r["source_dir"], r["source_file"] = folder, str(f.resolve())

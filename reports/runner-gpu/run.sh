@@ -13,7 +13,7 @@ if [ -d .whl ]; then
 fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-}
 mkdir -p "$OUT" "$WORK"
-python -m longlive.cli sweep +experiment=table3_inference precision=bf16,fp8 kv=none steps=4,2 decode=streaming \
+python -m longlive.cli sweep +experiment=table3_inference precision=bf16,fp8 kv_quant=none steps=4,2 decode=streaming \
   frames=48 --results "$WORK/results" --no-progress
 python -m longlive.cli report "$WORK/results" --out "$WORK/report" --title "table3_inference slice (5B, random weights)"
 cp "$WORK/results/results.jsonl" "$OUT/results.jsonl"
