@@ -79,6 +79,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kv-quant", choices=list(KV_QUANT), default="none", help="quantised KV cache")
     p.add_argument("--compile", choices=list(COMPILE_MODES), default="none",
                    help="torch.compile the DiT blocks (GPU); a warm-up generation runs first, excluded from timings")
+    p.add_argument("--lora", type=Path, default=None,
+                   help="a LoRA file (longlive train / DMD output, or a PEFT adapter) merged into the generator before "
+                        "fusing and quantising; `longlive lora merge` writes the same merge into a checkpoint")
     p.add_argument("--fuse-qkv", action="store_true",
                    help="one q/k/v GEMM per self-attention (longlive.model.fuse), applied before quantising")
     p.add_argument("--save-latents", action="store_true", help="also write latents.safetensors (always with "
@@ -111,7 +114,7 @@ def _request(a: argparse.Namespace):
         decode=a.decode, checkpoint=a.checkpoint, vae=a.vae, text_encoder=a.text_encoder, tokenizer=a.tokenizer,
         random_weights=a.random_weights, image=a.image, multishot_sink=not a.no_multishot_sink,
         clean_recache=a.clean_recache, cache_dir=a.cache_dir, progress=not a.no_progress,
-        kv_quant=a.kv_quant, sp=a.sp, exchange=a.exchange, compile=a.compile, fuse_qkv=a.fuse_qkv,
+        kv_quant=a.kv_quant, sp=a.sp, exchange=a.exchange, compile=a.compile, fuse_qkv=a.fuse_qkv, lora=a.lora,
         save_latents=a.save_latents,
     )
 

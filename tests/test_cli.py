@@ -236,3 +236,38 @@ def test_generate_takes_the_named_precisions_and_records_the_name(capsys, tmp_pa
     with pytest.raises(SystemExit):
         main(["generate", "--model", "tiny", "--precision", "fp4", "--out", str(tmp_path / "x")])
     assert "invalid choice: 'fp4'" in capsys.readouterr().err
+
+
+def test_lora_at_build_equals_a_merged_checkpoint(capsys, tmp_path):
+    """`generate --lora` merges W + (alpha/rank)·B·A into the loaded Linears (before fuse and quantise): the same
+    video as `longlive lora merge` into a checkpoint, up to the merged checkpoint's BF16 rounding of the weights."""
+    from safetensors.torch import load_file
+
+    from longlive.eval.fidelity import latent_rel_err
+    from longlive.train.lora import save_lora
+
+    cfg = get_preset("tiny")
+    base = save_generator(build_model(cfg, dtype=torch.bfloat16, seed=5), tmp_path / "model_bf16.pt")
+    g = torch.Generator().manual_seed(3)
+    lora = {}
+    for name in ("blocks.0.self_attn.q", "blocks.1.ffn.0"):
+        lin = build_model(cfg, device="meta", dtype=torch.float32, init=False).get_submodule(name)
+        lora[f"{name}.lora_A.weight"] = torch.randn(4, lin.in_features, generator=g) * 0.3
+        lora[f"{name}.lora_B.weight"] = torch.randn(lin.out_features, 4, generator=g) * 0.3
+    save_lora(tmp_path / "l.pt", lora, lora_rank=4, alpha=8)  # scale alpha / rank = 2
+    common = ["--model", "tiny", "--frames", "4", "--steps", "4", "--decode", "none", "--no-progress"]
+    code, err = _run(capsys, *common, "--checkpoint", str(base), "--lora", str(tmp_path / "l.pt"), "--out",
+                     str(tmp_path / "a"))
+    assert code == 0, err
+    assert "LoRA" in err and "merged into 2 Linears (scale 2)" in err
+    assert main(["lora", "merge", "--base", str(base), "--lora", str(tmp_path / "l.pt"), "--out",
+                 str(tmp_path / "merged.pt")]) == 0
+    code, err = _run(capsys, *common, "--checkpoint", str(tmp_path / "merged.pt"), "--out", str(tmp_path / "b"))
+    assert code == 0, err
+    code, err = _run(capsys, *common, "--checkpoint", str(base), "--out", str(tmp_path / "c"))
+    assert code == 0, err
+    lat = {k: load_file(str(tmp_path / k / "latents.safetensors"))["latents"] for k in "abc"}
+    same, moved = latent_rel_err(lat["a"], lat["b"]), latent_rel_err(lat["a"], lat["c"])
+    assert same < 1e-2 and moved > 20 * same, (same, moved)
+    code, err = _run(capsys, *common, "--lora", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "d"))
+    assert code != 0 and "missing.pt" in err

@@ -96,6 +96,7 @@ class RunSpec:
     prompts: list[str] = field(default_factory=list)
     switch_at: list[int] | None = None
     random_weights: bool = False
+    lora: str | None = None              # a LoRA file merged into the generator at build (before quantising)
     attn: str = "auto"
     compile: str = "none"
     fuse_qkv: bool = False               # one q/k/v GEMM per self-attention (before quantising)

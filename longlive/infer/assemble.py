@@ -3,11 +3,12 @@
 `build` applies the transforms to plain PyTorch modules from outside, always in this order (docs/architecture.md,
 "Transform order"):
 
-    load (generator weights; a packed NVFP4 checkpoint stays packed) → fuse q/k/v → quantise (PTQ of the block
+    load (generator weights; a packed NVFP4 checkpoint stays packed) → LoRA merge (`lora`: W + (alpha/rank)·B·A
+    into the loaded Linears) → fuse q/k/v → quantise (PTQ of the block
     Linears) → KV storage (chosen by name, allocated per generation) → SP (an attention override + frame range)
     → compile (per block, warmed over every window length) → decoder (VAE layout, compile, warm-up)
 
-The LoRA merge happens before load (`longlive lora merge` writes a merged checkpoint). `generate`, `fidelity`, the
+`longlive lora merge` writes the same merge into a checkpoint once. `generate`, `fidelity`, the
 `infer`/`quality` workloads and the tiny default's evaluation all build through here, so a sweep cell and a CLI run
 of the same spec do exactly the same work.
 """
@@ -41,7 +42,14 @@ from longlive.output import write_frame_strip, write_mp4
 from longlive.parallel.groups import init_parallel
 from longlive.parallel.sp_infer import SPContext
 from longlive.quant.linear import LinearQuantConfig
-from longlive.quant.recipes import load_nvfp4_model, model_weight_bytes, quantize_model
+from longlive.quant.recipes import (
+    load_lora,
+    load_nvfp4_model,
+    lora_scale,
+    merge_lora,
+    model_weight_bytes,
+    quantize_model,
+)
 from longlive.text import EmbeddingCache
 from longlive.weights import describe, load_text_for, load_vae_for
 
@@ -121,6 +129,20 @@ def load_generator_for(req: VideoRequest, cfg: ModelConfig, paths,
     return model, None, notes
 
 
+def apply_lora(model: nn.Module, path: Path, *, packed: bool) -> str:
+    """Merge the file's generator adapter into the loaded Linears at its alpha/rank scale (the merge `longlive lora
+    merge` writes into a checkpoint); returns a note."""
+    if packed:
+        raise ValueError(f"--lora {path}: the generator checkpoint is packed NVFP4, whose Linears cannot take a merge; "
+                         f"merge into the BF16 checkpoint (`longlive lora merge`) and quantise after")
+    payload = load_lora(path)
+    scale = lora_scale(payload)
+    merged = merge_lora(model, payload["generator_lora"], scale=scale)
+    if not merged:
+        raise ValueError(f"{path}: its generator adapter holds no LoRA pairs")
+    return f"generator: LoRA {path} merged into {len(merged)} Linears (scale {scale:g})"
+
+
 def quantise(model: nn.Module, req: VideoRequest, dev: torch.device) -> str:
     """PTQ of the block Linears to req.linear_quant (transform 3); returns a note."""
     qcfg = LinearQuantConfig(fmt=req.linear_quant, backend=req.linear_backend, weight_rule=req.weight_rule,
@@ -186,6 +208,8 @@ def build(req: VideoRequest) -> Pipeline:
     dev = torch.device(req.device)
     t0 = time.perf_counter()
     model, packed_backend, notes = load_generator_for(req, cfg, paths, dev)  # 1. load
+    if req.lora is not None:                                                  # 1b. LoRA merge
+        notes.append(apply_lora(model, req.lora, packed=packed_backend is not None))
     if req.fuse_qkv:                                                          # 2. fuse (before quantising)
         fuse_qkv(model)
     linear = {"linear_quant": req.linear_quant, "linear_quant_source": None, "linear_backend": None,

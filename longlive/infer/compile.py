@@ -11,6 +11,9 @@ cache's slot bookkeeping is Python and the window length changes while it fills;
 blocks (patch embedding, time embedding, head), which is < 1 % of the work. The compiled graphs see only the
 chunk's own tokens, whose shape never changes, so one set of graphs serves every layer and every chunk;
 `compile_and_warm` still runs each window length once so that nothing else (cuDNN plans) is first met while timed.
+
+`torch._dynamo` / `torch._inductor` are reached as attributes of `torch` (loaded on first use), so importing this
+module does not cost their ~3 s import: most cells never compile.
 """
 
 from __future__ import annotations
@@ -18,11 +21,10 @@ from __future__ import annotations
 import time
 
 import torch
-import torch._dynamo
-import torch._inductor.config as inductor_config
 from torch import nn
 
 from longlive.infer.pipeline import GenerationSpec, generate
+from longlive.model import dit
 from longlive.names import COMPILE_MODES
 from longlive.vae.layers import ResidualBlock, RMSNorm, residual_block_steady, rms_silu, rms_silu_pad
 
@@ -40,7 +42,10 @@ def compile_blocks(model: nn.Module, mode: str = "default") -> nn.Module:
         # Autotune the fused pointwise/reduction kernels, but keep the GEMMs on cuBLAS: in torch 2.11 every Triton
         # FP8 `_scaled_mm` template fails to compile and the compile aborts, and the Triton BF16 GEMMs never beat
         # nvjet at these shapes (reports/perf, session 4).
-        inductor_config.max_autotune_gemm_backends = "ATEN"
+        torch._inductor.config.max_autotune_gemm_backends = "ATEN"
+    if not getattr(dit.cached_attention, "_longlive_eager_island", False):  # the attention over the KV cache
+        dit.cached_attention = torch.compiler.disable(dit.cached_attention)   # stays eager (model.dit)
+        dit.cached_attention._longlive_eager_island = True
     for blk in model.blocks:
         if not getattr(blk, "_longlive_compiled", False):
             blk.compile(mode=None if mode == "default" else mode, dynamic=False)

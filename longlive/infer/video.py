@@ -42,6 +42,7 @@ class VideoRequest:
     attn: str = "auto"
     decode: str = "streaming"
     checkpoint: Path | None = None
+    lora: Path | None = None          # a LoRA file (generator adapter) merged at build, before fuse and quantise
     vae: Path | None = None
     text_encoder: Path | None = None
     tokenizer: Path | None = None
@@ -109,6 +110,8 @@ def validate(req: VideoRequest):
         check_backend(req.linear_quant, req.linear_backend, req.device)
     if req.image is not None:
         require(req.image, "--image")
+    if req.lora is not None:
+        require(req.lora, "--lora")
     if req.random_weights:
         return cfg, None
     paths = default_paths(cfg)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 SDPA_BACKENDS: dict[str, SDPBackend] = {
     "math": SDPBackend.MATH,
@@ -64,6 +63,10 @@ def flex_block_causal(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tokens_per_frame: int, chunk_frames: int
 ) -> torch.Tensor:
     """Block-causal attention through FlexAttention on [B, L, H, D] (used by teacher-forcing training)."""
+    # deferred: importing flex_attention loads torch._dynamo (about 1-3 s per process); only FlexAttention training
+    # needs it (tests/test_layers.py lists it)
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
     B, L, H, _ = q.shape
     mask = create_block_mask(
         block_causal_mask_fn(tokens_per_frame, chunk_frames), None, None, L, k.shape[1], device=q.device

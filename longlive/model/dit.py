@@ -89,16 +89,16 @@ class SelfAttention(nn.Module):
         return self.o(cached_attention(q, k, v.view(shape), ctx, self))
 
 
-@torch.compiler.disable
 def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttnContext,
                      attn: SelfAttention) -> torch.Tensor:
     """Self-attention of this forward's rotated q/k/v [B, L, H, D] → [B, L, H·D] (contiguous): through
     ctx.attn_fn, or over the KV cache's window, or over the input alone.
 
-    Kept out of compiled graphs (longlive.infer.compile): the cache's slot bookkeeping is Python and the window
-    grows while it fills; the kernel is cuDNN/flash either way. The layer index is read from the module here,
-    not passed through the compiled block, so one compiled graph serves every layer; the output is made
-    contiguous here so the graph after it always sees the same layout, whatever the cache storage.
+    Kept out of compiled graphs: `longlive.infer.compile.compile_blocks` wraps it in `torch.compiler.disable` (a
+    transform from outside, so importing the model does not load the compiler stack); the cache's slot bookkeeping
+    is Python and the window grows while it fills; the kernel is cuDNN/flash either way. The layer index is read from
+    the module here, not passed through the compiled block, so one compiled graph serves every layer; the output is
+    made contiguous here so the graph after it always sees the same layout, whatever the cache storage.
     """
     B, L = q.shape[:2]
     if ctx.attn_fn is not None:

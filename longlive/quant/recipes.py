@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn as nn
+from safetensors.torch import load_file
 
 from longlive.model.checkpoint import CheckpointError
 from longlive.quant.linear import LinearQuantConfig, QuantLinear, check_backend
@@ -94,6 +96,36 @@ def merge_lora(model: nn.Module, lora: dict[str, torch.Tensor], scale: float = 1
                              .to(lin.weight.dtype))
         merged.append(name)
     return merged
+
+
+def lora_scale(payload: dict) -> float:
+    """alpha / rank from the file's metadata; without it the spec's alpha = rank (scale 1)."""
+    rank, alpha = payload.get("lora_rank"), payload.get("lora_alpha")
+    if rank is None or alpha is None:
+        return 1.0
+    return float(alpha) / float(rank)
+
+
+def load_lora(path: str | Path) -> dict:
+    """Read a LoRA file → `{generator_lora, critic_lora, step, lora_rank, lora_alpha}` (missing fields None/0).
+
+    A bare adapter state dict (e.g. PEFT's own file loaded to a dict) is accepted as the generator adapter.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"LoRA file not found: {path}")
+    if path.suffix == ".safetensors":
+        obj: dict = {"generator_lora": load_file(str(path))}
+    else:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a dict, got {type(obj).__name__}")
+    if "generator_lora" not in obj and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        obj = {"generator_lora": obj}
+    if "generator_lora" not in obj:
+        raise ValueError(f"{path}: no generator_lora (keys: {sorted(obj)[:5]})")
+    return {"generator_lora": obj["generator_lora"], "critic_lora": obj.get("critic_lora"),
+            "step": int(obj.get("step", 0)), "lora_rank": obj.get("lora_rank"), "lora_alpha": obj.get("lora_alpha")}
 
 
 # -- the published NVFP4 generator layout (model_4o6.pt) ------------------------------------------------------

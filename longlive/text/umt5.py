@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import transformers  # its classes load on first use (transformers' lazy module): ~3 s kept off every import
 from safetensors.torch import load_file
 from torch import Tensor
-from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
 
 from .base import (
     PROMPT_CLEANING,
@@ -63,11 +63,11 @@ class UMT5Spec:
 UMT5_XXL = UMT5Spec(vocab_size=256384, dim=4096, ffn_dim=10240, num_heads=64, num_layers=24, text_len=512)
 
 
-def umt5_config(spec: UMT5Spec) -> UMT5Config:
+def umt5_config(spec: UMT5Spec) -> transformers.UMT5Config:
     """A `UMT5Config` for an encoder-only model with the given shapes (no hub config needed)."""
     if spec.dim % spec.num_heads:
         raise ValueError(f"dim {spec.dim} is not divisible by num_heads {spec.num_heads}")
-    return UMT5Config(
+    return transformers.UMT5Config(
         vocab_size=spec.vocab_size,
         d_model=spec.dim,
         d_kv=spec.head_dim,
@@ -86,10 +86,10 @@ def umt5_config(spec: UMT5Spec) -> UMT5Config:
     )
 
 
-def build_umt5_model(spec: UMT5Spec, device: str | torch.device = "meta") -> UMT5EncoderModel:
+def build_umt5_model(spec: UMT5Spec, device: str | torch.device = "meta") -> transformers.UMT5EncoderModel:
     """Construct the encoder under a `torch.device` context (meta by default: no memory, no init cost)."""
     with torch.device(device):
-        model = UMT5EncoderModel(umt5_config(spec))
+        model = transformers.UMT5EncoderModel(umt5_config(spec))
     return model.eval()
 
 
@@ -223,7 +223,7 @@ def load_wan_umt5(
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
-) -> UMT5EncoderModel:
+) -> transformers.UMT5EncoderModel:
     """Load a Wan-layout umT5 encoder checkpoint strictly; dtype None keeps the stored dtype (bf16)."""
     path = Path(checkpoint)
     if not path.is_file():
@@ -273,7 +273,7 @@ def resolve_paths(
 
 def hf_tokenize_fn(tokenizer_dir: str | os.PathLike, max_len: int):
     """A tokenize function over a local Hugging Face tokenizer folder (never the hub)."""
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
 
     def tokenize(prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
         # Wan pads to the full length, truncates, and appends EOS (which counts as a real token).

@@ -20,14 +20,13 @@ import torch.nn as nn
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
 from peft.tuners.lora.layer import Linear as LoraLinear
-from safetensors.torch import load_file
 
 from longlive.model.checkpoint import load_generator, read_generator_file, save_generator
 from longlive.model.dit import build_model
 from longlive.model.presets import PRESETS
 from longlive.output import check_out_file
 from longlive.quant.linear import QuantLinear
-from longlive.quant.recipes import BLOCK_LINEARS, merge_lora
+from longlive.quant.recipes import BLOCK_LINEARS, load_lora, lora_scale, merge_lora
 
 PEFT_PREFIX = "base_model.model."
 DEFAULT_RANK = 128
@@ -112,14 +111,6 @@ def load_lora_weights(model: nn.Module, lora: dict[str, torch.Tensor], adapter_n
     set_peft_model_state_dict(model, sd, adapter_name=adapter_name)
 
 
-def lora_scale(payload: dict) -> float:
-    """alpha / rank from the file's metadata; without it the spec's alpha = rank (scale 1)."""
-    rank, alpha = payload.get("lora_rank"), payload.get("lora_alpha")
-    if rank is None or alpha is None:
-        return 1.0
-    return float(alpha) / float(rank)
-
-
 def save_lora(path: str | Path, generator_lora: dict[str, torch.Tensor],
               critic_lora: dict[str, torch.Tensor] | None = None, step: int = 0, *,
               lora_rank: int | None = None, alpha: float | None = None) -> Path:
@@ -140,28 +131,6 @@ def save_lora(path: str | Path, generator_lora: dict[str, torch.Tensor],
     torch.save(payload, str(tmp))
     tmp.replace(path)
     return path
-
-
-def load_lora(path: str | Path) -> dict:
-    """Read a LoRA file → `{generator_lora, critic_lora, step, lora_rank, lora_alpha}` (missing fields None/0).
-
-    A bare adapter state dict (e.g. PEFT's own file loaded to a dict) is accepted as the generator adapter.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"LoRA file not found: {path}")
-    if path.suffix == ".safetensors":
-        obj: dict = {"generator_lora": load_file(str(path))}
-    else:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a dict, got {type(obj).__name__}")
-    if "generator_lora" not in obj and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        obj = {"generator_lora": obj}
-    if "generator_lora" not in obj:
-        raise ValueError(f"{path}: no generator_lora (keys: {sorted(obj)[:5]})")
-    return {"generator_lora": obj["generator_lora"], "critic_lora": obj.get("critic_lora"),
-            "step": int(obj.get("step", 0)), "lora_rank": obj.get("lora_rank"), "lora_alpha": obj.get("lora_alpha")}
 
 
 def infer_config(sd: dict[str, torch.Tensor], preset: str | None = None):

@@ -44,7 +44,7 @@ def video_request(spec: RunSpec, progress: bool = False) -> VideoRequest:
         random_weights=spec.random_weights, progress=progress, save_latents=True,
         **request_fields(dataclasses.asdict(spec.precision)),
         kv_quant=spec.kv_quant.name, sp=spec.sp, exchange=spec.exchange, compile=spec.compile,
-        fuse_qkv=spec.fuse_qkv,
+        fuse_qkv=spec.fuse_qkv, lora=Path(spec.lora) if spec.lora else None,
     )
 
 
