@@ -16,7 +16,7 @@ All modes share one interface, so the generator and the benchmarks can swap them
   thread decodes and copies the frames into pinned host memory.
 - ``tiles``: under sequence parallelism, every SP rank decodes one spatial tile of each chunk in ``submit()``
   (``longlive.parallel.vae_decode.ParallelDecoder``) and the group's first rank gathers the frames; the release
-  decodes on rank 0 alone (``streaming`` under SP).
+  decodes the whole video on every rank and rank 0 saves it; ``streaming`` under SP decodes on rank 0 alone.
 
 Every mode yields exactly the frames of ``vae.decode`` on all latents (the streaming decoder is
 bit-identical to a batch decode). Errors raised in a worker are re-raised in the caller by the next
@@ -293,7 +293,7 @@ class TilesDecoder(Decoder):
     """Tile-parallel streaming decode over an SP group: every rank of ``group`` builds one and submits every chunk
     (the decode is a collective, so it runs synchronously in the caller's thread, between chunks, never beside the
     generator's all-to-alls); frames land on the group's first rank only, the others' ``finish()`` returns None.
-    Equal to ``streaming`` within float rounding (tests/test_decode_tiles.py)."""
+    Equal to ``streaming`` within float rounding (tests/test_parallel_vae.py, tests/test_sp_infer.py)."""
 
     def __init__(self, vae: nn.Module, *, device: str | torch.device | None = None,
                  group: dist.ProcessGroup | None = None) -> None:

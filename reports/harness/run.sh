@@ -46,6 +46,11 @@ for line in open(sys.argv[1]):
 case "$PHASE" in
   ladder)  # the whole preset: the FP32 eager reference cells first, then BF16/FP8 x 4/2 steps compiled
     sweep perf_ladder ;;
+  perf)  # the compare call's first half alone (when device time is short): the ladder's cells and the bench
+    sweep perf_ladder quality.add_reference=false
+    PYTHONPATH=$BENCH_SRC:$PYTHONPATH python3 -m longlive.bench.perf --configs bf16:none:4 bf16:none:2 fp8:none:4 \
+      fp8:none:2 --compile default --chunks 8 --out /tmp/bench_perf 2>&1 | grep -v "^  \[" | tee -a "$LOG"
+    cp /tmp/bench_perf/rows.jsonl "$OUT/bench_perf_rows.jsonl" ;;
   compare)  # speed both ways in one call: the ladder's cells again (no reference) and the former bench script,
             # then the VAE decode both ways
     sweep perf_ladder quality.add_reference=false
