@@ -10,7 +10,9 @@
 # Writes $OUT/<phase>.log and the rows flat in $OUT (sweep results.jsonl copied as cells finish, bench JSON).
 # The bench scripts were removed once their workloads existed: BENCH_SRC is a snapshot of the package at the last
 # commit that had them (made here with `git archive 2dc68ec longlive | tar -x -C .snap/bench-2dc68ec`, carried
-# to the device machine), so both sides run in the same call on the same GPU.
+# to the device machine), so both sides run in the same call on the same GPU. The bench runs from inside the
+# snapshot: `python -m` puts the working directory first on sys.path, ahead of PYTHONPATH (the first run here
+# failed on exactly that, see reports/harness/README.md).
 set -euo pipefail
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
 OUT=${OUT:?set OUT}
@@ -48,19 +50,19 @@ case "$PHASE" in
     sweep perf_ladder ;;
   perf)  # the compare call's first half alone (when device time is short): the ladder's cells and the bench
     sweep perf_ladder quality.add_reference=false
-    PYTHONPATH=$BENCH_SRC:$PYTHONPATH python3 -m longlive.bench.perf --configs bf16:none:4 bf16:none:2 fp8:none:4 \
-      fp8:none:2 --compile default --chunks 8 --out /tmp/bench_perf 2>&1 | grep -v "^  \[" | tee -a "$LOG"
+    (cd "$BENCH_SRC" && LONGLIVE_GIT_COMMIT=2dc68ec PYTHONPATH=$BENCH_SRC:$PYTHONPATH python3 -m longlive.bench.perf --configs bf16:none:4 bf16:none:2 fp8:none:4 \
+      fp8:none:2 --compile default --chunks 8 --out /tmp/bench_perf) 2>&1 | grep -v "^  \[" | tee -a "$LOG"
     cp /tmp/bench_perf/rows.jsonl "$OUT/bench_perf_rows.jsonl" ;;
   compare)  # speed both ways in one call: the ladder's cells again (no reference) and the former bench script,
             # then the VAE decode both ways
     sweep perf_ladder quality.add_reference=false
-    PYTHONPATH=$BENCH_SRC:$PYTHONPATH python3 -m longlive.bench.perf --configs bf16:none:4 bf16:none:2 fp8:none:4 \
-      fp8:none:2 --compile default --chunks 8 --out /tmp/bench_perf 2>&1 | grep -v "^  \[" | tee -a "$LOG"
+    (cd "$BENCH_SRC" && LONGLIVE_GIT_COMMIT=2dc68ec PYTHONPATH=$BENCH_SRC:$PYTHONPATH python3 -m longlive.bench.perf --configs bf16:none:4 bf16:none:2 fp8:none:4 \
+      fp8:none:2 --compile default --chunks 8 --out /tmp/bench_perf) 2>&1 | grep -v "^  \[" | tee -a "$LOG"
     cp /tmp/bench_perf/rows.jsonl "$OUT/bench_perf_rows.jsonl"
     sweep vae_decode
-    PYTHONPATH=$BENCH_SRC:$PYTHONPATH python3 -m longlive.bench.vae_decode --chunks 4 --channels-last \
-      --out "$OUT/bench_vae_eager.json" 2>&1 | tail -1 | tee -a "$LOG"
-    PYTHONPATH=$BENCH_SRC:$PYTHONPATH python3 -m longlive.bench.vae_decode --chunks 4 --channels-last --compile \
-      --out "$OUT/bench_vae_compiled.json" 2>&1 | tail -1 | tee -a "$LOG" ;;
+    (cd "$BENCH_SRC" && LONGLIVE_GIT_COMMIT=2dc68ec PYTHONPATH=$BENCH_SRC:$PYTHONPATH python3 -m longlive.bench.vae_decode --chunks 4 --channels-last \
+      --out "$OUT/bench_vae_eager.json") 2>&1 | tail -1 | tee -a "$LOG"
+    (cd "$BENCH_SRC" && LONGLIVE_GIT_COMMIT=2dc68ec PYTHONPATH=$BENCH_SRC:$PYTHONPATH python3 -m longlive.bench.vae_decode --chunks 4 --channels-last --compile \
+      --out "$OUT/bench_vae_compiled.json") 2>&1 | tail -1 | tee -a "$LOG" ;;
   *) echo "unknown PHASE=$PHASE (ladder or compare)"; exit 2 ;;
 esac
