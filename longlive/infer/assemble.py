@@ -294,6 +294,7 @@ def run(p: Pipeline, out: Path) -> VideoResult:
         tmp.replace(out / "latents.safetensors")
         artifacts["latents"] = "latents.safetensors"
     n_frames = video_frames(req.frames)
+    forwards = n_chunks * (req.steps + 1)  # denoising steps + the clean re-run, per chunk
     metrics = {
         "compile": req.compile, "linear_quant": p.linear_quant, "linear_backend": p.linear_backend,
         "weight_rule": p.weight_rule, **res.stats.summary(), "e2e_s": e2e_s, "e2e_fps": n_frames / e2e_s,
@@ -301,9 +302,8 @@ def run(p: Pipeline, out: Path) -> VideoResult:
         "video_seconds": n_frames / cfg.fps, **mem, "kv_cache_gb": res.kv_cache_bytes / 1e9,
         "kv_packed_gb": res.kv_packed_bytes / 1e9, "weights_gb": model_weight_bytes(p.model) / 1e9,
         "decode_landed_s": [round(t - t_start, 3) for t in dec.chunk_times] if dec is not None else None,
-        "sp_bytes_per_forward": (p.sp.stats.bytes_sent / (n_chunks * (req.steps + 1))) if p.sp else None,
-        "sp_bytes_by_kind": ({k: v / (n_chunks * (req.steps + 1)) for k, v in p.sp.stats.by_kind.items()}
-                             if p.sp else None),
+        "sp_bytes_per_forward": p.sp.stats.bytes_sent / forwards if p.sp else None,
+        "sp_bytes_by_kind": {k: v / forwards for k, v in p.sp.stats.by_kind.items()} if p.sp else None,
     }
     return VideoResult(metrics=metrics, artifacts=artifacts, video=frames, latents=latents,
                        timing_definition={"denoise_fps": res.stats.timing_definition, "e2e_fps": E2E_DEFINITION},

@@ -129,12 +129,17 @@ class Decoder:
             return None
         t0 = time.perf_counter()
         z = torch.zeros(chunk_shape, device=self.device, dtype=self.vae.dtype)
-        stream = self.vae.streaming_decoder()
+        stream = self._warm_stream()
         with torch.no_grad():
             stream.decode(z)
             stream.decode(z)
+        stream.reset()  # the video starts from a fresh cache
         torch.cuda.synchronize(self.device)
         return time.perf_counter() - t0
+
+    def _warm_stream(self):
+        """The stream the warm-up decodes through: a throwaway one (the tiles mode warms its own, every rank)."""
+        return self.vae.streaming_decoder()
 
     def close(self) -> None:
         """Release worker resources (idempotent)."""
@@ -310,18 +315,8 @@ class TilesDecoder(Decoder):
         if frames is not None:
             self._land(to_host(frames_to_uint8(frames)))
 
-    def warm_up(self, chunk_shape: tuple[int, ...]) -> float | None:
-        """The base warm-up through the tiled stream (every rank takes part), then a fresh stream for the video."""
-        if self.device.type != "cuda":
-            return None
-        t0 = time.perf_counter()
-        z = torch.zeros(chunk_shape, device=self.device, dtype=self.vae.dtype)
-        with torch.no_grad():
-            self._tiles.decode(z)
-            self._tiles.decode(z)
-        self._tiles.reset()
-        torch.cuda.synchronize(self.device)
-        return time.perf_counter() - t0
+    def _warm_stream(self):
+        return self._tiles  # a collective: every rank warms up through it, and it is reset after
 
     def finish(self) -> Tensor | None:  # type: ignore[override]
         if not self.is_root:

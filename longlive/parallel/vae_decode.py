@@ -376,6 +376,36 @@ def decode_tiles(
     return torch.cat(outs, dim=2)
 
 
+def _group_ranks(group: dist.ProcessGroup | None, who: str) -> tuple[int, int, int]:
+    """(this rank in `group`, the group's size, the global rank of its first member)."""
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError(f"{who} needs an initialised torch.distributed process group")
+    root = dist.get_global_rank(group, 0) if group is not None else 0
+    return dist.get_rank(group), dist.get_world_size(group), root
+
+
+def _padded(x: Tensor, dim: int, rows: int) -> Tensor:
+    """Collectives need equal shapes: zero-pad an uneven tile along `dim` to the largest one."""
+    if x.shape[dim] == rows:
+        return x.contiguous()
+    shape = list(x.shape)
+    shape[dim] = rows - x.shape[dim]
+    return torch.cat([x, x.new_zeros(shape)], dim=dim)
+
+
+def _stitch(bufs: list[Tensor], sizes: list[int], dim: int) -> Tensor:
+    return torch.cat([b.narrow(dim, 0, n) for b, n in zip(bufs, sizes, strict=True)], dim=dim)
+
+
+def _gather_tiles(tile: Tensor, sizes: list[int], dim: int, rank: int, root: int,
+                  group: dist.ProcessGroup | None) -> Tensor | None:
+    """Every rank's tile (`sizes[r]` rows along `dim`) stitched on the group's first rank; None elsewhere."""
+    send = _padded(tile, dim, max(sizes))
+    bufs = [torch.empty_like(send) for _ in sizes] if rank == 0 else None
+    dist.gather(send, bufs, dst=root, group=group)
+    return _stitch(bufs, sizes, dim) if bufs is not None else None
+
+
 class ParallelDecoder:
     """Streaming VAE decode split by spatial tiles over the ranks of ``group`` (default: the world group).
 
@@ -392,12 +422,8 @@ class ParallelDecoder:
         halo: int | Sequence[int] | None = None,
         axis: str = "auto",
     ) -> None:
-        if not dist.is_available() or not dist.is_initialized():
-            raise RuntimeError("ParallelDecoder needs an initialised torch.distributed process group")
         self.group = group
-        self.rank = dist.get_rank(group)
-        self.world = dist.get_world_size(group)
-        self.root = dist.get_global_rank(group, 0) if group is not None else 0
+        self.rank, self.world, self.root = _group_ranks(group, "ParallelDecoder")
         self._stream = _TiledStream(vae, self.world, [self.rank], halo, axis, self._all_gather)
 
     @property
@@ -408,35 +434,18 @@ class ParallelDecoder:
     def reset(self) -> None:
         self._stream.reset()
 
-    def _padded(self, x: Tensor, rows: int) -> Tensor:
-        """Collectives need equal shapes: zero-pad an uneven tile to the largest one."""
-        dim = self._stream.dim
-        if x.shape[dim] == rows:
-            return x.contiguous()
-        shape = list(x.shape)
-        shape[dim] = rows - x.shape[dim]
-        return torch.cat([x, x.new_zeros(shape)], dim=dim)
-
-    def _stitch(self, bufs: list[Tensor], sizes: list[int]) -> Tensor:
-        dim = self._stream.dim
-        return torch.cat([b.narrow(dim, 0, n) for b, n in zip(bufs, sizes, strict=True)], dim=dim)
-
     def _all_gather(self, parts: list[Tensor], scale: int) -> Tensor:
-        sizes = self._stream.sizes(scale)
-        send = self._padded(parts[0], max(sizes))
+        sizes, dim = self._stream.sizes(scale), self._stream.dim
+        send = _padded(parts[0], dim, max(sizes))
         bufs = [torch.empty_like(send) for _ in sizes]
         dist.all_gather(bufs, send, group=self.group)
-        return self._stitch(bufs, sizes)
+        return _stitch(bufs, sizes, dim)
 
     def decode(self, latents: Tensor) -> Tensor | None:
         """Decode one chunk on every rank; the frames on the group's rank 0, None elsewhere."""
         (tile,) = self._stream.decode(latents)
-        stride = self.vae_stride
-        sizes = self._stream.sizes(stride)
-        send = self._padded(tile, max(sizes))
-        bufs = [torch.empty_like(send) for _ in sizes] if self.rank == 0 else None
-        dist.gather(send, bufs, dst=self.root, group=self.group)
-        return self._stitch(bufs, sizes) if bufs is not None else None
+        sizes = self._stream.sizes(self.vae_stride)
+        return _gather_tiles(tile, sizes, self._stream.dim, self.rank, self.root, self.group)
 
     @property
     def vae_stride(self) -> int:
@@ -452,12 +461,8 @@ class PatchParallelDecoder:
     def __init__(self, vae: nn.Module, group: dist.ProcessGroup | None = None) -> None:
         if not getattr(vae, "patch_local", False):
             raise ValueError(f"{type(vae).__name__} mixes neighbouring latents; use ParallelDecoder (halo tiles)")
-        if not dist.is_available() or not dist.is_initialized():
-            raise RuntimeError("PatchParallelDecoder needs an initialised torch.distributed process group")
         self.group = group
-        self.rank = dist.get_rank(group)
-        self.world = dist.get_world_size(group)
-        self.root = dist.get_global_rank(group, 0) if group is not None else 0
+        self.rank, self.world, self.root = _group_ranks(group, "PatchParallelDecoder")
         self.vae = vae
         self._stream = vae.streaming_decoder()
 
@@ -473,13 +478,5 @@ class PatchParallelDecoder:
         cores = split_rows(latents.shape[3], self.world)
         lo, hi = cores[self.rank]
         rows = self._stream.decode(latents[:, :, :, lo:hi].contiguous())
-        stride = self.vae.stride[1]
-        most = max(b - a for a, b in cores) * stride
-        pad = most - rows.shape[3]
-        send = torch.cat([rows, rows.new_zeros(*rows.shape[:3], pad, rows.shape[4])], dim=3) if pad else rows
-        bufs = [torch.empty_like(send) for _ in cores] if self.rank == 0 else None
-        dist.gather(send.contiguous(), bufs, dst=self.root, group=self.group)
-        if bufs is None:
-            return None
-        return torch.cat([b[:, :, :, : (hi_ - lo_) * stride] for b, (lo_, hi_) in zip(bufs, cores, strict=True)],
-                         dim=3)
+        sizes = [(b - a) * self.vae.stride[1] for a, b in cores]
+        return _gather_tiles(rows, sizes, 3, self.rank, self.root, self.group)
