@@ -21,7 +21,9 @@ from longlive.text.umt5 import (
     build_umt5_model,
     build_umt5_text_encoder,
     convert_wan_t5_state_dict,
+    expected_shapes,
     load_wan_umt5,
+    umt5_shapes,
     wan_umt5_shapes,
 )
 
@@ -189,6 +191,25 @@ def test_xxl_meta_key_set():
     assert model.encoder.embed_tokens.weight is model.shared.weight
     assert sum(p.numel() for p in model.parameters()) == sum(math.prod(s) for s in expected.values())
     assert sum(p.numel() for p in model.parameters()) == 5_680_910_336
+
+
+@pytest.mark.parametrize("spec", [SMALL, TINY_SPEC, UMT5_XXL], ids=["small", "tiny", "xxl"])
+def test_umt5_shapes_match_the_model(spec):
+    """The spec-only key/shape table (checked before any model is built) is the built model's, key for key."""
+    assert umt5_shapes(spec) == expected_shapes(build_umt5_model(spec, "meta"))
+
+
+def test_tiny_encoder_builds_on_first_encode_only(tmp_path):
+    """A cache hit never builds the model; the lazily built model encodes exactly as an eager one."""
+    eager = build_tiny_text_encoder(seed=2)
+    ref = eager.encode(["a red cat", "a blue dog"])
+    lazy = build_tiny_text_encoder(seed=2)
+    assert not lazy.built and (lazy.dim, lazy.dtype, lazy.device.type) == (TINY_SPEC.dim, torch.float32, "cpu")
+    cache = EmbeddingCache(tmp_path)
+    first = build_tiny_text_encoder(seed=2)
+    assert torch.equal(cache.encode(first, ["a red cat", "a blue dog"]), ref) and first.built
+    assert torch.equal(cache.encode(lazy, ["a blue dog", "a red cat"]), ref.flip(0)) and not lazy.built
+    assert torch.equal(lazy.encode(["a red cat"]), ref[:1]) and lazy.built
 
 
 def _bad(sd: dict[str, torch.Tensor], kind: str) -> tuple[dict[str, torch.Tensor], str]:

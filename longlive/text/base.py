@@ -108,17 +108,52 @@ class TextEncoder(ABC):
 
 
 class UMT5TextEncoder(TextEncoder):
-    """A `UMT5EncoderModel` behind a tokenize function; used for both umT5-XXL and the tiny encoder."""
+    """A `UMT5EncoderModel` behind a tokenize function; used for both umT5-XXL and the tiny encoder.
 
-    def __init__(self, name: str, model: torch.nn.Module, tokenize: Tokenize, max_len: int, identity: str):
+    `model` may be a factory: the model is then built on the first `encode`, so a run whose prompts are all in the
+    embedding cache never builds it (nor loads transformers' model classes, about 1.5 s per CPU process). A factory
+    needs `dim`, `device` and `dtype` up front, and the built model is checked against them.
+    """
+
+    def __init__(self, name: str, model: torch.nn.Module | Callable[[], torch.nn.Module], tokenize: Tokenize,
+                 max_len: int, identity: str, *, dim: int | None = None, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None):
         self.name = name
-        self.model = model.eval().requires_grad_(False)
         self._tokenize = tokenize
-        self.dim = int(model.config.d_model)
         self.max_len = max_len
         self.identity = identity
+        self._model: torch.nn.Module | None = None
+        self._build: Callable[[], torch.nn.Module] | None = None
+        if isinstance(model, torch.nn.Module):
+            self._set_model(model)
+        else:
+            if dim is None or device is None or dtype is None:
+                raise ValueError("a model factory needs dim, device and dtype")
+            self._build = model
+            self.dim, self.device, self.dtype = int(dim), torch.device(device), dtype
+
+    def _set_model(self, model: torch.nn.Module) -> None:
+        self._model = model.eval().requires_grad_(False)
+        self.dim = int(model.config.d_model)
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
+
+    @property
+    def built(self) -> bool:
+        """Whether the model exists yet (False until the first encode for a factory-built encoder)."""
+        return self._model is not None
+
+    @property
+    def model(self) -> torch.nn.Module:
+        if self._model is None:
+            assert self._build is not None
+            want = (self.dim, self.device.type, self.dtype)
+            self._set_model(self._build())
+            if (self.dim, self.device.type, self.dtype) != want:
+                raise RuntimeError(f"{self.name} text encoder: the factory built (dim, device, dtype) = "
+                                   f"{(self.dim, self.device.type, self.dtype)}, declared {want}")
+            self._build = None
+        return self._model
 
     def tokenize(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
         if isinstance(prompts, str):

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from .base import PROMPT_CLEANING, UMT5TextEncoder, clean_prompt, config_fingerprint, file_fingerprint
-from .umt5 import TIED_KEY, UMT5Spec, assign_state_dict, build_umt5_model, expected_shapes, match_state_dict
+from .umt5 import TIED_KEY, UMT5Spec, assign_state_dict, build_umt5_model, match_state_dict, umt5_shapes
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2  # T5's special ids; bytes follow them
 BYTE_OFFSET = 3
@@ -140,18 +140,25 @@ def build_tiny_text_encoder(
 ) -> UMT5TextEncoder:
     """The tiny preset's encoder: seeded weights, or those saved at `checkpoint` (loaded strictly)."""
     dtype = dtype or torch.float32
-    model = build_umt5_model(TINY_SPEC, "meta")
-    if checkpoint is None:
-        model = model.to_empty(device="cpu")
-        model.encoder.embed_tokens.weight = model.shared.weight  # to_empty keeps ties, but be explicit
-        init_tiny_weights(model, seed)
-        source = f"seed={seed}"
-    else:
-        state = load_tiny_state_dict(checkpoint)
-        match_state_dict(state, expected_shapes(model), what=f"tiny text-encoder checkpoint {checkpoint}")
-        assign_state_dict(model, state)
-        source = f"ckpt={file_fingerprint(checkpoint)}"
-    model = model.to(device=torch.device(device or "cpu"), dtype=dtype)
+    dev = torch.device(device or "cpu")
+    # The checkpoint's format, spec and keys are read now (bad input fails before any work); the model itself is
+    # built on first use, so prompts already in the embedding cache never build it.
+    state = load_tiny_state_dict(checkpoint) if checkpoint is not None else None
+    if state is not None:
+        match_state_dict(state, umt5_shapes(TINY_SPEC), what=f"tiny text-encoder checkpoint {checkpoint}")
+    source = f"seed={seed}" if state is None else f"ckpt={file_fingerprint(checkpoint)}"
+
+    def build() -> torch.nn.Module:
+        model = build_umt5_model(TINY_SPEC, "meta")
+        if state is None:
+            model = model.to_empty(device="cpu")
+            model.encoder.embed_tokens.weight = model.shared.weight  # to_empty keeps ties, but be explicit
+            init_tiny_weights(model, seed)
+        else:
+            assign_state_dict(model, state)  # load_state_dict(strict=True): the keys were matched above
+        return model.to(device=dev, dtype=dtype)
+
     dtype_name = str(dtype).removeprefix("torch.")
     identity = f"tiny/{dtype_name}/{source}/cfg={config_fingerprint([asdict(TINY_SPEC), PROMPT_CLEANING])}"
-    return UMT5TextEncoder("tiny", model, ByteTokenizer(TINY_SPEC.text_len), TINY_SPEC.text_len, identity)
+    return UMT5TextEncoder("tiny", build, ByteTokenizer(TINY_SPEC.text_len), TINY_SPEC.text_len, identity,
+                           dim=TINY_SPEC.dim, device=dev, dtype=dtype)
