@@ -7,6 +7,7 @@ built, so bad input costs nothing.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -16,21 +17,36 @@ from pathlib import Path
 import torch
 
 from longlive.experiments import precision_config, precisions, request_fields
-from longlive.infer.assemble import make_video
+from longlive.infer.assemble import VideoResult, make_video
+from longlive.infer.batch import (
+    PromptEntry,
+    VideoItem,
+    dp_share,
+    read_caption_dir,
+    read_prompt_file,
+    run_videos,
+    video_items,
+)
 from longlive.infer.fidelity import compare, precision_fields
+from longlive.infer.latents import decode_latents, generation_config, read_latents, write_video
 from longlive.infer.video import DECODE_CHOICES, DEFAULT_PROMPT, VideoRequest, validate
 from longlive.measure.manifest import manifest
 from longlive.model.attention import BACKENDS
 from longlive.model.presets import DEFAULT_VIDEO_SECONDS, PRESETS, default_frames, get_preset
-from longlive.names import COMPILE_MODES, EXCHANGE, KV_QUANT
+from longlive.names import COMPILE_MODES, EXCHANGE, KV_QUANT, LORA_MODES
 from longlive.output import check_out_dir, write_text_atomic
-from longlive.parallel.groups import check_sp, shutdown_parallel
+from longlive.parallel.groups import check_sp, init_parallel, shutdown_parallel
+from longlive.quant.kv import DEFAULT_KV_RULE
 from longlive.quant.linear import DEFAULT_WEIGHT_RULE
 from longlive.quant.nvfp4 import RULES as NVFP4_RULES
+from longlive.quant.recipes import DEFAULT_ACT_RULE
 from longlive.report import add_report_parser
 from longlive.runner.executor import run_sweep
 from longlive.runner.matrix import expand
 from longlive.runner.schema import empty_row
+from longlive.runner.store import ResultsStore
+from longlive.text.prompts import DEFAULT_NEGATIVE_PROMPT, SCENE_CUT_PREFIX
+from longlive.train.dmd_command import add_dmd_parser
 from longlive.train.lora import add_lora_parser
 from longlive.train.tiny import train_tiny
 from longlive.train.trainer import add_train_parser
@@ -42,17 +58,43 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate a video autoregressively, chunk by chunk")
     p.add_argument("--model", required=True, help=f"one of: {', '.join(PRESETS)}")
     p.add_argument("--prompt", action="append", default=None,
-                   help="repeat for multi-prompt videos. A prompt starting with 'The scene transitions. ' opens a new "
-                        "shot (the release's convention): its first chunk is conditioned on the prompt as written, "
-                        "the shot's later chunks on the bare caption. Any other prompt switches the text within the "
-                        "shot")
+                   help="repeat for multi-prompt videos. A prompt starting with 'The scene transitions. ' (or "
+                        "--scene-cut-prefix) opens a new shot (the release's convention): its first chunk is "
+                        "conditioned on the prompt as written, the shot's later chunks on the bare caption. Any other "
+                        "prompt switches the text within the shot")
     p.add_argument("--switch-at", type=int, nargs="*", default=None, metavar="CHUNK",
                    help="chunk index at which each prompt after the first begins (default: evenly spread)")
     defaults = ", ".join(f"{n} {default_frames(c)}" for n, c in PRESETS.items())
     p.add_argument("--frames", type=int, default=None,
                    help=f"latent frames, a multiple of the preset's chunk; T latents decode to 1 + 4(T-1) video frames "
                         f"(default: about {DEFAULT_VIDEO_SECONDS:g} s of video: {defaults})")
-    p.add_argument("--steps", type=int, default=4, choices=[1, 2, 3, 4, 5, 6, 8])
+    p.add_argument("--steps", type=int, default=4,
+                   help="denoising steps per chunk, any >= 1 (the release's inference.sampling_steps; one clean "
+                        "re-run follows): UniPC over N shift-warped sigmas from 0.999 to 0")
+    p.add_argument("--timestep-shift", type=float, default=5.0,
+                   help="shift s of the sigma grid, s*sigma / (1 + (s-1)*sigma) (the release's timestep_shift)")
+    p.add_argument("--guidance-scale", type=float, default=1.0,
+                   help="classifier-free guidance v_u + g*(v_c - v_u) (the release's inference.guidance_scale; "
+                        "default 1: off). Other values run two forwards per step, each branch with its own KV cache")
+    p.add_argument("--negative-prompt", default=DEFAULT_NEGATIVE_PROMPT,
+                   help="the unconditional text when --guidance-scale is not 1 (default: the release's Chinese "
+                        "negative prompt, longlive.text.prompts.DEFAULT_NEGATIVE_PROMPT)")
+    p.add_argument("--window-frames", type=int, default=None,
+                   help="attention window in latent frames, a multiple of the chunk (the release's local_attn_size; "
+                        "default: the preset's)")
+    p.add_argument("--sink-frames", type=int, default=None,
+                   help="global attention sink in latent frames, 0 or a multiple of the chunk (the release's "
+                        "sink_size; default: the preset's; 0: no sink and no shot pin)")
+    p.add_argument("--shot-rope-offset", type=int, default=None,
+                   help="temporal RoPE positions skipped at each scene cut (the release's multi_shot_rope_offset; "
+                        "default: the preset's, 8)")
+    p.add_argument("--scene-cut-prefix", default=SCENE_CUT_PREFIX,
+                   help=f"a prompt starting with this text opens a shot (the release's scene_cut_prefix; default "
+                        f"{SCENE_CUT_PREFIX!r})")
+    p.add_argument("--relative-rope", action="store_true",
+                   help="temporal RoPE positions count within the attention window, keys cached unrotated (the "
+                        "release's use_relative_rope; no shot offset, sp 1). Default: absolute positions, which "
+                        "also run past the 1024-row table")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="output folder (video.mp4, strip.png, result.json)")
     p.add_argument("--checkpoint", type=Path, default=None, help="generator file (default: under LONGLIVE_WEIGHTS)")
@@ -66,7 +108,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vae-device", default=None, help="device of the VAE (decode=device: e.g. cuda:1)")
     p.add_argument("--attn", default="auto", choices=list(BACKENDS), help="attention backend")
     p.add_argument("--decode", default="streaming", choices=list(DECODE_CHOICES),
-                   help="when and where latents become frames (none: latents only, no VAE)")
+                   help="when and where latents become frames (none: latents only, no VAE; `longlive decode` turns "
+                        "them into the video later)")
     p.add_argument("--precision", choices=precisions(), default=None,
                    help="a named precision, as in sweeps and `fidelity` (longlive/experiments/precision/): dtype, "
                         "block-Linear format and backend (fp8: real W8A8 GEMMs, cc >= 8.9; *-emulated / nvfp4: "
@@ -95,6 +138,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
                         "rest of the window is dropped (the release's shot_clean_recache)")
     p.add_argument("--cache-dir", type=Path, default=Path(".cache") / "prompt_embeddings")
     p.add_argument("--no-progress", action="store_true")
+    _add_generate_io(p)
     p.set_defaults(func=cmd_generate)
 
 
@@ -115,13 +159,18 @@ def _request(a: argparse.Namespace):
         random_weights=a.random_weights, image=a.image, multishot_sink=not a.no_multishot_sink,
         clean_recache=a.clean_recache, cache_dir=a.cache_dir, progress=not a.no_progress,
         kv_quant=a.kv_quant, sp=a.sp, exchange=a.exchange, compile=a.compile, fuse_qkv=a.fuse_qkv, lora=a.lora,
-        save_latents=a.save_latents,
+        save_latents=a.save_latents, guidance_scale=a.guidance_scale, negative_prompt=a.negative_prompt,
+        timestep_shift=a.timestep_shift, window_frames=a.window_frames, sink_frames=a.sink_frames,
+        shot_rope_offset=a.shot_rope_offset, scene_cut_prefix=a.scene_cut_prefix, relative_rope=a.relative_rope,
+        **_io_fields(a),
     )
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
     check_out_dir(a.out)
     req = _request(a)
+    if a.prompt_file is not None or a.caption_dir is not None or a.samples != 1 or a.dp != 1:
+        return _generate_many(a, req)
     if a.sp > 1 and "WORLD_SIZE" not in os.environ:  # start the ranks ourselves, with the same arguments
         check_sp(get_preset(a.model), a.sp)
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -142,8 +191,10 @@ def cmd_generate(a: argparse.Namespace) -> int:
     row = generate_row(a, req, res, config)
     write_text_atomic(a.out / "result.json", json.dumps({"rows": [row], "manifest": row["manifest"]}, indent=2,
                                                         default=str))
-    print(f"wrote {a.out / 'video.mp4'} ({row['frames_video']} frames), {a.out / 'strip.png'}; "
-          f"denoise {row['denoise_fps']:.1f} FPS, end to end {row['e2e_fps']:.1f} FPS ({a.decode} decode)")
+    wrote = (f"{a.out / 'latents.safetensors'} (latents only: `longlive decode {a.out}` decodes them)"
+             if a.decode == "none" else f"{a.out / 'video.mp4'} ({row['frames_video']} frames), {a.out / 'strip.png'}")
+    print(f"wrote {wrote}; denoise {row['denoise_fps']:.1f} FPS, end to end {row['e2e_fps']:.1f} FPS "
+          f"({a.decode} decode)")
     return 0
 
 
@@ -152,12 +203,181 @@ def generate_row(a: argparse.Namespace, req, res, config: dict) -> dict:
     `longlive report` reads a generate folder's result.json like any results file."""
     axes = {"model": a.model, "precision": req.precision, "kv_quant": a.kv_quant, "sp": a.sp, "exchange": a.exchange,
             "steps": a.steps, "decode": a.decode, "hardware": torch.device(a.device).type}
-    row = empty_row(None, "generate", "infer", axes, a.frames, a.seed)
+    row = empty_row(None, "generate", "infer", axes, a.frames, req.seed)
     row.update(status="ok", config=config, **res.metrics, timing_definition=res.timing_definition,
-               artifacts=res.artifacts, manifest=manifest(config, a.seed),
+               artifacts=res.artifacts, manifest=manifest(config, req.seed),
                metrics_extra={"chunk_ms": res.chunk_ms, "windows": res.windows, "notes": res.notes,
                               "dtype": req.dtype, "act_quant": req.act_quant})
     return row
+
+
+IO_FIELDS = ("height", "width", "lora_mode", "ema", "act_rule", "quant_exclude", "kv_rule")
+"""generate's size, weight and quantisation-rule flags: VideoRequest fields of the same names."""
+
+
+def _add_generate_io(p: argparse.ArgumentParser) -> None:
+    """generate's many-video, size, weight and quantisation-rule options; each help names the release's key."""
+    g = p.add_argument_group("many videos (one folder and one results.jsonl row each, the model assembled once)")
+    g.add_argument("--prompt-file", type=Path, default=None,
+                   help="a text file, one video per non-blank line (the release's data_path as a .txt)")
+    g.add_argument("--caption-dir", type=Path, default=None,
+                   help="the multi-shot caption layout ROOT/caption/<sample>/<shot>.json ('caption' field) with an "
+                        "optional <sample>/shot_durations.txt of chunks per shot: one video per sample folder (the "
+                        "release's data_path as a folder)")
+    g.add_argument("--chunks-per-shot", type=int, default=0,
+                   help="chunks per shot of --caption-dir where a folder has no shot_durations.txt (the release's "
+                        "chunks_per_shot; default 0: the shots share the video evenly)")
+    g.add_argument("--samples", type=int, default=1,
+                   help="videos per prompt, seeds --seed, --seed+1, ... (the release's num_samples)")
+    g.add_argument("--dp", type=int, default=1,
+                   help="data parallel over videos: N processes under torchrun (launched for you; gloo on CPU), rank "
+                        "r taking every N-th video")
+    g = p.add_argument_group("size, weights and quantisation rules")
+    g.add_argument("--height", type=int, default=None,
+                   help="pixel height, a multiple of the VAE stride x patch (the release's image_or_video_shape[3] x "
+                        "16; default: the preset's)")
+    g.add_argument("--width", type=int, default=None,
+                   help="pixel width, a multiple of the VAE stride x patch (image_or_video_shape[4] x 16; default: the "
+                        "preset's)")
+    g.add_argument("--lora-mode", choices=list(LORA_MODES), default="merge",
+                   help="merge: --lora merged into the weights at build; runtime: the adapter kept separate (also "
+                        "over quantised or packed NVFP4 Linears; the release's merge_lora=false)")
+    g.add_argument("--ema", action="store_true",
+                   help="load the checkpoint's EMA weights: a longlive training checkpoint (checkpoints/step_*.pt) or "
+                        "a release checkpoint's generator_ema (the release's use_ema)")
+    g.add_argument("--act-rule", choices=list(NVFP4_RULES), default=DEFAULT_ACT_RULE,
+                   help="NVFP4 activation scale rule of PTQ (the release's model_quant_activation_scale_rule)")
+    g.add_argument("--quant-exclude", action="append", default=None, metavar="MODULE",
+                   help="repeat: a block Linear (module name, or re:<regex> searched in the name) PTQ leaves "
+                        "unquantised (the release's model_quant_filtered_modules; the embeddings, head and norms "
+                        "always stay, as the release's default filter keeps them)")
+    g.add_argument("--kv-rule", choices=list(NVFP4_RULES), default=DEFAULT_KV_RULE,
+                   help="NVFP4 scale rule of --kv-quant nvfp4 (the release's kv_quant_scale_rule)")
+
+
+def _io_fields(a: argparse.Namespace) -> dict:
+    fields = {k: getattr(a, k) for k in IO_FIELDS}
+    fields["quant_exclude"] = list(a.quant_exclude or [])
+    return fields
+
+
+def _generate_many(a: argparse.Namespace, req: VideoRequest) -> int:
+    """Many videos: the prompt source's entries x --samples, every --dp-th one per rank, each into --out/<name>/
+    with its row appended to --out/results.jsonl as soon as it is done; videos with an ok row are skipped, so a
+    re-run finishes what an interrupted one left (longlive.infer.batch)."""
+    sources = [f for f in ("prompt_file", "caption_dir") if getattr(a, f) is not None]
+    if len(sources) > 1:
+        raise ValueError("give one prompt source: --prompt-file or --caption-dir")
+    if sources and (a.prompt or a.switch_at is not None):
+        raise ValueError(f"--{sources[0].replace('_', '-')} gives the prompts: drop --prompt / --switch-at")
+    if a.chunks_per_shot and a.caption_dir is None:
+        raise ValueError("--chunks-per-shot applies to --caption-dir")
+    if a.dp < 1 or a.samples < 1:
+        raise ValueError(f"--dp {a.dp} and --samples {a.samples} must be >= 1")
+    if a.sp > 1:
+        raise ValueError("many videos per command (--prompt-file, --caption-dir, --samples, --dp) run without --sp: "
+                         "run them data parallel with --dp, or each video sequence parallel in its own command")
+    cfg, _ = validate(req)
+    n_chunks = req.frames // cfg.chunk_frames
+    if a.prompt_file is not None:
+        entries = read_prompt_file(a.prompt_file)
+    elif a.caption_dir is not None:
+        entries = read_caption_dir(a.caption_dir, n_chunks, a.chunks_per_shot, req.scene_cut_prefix)
+    else:
+        entries = [PromptEntry(0, "--prompt", tuple(req.prompts),
+                               tuple(req.switch_at) if req.switch_at is not None else None)]
+    items = video_items(entries, a.samples, a.seed)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if a.dp > 1 and "WORLD_SIZE" not in os.environ:  # start the ranks ourselves, with the same arguments
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if torch.device(a.device).type == "cuda" and a.dp > gpus:
+            raise ValueError(f"--dp {a.dp} needs {a.dp} GPUs (one rank per GPU); this machine has {gpus}")
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={a.dp}", "-m",
+               "longlive.cli", *a.argv]
+        return subprocess.call(cmd)
+    if world != a.dp:
+        raise ValueError(f"--dp {a.dp} runs as {a.dp} processes; this one is one of WORLD_SIZE={world}")
+    rank = 0
+    if world > 1:
+        dims = init_parallel(1, device=None if torch.device(a.device).type == "cuda" else "cpu")
+        req, rank = dataclasses.replace(req, device=str(dims.device)), dims.rank
+    store = ResultsStore(a.out)
+    done = {cid for cid, r in store.latest().items() if r.get("status") == "ok"
+            and all((a.out / v).exists() for v in (r.get("artifacts") or {}).values())}
+    mine = dp_share(items, rank, world)
+    todo = [it for it in mine if it.name not in done]
+    if len(todo) < len(mine):
+        print(f"rank {rank}: {len(mine) - len(todo)} of its {len(mine)} videos already done in {store.jsonl}, "
+              f"skipped", file=sys.stderr)
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items() if k not in ("func", "argv")}
+
+    def on_video(it: VideoItem, r: VideoRequest, res: VideoResult | None, err: BaseException | None) -> None:
+        store.append(_video_row(a, it, r, res, err, config))
+
+    try:
+        counts = run_videos(req, todo, a.out, on_video, progress=not a.no_progress and rank == 0)
+    finally:
+        shutdown_parallel()  # every rank finishes before any exits (torchrun stops the group at the first exit)
+    print(f"rank {rank}: {counts['ok']} videos ok, {counts['failed']} failed, {len(mine) - len(todo)} already done "
+          f"-> {store.jsonl}")
+    return 0 if counts["failed"] == 0 else 1
+
+
+def _video_row(a: argparse.Namespace, it: VideoItem, req: VideoRequest, res: VideoResult | None,
+               err: BaseException | None, config: dict) -> dict:
+    """One video's row of a many-video generate: cell_id = its folder, artifacts relative to --out."""
+    if res is not None:
+        row = generate_row(a, req, res, config)
+        row["artifacts"] = {k: f"{it.name}/{v}" for k, v in res.artifacts.items()}
+    else:
+        axes = {"model": a.model, "precision": req.precision, "kv_quant": a.kv_quant, "sp": a.sp,
+                "exchange": a.exchange, "steps": a.steps, "decode": a.decode, "hardware": torch.device(a.device).type}
+        row = empty_row(None, "generate", "infer", axes, a.frames, req.seed)
+        row.update(status="failed", reason=f"{type(err).__name__}: {err}", config=config,
+                   manifest=manifest(config, req.seed))
+    row.update(cell_id=it.name, dp=a.dp)
+    row["metrics_extra"] = {**row["metrics_extra"], "prompt_index": it.entry.index, "sample": it.sample,
+                            "prompt_source": it.entry.source, "prompts": list(req.prompts), "switch_at": req.switch_at}
+    return row
+
+
+def _add_decode(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("decode", help="decode saved latents (generate --decode none or --save-latents) into "
+                                      "video.mp4 and strip.png, through generate's own VAE and decoder path")
+    p.add_argument("latents", type=Path, help="a latents.safetensors file, or the folder holding one")
+    p.add_argument("--out", type=Path, required=True, help="output folder (video.mp4, strip.png)")
+    p.add_argument("--decode", choices=[m for m in DECODE_CHOICES if m not in ("none", "tiles")], default=None,
+                   help="decode mode (default: the generation's, streaming where it decoded none)")
+    p.add_argument("--model", default=None, help="preset (default: from the generate row beside the latents)")
+    p.add_argument("--vae", type=Path, default=None, help="VAE checkpoint (default: the generation's)")
+    p.add_argument("--precision", choices=precisions(), default=None, help="default: the generation's")
+    p.add_argument("--device", default=None, help="default: the generation's")
+    p.add_argument("--vae-device", default=None, help="the VAE's device (decode=device)")
+    p.add_argument("--seed", type=int, default=None, help="seed of a seeded VAE (no VAE file; default: the "
+                                                          "generation's)")
+    p.set_defaults(func=cmd_decode)
+
+
+def cmd_decode(a: argparse.Namespace) -> int:
+    check_out_dir(a.out)
+    latents = read_latents(a.latents)
+    gen = generation_config(a.latents) or {}
+    model = a.model or gen.get("model")
+    if model is None:
+        raise ValueError(f"--model: no generate row beside {a.latents} says which preset made these latents")
+    device = a.device or gen.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    precision = a.precision or gen.get("precision") or ("bf16" if torch.device(device).type == "cuda" else "fp32")
+    mode = a.decode or (gen.get("decode") if gen.get("decode") not in (None, "none", "tiles") else "streaming")
+    vae = a.vae or (Path(gen["vae"]) if gen.get("vae") else None)
+    req = VideoRequest(model=model, frames=latents.shape[2], device=device, decode=mode, vae=vae,
+                       vae_device=a.vae_device or gen.get("vae_device"), dtype=precision_config(precision)["dtype"],
+                       seed=a.seed if a.seed is not None else gen.get("seed", 0), compile=gen.get("compile", "none"),
+                       random_weights=bool(gen.get("random_weights", False)), progress=False)
+    frames = decode_latents(latents, req)
+    write_video(frames, a.out, get_preset(model).fps)
+    print(f"wrote {a.out / 'video.mp4'} ({frames.shape[0]} frames) and {a.out / 'strip.png'} from "
+          f"{list(latents.shape)} latents ({mode} decode)")
+    return 0
 
 
 def _add_fidelity(sub: argparse._SubParsersAction) -> None:
@@ -266,9 +486,11 @@ def main(argv: list[str] | None = None) -> int:
     _add_generate(sub)
     _add_sweep(sub)
     _add_fidelity(sub)
+    _add_decode(sub)
 
     add_report_parser(sub)
     add_lora_parser(sub)
+    add_dmd_parser(sub)
     tp = add_train_parser(sub)
     tp.add_argument("--tiny-default", action="store_true",
                     help="train every tiny-preset component on procedural video (VAE, AR model, 2-step LoRA) into "

@@ -30,6 +30,22 @@ DMD_QUANTISED = ("none", "generator", "generator+real", "generator+real+critic")
 DTYPES = ("fp32", "bf16", "fp16")
 """dtype: the parameter / activation dtype of a precision."""
 
+DMD_ADAPTERS = ("lora", "none")
+"""adapter: what DMD trains in the generator and critic (lora: a PEFT LoRA on the block Linears, the release's
+`adapter` section; none: every weight, the release without that section)."""
+
+ER_REPLACEMENTS = ("random", "oldest")
+"""error_recycling_config.replacement: which entry a full error-bank bucket overwrites (the release: random)."""
+
+ER_TARGETS = ("clean", "corrective")
+"""error_recycling_config.target: what the loss regresses on a perturbed input (longlive.train.error_recycling)."""
+
+ER_STORE_DTYPES = ("bfloat16", "float16", "float32")
+"""error_recycling_config.store_dtype: the dtype error-bank entries are kept in (host memory)."""
+
+LORA_MODES = ("merge", "runtime")
+"""lora_mode: how a LoRA file reaches the generator (merge: into the weights at build; runtime: a separate adapter)."""
+
 
 def check_choice(field: str, value: object, allowed: tuple[str, ...]) -> None:
     """ValueError naming the field, the value and the allowed values, when `value` is not one of them."""

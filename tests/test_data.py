@@ -19,7 +19,6 @@ from longlive.train.data import (
     ProceduralDataset,
     ProceduralVideos,
     frame_prompts,
-    resample_indices,
     training_samples,
     uint8_to_video,
     vae_identity,
@@ -106,31 +105,26 @@ def test_multishot_cuts_and_prefix() -> None:
     assert all(a != b for a, b in zip(bgs, bgs[1:], strict=False))
 
 
-def test_resample_indices() -> None:
-    idx = resample_indices(60, 30, 24)  # 2 s at 30 fps → 48 frames at 24 fps
-    assert len(idx) == 48 and idx[0] == 0 and idx[-1] <= 59
-    assert (np.diff(idx) >= 1).all()
-    assert list(resample_indices(10, 24, 24)) == list(range(10))
-
-
 def test_folder_round_trip(tmp_path) -> None:
+    """Procedural samples written in the release layout read back through `FolderVideos`: captions, the scene-cut
+    prefix where the second shot's file starts, and the content through H.264, 30 → 24 fps and a resize."""
     names = write_procedural_folder(tmp_path, 2, 2, [30, 15], seed=1, height=96, width=128, fps=30)
     assert names == ["000000", "000001"]
     assert json.loads((tmp_path / "caption" / "000000" / "1.json").read_text())["caption"]
-    ds = FolderVideos(tmp_path, 64, 64, fps=24)
+    ds = FolderVideos(tmp_path, 64, 64, fps=24, frames=8, chunk_frames=2)  # chunks of 5, 8, 8, 8 frames at 24 fps
     assert len(ds) == 2
-    video, captions, bounds = ds[0]
-    # 30 frames @ 30 fps = 1 s → 24 frames; 15 frames = 0.5 s → 12 frames
-    assert bounds == [0, 24, 36] and video.shape == (3, 36, 64, 64) and video.dtype == torch.float32
-    assert video.min() >= -1 and video.max() <= 1
     src_frames, _, meta = ProceduralVideos(96, 128, 30, 1).multishot(0, 2, [30, 15])
-    assert captions == meta["raw_captions"]
-    # content survives H.264 + resampling + resize: compare with the source frames resampled the same way
-    idx0 = resample_indices(30, 30, 24)
-    ref = uint8_to_video(src_frames[:30][idx0], 64, 64)
-    assert (video[:, :24] - ref).abs().mean() < 0.03
-    # native size read keeps the frames (no resize)
-    assert FolderVideos(tmp_path, 96, 128)[1][0].shape == (3, 36, 96, 128)
+    plan = ds.plan(0)
+    # shot 0 (30 frames at 30 fps, step 1.25) holds 3 chunks (to source frame 25), shot 1 (15 frames) the fourth
+    assert [c.video for c in plan.chunks] == [0, 0, 0, 1] and plan.chunks[2].indices[-1] == 25
+    first, second = meta["raw_captions"]
+    assert plan.prompts == (first, first, first, SCENE_CUT_PREFIX + second)
+    video = ds.read(0)
+    assert video.shape == (3, 29, 64, 64) and video.dtype == torch.float32 and video.min() >= -1 and video.max() <= 1
+    idx = [i for c in plan.chunks[:3] for i in c.indices]
+    ref = uint8_to_video(src_frames[:30][idx], 64, 64)
+    assert (video[:, :21] - ref).abs().mean() < 0.03  # content survives H.264 + resampling + resize
+    assert FolderVideos(tmp_path, 96, 128, frames=8, chunk_frames=2).read(1).shape == (3, 29, 96, 128)  # no resize
 
 
 def test_latent_cache_hit_is_identical_and_skips_vae(tmp_path, vae) -> None:
@@ -163,19 +157,22 @@ def test_frame_prompts() -> None:
 
 
 def test_training_samples_end_to_end(tmp_path, vae) -> None:
-    write_procedural_folder(tmp_path / "data", 2, shots=2, frames_per_shot=8, seed=0, height=32, width=32)
-    source = FolderVideos(tmp_path / "data", 32, 32)
+    """Whole-sample sources (procedural): shot bounds give each latent its prompt; the caches make a second pass free
+    (no VAE call, no rendering)."""
+    source = ProceduralDataset(ProceduralVideos(32, 32, seed=0), 2, shots=2, frames_per_shot=8)
     text = build_text_encoder("tiny", device="cpu")
     counting = CountingVAE(vae)
     lat, emb = LatentCache(tmp_path / "lat"), EmbeddingCache(tmp_path / "emb")
     samples = list(training_samples(source, counting, text, lat, emb, num_latents=4))
     assert len(samples) == 2 and counting.calls == 2
     s = samples[0]
-    assert s["latents"].shape == (1, 16, 4, 2, 2)
+    assert s["latents"].shape == (1, 16, 4, 2, 2) and s["num_valid_latent_frames"] == 4
     assert s["prompt_embeds"].shape == (2, text.max_len, text.dim)
     assert s["frame_prompt"].tolist() == [0, 0, 1, 1]  # latent 2 ends on raw frame 8, the first of shot 1
     assert s["prompts"][1].startswith(SCENE_CUT_PREFIX) and not s["prompts"][0].startswith(SCENE_CUT_PREFIX)
     assert not torch.equal(s["prompt_embeds"][0], s["prompt_embeds"][1])
+    assert torch.equal(s["prompt_embeds"], emb.encode(text, s["prompts"], device="cpu"))
+    source.gen.multishot = None  # a cache hit must not render the clip
     again = list(training_samples(source, counting, text, lat, emb, num_latents=4))
     assert counting.calls == 2 and torch.equal(again[1]["latents"], samples[1]["latents"])
     assert torch.equal(again[0]["prompt_embeds"], s["prompt_embeds"])

@@ -226,7 +226,7 @@ def _prompts(seed: int = 0):
 
 def test_dmd_default_learning_rates_are_the_releases(tmp_path):
     """The release's configs/train_dmd.yaml: generator (LoRA) lr 1e-5, critic lr 2e-6, betas (0, 0.999) for both."""
-    tr = DMDTrainer(_model(), DMDConfig(num_blocks=2, lora_rank=4, alpha=4), _prompts(), tmp_path)
+    tr = DMDTrainer(_model(), DMDConfig(frames=4, lora_rank=4, lora_alpha=4), _prompts(), tmp_path)
     assert [g["lr"] for g in tr.gen_opt.param_groups] == [1e-5]
     assert [g["lr"] for g in tr.critic_opt.param_groups] == [2e-6]
     assert tr.gen_opt.param_groups[0]["betas"] == tr.critic_opt.param_groups[0]["betas"] == (0.0, 0.999)
@@ -235,7 +235,7 @@ def test_dmd_default_learning_rates_are_the_releases(tmp_path):
 def test_dmd_steps_update_on_schedule_and_keep_base_frozen(tmp_path):
     base = _model()
     base_sd = {k: v.clone() for k, v in base.state_dict().items()}
-    cfg = DMDConfig(num_blocks=2, lora_rank=4, alpha=4, lr_generator=1e-3, lr_critic=1e-3)
+    cfg = DMDConfig(frames=4, lora_rank=4, lora_alpha=4, lr=1e-3, lr_critic=1e-3)
     tr = DMDTrainer(base, cfg, _prompts(), tmp_path)
 
     def lora(model):
@@ -292,7 +292,7 @@ def test_dmd_with_quantised_frozen_networks_steps_and_shrinks_weights(tmp_path):
     from longlive.quant.linear import QuantLinear
     from longlive.quant.recipes import model_weight_bytes
 
-    cfg = DMDConfig(num_blocks=2, lora_rank=4, alpha=4, quant_generator="nvfp4", quant_teacher="nvfp4",
+    cfg = DMDConfig(frames=4, lora_rank=4, lora_alpha=4, quant_generator="nvfp4", quant_teacher="nvfp4",
                     quant_critic="fp8", activation_checkpointing=True)
     tr = DMDTrainer(_model(), cfg, _prompts(), tmp_path)
     for net, kind in ((tr.generator, "nvfp4"), (tr.teacher, "nvfp4"), (tr.critic, "fp8")):
@@ -338,7 +338,7 @@ def test_dmd_trainer_takes_multi_shot_prompts(tmp_path):
         while True:
             yield {"prompts_embeds": torch.randn(2, CFG.text_len, CFG.text_dim, generator=g), "block_prompt": [0, 1]}
 
-    tr = DMDTrainer(_model(), DMDConfig(num_blocks=2, lora_rank=4, alpha=4), items(), tmp_path)
+    tr = DMDTrainer(_model(), DMDConfig(frames=4, lora_rank=4, lora_alpha=4), items(), tmp_path)
     out = tr.step()
     assert out["generator_updated"] and torch.isfinite(torch.tensor([out["generator_loss"], out["critic_loss"]])).all()
 
@@ -347,4 +347,4 @@ def test_dmd_trainer_takes_multi_shot_prompts(tmp_path):
             yield {"prompts_embeds": torch.randn(2, CFG.text_len, CFG.text_dim), "block_prompt": [0, 2]}
 
     with pytest.raises(ValueError, match="block_prompt"):
-        DMDTrainer(_model(), DMDConfig(num_blocks=2, lora_rank=4, alpha=4), bad(), tmp_path).step()
+        DMDTrainer(_model(), DMDConfig(frames=4, lora_rank=4, lora_alpha=4), bad(), tmp_path).step()

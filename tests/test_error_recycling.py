@@ -16,7 +16,13 @@ from longlive.model.presets import get_preset
 from longlive.train import checkpoint as ckpt
 from longlive.train.error_recycling import ErrorBank, ErrorRecycler, ErrorRecyclingConfig
 from longlive.train.teacher_forcing import add_noise, frame_schedule, teacher_forcing_loss, weighted_frame_mse
-from longlive.train.trainer import ARTrainer, RandomLatentData, TrainConfig, add_train_parser
+from longlive.train.trainer import (
+    ARTrainer,
+    RandomLatentData,
+    TrainConfig,
+    add_train_parser,
+    parse_error_recycling_config,
+)
 
 MC = get_preset("tiny")
 CHUNK = MC.chunk_frames
@@ -58,7 +64,7 @@ def test_bucket_edges():
 
 
 def test_ring_buffer_capacity_and_overwrite_order():
-    bank = ErrorBank(4, 3)
+    bank = ErrorBank(4, 3, replacement="oldest")
     errs = [torch.full((2, 2), float(i)) for i in range(5)]
     for e in errs:
         bank.record(600.0, e)  # bucket 2
@@ -69,6 +75,31 @@ def test_ring_buffer_capacity_and_overwrite_order():
     assert all(e.dtype == torch.bfloat16 and e.device.type == "cpu" for e in bank.items[2])
     errs[4].fill_(99.0)  # a copy is stored, not a view of the caller's tensor
     assert float(bank.items[2][1][0, 0]) == 4.0
+
+
+def test_random_replacement_is_a_deterministic_spread():
+    """The release's default: a full bucket overwrites a pseudo-random slot, a function of (bucket, records so far),
+    so two banks fed alike (SP ranks, a resumed run) stay equal, and the overwrites are not the ring's order."""
+    banks = [ErrorBank(2, 8), ErrorBank(2, 8)]
+    assert banks[0].replacement == "random"
+    for i in range(200):
+        for bank in banks:
+            bank.record(100.0, torch.full((1,), float(i)))
+    held = [float(e[0]) for e in banks[0].items[0]]
+    assert held == [float(e[0]) for e in banks[1].items[0]] and banks[0].added[0] == 200
+    ring = ErrorBank(2, 8, replacement="oldest")
+    for i in range(200):
+        ring.record(100.0, torch.full((1,), float(i)))
+    assert sorted(float(e[0]) for e in ring.items[0]) == [float(i) for i in range(192, 200)]
+    # some entry older than the ring's last 8 survives (an entry lives (7/8)^k records on average)
+    assert min(held) < 192 and len(set(held)) == 8
+    back = ErrorBank(2, 8)
+    back.load_state_dict(banks[0].state_dict())
+    for bank in (back, banks[0]):
+        bank.record(100.0, torch.full((1,), -1.0))
+    assert [float(e[0]) for e in back.items[0]] == [float(e[0]) for e in banks[0].items[0]]
+    with pytest.raises(ValueError, match="replacement='lifo' is not one of random, oldest"):
+        ErrorBank(2, 8, replacement="lifo")
 
 
 def test_sampling_is_deterministic_by_generator():
@@ -129,13 +160,42 @@ def test_clean_steps_equal_the_plain_loss_exactly():
     s, noise, t_index = _inputs()
     args = (model, s["x0"], s["prompts_embeds"], s["frame_prompt"])
     plain = teacher_forcing_loss(*args, noise=noise, t_index=t_index, attn="dense")
-    rec = ErrorRecycler(ErrorRecyclingConfig(p_clean=1.0, p_context=1.0, p_latent=1.0, p_noise=1.0))
+    rec = ErrorRecycler(ErrorRecyclingConfig(p_clean=1.0, p_context=1.0, p_latent=1.0, p_noise=1.0, p_clean_record=1.0))
     for i in range(3):  # the banks fill up (same buckets), yet every step stays clean
         g = torch.Generator().manual_seed(i)
         loss = teacher_forcing_loss(*args, noise=noise, t_index=t_index, attn="dense", recycler=rec,
                                     recycle_generator=g)
         assert torch.equal(loss, plain)
     assert len(rec.x0_bank) == 6 and len(rec.v_bank) == 6
+
+
+def test_clean_record_probability_and_start_step():
+    """p_clean_record (the release's clean_buffer_update_prob) gates recording on clean steps only; before
+    start_step nothing is injected but everything is recorded."""
+    s, noise, t_index = _inputs()
+    spy = Spy()  # v̂ = 0: the recorded errors are nonzero, and the inputs it saw show any injection
+
+    def step(rec, seed):
+        teacher_forcing_loss(spy, s["x0"], s["prompts_embeds"], s["frame_prompt"], noise=noise, t_index=t_index,
+                             recycler=rec, recycle_generator=torch.Generator().manual_seed(seed))
+        return spy.seen[-1]
+
+    never = ErrorRecycler(ErrorRecyclingConfig(p_clean=1.0, p_clean_record=0.0))
+    for i in range(4):
+        step(never, i)
+    assert len(never.x0_bank) == 0
+    some = ErrorRecycler(ErrorRecyclingConfig(p_clean=1.0, p_clean_record=0.5))
+    for i in range(40):
+        step(some, i)
+    assert 2 * 8 <= len(some.x0_bank) <= 2 * 32  # about half of 40 steps, 2 blocks each
+    late = ErrorRecycler(ErrorRecyclingConfig(p_clean=0.0, p_context=1.0, p_latent=1.0, start_step=2))
+    seen = []
+    for i in range(3):
+        late.set_step(i)
+        seen.append(step(late, 0))
+    plain = torch.cat([s["x0"], add_noise(s["x0"], noise, frame_schedule(t_index, CHUNK).sigma)], dim=2)
+    assert torch.equal(seen[0], plain) and torch.equal(seen[1], plain)  # steps 0, 1: recorded, not injected
+    assert len(late.x0_bank) == 6 and not torch.equal(seen[2], plain)
 
 
 def test_injected_inputs_differ_by_exactly_the_scaled_errors():
@@ -279,7 +339,8 @@ def test_training_with_error_recycling_still_lowers_the_loss(tmp_path):
     assert after < 0.8 * before, (before, after)
     losses = read_losses(tmp_path)
     assert sum(losses[-7:]) < sum(losses[:7]), losses
-    assert len(tr.recycler.x0_bank) == 40 and len(tr.recycler.v_bank) == 40
+    # 2 blocks a step; clean steps (p_clean 0.2) keep their errors with probability p_clean_record 0.1
+    assert 20 <= len(tr.recycler.x0_bank) < 40 and len(tr.recycler.v_bank) == len(tr.recycler.x0_bank)
 
 
 def test_config_and_cli(tmp_path):
@@ -287,7 +348,8 @@ def test_config_and_cli(tmp_path):
     er = cfg.error_recycling_config
     assert (er.num_buckets, er.capacity, er.p_clean, er.p_context, er.p_latent, er.p_noise) == (
         50, 500, 0.2, 0.9, 0.9, 0.01)
-    assert (er.scale_min, er.scale_max) == (0.7, 1.3)
+    assert (er.scale_min, er.scale_max, er.p_clean_record, er.start_step, er.replacement) == (0.7, 1.3, 0.1, 0,
+                                                                                              "random")
     back = TrainConfig(**{**cfg.to_dict(), "betas": (0.0, 0.999)})  # the checkpointed dict rebuilds the config
     assert back.error_recycling_config == er
     with pytest.raises(ValueError, match="p_latent"):
@@ -299,6 +361,12 @@ def test_config_and_cli(tmp_path):
     add_train_parser(ap.add_subparsers(dest="command"))
     assert ap.parse_args(["train", "--out", "x"]).error_recycling is False
     assert ap.parse_args(["train", "--out", "x", "--error-recycling"]).error_recycling is True
-    bad = ap.parse_args(["train", "--out", str(tmp_path / "sp"), "--error-recycling", "--sp", "2"])
-    with pytest.raises(ValueError, match="sequence parallelism"):
+    assert parse_error_recycling_config(["p_clean=0.5", "capacity=7", "replacement=oldest"]) == ErrorRecyclingConfig(
+        p_clean=0.5, capacity=7, replacement="oldest")
+    for item, msg in (("p_clen=0.5", "KEY one of num_buckets"), ("capacity=big", "capacity='big' is not a int"),
+                      ("p_noise=2", "p_noise=2.0 must lie in"), ("target=x", "target='x' is not one of")):
+        with pytest.raises(ValueError, match=msg):
+            parse_error_recycling_config([item])
+    bad = ap.parse_args(["train", "--out", str(tmp_path / "x"), "--error-recycling-config", "p_clean=0.5"])
+    with pytest.raises(ValueError, match="add --error-recycling"):
         bad.func(bad)

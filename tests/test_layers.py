@@ -83,9 +83,11 @@ def test_ground_floor_packages_import_no_upper_layer():
     assert not graph.get("names"), f"longlive.names is the ground floor and imports nothing: {graph.get('names')}"
 
 
-OPTIONAL_EXTRAS = {"transformer_engine", "triton", "vbench", "cv2"}
+OPTIONAL_EXTRAS = {"transformer_engine", "triton", "vbench", "cv2", "wandb"}
 """What a function may import: optional extras probed where they are used (not installed with the package, or only
 with a CUDA build of torch). Everything else, the project's own modules first, is imported at module top."""
+OPTIONAL_MODULES = {"torch.utils.tensorboard"}
+"""Modules of required packages that need an optional extra (torch's TensorBoard writer needs `tensorboard`)."""
 DEFERRED = {"torch.nn.attention.flex_attention"}
 """Parts of torch whose import loads the compiler stack (torch._dynamo, 1-3 s per process): imported where used, so
 the many cells and commands that never compile start fast. `torch._dynamo` / `torch._inductor` themselves are reached
@@ -106,5 +108,5 @@ def test_imports_sit_at_module_top_unless_probing_an_optional_extra():
                 else:
                     continue
                 inside += [f"{path.relative_to(PACKAGE.parent)}:{stmt.lineno} {n}" for n in names
-                           if n.split(".")[0] not in OPTIONAL_EXTRAS and n not in DEFERRED]
+                           if n.split(".")[0] not in OPTIONAL_EXTRAS and n not in DEFERRED | OPTIONAL_MODULES]
     assert not inside, "function-level imports (move them to the module top): " + "; ".join(inside)

@@ -247,7 +247,7 @@ def test_train_cli_runs_every_data_source(tmp_path, capsys, source):
 
     data = source
     if source == "folder":
-        write_procedural_folder(tmp_path / "clips", 2, shots=2, frames_per_shot=7, seed=3)
+        write_procedural_folder(tmp_path / "clips", 2, shots=2, frames_per_shot=13, seed=3)
         data = f"folder:{tmp_path / 'clips'}"
     out = tmp_path / "run"
     code = cli.main(["train", "--model", "tiny", "--train-steps", "2", "--frames", "4", "--data", data,

@@ -18,15 +18,23 @@ from omegaconf import OmegaConf
 
 from longlive.names import (
     COMPILE_MODES,
+    DMD_ADAPTERS,
     DMD_QUANTISED,
     DTYPES,
+    ER_REPLACEMENTS,
+    ER_STORE_DTYPES,
+    ER_TARGETS,
     EXCHANGE,
     KV_QUANT,
     LINEAR_BACKENDS,
     LINEAR_QUANT,
+    LORA_MODES,
     TRAIN_LAYOUTS,
     check_choice,
 )
+from longlive.quant.kv import DEFAULT_KV_RULE
+from longlive.quant.nvfp4 import RULES as NVFP4_RULES
+from longlive.text.prompts import DEFAULT_NEGATIVE_PROMPT, SCENE_CUT_PREFIX
 
 
 @dataclass
@@ -42,6 +50,7 @@ class PrecisionSpec:
     linear_backend: str | None = None   # emulated | fp8 | te (None without linear_quant)
     act_quant: bool = True                 # False: weight-only
     weight_rule: str | None = None      # NVFP4 weight scale rule (None: longlive.quant.linear's default)
+    act_rule: str | None = None         # NVFP4 activation scale rule of PTQ (None: longlive.quant.recipes' default)
 
 
 @dataclass
@@ -78,6 +87,26 @@ class QualitySpec:
 
 
 @dataclass
+class ErrorRecyclingSpec:
+    """The knobs of `longlive.train.error_recycling.ErrorRecyclingConfig`, same names and defaults (the release's
+    train_ar.yaml `error_recycling:` values; a test keeps the two equal)."""
+
+    num_buckets: int = 50          # num_buckets
+    capacity: int = 500            # buffer_size_per_bucket
+    p_clean: float = 0.2           # clean_prob
+    p_context: float = 0.9         # context_inject_prob
+    p_latent: float = 0.9          # latent_inject_prob
+    p_noise: float = 0.01          # noise_inject_prob
+    p_clean_record: float = 0.1    # clean_buffer_update_prob
+    scale_min: float = 0.7         # 1 − modulate_factor (0.3)
+    scale_max: float = 1.3         # 1 + modulate_factor
+    start_step: int = 0            # start_step
+    replacement: str = "random"    # replacement_strategy
+    store_dtype: str = "bfloat16"  # host dtype of bank entries (longlive)
+    target: str = "clean"          # what the loss regresses on a perturbed input (longlive)
+
+
+@dataclass
 class RunSpec:
     """Everything one cell (or one `longlive generate`) is: a config group per component, plain fields for the rest."""
 
@@ -100,6 +129,20 @@ class RunSpec:
     attn: str = "auto"
     compile: str = "none"
     fuse_qkv: bool = False               # one q/k/v GEMM per self-attention (before quantising)
+    guidance_scale: float = 1.0          # classifier-free guidance (1: off; else 2 forwards per step, 2 KV caches)
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT  # the unconditional text (the release's default; read when guided)
+    timestep_shift: float = 5.0          # the sigma grid's shift
+    window_frames: int | None = None     # attention window in latent frames (None: the model preset's)
+    sink_frames: int | None = None       # global sink in latent frames (None: the preset's; 0: none)
+    shot_rope_offset: int | None = None  # temporal RoPE positions skipped per scene cut (None: the preset's)
+    scene_cut_prefix: str = SCENE_CUT_PREFIX  # a prompt starting with it opens a shot
+    relative_rope: bool = False          # temporal RoPE positions within the window (the release's use_relative_rope)
+    height: int | None = None            # pixel height (None: the preset's; a multiple of VAE stride × patch)
+    width: int | None = None             # pixel width (None: the preset's)
+    lora_mode: str = "merge"             # merge: `lora` into the weights at build; runtime: a separate adapter
+    ema: bool = False                    # the generator checkpoint's EMA weights
+    quant_exclude: list[str] = field(default_factory=list)  # block Linears (names / re:<regex>) PTQ leaves alone
+    kv_rule: str = DEFAULT_KV_RULE       # NVFP4 scale rule of kv_quant=nvfp4
     # parallelism
     sp: int = 1
     dp: int = 1
@@ -107,10 +150,42 @@ class RunSpec:
     # training (workload=train) and DMD (workload=dmd)
     train_layout: str = "balanced"
     error_recycling: bool = False
+    error_recycling_config: ErrorRecyclingSpec = field(default_factory=ErrorRecyclingSpec)
+    i2v: bool = False                    # latent 0 = clean conditioning image (release i2v / independent_first_frame)
     train_iters: int = 3
+    batch_size: int = 1                  # samples per forward pass (sp = 1; release batch_size 1)
+    grad_accum: int = 1                  # passes per optimiser step (release gradient_accumulation_steps 1)
+    weight_decay: float = 0.0            # AdamW (release weight_decay 0.0)
+    betas: list[float] = field(default_factory=lambda: [0.0, 0.999])  # AdamW (release beta1 0.0, beta2 0.999)
+    ema_decay: float = 0.99              # release ema_weight 0.99
+    ema_start: int = 100                 # release ema_start_step (spec 04: 100)
+    keep_checkpoints: int = 2            # newest training checkpoints kept, 0 = all (release max_checkpoints 50)
     dmd_quantised: str = "none"
     dmd_iters: int = 2
     lora_rank: int = 128
+    # DMD knobs (workload=dmd and `longlive dmd`): the names of longlive.train.dmd.DMDConfig and of the flags, the
+    # release's defaults; frames = rollout latents, steps / timestep_shift = the rollout grid, betas / weight_decay
+    # above = the generator's AdamW
+    min_frames: int | None = None        # shortest rollout, drawn per rollout (release min_num_training_frames)
+    denoising_step_list: list[int] | None = None  # rollout model timesteps (None: the grid of steps)
+    real_guidance_scale: float = 3.0     # teacher CFG
+    fake_guidance_scale: float = 0.0     # critic CFG (0: conditional only)
+    ts_schedule: bool = False            # DMD timesteps bounded by the exit step's interval (below / above)
+    ts_schedule_max: bool = False
+    min_score_timestep: int = 0
+    dfake_gen_update_ratio: int = 5      # critic updates per generator update
+    adapter: str = "lora"                # lora | none (full fine-tuning)
+    lora_alpha: float = 128.0
+    lora_dropout: float = 0.0
+    apply_to_critic: bool = True         # the critic gets a LoRA too (else it trains every weight)
+    lr: float = 1e-5                     # generator learning rate
+    lr_critic: float = 2e-6
+    betas_critic: list[float] = field(default_factory=lambda: [0.0, 0.999])
+    # training data read from the release's folder layout (`longlive train --data folder:PATH`), its option names
+    max_chunks_per_shot: int = 0         # after k chunks of one video, skip 1 s and start a virtual shot (0: off)
+    min_latent_frames: int = 0           # with allow_padding: refuse samples with fewer real latent frames (0: any)
+    allow_padding: bool = False          # pad a sample whose videos run out (last frame, last prompt)
+    uniform_prompt: bool = False         # every chunk of a sample from its first video (one caption)
     # the vae_decode workload: latent chunks decoded (the first is the warm start of the causal caches)
     decode_chunks: int = 4
     roofline: bool = True                # infer: measure GEMM / attention ceilings in the cell's process
@@ -139,9 +214,51 @@ def check_spec(spec: RunSpec) -> None:
     check_choice("compile", spec.compile, COMPILE_MODES)
     check_choice("train_layout", spec.train_layout, TRAIN_LAYOUTS)
     check_choice("dmd_quantised", spec.dmd_quantised, DMD_QUANTISED)
-    for name in ("steps", "frames", "sp", "dp", "train_iters", "dmd_iters", "lora_rank", "decode_chunks"):
+    check_choice("adapter", spec.adapter, DMD_ADAPTERS)
+    check_choice("lora_mode", spec.lora_mode, LORA_MODES)
+    check_choice("kv_rule", spec.kv_rule, NVFP4_RULES)
+    if spec.precision.act_rule is not None:
+        check_choice("precision.act_rule", spec.precision.act_rule, NVFP4_RULES)
+    for name in ("steps", "frames", "sp", "dp", "train_iters", "dmd_iters", "lora_rank", "decode_chunks",
+                 "dfake_gen_update_ratio"):
         if getattr(spec, name) < 1:
             raise ValueError(f"{name}={getattr(spec, name)} must be ≥ 1")
+    check_training_knobs(spec)
+    for name in ("max_chunks_per_shot", "min_latent_frames"):
+        if getattr(spec, name) < 0:
+            raise ValueError(f"{name}={getattr(spec, name)} must be ≥ 0 (0: off)")
+    if spec.min_latent_frames and not spec.allow_padding:
+        raise ValueError(f"min_latent_frames={spec.min_latent_frames} only applies with allow_padding=true")
+    if not (spec.timestep_shift > 0 and spec.guidance_scale >= 0):  # the window and sink: infer.video.validate
+        raise ValueError(f"timestep_shift={spec.timestep_shift} must be > 0 and guidance_scale={spec.guidance_scale} "
+                         f"≥ 0")
+
+
+def check_training_knobs(spec: RunSpec) -> None:
+    """Ranges of the optimiser, EMA, retention and error-recycling fields (the same rules TrainConfig enforces)."""
+    for name in ("batch_size", "grad_accum"):
+        if getattr(spec, name) < 1:
+            raise ValueError(f"{name}={getattr(spec, name)} must be ≥ 1")
+    for name in ("ema_start", "keep_checkpoints"):
+        if getattr(spec, name) < 0:
+            raise ValueError(f"{name}={getattr(spec, name)} must be ≥ 0 (keep_checkpoints 0 keeps all)")
+    if len(spec.betas) != 2 or not all(0.0 <= b < 1.0 for b in spec.betas):
+        raise ValueError(f"betas={list(spec.betas)} must be two AdamW coefficients in [0, 1), e.g. [0.0, 0.999]")
+    if spec.weight_decay < 0 or not 0.0 <= spec.ema_decay <= 1.0:
+        raise ValueError(f"weight_decay={spec.weight_decay} must be ≥ 0 and ema_decay={spec.ema_decay} in [0, 1]")
+    er = spec.error_recycling_config
+    for name in ("p_clean", "p_context", "p_latent", "p_noise", "p_clean_record"):
+        if not 0.0 <= getattr(er, name) <= 1.0:
+            raise ValueError(f"error_recycling_config.{name}={getattr(er, name)} must lie in [0, 1]")
+    for name, low in (("num_buckets", 1), ("capacity", 1), ("start_step", 0)):
+        if getattr(er, name) < low:
+            raise ValueError(f"error_recycling_config.{name}={getattr(er, name)} must be ≥ {low}")
+    if er.scale_min > er.scale_max:
+        raise ValueError(f"error_recycling_config.scale_min={er.scale_min} > scale_max={er.scale_max}; give "
+                         "scale_min ≤ scale_max")
+    check_choice("error_recycling_config.replacement", er.replacement, ER_REPLACEMENTS)
+    check_choice("error_recycling_config.store_dtype", er.store_dtype, ER_STORE_DTYPES)
+    check_choice("error_recycling_config.target", er.target, ER_TARGETS)
 
 
 def from_config(config: dict[str, Any]) -> RunSpec:

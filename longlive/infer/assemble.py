@@ -5,8 +5,12 @@
 
     load (generator weights; a packed NVFP4 checkpoint stays packed) → LoRA merge (`lora`: W + (alpha/rank)·B·A
     into the loaded Linears) → fuse q/k/v → quantise (PTQ of the block
-    Linears) → KV storage (chosen by name, allocated per generation) → SP (an attention override + frame range)
+    Linears) → runtime LoRA (`lora_mode=runtime`: the adapter stays separate, over plain or quantised Linears)
+    → KV storage (chosen by name, allocated per generation) → SP (an attention override + frame range)
     → compile (per block, warmed over every window length) → decoder (VAE layout, compile, warm-up)
+
+Build once, run many: `build(request, texts=...)` also embeds every text later videos use, and `for_request` aims
+the assembled pipeline at another video (prompts, seed, frames) with a fresh decoder (`longlive.infer.batch`).
 
 `longlive lora merge` writes the same merge into a checkpoint once. `generate`, `fidelity`, the
 `infer`/`quality` workloads and the tiny default's evaluation all build through here, so a sweep cell and a CLI run
@@ -30,7 +34,8 @@ from tqdm import tqdm
 
 from longlive.infer.compile import compile_and_warm, compile_vae
 from longlive.infer.decode import Decoder, make_decoder
-from longlive.infer.pipeline import GenerationSpec, conditioning_texts, generate, video_frames
+from longlive.infer.pipeline import GenerationSpec, generate, video_frames
+from longlive.infer.training_weights import is_training_checkpoint, load_training_weights, read_checkpoint
 from longlive.infer.video import VideoRequest, validate
 from longlive.measure.memory import peaks, reset_peaks
 from longlive.model.attention import resolve_backend
@@ -43,6 +48,7 @@ from longlive.parallel.groups import init_parallel
 from longlive.parallel.sp_infer import SPContext
 from longlive.quant.linear import LinearQuantConfig
 from longlive.quant.recipes import (
+    attach_lora,
     load_lora,
     load_nvfp4_model,
     lora_scale,
@@ -57,6 +63,10 @@ E2E_DEFINITION = ("e2e_fps: video frames / wall time from the first chunk's nois
                   "host memory (load, text encoding, the compile warm-up and the VAE's warm-up excluded, reported as "
                   "load_s / text_encode_s / compile_s / vae_warmup_s); with decode=none, to the last latent chunk "
                   "on the device (no VAE)")
+GUIDANCE_DEFINITION = ("guidance_scale != 1 ran classifier-free guidance: each denoising step and each clean re-run is "
+                       "two forwards (the chunk's text and the negative prompt, each against its own KV cache), so "
+                       "denoise_fps, e2e_fps and kv_cache_gb include both branches; forwards_per_chunk = (steps + 1) "
+                       "x 2 then, steps + 1 at guidance_scale 1")
 
 
 @dataclass
@@ -80,6 +90,7 @@ class Pipeline:
     weight_rule: str | None = None          # the NVFP4 weight rule of PTQ (None: none applied, or from the file)
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float | None] = field(default_factory=dict)  # load_s, text_encode_s, compile_s, vae_warmup_s
+    text_table: dict[str, torch.Tensor] | None = None  # host embeddings of later videos' texts (`build(texts=...)`)
 
 
 @dataclass
@@ -115,9 +126,12 @@ def load_generator_for(req: VideoRequest, cfg: ModelConfig, paths,
     model = build_model(cfg, device=dev, dtype=init_dtype, seed=req.seed).to(req.torch_dtype)
     model = model.eval().requires_grad_(False)
     if found:
+        if req.ema or is_training_checkpoint(read_checkpoint(gen_path)):  # a training run's step_*.pt, or --ema
+            notes.append(load_training_weights(model, gen_path, ema=req.ema))
+            return model, None, notes
         if checkpoint_format(gen_path) == NVFP4_FORMAT:
             backend = req.linear_backend if req.linear_quant == "nvfp4" else "emulated"
-            load_nvfp4_model(model, gen_path, backend=backend, act_quant=req.act_quant)
+            load_nvfp4_model(model, gen_path, backend=backend, act_quant=req.act_quant, act_rule=req.act_rule)
             notes.append(f"generator: NVFP4 checkpoint loaded packed ({backend} backend)")
             return model, backend, notes
         load_generator(model, gen_path)
@@ -143,11 +157,22 @@ def apply_lora(model: nn.Module, path: Path, *, packed: bool) -> str:
     return f"generator: LoRA {path} merged into {len(merged)} Linears (scale {scale:g})"
 
 
+def apply_runtime_lora(model: nn.Module, path: Path) -> str:
+    """Keep the file's generator adapter separate (`lora_mode=runtime`): each named Linear, plain or quantised,
+    becomes base(x) + scale·B(A(x)); returns a note."""
+    payload = load_lora(path)
+    scale = lora_scale(payload)
+    wrapped = attach_lora(model, payload["generator_lora"], scale=scale)
+    if not wrapped:
+        raise ValueError(f"{path}: its generator adapter holds no LoRA pairs")
+    return f"generator: LoRA {path} kept at runtime on {len(wrapped)} Linears (scale {scale:g})"
+
+
 def quantise(model: nn.Module, req: VideoRequest, dev: torch.device) -> str:
     """PTQ of the block Linears to req.linear_quant (transform 3); returns a note."""
     qcfg = LinearQuantConfig(fmt=req.linear_quant, backend=req.linear_backend, weight_rule=req.weight_rule,
-                             act_quant=req.act_quant)
-    rep = quantize_model(model, qcfg, device=dev)
+                             act_quant=req.act_quant, act_rule=req.act_rule)
+    rep = quantize_model(model, qcfg, exclude=req.quant_exclude, device=dev)
     return (f"PTQ: {len(rep.quantised)} block Linears -> {req.linear_quant} ({req.linear_backend} backend), "
             f"{rep.bytes_before / 1e9:.2f} -> {rep.bytes_after / 1e9:.2f} GB")
 
@@ -169,9 +194,10 @@ def load_vae(req: VideoRequest, cfg: ModelConfig, paths) -> tuple[nn.Module, str
 
 def embed_prompts(req: VideoRequest, text, cfg: ModelConfig) -> list[torch.Tensor]:
     """One embedding per conditioning text (`GenerationSpec.texts`: the prompts, then the bare captions of scene
-    cuts); seeded random embeddings without a text encoder (random weights)."""
+    cuts, then the negative prompt when guided), all through the same encoder and cache; seeded random embeddings
+    without a text encoder (random weights)."""
     dev, dtype = torch.device(req.device), req.torch_dtype
-    texts = conditioning_texts(req.prompts)
+    texts = generation_spec(req, cfg).texts
     if text is None:
         g = torch.Generator().manual_seed(req.seed)
         return [torch.randn(1, cfg.text_len, cfg.text_dim, generator=g).to(dev, dtype) for _ in texts]
@@ -192,11 +218,71 @@ def generation_spec(req: VideoRequest, cfg: ModelConfig) -> GenerationSpec:
                           switch_chunks=req.switch_at, multishot_sink=req.multishot_sink,
                           clean_recache_at_cut=req.clean_recache,
                           warmup_chunks=slots - 1 if req.warmup_chunks is None else req.warmup_chunks,
-                          kv_quant=req.kv_quant)
+                          kv_quant=req.kv_quant, timestep_shift=req.timestep_shift, guidance_scale=req.guidance_scale,
+                          negative_prompt=req.negative_prompt, scene_cut_prefix=req.scene_cut_prefix,
+                          kv_rule=req.kv_rule, relative_rope=req.relative_rope)
 
 
-def build(req: VideoRequest) -> Pipeline:
-    """Validate cheaply, then assemble in the documented transform order (module docstring)."""
+def text_table(req: VideoRequest, text, texts: list[str]) -> dict[str, torch.Tensor] | None:
+    """Host embeddings of `texts` through the build's encoder and cache, for the videos `for_request` serves later
+    (None without an encoder: random weights draw each video's embeddings from its seed)."""
+    if text is None:
+        return None
+    texts = list(dict.fromkeys(texts))
+    embs = EmbeddingCache(req.cache_dir).encode(text, texts, device="cpu")
+    return {t: embs[i : i + 1] for i, t in enumerate(texts)}
+
+
+def warm_decoder(req: VideoRequest, vae: nn.Module | None, cfg: ModelConfig, sp_ctx: SPContext | None,
+                 is_main: bool) -> tuple[Decoder | None, float | None]:
+    """The request's decoder (None: decode=none, or a rank that does not decode) and its warm-up seconds."""
+    if req.decode == "tiles":  # every SP rank decodes its tile; the frames land on the first
+        decoder = make_decoder("tiles", vae, group=sp_ctx.group)
+    else:
+        decoder = make_decoder(req.decode, vae, device=req.vae_device) if is_main and req.decode != "none" else None
+    h, w = cfg.latent_hw
+    return decoder, decoder.warm_up((1, cfg.in_channels, cfg.chunk_frames, h, w)) if decoder is not None else None
+
+
+PER_VIDEO = ("prompts", "seed", "switch_at", "frames", "progress", "save_latents")
+"""The request fields a pipeline assembled once may change from one video to the next (`for_request`)."""
+
+
+def for_request(p: Pipeline, req: VideoRequest) -> Pipeline:
+    """`p`, assembled once, aimed at another video (build once, run many): only the `PER_VIDEO` fields may differ;
+    weights, transforms, devices and decode mode are the build's. Embeddings come from the build's text table, the
+    decoder is a fresh one (a decoder serves one video), warmed up."""
+    base = p.request
+    differ = [f.name for f in dataclasses.fields(req)
+              if f.name not in PER_VIDEO and getattr(req, f.name) != getattr(base, f.name)]
+    if differ:
+        raise ValueError(f"a pipeline assembled once serves videos differing only in {', '.join(PER_VIDEO)}; this "
+                         f"request also differs in {', '.join(differ)}")
+    cfg = p.config
+    if req.frames <= 0 or req.frames % cfg.chunk_frames:
+        raise ValueError(f"frames={req.frames} is not a multiple of the {cfg.name} chunk of {cfg.chunk_frames}")
+    spec = generation_spec(req, cfg)
+    spec.plan(req.frames // cfg.chunk_frames)  # prompt / switch errors now, not mid-video
+    dev = torch.device(req.device)
+    if p.text_table is None and req.random_weights and cfg.text_encoder != "tiny":
+        embeds = embed_prompts(req, None, cfg)
+    else:
+        missing = [t for t in spec.texts if p.text_table is None or t not in p.text_table]
+        if missing:
+            raise ValueError(f"texts {missing[:3]} were not embedded at build: pass every video's texts to "
+                             f"build(texts=...)")
+        embeds = [p.text_table[t].to(dev, req.torch_dtype) for t in spec.texts]
+    decoder, warm_s = warm_decoder(req, p.vae, cfg, p.sp, p.is_main)
+    timings = {"load_s": None, "text_encode_s": None, "compile_s": None, "vae_warmup_s": warm_s}
+    notes = [*p.notes, "assembled once for several videos: load_s, text_encode_s and compile_s are in the row of the "
+                       "first video this command generated"]
+    return dataclasses.replace(p, request=req, embeds=embeds, spec=spec, decoder=decoder, timings=timings,
+                               notes=notes)
+
+
+def build(req: VideoRequest, texts: list[str] | None = None) -> Pipeline:
+    """Validate cheaply, then assemble in the documented transform order (module docstring). `texts`: every text
+    later videos will be conditioned on (`for_request`), embedded now with the same encoder."""
     cfg, paths = validate(req)
     sp_ctx, is_main = None, True
     if req.sp > 1:  # SP: this process is one rank of torchrun's group
@@ -208,7 +294,7 @@ def build(req: VideoRequest) -> Pipeline:
     dev = torch.device(req.device)
     t0 = time.perf_counter()
     model, packed_backend, notes = load_generator_for(req, cfg, paths, dev)  # 1. load
-    if req.lora is not None:                                                  # 1b. LoRA merge
+    if req.lora is not None and req.lora_mode == "merge":                     # 1b. LoRA merge
         notes.append(apply_lora(model, req.lora, packed=packed_backend is not None))
     if req.fuse_qkv:                                                          # 2. fuse (before quantising)
         fuse_qkv(model)
@@ -220,6 +306,8 @@ def build(req: VideoRequest) -> Pipeline:
         notes.append(quantise(model, req, dev))
         linear.update(linear_quant_source="ptq", linear_backend=req.linear_backend,
                       weight_rule=req.weight_rule if req.linear_quant == "nvfp4" else None)
+    if req.lora is not None and req.lora_mode == "runtime":                   # 3b. LoRA kept separate
+        notes.append(apply_runtime_lora(model, req.lora))
     model.attn_backend = resolve_backend(req.attn, dev, req.torch_dtype)
     spec = generation_spec(req, cfg)                                       # 4. KV storage: spec.kv_quant
     needs_vae = req.decode != "none" or req.image is not None
@@ -234,20 +322,36 @@ def build(req: VideoRequest) -> Pipeline:
         print(f"note: {n}", file=sys.stderr)
     t0 = time.perf_counter()
     embeds = embed_prompts(req, text, cfg)
+    table = text_table(req, text, texts) if texts is not None else None
     timings["text_encode_s"] = time.perf_counter() - t0
     # 5. SP: sp_ctx goes into every forward; 6. compile (every rank: the warm-up runs the all-to-alls)
     timings["compile_s"] = compile_and_warm(model, req.compile, embeds, kv_quant=spec.kv_quant, sp=sp_ctx,
-                                            seed=req.seed)
+                                            seed=req.seed, relative_rope=spec.relative_rope)
     img = image_latent(req.image, vae, cfg) if req.image is not None else None
-    if req.decode == "tiles":  # every SP rank decodes its tile; the frames land on the first
-        decoder = make_decoder("tiles", vae, group=sp_ctx.group)
-    else:
-        decoder = make_decoder(req.decode, vae, device=req.vae_device) if is_main and req.decode != "none" else None
-    h, w = cfg.latent_hw                                                   # 7. decoder, warm
-    timings["vae_warmup_s"] = (decoder.warm_up((1, cfg.in_channels, cfg.chunk_frames, h, w))
-                               if decoder is not None else None)
+    decoder, timings["vae_warmup_s"] = warm_decoder(req, vae, cfg, sp_ctx, is_main)  # 7. decoder, warm
     return Pipeline(request=req, config=cfg, model=model, vae=vae, embeds=embeds, spec=spec, decoder=decoder,
-                    sp=sp_ctx, is_main=is_main, image_latent=img, notes=notes, timings=timings, **linear)
+                    sp=sp_ctx, is_main=is_main, image_latent=img, notes=notes, timings=timings, text_table=table,
+                    **linear)
+
+
+def write_video(frames: torch.Tensor, out: Path, fps: int) -> dict[str, str]:
+    """video.mp4 and strip.png of uint8 frames [T, H, W, 3] in `out` (generation and `longlive decode` alike);
+    returns the artifacts."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_mp4(frames, out / "video.mp4", fps=fps)
+    write_frame_strip(frames, out / "strip.png", num=8)
+    return {"video": "video.mp4", "strip": "strip.png"}
+
+
+def option_columns(p: Pipeline) -> dict[str, Any]:
+    """Row columns of the size, weight and quantisation-rule options, as they ran: a rule or filter that did not
+    apply (no NVFP4 activations, no NVFP4 KV cache, no PTQ) is None, not its default."""
+    req, cfg = p.request, p.config
+    ptq = p.linear_quant_source == "ptq"
+    return {"height": cfg.height, "width": cfg.width, "lora_mode": req.lora_mode if req.lora is not None else None,
+            "ema": req.ema, "act_rule": req.act_rule if p.linear_quant == "nvfp4" and req.act_quant else None,
+            "quant_exclude": list(req.quant_exclude) if ptq else None,
+            "kv_rule": req.kv_rule if req.kv_quant == "nvfp4" else None}
 
 
 def run(p: Pipeline, out: Path) -> VideoResult:
@@ -283,9 +387,7 @@ def run(p: Pipeline, out: Path) -> VideoResult:
     if dec is not None:
         frames = dec.finish()[0]  # uint8 [T, H, W, 3] on the host
         e2e_s = dec.last_frame_time - t_start
-        write_mp4(frames, out / "video.mp4", fps=cfg.fps)
-        write_frame_strip(frames, out / "strip.png", num=8)
-        artifacts.update(video="video.mp4", strip="strip.png")
+        artifacts.update(write_video(frames, out, cfg.fps))
     else:
         e2e_s = time.perf_counter() - t_start  # .cpu() above waited for the device
     if req.save_latents or dec is None:
@@ -294,10 +396,15 @@ def run(p: Pipeline, out: Path) -> VideoResult:
         tmp.replace(out / "latents.safetensors")
         artifacts["latents"] = "latents.safetensors"
     n_frames = video_frames(req.frames)
-    forwards = n_chunks * (req.steps + 1)  # denoising steps + the clean re-run, per chunk
+    forwards_per_chunk = (req.steps + 1) * (2 if p.spec.guided else 1)  # steps + clean re-run, per CFG branch
+    forwards = n_chunks * forwards_per_chunk
     metrics = {
         "compile": req.compile, "linear_quant": p.linear_quant, "linear_backend": p.linear_backend,
         "weight_rule": p.weight_rule, **res.stats.summary(), "e2e_s": e2e_s, "e2e_fps": n_frames / e2e_s,
+        "guidance_scale": req.guidance_scale, "negative_prompt": req.negative_prompt if p.spec.guided else None,
+        "forwards_per_chunk": forwards_per_chunk, "timestep_shift": req.timestep_shift,
+        "window_frames": cfg.window_frames, "sink_frames": cfg.sink_frames, "shot_rope_offset": cfg.shot_rope_offset,
+        "scene_cut_prefix": req.scene_cut_prefix, "relative_rope": req.relative_rope, **option_columns(p),
         **p.timings, "frames_video": n_frames,
         "video_seconds": n_frames / cfg.fps, **mem, "kv_cache_gb": res.kv_cache_bytes / 1e9,
         "kv_packed_gb": res.kv_packed_bytes / 1e9, "weights_gb": model_weight_bytes(p.model) / 1e9,
@@ -306,7 +413,8 @@ def run(p: Pipeline, out: Path) -> VideoResult:
         "sp_bytes_by_kind": {k: v / forwards for k, v in p.sp.stats.by_kind.items()} if p.sp else None,
     }
     return VideoResult(metrics=metrics, artifacts=artifacts, video=frames, latents=latents,
-                       timing_definition={"denoise_fps": res.stats.timing_definition, "e2e_fps": E2E_DEFINITION},
+                       timing_definition={"denoise_fps": res.stats.timing_definition, "e2e_fps": E2E_DEFINITION,
+                                          "guidance_scale": GUIDANCE_DEFINITION},
                        chunk_ms=res.stats.chunk_ms, windows=res.windows, notes=p.notes)
 
 

@@ -75,16 +75,17 @@ def compile_vae(vae: nn.Module) -> nn.Module:
 
 
 def compile_and_warm(model: nn.Module, mode: str, embeds: list, *, kv_quant: str = "none", sp=None,
-                     seed: int = 0) -> float | None:
+                     seed: int = 0, relative_rope: bool = False) -> float | None:
     """`compile_blocks`, then one 1-step generation over window/chunk + 1 chunks, so every window length has
     compiled before anything is timed. Returns the seconds this took (None for mode 'none', which does nothing).
-    Every SP rank must call it (the warm-up runs the all-to-alls)."""
+    Every SP rank must call it (the warm-up runs the all-to-alls). relative_rope: warm the graph of that mode (keys
+    cached unrotated), so the timed run does not recompile."""
     if mode == "none":
         return None
     cfg = model.cfg
     t0 = time.perf_counter()
     compile_blocks(model, mode)
     warm = GenerationSpec(prompts=["warm-up"], frames=(cfg.window_frames // cfg.chunk_frames + 1) * cfg.chunk_frames,
-                          steps=1, seed=seed, warmup_chunks=0, kv_quant=kv_quant)
+                          steps=1, seed=seed, warmup_chunks=0, kv_quant=kv_quant, relative_rope=relative_rope)
     generate(model, warm, embeds[:1], sp=sp)
     return time.perf_counter() - t0

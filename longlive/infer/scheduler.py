@@ -2,8 +2,14 @@
 
 `FlowUniPC` is UniPC multistep (order 2, B(h) = expm1(h) "bh2", predict-x0, lower order at the final
 step, final sigma 0) on the rectified-flow path x_t = (1−σ)·x0 + σ·ε, with a shift-warped sigma grid.
-A fresh scheduler is made per chunk. State is float32 (the release keeps it in BF16; we measure rather
-than copy that choice). `FlowEuler` is the plain first-order alternative.
+A fresh scheduler is made per chunk. State is float32 (the release keeps it in BF16; we measure rather than copy that
+choice). `FlowEuler` is the plain first-order alternative.
+
+Steps: any N ≥ 1, as the release's `inference.sampling_steps` (its UniPC `set_timesteps(N, shift)`): N sigmas from
+linspace(0.999, 0, N+1) without the last, each warped by `timestep_shift` (the release's `timestep_shift`, 5), then a
+final 0; the model sees int(1000·σ'). The release's `denoising_step_list` is the training rollout's (DMD) list of
+integer timesteps, built from `sampling_steps` when a config gives none (the same warp over linspace(1, 0), so
+[1000, 937, 833, 625] at 4 steps); inference never reads it.
 """
 
 from __future__ import annotations
@@ -13,18 +19,20 @@ import math
 import torch
 
 
-def flow_sigmas(steps: int, shift: float = 5.0, sigma_max: float = 0.999) -> list[float]:
-    """σ' = shift·σ / (1 + (shift−1)·σ) over linspace(sigma_max, 0, steps+1)[:-1], then a final 0."""
+def flow_sigmas(steps: int, timestep_shift: float = 5.0, sigma_max: float = 0.999) -> list[float]:
+    """σ' = s·σ / (1 + (s−1)·σ) with s = timestep_shift over linspace(sigma_max, 0, steps+1)[:-1], then a final 0."""
     if steps < 1:
         raise ValueError(f"steps must be ≥ 1, got {steps}")
+    if not timestep_shift > 0:
+        raise ValueError(f"timestep_shift must be > 0, got {timestep_shift}")
     base = torch.linspace(sigma_max, 0.0, steps + 1, dtype=torch.float64)[:-1]
-    warped = shift * base / (1 + (shift - 1) * base)
+    warped = timestep_shift * base / (1 + (timestep_shift - 1) * base)
     return [float(s) for s in warped] + [0.0]
 
 
-def flow_timesteps(steps: int, shift: float = 5.0) -> list[int]:
+def flow_timesteps(steps: int, timestep_shift: float = 5.0) -> list[int]:
     """The integer model timesteps int(σ'·1000) of each step: [999, 937, 833, 624] for 4 steps."""
-    return [int(s * 1000) for s in flow_sigmas(steps, shift)[:-1]]
+    return [int(s * 1000) for s in flow_sigmas(steps, timestep_shift)[:-1]]
 
 
 def _lambda(sigma: float) -> float:
@@ -35,8 +43,8 @@ def _lambda(sigma: float) -> float:
 class FlowUniPC:
     """UniPC-bh2 predictor–corrector for flow models; call step(v, x) once per timestep."""
 
-    def __init__(self, steps: int, shift: float = 5.0, order: int = 2):
-        self.sigmas = flow_sigmas(steps, shift)
+    def __init__(self, steps: int, timestep_shift: float = 5.0, order: int = 2):
+        self.sigmas = flow_sigmas(steps, timestep_shift)
         self.timesteps = [int(s * 1000) for s in self.sigmas[:-1]]
         self.order = order
         self.steps = steps
@@ -111,8 +119,8 @@ class FlowUniPC:
 class FlowEuler:
     """First-order Euler on the flow ODE over the same sigma grid: x ← x + (σ_next − σ)·v."""
 
-    def __init__(self, steps: int, shift: float = 5.0):
-        self.sigmas = flow_sigmas(steps, shift)
+    def __init__(self, steps: int, timestep_shift: float = 5.0):
+        self.sigmas = flow_sigmas(steps, timestep_shift)
         self.timesteps = [int(s * 1000) for s in self.sigmas[:-1]]
         self.index = 0
 
@@ -126,7 +134,7 @@ class FlowEuler:
 SCHEDULERS = {"unipc": FlowUniPC, "euler": FlowEuler}
 
 
-def make_scheduler(name: str, steps: int, shift: float = 5.0):
+def make_scheduler(name: str, steps: int, timestep_shift: float = 5.0):
     if name not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {name!r}; known: {', '.join(SCHEDULERS)}")
-    return SCHEDULERS[name](steps, shift)
+    return SCHEDULERS[name](steps, timestep_shift)

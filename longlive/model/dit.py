@@ -58,6 +58,10 @@ class AttnContext:
     # how parallelism (Ulysses all-to-alls) and training masks (FlexAttention) are applied from outside.
     attn_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor] | None = None
     frame_prompt: torch.Tensor | None = None  # [F]: which stacked prompt each latent frame attends to
+    # Relative RoPE (the release's `use_relative_rope`): cos/sin of the attended window's keys in the cache's buffer
+    # order. Set, the cache holds unrotated keys and they are rotated after the window is read.
+    key_cos: torch.Tensor | None = None
+    key_sin: torch.Tensor | None = None
 
 
 class SelfAttention(nn.Module):
@@ -85,7 +89,9 @@ class SelfAttention(nn.Module):
         shape = (B, L, self.num_heads, self.head_dim)
         q, k, v = self.project(x)
         q = apply_rope(self.norm_q(q).view(shape), ctx.cos, ctx.sin)
-        k = apply_rope(self.norm_k(k).view(shape), ctx.cos, ctx.sin)
+        k = self.norm_k(k).view(shape)
+        if ctx.key_cos is None:  # absolute positions: keys enter the cache rotated
+            k = apply_rope(k, ctx.cos, ctx.sin)
         return self.o(cached_attention(q, k, v.view(shape), ctx, self))
 
 
@@ -106,6 +112,8 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: Att
     else:
         if ctx.cache is not None:
             k, v = ctx.cache.update(attn.layer_idx, k, v)
+        if ctx.key_cos is not None:  # relative positions: the window's keys are rotated where they now sit
+            k = apply_rope(k, ctx.key_cos, ctx.key_sin)
         out = sdpa(q, k.to(q.dtype), v.to(q.dtype), ctx.backend)
     return out.reshape(B, L, -1).contiguous()
 
@@ -291,6 +299,7 @@ class CausalWanModel(nn.Module):
         frame_positions: torch.Tensor | list[int] | None = None,
         attn_fn: Callable | None = None,
         frame_prompt: torch.Tensor | None = None,
+        relative_rope: bool = False,
     ) -> torch.Tensor:
         """Predict the flow v for latents x [B, C, F, H, W] at per-frame timesteps t [B, F].
 
@@ -300,6 +309,11 @@ class CausalWanModel(nn.Module):
         the cache's current slot and attention runs over the whole window; without one, attention is over the
         input's own tokens; attn_fn replaces both (see AttnContext). frame_prompt [F] selects, per frame, one of
         the prompts stacked in text_kv / context.
+
+        relative_rope (the release's `use_relative_rope`, needs a cache): temporal positions count within the attended
+        window instead — its chunks numbered 0, 1, … in chronological order, this chunk last
+        (`KVCache.relative_frame_positions`); frame_offset (and with it the shot offset) is not used, as in the
+        release. The cache then holds unrotated keys, so one cache serves one mode for a whole video.
         """
         cfg = self.cfg
         B, C, Fr, H, W = x.shape
@@ -319,7 +333,17 @@ class CausalWanModel(nn.Module):
         f2, h2, w2 = h.shape[2:]
         x_tok = h.flatten(2).transpose(1, 2).float()  # [B, L, dim], tokens in (f, h, w) order
         e, e0 = self.time_embed(t)
-        if frame_positions is None:
+        key_cos = key_sin = None
+        if relative_rope:
+            if cache is None or attn_fn is not None or frame_positions is not None:
+                raise ValueError("relative_rope positions come from a KV cache's window: pass cache, without "
+                                 "attn_fn (sequence parallelism) or frame_positions")
+            query_pos, key_pos = cache.relative_frame_positions()
+            if len(query_pos) != f2:
+                raise ValueError(f"relative_rope: the cache's chunk has {len(query_pos)} frames, the input {f2}")
+            cos, sin = self.rope.cos_sin_positions(query_pos, h2, w2, device=x.device)
+            key_cos, key_sin = self.rope.cos_sin_positions(key_pos, h2, w2, device=x.device)
+        elif frame_positions is None:
             cos, sin = self.rope.cos_sin(frame_offset, f2, h2, w2, device=x.device)
         else:
             positions = [int(p) for p in (frame_positions.tolist() if torch.is_tensor(frame_positions)
@@ -330,7 +354,7 @@ class CausalWanModel(nn.Module):
         if frame_prompt is not None:
             frame_prompt = torch.as_tensor(frame_prompt, device=x.device)
         ctx = AttnContext(cos=cos, sin=sin, cache=cache, backend=self.attn_backend, attn_fn=attn_fn,
-                          frame_prompt=frame_prompt)
+                          frame_prompt=frame_prompt, key_cos=key_cos, key_sin=key_sin)
         for i, blk in enumerate(self.blocks):
             x_tok = blk(x_tok, e0, f2, ctx, text_kv[i])
         out = self.head(x_tok, e, f2)  # [B, L, pt·ph·pw·C]

@@ -213,3 +213,18 @@ class KVCache:
         """Latent frame indices attended by the current chunk, in logical order."""
         f = self.geo.chunk_frames
         return [c * f + i for c in self.window_chunks() for i in range(f)]
+
+    def relative_frame_positions(self) -> tuple[list[int], list[int]]:
+        """Window-relative temporal RoPE positions (the release's `use_relative_rope`; spec 02): the attended chunks
+        numbered 0, 1, … in chronological order, so positions never exceed the window whatever the video's length.
+
+        Returns the current chunk's frame positions and every filled slot's, in buffer order (the layout `update`
+        returns), for rotating unrotated cached keys where they now sit.
+        """
+        if self.current_slot is None:
+            raise RuntimeError("KVCache.relative_frame_positions() before begin_chunk()")
+        f = self.geo.chunk_frames
+        rank = {c: i for i, c in enumerate(self.window_chunks())}
+        keys = [rank[c] * f + i for c in self.slot_chunk[: self.filled_slots] for i in range(f)]
+        current = rank[self.slot_chunk[self.current_slot]]
+        return [current * f + i for i in range(f)], keys

@@ -3,6 +3,10 @@
 head_dim is split into three per-axis tables (time, height, width) of adjacent interleaved channel pairs.
 For head_dim 128 that is 22 / 21 / 21 pairs. Tables are built in float64 (as the published model does)
 and applied in float32; keys are rotated once, at their absolute positions, before they enter the cache.
+
+The published time table has 1024 rows (about 170 s of 5B video). A position past it grows the table: row p of
+any table is the same float64 product p·θ^(−2i/d), so a grown table equals a longer one bit for bit and positions
+below 1024 are untouched (spec 02, "Length beyond the RoPE table").
 """
 
 from __future__ import annotations
@@ -26,11 +30,16 @@ def _axis_angles(max_positions: int, axis_dim: int, theta: float) -> torch.Tenso
 
 
 class Rope3D:
-    """Per-axis angle tables and the cos/sin for a (frames × height × width) token grid."""
+    """Per-axis angle tables and the cos/sin for a (frames × height × width) token grid.
+
+    max_positions is the published table length (1024); the time table grows past it on demand (module docstring),
+    the height/width tables do not (a latent grid wider than 1024 patches is an error).
+    """
 
     def __init__(self, head_dim: int, theta: float = 10000.0, max_positions: int = 1024):
         pt, ph, pw = axis_pairs(head_dim)
         self.pairs = (pt, ph, pw)
+        self.theta = theta
         self.max_positions = max_positions
         self.tables = (
             _axis_angles(max_positions, 2 * pt, theta),
@@ -40,6 +49,16 @@ class Rope3D:
         self._device_tables: dict[str, tuple[torch.Tensor, ...]] = {}
         self._memo: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
+    def _cover(self, end: int) -> None:
+        """Grow the time table (doubling) so that positions < end have rows; device copies are rebuilt lazily."""
+        n = self.tables[0].shape[0]
+        if end <= n:
+            return
+        while n < end:
+            n *= 2
+        self.tables = (_axis_angles(n, 2 * self.pairs[0], self.theta), *self.tables[1:])
+        self._device_tables.clear()
+
     def cos_sin(
         self, frame_start: int, frames: int, height: int, width: int, device: torch.device | str | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,11 +67,8 @@ class Rope3D:
         Built on the target device (no host→device copy, so no sync in the chunk loop) and memoised for the
         last few grids, since every step of a chunk reuses the same positions.
         """
-        if frame_start < 0 or frame_start + frames > self.max_positions:
-            raise ValueError(
-                f"temporal RoPE positions {frame_start}..{frame_start + frames - 1} exceed the table of "
-                f"{self.max_positions} positions"
-            )
+        if frame_start < 0:
+            raise ValueError(f"temporal RoPE positions start at 0, got {frame_start}")
         if height > self.max_positions or width > self.max_positions:
             raise ValueError(f"token grid {height}×{width} exceeds the RoPE table of {self.max_positions}")
         device = torch.device(device or "cpu")
@@ -60,6 +76,7 @@ class Rope3D:
         hit = self._memo.get(key)
         if hit is not None:
             return hit
+        self._cover(frame_start + frames)
         dev_key = str(device)
         if dev_key not in self._device_tables:
             self._device_tables[dev_key] = tuple(t.to(device) for t in self.tables)
@@ -68,21 +85,37 @@ class Rope3D:
         ang_h = th[:height][None, :, None, :].expand(frames, height, width, -1)
         ang_w = tw[:width][None, None, :, :].expand(frames, height, width, -1)
         ang = torch.cat([ang_t, ang_h, ang_w], dim=-1).reshape(frames * height * width, -1)
-        out = ang.cos().float(), ang.sin().float()
-        if len(self._memo) >= 8:
-            self._memo.pop(next(iter(self._memo)))
-        self._memo[key] = out
-        return out
-
+        return self._remember(key, (ang.cos().float(), ang.sin().float()))
 
     def cos_sin_positions(
         self, positions: list[int], height: int, width: int, device: torch.device | str | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin for frames at arbitrary temporal positions (one entry per latent frame), (f, h, w) order."""
-        if positions == list(range(positions[0], positions[0] + len(positions))):
+        """cos, sin for frames at arbitrary temporal positions (one entry per latent frame), (f, h, w) order.
+
+        Built from runs of consecutive positions (a KV-cache window is one run per chunk slot), each one `cos_sin`
+        call, so the values equal `cos_sin` bit for bit; memoised like it.
+        """
+        runs = [[positions[0], 1]]
+        for p in positions[1:]:
+            if p == runs[-1][0] + runs[-1][1]:
+                runs[-1][1] += 1
+            else:
+                runs.append([p, 1])
+        if len(runs) == 1:
             return self.cos_sin(positions[0], len(positions), height, width, device)
-        parts = [self.cos_sin(p, 1, height, width, device) for p in positions]
-        return torch.cat([c for c, _ in parts]), torch.cat([s for _, s in parts])
+        key = (tuple(positions), height, width, str(torch.device(device or "cpu")))
+        hit = self._memo.get(key)
+        if hit is not None:
+            return hit
+        parts = [self.cos_sin(p, n, height, width, device) for p, n in runs]
+        return self._remember(key, (torch.cat([c for c, _ in parts]), torch.cat([s for _, s in parts])))
+
+    def _remember(self, key: tuple, value: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keep the last 8 results: a chunk's steps reuse one grid, and memory stays bounded however long the video."""
+        if len(self._memo) >= 8:
+            self._memo.pop(next(iter(self._memo)))
+        self._memo[key] = value
+        return value
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -21,12 +21,18 @@ H ≥ 27 is bit-identical to whole-video encoding; H = 26 / 25 / 24 / 20 / 0 giv
 6e-4 / 0.6 relative error (the leak fades with distance, so ~1e-5 is reached at H = 24–25, weight
 dependent). The release halo H = 28 has one latent of margin. At 64 s (F = 384, 1533 raw frames),
 sp = 4, H = 28 the slowest rank encodes 497 raw frames (≈3.1× less).
+
+`encode_gathered` is the training data's use of it: every rank of an SP group encodes its window and the group
+all-gathers the pieces, so the latent cache (which holds whole samples, for any sp and either training layout)
+gets the same latents an sp = 1 encode writes, at 1/sp of the slowest rank's encode work.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from ..vae import WanVAE
@@ -145,3 +151,18 @@ def encode_local(
         )
     latents = vae.encode(frames)
     return latents[:, :, win.keep]
+
+
+def encode_gathered(vae: WanVAE, video: Tensor, group: dist.ProcessGroup, halo: int = RELEASE_HALO) -> Tensor:
+    """The whole video's latents [B, z, F, h, w] on every rank of ``group``, each rank encoding only its halo window.
+
+    A collective: every rank of the group calls it with the same full ``video`` [B, 3, 1 + 4(F−1), H, W]. Equals
+    ``vae.encode(video)`` once ``halo`` covers the encoder's causal receptive field (``EXACT_ENCODE_HALO``). NCCL
+    groups gather on the current CUDA device; the result is on the device the VAE returned.
+    """
+    sp, rank = dist.get_world_size(group), dist.get_rank(group)
+    local = encode_local(vae, video, rank, sp, halo).contiguous()
+    wire = local.cuda() if dist.get_backend(group) == "nccl" and local.device.type != "cuda" else local
+    parts = [torch.empty_like(wire) for _ in range(sp)]
+    dist.all_gather(parts, wire, group=group)
+    return torch.cat(parts, dim=2).to(local.device)

@@ -2,6 +2,8 @@
 
 - Blocks: NVFP4 with 16-channel blocks of one head of one token (E4M3 scale each) and one FP32 tensor scale
   per (layer, K or V, slot); FP8 E4M3 with one scale per (token, head).
+- Scale rule (`kv_rule`, the release's `kv_quant_scale_rule`, default `mse`): which NVFP4 rule picks each block's
+  scale (longlive.quant.nvfp4.RULES); FP8 has one rule (amax / 448), so the option applies to NVFP4 only.
 - Writes: only the chunk's clean re-run is kept (`commit`), quantised once and copied in place into
   pre-allocated slot buffers whose addresses never change. Evicting a slot is just overwriting it (the cache
   is a ring), so nothing is ever requantised.
@@ -18,11 +20,14 @@ from longlive.model.kv_cache import QUANTISED, CacheGeometry, KVCache, heads_fir
 from longlive.quant import kernels
 from longlive.quant.tensors import FP8Tensor, NVFP4Tensor
 
+DEFAULT_KV_RULE = "mse"
+"""The release's `kv_quant_scale_rule` default: Four-over-Six with the lower squared error per block."""
+
 
 class QuantKVStorage:
     def __init__(self, num_layers: int, batch: int, num_slots: int, chunk_tokens: int, heads: int, head_dim: int,
                  *, fmt: str = "nvfp4", dtype: torch.dtype = torch.bfloat16, device: torch.device | str | None = None,
-                 rule: str = "mse"):
+                 rule: str = DEFAULT_KV_RULE):
         if fmt not in ("fp8", "nvfp4"):
             raise ValueError(f"unknown KV quantisation {fmt!r}; choose fp8 or nvfp4")
         if fmt == "nvfp4" and head_dim % 16:
@@ -98,10 +103,12 @@ class QuantKVStorage:
 
 def allocate_cache(geometry: CacheGeometry, num_layers: int, batch: int, heads: int, head_dim: int,
                    storage: str = "bf16", device: torch.device | str | None = None,
-                   compute_dtype: torch.dtype | None = None) -> KVCache:
-    """A KV cache with any storage: a dense dtype name (bf16, fp16, fp32, fp64) or a quantised format (fp8, nvfp4).
-    The quantised storages live here, so the model package never depends on quantisation."""
+                   compute_dtype: torch.dtype | None = None, rule: str = DEFAULT_KV_RULE) -> KVCache:
+    """A KV cache with any storage: a dense dtype name (bf16, fp16, fp32, fp64) or a quantised format (fp8, nvfp4;
+    `rule`: the NVFP4 scale rule). The quantised storages live here, so the model package never depends on
+    quantisation."""
     if storage not in QUANTISED:
         return KVCache.allocate(geometry, num_layers, batch, heads, head_dim, storage=storage, device=device)
     args = (num_layers, batch, geometry.num_slots, geometry.chunk_tokens, heads, head_dim)
-    return KVCache(geometry, QuantKVStorage(*args, fmt=storage, dtype=compute_dtype or torch.bfloat16, device=device))
+    return KVCache(geometry, QuantKVStorage(*args, fmt=storage, dtype=compute_dtype or torch.bfloat16, device=device,
+                                            rule=rule))

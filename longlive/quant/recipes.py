@@ -4,6 +4,16 @@ W4A4 / W8A8 quantise the 300 block Linears (self-attn q,k,v,o; cross-attn q,k,v,
 embedding, text/time embeddings, head, norms and modulation stay in the compute dtype (spec 03). LoRA is merged
 into the BF16 weights before this runs. Each Linear is replaced by a QuantLinear holding packed weights and the
 BF16 weight is released, so weight memory really drops.
+
+Which Linears (`quant_exclude`): the release picks them by exclusion, `model_quant_filtered_modules` (exact module
+names or `re:` regular expressions) on top of a default list of embeddings, head and norms
+(`model_quant_use_default_filtered_modules`, on by default), which leaves exactly the block Linears. Here the block
+Linears are the starting set (`BLOCK_LINEARS`) and `quant_exclude`, in the release's pattern syntax, removes more.
+Quantising the embeddings and head too (the release's default filter off) is not offered: the DiT reads their
+weights' dtype as its compute dtype, which a packed QuantLinear does not have.
+
+A LoRA can also stay separate at runtime (`LoRALinear`, `attach_lora`): y = base(x) + scale·B(A(x)), over a plain
+or a quantised Linear, so it works over a packed NVFP4 checkpoint too (the release merges whenever it quantises).
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from longlive.model.checkpoint import CheckpointError
@@ -22,6 +33,33 @@ from longlive.quant.nvfp4_checkpoint import load_nvfp4_generator, save_nvfp4_gen
 from longlive.quant.tensors import NVFP4Tensor
 
 BLOCK_LINEARS = r"^blocks\.\d+\.(self_attn\.(q|k|v|o|qkv)|cross_attn\.(q|k|v|o)|ffn\.(0|2))$"
+DEFAULT_ACT_RULE = LinearQuantConfig.act_rule
+"""The activation rule of inference PTQ (`act_rule`): TE's plain 6/448 `static_6` (longlive.quant.linear)."""
+
+
+def excluded(name: str, patterns: list[str] | tuple[str, ...]) -> bool:
+    """The release's `model_quant_filtered_modules` match: an exact module name, or `re:<regex>` searched in it."""
+    return any(re.search(p[3:], name) if p.startswith("re:") else name == p for p in patterns)
+
+
+def check_exclude_patterns(patterns: list[str] | tuple[str, ...]) -> None:
+    """ValueError naming the first `re:` pattern that is not a regular expression (checked before any work)."""
+    for p in patterns:
+        if p.startswith("re:"):
+            try:
+                re.compile(p[3:])
+            except re.error as exc:
+                raise ValueError(f"quant_exclude pattern {p!r} is not a regular expression: {exc}") from None
+        elif not p.strip():
+            raise ValueError("quant_exclude patterns must not be empty")
+
+
+def select_linears(model: nn.Module, include: str = BLOCK_LINEARS,
+                   exclude: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """Names of the nn.Linears PTQ replaces: matching `include` (searched) and no `exclude` pattern."""
+    pattern = re.compile(include)
+    return [n for n, m in model.named_modules()
+            if isinstance(m, nn.Linear) and pattern.search(n) and not excluded(n, exclude)]
 
 
 @dataclass
@@ -36,15 +74,15 @@ class PTQReport:
 
 
 def quantize_model(model: nn.Module, cfg: LinearQuantConfig, *, include: str = BLOCK_LINEARS,
-                   device: torch.device | str | None = None) -> PTQReport:
-    """Replace every Linear whose qualified name matches `include` by a QuantLinear, in place."""
+                   exclude: list[str] | tuple[str, ...] = (), device: torch.device | str | None = None) -> PTQReport:
+    """Replace every Linear whose qualified name matches `include` and no `exclude` pattern by a QuantLinear, in
+    place."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     check_backend(cfg.fmt, cfg.backend, device)
-    pattern = re.compile(include)
     report = PTQReport()
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and pattern.search(n)]
+    names = select_linears(model, include, exclude)
     if not names:
-        raise ValueError(f"no Linear matches the quantisation filter {include!r}")
+        raise ValueError(f"no Linear matches the quantisation filter {include!r} less the exclusions {list(exclude)}")
     for name in names:  # one at a time, so the BF16 weight is released before the next is quantised
         lin = model.get_submodule(name)
         report.bytes_before += sum(t.numel() * t.element_size() for t in (lin.weight, lin.bias) if t is not None)
@@ -74,20 +112,12 @@ def merge_lora(model: nn.Module, lora: dict[str, torch.Tensor], scale: float = 1
     Done in float32 on the BF16 weights before any quantisation (spec 01). Returns the merged module names.
     Accepts PEFT's `base_model.model.` prefix and the generator's `model.` prefix.
     """
-    pairs: dict[str, dict[str, torch.Tensor]] = {}
-    for key, t in lora.items():
-        m = re.match(r"^(?:base_model\.model\.)?(?:model\.)?(.+)\.lora_([AB])(?:\.default)?\.weight$", key)
-        if m is None:
-            raise ValueError(f"not a LoRA key: {key!r} (expected <module>.lora_A.weight / <module>.lora_B.weight)")
-        pairs.setdefault(m.group(1), {})[m.group(2)] = t
     merged = []
-    for name, ab in sorted(pairs.items()):
-        if set(ab) != {"A", "B"}:
-            raise ValueError(f"LoRA for {name} has only lora_{next(iter(ab))}")
+    for name, (a, b) in lora_pairs(lora).items():
         lin = model.get_submodule(name)
         if not isinstance(lin, nn.Linear):
             raise ValueError(f"LoRA target {name} is {type(lin).__name__}, not an nn.Linear (merge before quantising)")
-        A, B = ab["A"].float(), ab["B"].float()
+        A, B = a.float(), b.float()
         if A.shape[1] != lin.in_features or B.shape[0] != lin.out_features or A.shape[0] != B.shape[1]:
             raise ValueError(f"LoRA shapes A{list(A.shape)} B{list(B.shape)} do not fit {name} "
                              f"[{lin.out_features}, {lin.in_features}]")
@@ -96,6 +126,67 @@ def merge_lora(model: nn.Module, lora: dict[str, torch.Tensor], scale: float = 1
                              .to(lin.weight.dtype))
         merged.append(name)
     return merged
+
+
+def lora_pairs(lora: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{module name: (A, B)} of a PEFT-style adapter (the key forms `merge_lora` accepts)."""
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, t in lora.items():
+        m = re.match(r"^(?:base_model\.model\.)?(?:model\.)?(.+)\.lora_([AB])(?:\.default)?\.weight$", key)
+        if m is None:
+            raise ValueError(f"not a LoRA key: {key!r} (expected <module>.lora_A.weight / <module>.lora_B.weight)")
+        pairs.setdefault(m.group(1), {})[m.group(2)] = t
+    out = {}
+    for name, ab in sorted(pairs.items()):
+        if set(ab) != {"A", "B"}:
+            raise ValueError(f"LoRA for {name} has only lora_{next(iter(ab))}")
+        out[name] = (ab["A"], ab["B"])
+    return out
+
+
+class LoRALinear(nn.Module):
+    """A Linear (plain or quantised) with its LoRA adapter kept separate: y = base(x) + scale·B(A(x)).
+
+    The adapter runs in the compute dtype beside the base weights, so one base serves with or without it and a
+    packed NVFP4 base keeps its packed weights (`lora_mode=runtime`)."""
+
+    def __init__(self, base: nn.Module, A: torch.Tensor, B: torch.Tensor, scale: float,
+                 dtype: torch.dtype, device: torch.device):
+        super().__init__()
+        self.base = base
+        self.in_features, self.out_features = base.in_features, base.out_features
+        if A.shape[1] != self.in_features or B.shape[0] != self.out_features or A.shape[0] != B.shape[1]:
+            raise ValueError(f"LoRA shapes A{list(A.shape)} B{list(B.shape)} do not fit a Linear "
+                             f"[{self.out_features}, {self.in_features}]")
+        self.lora_A = nn.Parameter(A.detach().to(device, dtype), requires_grad=False)
+        self.lora_B = nn.Parameter(B.detach().to(device, dtype), requires_grad=False)
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        return y + self.scale * F.linear(F.linear(x.to(self.lora_A.dtype), self.lora_A), self.lora_B).to(y.dtype)
+
+    def extra_repr(self) -> str:
+        return f"rank={self.lora_A.shape[0]}, scale={self.scale:g}"
+
+
+def attach_lora(model: nn.Module, lora: dict[str, torch.Tensor], scale: float = 1.0) -> list[str]:
+    """Wrap every Linear the adapter names in a `LoRALinear` (runtime LoRA, no merge); returns the wrapped names.
+    The adapter's dtype follows the model's parameters."""
+    param = next(model.parameters())
+    wrapped = []
+    for name, (A, B) in lora_pairs(lora).items():
+        try:
+            lin = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"LoRA target {name} is not a module of the model") from None
+        if not isinstance(lin, (nn.Linear, QuantLinear)):
+            raise ValueError(f"LoRA target {name} is {type(lin).__name__}, not a Linear")
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr,
+                LoRALinear(lin, A, B, scale, param.dtype, param.device))
+        wrapped.append(name)
+    return wrapped
 
 
 def lora_scale(payload: dict) -> float:

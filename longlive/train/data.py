@@ -3,12 +3,16 @@
 * `ProceduralVideos`: bouncing coloured shapes with captions, so the tiny preset can be trained and
   evaluated on CPU without downloading a data set; a caption names every colour and shape kind, so even
   a byte-level text encoder can tell prompts apart.
-* `FolderVideos`: `root/video/<sample>/<n>.mp4` + `root/caption/<sample>/<n>.json` (field `caption`),
-  clips of a sample in numeric order being consecutive shots; frames resampled to the target fps by
-  nearest timestamp, resized (bilinear, no crop), normalised to [-1, 1]. `write_procedural_folder`
-  writes procedural samples in that layout so the release path is exercised end to end.
+* `FolderVideos`: the release's `MultiVideoConcatDataset` over `root/video/<sample>/<n>.mp4` +
+  `root/caption/<sample>/<n>.json` (field `caption`): a sample's videos in numeric order are consecutive shots,
+  read chunk by chunk (a chunk never spans two videos; a chunk from a new video, or after a virtual cut of
+  `max_chunks_per_shot`, carries the scene-cut prefix), with the release's options (`FolderOptions`). Every sample
+  is planned from file metadata first, so bad input fails before any decoding or encoding.
+  `write_procedural_folder` writes procedural samples in that layout so the release path is exercised end to end.
 * `LatentCache` + `training_samples`: VAE latents and prompt embeddings are computed once per
-  (model identity, sample) and reused, since encoding dominates the cost of a tiny training step.
+  (model identity, sample) and reused, since encoding dominates the cost of a tiny training step; under sequence
+  parallelism each rank encodes only its halo window of a sample (`parallel.vae_encode`) and the entry equals the
+  sp = 1 encode.
 """
 
 from __future__ import annotations
@@ -20,21 +24,25 @@ import json
 import os
 import uuid
 import weakref
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol
 
 import imageio.v2 as iio
+import imageio_ffmpeg
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
+from tqdm import tqdm
 
 from longlive.eval.shapes import SHAPES, shape_sdf
 from longlive.output import write_mp4, write_text_atomic
+from longlive.parallel.vae_encode import RELEASE_HALO, encode_gathered
 from longlive.text import EmbeddingCache, TextEncoder
 from longlive.text.prompts import SCENE_CUT_PREFIX, with_prefix
 from longlive.weights import default_paths, load_text_for, load_vae_for
@@ -277,62 +285,337 @@ def uint8_to_video(frames: Tensor | np.ndarray, height: int | None = None, width
     return (x / 127.5 - 1.0).clamp_(-1.0, 1.0).permute(1, 0, 2, 3).contiguous()
 
 
-def resample_indices(num_src: int, src_fps: float, fps: float) -> np.ndarray:
-    """Source frame for each target frame by nearest timestamp; the clip's duration num_src/src_fps is kept."""
-    n = max(1, int(np.floor(num_src * fps / src_fps + 0.5)))
-    return np.minimum(np.floor(np.arange(n) * src_fps / fps + 0.5).astype(np.int64), num_src - 1)
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+"""Video files a sample folder may hold (the release's list; lower or upper case)."""
 
 
-def read_mp4(path: str | os.PathLike) -> tuple[np.ndarray, float]:
-    """All frames uint8 [T, H, W, 3] and the container's fps."""
+@dataclass(frozen=True)
+class FolderOptions:
+    """The release's folder-data options, under its config keys and with its defaults (0 / False: off).
+
+    * ``max_chunks_per_shot`` k > 0: after k chunks from one video, skip 1 s of it and start a virtual shot (the next
+      chunk gets the scene-cut prefix), so long takes still teach cuts;
+    * ``allow_padding``: a sample whose videos run out is padded with its last frame and last prompt, and carries
+      ``num_valid_latent_frames`` (the release masks the padded latents from the loss), instead of being refused;
+    * ``min_latent_frames``: with ``allow_padding``, a sample with fewer real latents is refused (a multiple of the
+      chunk; 0: any);
+    * ``uniform_prompt``: every chunk comes from the sample's first video, so one caption (the release passes it to
+      the reader as ``single_video_only``).
+    """
+
+    max_chunks_per_shot: int = 0
+    min_latent_frames: int = 0
+    allow_padding: bool = False
+    uniform_prompt: bool = False
+
+    def __str__(self) -> str:
+        """The options that differ from the release's defaults, as `name=value` (for messages)."""
+        changed = [f"{f.name}={getattr(self, f.name)}" for f in fields(self) if getattr(self, f.name) != f.default]
+        return ", ".join(changed) or "the release's defaults"
+
+    def check(self, frames: int, chunk_frames: int) -> None:
+        """Clear errors for values the reader would reject or silently ignore, before any file is read."""
+        for name in ("max_chunks_per_shot", "min_latent_frames"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        if self.min_latent_frames:
+            if not self.allow_padding:
+                raise ValueError(f"min_latent_frames={self.min_latent_frames} only applies with allow_padding "
+                                 f"(without padding every sample must fill all {frames} latent frames)")
+            if self.min_latent_frames % chunk_frames or self.min_latent_frames > frames:
+                raise ValueError(f"min_latent_frames={self.min_latent_frames} must be a multiple of the chunk "
+                                 f"({chunk_frames} latents) and at most frames={frames}")
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """A video's decoded frame count and frame rate."""
+
+    frames: int
+    fps: float
+
+
+def probe_video(path: Path, cache_dir: Path | None = None) -> VideoInfo:
+    """Frame count (decoded, like the release's decord / `ffprobe -count_frames`) and fps of one video file.
+
+    With `cache_dir` the answer is kept per (path, size, mtime), so a second run does not decode every file again.
+    A file ffmpeg cannot read is a ValueError naming it.
+    """
+    st = path.stat()
+    entry = None
+    if cache_dir is not None:
+        k = hashlib.sha256(json.dumps([str(path.resolve()), st.st_size, st.st_mtime_ns]).encode()).hexdigest()
+        entry = cache_dir / k[:2] / f"{k}.json"
+        try:
+            known = json.loads(entry.read_text())
+            return VideoInfo(int(known["frames"]), float(known["fps"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    try:
+        reader = iio.get_reader(str(path), format="FFMPEG")
+        try:
+            fps = float(reader.get_meta_data()["fps"])
+        finally:
+            reader.close()
+        frames, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
+    except (OSError, RuntimeError, ValueError, KeyError, IndexError) as e:
+        last = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path}: not a readable video ({last})") from e
+    if not frames or not fps > 0:
+        raise ValueError(f"{path}: not a readable video ({frames} frames at {fps} fps)")
+    if entry is not None:
+        write_text_atomic(entry, json.dumps({"frames": int(frames), "fps": fps}))
+    return VideoInfo(int(frames), fps)
+
+
+def read_frames(path: Path, indices: Sequence[int]) -> dict[int, np.ndarray]:
+    """The frames at `indices` (uint8 [H, W, 3] each), decoded in one pass that stops after the last one needed."""
+    want = set(indices)
+    last = max(want)
+    got: dict[int, np.ndarray] = {}
     reader = iio.get_reader(str(path), format="FFMPEG")
     try:
-        fps = float(reader.get_meta_data()["fps"])
-        frames = np.stack([np.asarray(f)[..., :3] for f in reader])
+        for i, frame in enumerate(reader):
+            if i in want:
+                got[i] = np.asarray(frame)[..., :3]
+            if i >= last:
+                break
     finally:
         reader.close()
-    return frames, fps
+    if len(got) != len(want):
+        raise ValueError(f"{path}: decoded {len(got)} of the {len(want)} frames planned (up to frame {last}); "
+                         f"the file changed since it was probed, or its frame count is not what ffmpeg reported")
+    return got
 
 
-def _numeric_stems(folder: Path, suffix: str) -> list[Path]:
-    files = [p for p in folder.iterdir() if p.suffix == suffix and p.stem.isdigit()]
-    return sorted(files, key=lambda p: int(p.stem))
+@dataclass(frozen=True)
+class ChunkRead:
+    """One chunk of a sample: which video, which of its frames (already at the target fps), and its text."""
+
+    video: int
+    indices: tuple[int, ...]
+    prompt: str
+
+
+@dataclass(frozen=True)
+class SamplePlan:
+    """What a folder sample is, decided from file metadata alone (so every check runs before any decoding).
+
+    `chunks` are the chunks read from video; `prompts` has one text per chunk of the sample (padded chunks repeat
+    the last); `valid_latents` counts the latents from real frames (fewer than the sample's only when padded).
+    """
+
+    name: str
+    videos: tuple[Path, ...]
+    chunks: tuple[ChunkRead, ...]
+    prompts: tuple[str, ...]
+    valid_latents: int
+
+    @property
+    def cuts(self) -> int:
+        """Scene cuts inside the sample (chunks after the first that start a shot: another video or a virtual cut)."""
+        return sum(1 for c in self.chunks[1:] if c.prompt.startswith(SCENE_CUT_PREFIX))
+
+
+def _chunk_indices(start: int, n: int, step: float, total: int) -> tuple[int, ...]:
+    """Source frames of an n-frame chunk from `start`, stepping `step` (source fps / target fps), nearest frame.
+
+    The release's arithmetic: a running float position, NumPy's round-half-to-even, clamped to the last frame.
+    """
+    out, pos = [], float(start)
+    for _ in range(n):
+        out.append(min(int(np.round(pos)), total - 1))
+        pos += step
+        if pos >= total:
+            out.extend([total - 1] * (n - len(out)))
+            break
+    return tuple(out)
+
+
+def plan_chunks(infos: Sequence[VideoInfo], captions: Sequence[str], *, fps: float, frames: int, chunk_frames: int,
+                stride_t: int = 4, options: FolderOptions = FolderOptions(),
+                prefix: str = SCENE_CUT_PREFIX) -> tuple[list[ChunkRead], str | None, bool]:
+    """The release's walk through one sample's videos from the start of the first (its deterministic reading).
+
+    The first chunk takes 1 + 4(c−1) frames, every later one 4c; a chunk never spans two videos: one that does not
+    fit in what is left of a video is taken from the start of the next (what is left is dropped), and a chunk from
+    another video than the chunk before, or after a virtual cut (`max_chunks_per_shot`), gets `prefix` + caption.
+    Returns (chunks read, why the sample is short or None, whether padding may fill the rest).
+    """
+    first, later, n_later = 1 + stride_t * (chunk_frames - 1), stride_t * chunk_frames, frames // chunk_frames - 1
+    k, single = options.max_chunks_per_shot, options.uniform_prompt
+    chunks: list[ChunkRead] = []
+
+    def step(v: int) -> float:
+        return infos[v].fps / fps
+
+    def fits(v: int, n: int, start: int) -> bool:
+        return start < infos[v].frames and int(np.round(start + (n - 1) * step(v))) < infos[v].frames
+
+    def take(v: int, n: int, start: int, cut: bool) -> int:
+        chunks.append(ChunkRead(v, _chunk_indices(start, n, step(v), infos[v].frames),
+                                prefix + captions[v] if cut else captions[v]))
+        return int(np.round(start + n * step(v)))
+
+    v, start = 0, 0
+    while not fits(v, first, start):
+        if single:
+            return chunks, f"its first video is shorter than the first chunk ({first} frames at {fps:g} fps)", False
+        v, start = v + 1, 0
+        if v >= len(infos):
+            return chunks, f"no video holds the first chunk ({first} frames at {fps:g} fps)", False
+    nxt, prev = take(v, first, start, False), v
+    if nxt < infos[v].frames:
+        start = nxt
+    elif single:
+        if n_later:
+            return chunks, "its first video ends after the first chunk (uniform_prompt: one video per sample)", False
+    else:
+        v, start = v + 1, 0
+    count = 1 if v == prev else 0
+    for i in range(n_later):
+        if v >= len(infos):
+            return chunks, f"its videos end after {len(chunks)} of {n_later + 1} chunks", True
+        forced = bool(k) and count >= k
+        if forced:  # a virtual cut: skip 1 s of this video
+            start, count = start + int(np.round(infos[v].fps)), 0
+        while not fits(v, later, start):
+            if single or v + 1 >= len(infos):
+                return chunks, f"its videos hold only {len(chunks)} of {n_later + 1} chunks", True
+            v, start, count = v + 1, 0, 0
+        nxt = take(v, later, start, v != prev or forced)
+        prev, count = v, count + 1
+        if nxt < infos[v].frames:
+            start = nxt
+        elif single:
+            if i < n_later - 1:
+                return chunks, f"its first video ends after {len(chunks)} of {n_later + 1} chunks (uniform_prompt)", \
+                    False
+        else:
+            v, start, count = v + 1, 0, 0
+    return chunks, None, False
+
+
+def _caption(path: Path, video: Path) -> str:
+    """The caption of `video` from its json (field `caption`); a clear error naming both files otherwise."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{video} has no caption: expected {path} (a json with a 'caption' field)")
+    try:
+        caption = json.loads(path.read_text(encoding="utf-8")).get("caption")
+    except (ValueError, AttributeError) as e:
+        raise ValueError(f"{path}: not a json object with a 'caption' field ({e})") from e
+    if not isinstance(caption, str) or not caption.strip():
+        raise ValueError(f"{path}: 'caption' must be a non-empty string (the caption of {video}), got {caption!r}")
+    return caption
 
 
 class FolderVideos:
-    """The release layout as a map-style dataset: item i → (video [3, T, H, W] in [-1, 1], captions, bounds).
+    """The release's training folder (`MultiVideoConcatDataset`) as fixed samples of `frames` latent frames.
 
-    `captions[k]` is shot k's stored caption (no transition prefix: `training_samples` adds it where a
-    chunk crosses a cut); `bounds` = shot start frames plus T, so shot k is frames bounds[k]:bounds[k+1].
-    Each clip is resampled to `fps` on its own, then clips are concatenated.
+    `root/video/<sample>/<n>.mp4` with `root/caption/<sample>/<n>.json` (field `caption`); a sample's videos in
+    numeric order of their names are consecutive shots. Each sample is read chunk by chunk (`plan_chunks`): frames
+    at the target fps by the release's nearest-frame stepping, resized without crop (bilinear, antialiased), in
+    [-1, 1]. The release draws a random start each epoch; samples here read from the start of the first video (the
+    release's deterministic reading), so each is encoded once and its latents cached.
+
+    Everything is checked at construction from file metadata (one probe per video, cached under `probe_cache`):
+    a missing folder, no videos, a video without caption, an unreadable file, or (without `allow_padding`) a
+    sample too short for `frames` is an error naming the file. Samples refused under `allow_padding` (below
+    `min_latent_frames`, or short in a way padding cannot fix) are listed in `rejected`. Items: `plan(i)`, `read(i)`.
     """
 
-    def __init__(self, root: str | os.PathLike, height: int, width: int, fps: int = 24) -> None:
+    def __init__(self, root: str | os.PathLike, height: int, width: int, fps: int = 24, *, frames: int,
+                 chunk_frames: int, stride_t: int = 4, options: FolderOptions = FolderOptions(),
+                 prefix: str = SCENE_CUT_PREFIX, probe_cache: str | os.PathLike | None = None,
+                 progress: bool = False) -> None:
         self.root = Path(root)
-        self.height, self.width, self.fps = height, width, fps
-        video_dir = self.root / "video"
-        if not video_dir.is_dir():
-            raise FileNotFoundError(f"{video_dir} not found (expected root/video/<sample>/<n>.mp4)")
-        self.samples = sorted(p.name for p in video_dir.iterdir() if p.is_dir() and _numeric_stems(p, ".mp4"))
+        self.height, self.width, self.fps, self.frames, self.chunk_frames = height, width, fps, frames, chunk_frames
+        self.stride_t, self.options = stride_t, options
+        if frames < chunk_frames or frames % chunk_frames:
+            raise ValueError(f"frames={frames} must be a positive multiple of the chunk ({chunk_frames} latents): "
+                             f"the release reads whole chunks")
+        options.check(frames, chunk_frames)
+        video_dir, caption_dir = self.root / "video", self.root / "caption"
+        for d in (self.root, video_dir, caption_dir):
+            if not d.is_dir():
+                raise FileNotFoundError(f"{d} is not a folder (expected {self.root}/video/<sample>/<n>.mp4 and "
+                                        f"{self.root}/caption/<sample>/<n>.json)")
+        names = sorted(p.name for p in video_dir.iterdir() if p.is_dir())
+        if not names:
+            raise FileNotFoundError(f"no sample folders under {video_dir} (expected {video_dir}/<sample>/<n>.mp4)")
+        exts = VIDEO_EXTENSIONS + tuple(e.upper() for e in VIDEO_EXTENSIONS)
+        probe_dir = Path(probe_cache) if probe_cache is not None else None
+        self.plans: list[SamplePlan] = []
+        self.rejected: list[tuple[str, str]] = []
+        for name in tqdm(names, desc="probe videos", unit="sample", disable=not progress):
+            videos = sorted((p for p in (video_dir / name).iterdir() if p.is_file() and p.suffix in exts),
+                            key=lambda p: (int(p.stem) if p.stem.isdigit() else float("inf"), p.name))
+            if not videos:
+                raise FileNotFoundError(f"{video_dir / name} holds no video ({', '.join(VIDEO_EXTENSIONS)})")
+            captions = [_caption(caption_dir / name / f"{p.stem}.json", p) for p in videos]
+            infos = [probe_video(p, probe_dir) for p in videos]
+            plan = self._plan(name, tuple(videos), infos, captions, prefix)
+            if isinstance(plan, SamplePlan):
+                self.plans.append(plan)
+            else:
+                self.rejected.append((name, plan))
+
+    def _plan(self, name: str, videos: tuple[Path, ...], infos: list[VideoInfo], captions: list[str],
+              prefix: str) -> SamplePlan | str:
+        """The sample's plan, or why it is refused (allow_padding only; without it a short sample is an error)."""
+        opts, c = self.options, self.chunk_frames
+        chunks, short, paddable = plan_chunks(infos, captions, fps=self.fps, frames=self.frames, chunk_frames=c,
+                                              stride_t=self.stride_t, options=opts, prefix=prefix)
+        where = f"{self.root / 'video' / name}: {short}" if short else ""
+        if short and not opts.allow_padding:
+            lengths = ", ".join(f"{p.name} {i.frames} frames at {i.fps:g} fps" for p, i in zip(videos, infos,
+                                                                                                  strict=True))
+            raise ValueError(f"{where}, too short for frames={self.frames} ({lengths}); use fewer --frames, "
+                             f"--allow-padding, or remove the sample")
+        if short and not paddable:
+            return where
+        valid = c * len(chunks)
+        if opts.min_latent_frames and valid < opts.min_latent_frames:
+            return (f"{self.root / 'video' / name}: {valid} real latent frames, fewer than "
+                    f"min_latent_frames={opts.min_latent_frames}")
+        prompts = [ch.prompt for ch in chunks]
+        prompts += [prompts[-1]] * (self.frames // c - len(prompts))
+        return SamplePlan(name, videos, tuple(chunks), tuple(prompts), valid)
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.plans)
+
+    def plan(self, index: int) -> SamplePlan:
+        return self.plans[index]
+
+    @property
+    def raw_frames(self) -> int:
+        """Raw frames of every sample: 1 + 4(F−1)."""
+        return 1 + self.stride_t * (self.frames - 1)
 
     def sample_key(self, index: int) -> str:
-        """Latent-cache key: the sample's path and the read settings (a change of size or fps must miss)."""
-        return f"folder:{self.root.resolve()}/{self.samples[index]}@{self.height}x{self.width}@{self.fps}fps"
+        """Latent-cache key: the frames read (files with size and mtime, frame indices, padding) and the read size."""
+        plan = self.plans[index]
+        reads = [[plan.videos[ch.video].name, plan.videos[ch.video].stat().st_size,
+                  plan.videos[ch.video].stat().st_mtime_ns, list(ch.indices)] for ch in plan.chunks]
+        digest = hashlib.sha256(json.dumps([reads, self.raw_frames]).encode()).hexdigest()[:16]
+        return f"folder:{self.root.resolve()}/{plan.name}@{self.height}x{self.width}@{self.fps}fps/reads={digest}"
 
-    def __getitem__(self, index: int) -> tuple[Tensor, list[str], list[int]]:
-        name = self.samples[index]
-        videos, captions, bounds = [], [], [0]
-        for mp4 in _numeric_stems(self.root / "video" / name, ".mp4"):
-            cap_path = self.root / "caption" / name / f"{mp4.stem}.json"
-            captions.append(str(json.loads(cap_path.read_text())["caption"]))
-            frames, src_fps = read_mp4(mp4)
-            frames = frames[resample_indices(len(frames), src_fps, self.fps)]
-            videos.append(uint8_to_video(frames, self.height, self.width))
-            bounds.append(bounds[-1] + videos[-1].shape[1])
-        return torch.cat(videos, dim=1), captions, bounds
+    def read(self, index: int) -> Tensor:
+        """Sample `index` as video [3, 1 + 4(F−1), H, W] in [-1, 1] (padded with its last frame past its real ones)."""
+        plan = self.plans[index]
+        wanted: dict[int, list[int]] = {}
+        for ch in plan.chunks:
+            wanted.setdefault(ch.video, []).extend(ch.indices)
+        decoded = {v: read_frames(plan.videos[v], idx) for v, idx in wanted.items()}
+        parts = [uint8_to_video(np.stack([decoded[ch.video][i] for i in ch.indices]), self.height, self.width)
+                 for ch in plan.chunks]
+        video = torch.cat(parts, dim=1)
+        pad = self.raw_frames - video.shape[1]
+        if pad:
+            video = torch.cat([video, video[:, -1:].expand(-1, pad, -1, -1)], dim=1)
+        return video
 
 
 def write_procedural_folder(
@@ -396,6 +679,10 @@ class ProceduralDataset:
         if not 0 <= index < self.n:
             raise IndexError(index)
         return self.gen.multishot_captions(index, self.shots, self.frames_per_shot)
+
+    def bounds(self) -> list[int]:
+        """Shot start frames plus the total (the same for every item), without rendering."""
+        return [0, *np.cumsum(_shot_lengths(self.shots, self.frames_per_shot)).tolist()]
 
     def __getitem__(self, index: int) -> tuple[Tensor, list[str], list[int]]:
         if not 0 <= index < self.n:
@@ -478,24 +765,50 @@ class LatentCache:
             tmp.unlink(missing_ok=True)
         return path
 
-    def encode(self, vae: Any, video: Tensor, key: str) -> Tensor:
-        """Latents [z, F, h, w] (CPU) of video [3, T, H, W] in [-1, 1]; the VAE runs only on a miss.
-
-        A miss returns the tensor read back from the file just written, so hit and miss are bit-identical.
-        """
+    def encode(self, vae: Any, video: Tensor, key: str, *, sp_group: dist.ProcessGroup | None = None,
+               halo: int = RELEASE_HALO) -> Tensor:
+        """Latents [z, F, h, w] (CPU) of video [3, T, H, W] in [-1, 1]; the VAE runs only on a miss."""
         if video.ndim != 4 or video.shape[0] != 3:
             raise ValueError(f"expected video [3, T, H, W], got {tuple(video.shape)}")
-        identity = vae_identity(vae)
-        shape = tuple(video.shape)
+        return self.encode_lazy(vae, key, tuple(video.shape), lambda: video, sp_group=sp_group, halo=halo)
+
+    def encode_lazy(self, vae: Any, key: str, video_shape: Sequence[int], load: Callable[[], Tensor], *,
+                    sp_group: dist.ProcessGroup | None = None, halo: int = RELEASE_HALO) -> Tensor:
+        """`encode` with the video loaded only on a miss (a cached folder sample is never decoded).
+
+        With an SP group of sp > 1 ranks this is a collective: all ranks miss together (if any rank misses), each
+        encodes only its halo window (`parallel.vae_encode.encode_gathered`), the group all-gathers, and the group's
+        first rank writes the entry; it equals the sp = 1 encode, so a cache filled at any sp serves every sp.
+        A miss returns the tensor read back from the file just written, so hit and miss are bit-identical.
+        """
+        identity, shape = vae_identity(vae), tuple(video_shape)
         hit = self.get(identity, key, shape)
+        sp = dist.get_world_size(sp_group) if sp_group is not None else 1
+        if sp > 1:
+            missed = torch.tensor([float(hit is None)])
+            missed = missed.cuda() if dist.get_backend(sp_group) == "nccl" else missed
+            dist.all_reduce(missed, op=dist.ReduceOp.MAX, group=sp_group)
+            hit = None if missed.item() else hit
         if hit is not None:
             self.hits += 1
             return hit
         self.misses += 1
-        latents = vae.encode(video.unsqueeze(0))[0]
-        self.put(identity, key, latents, shape)
+        video = load()
+        if tuple(video.shape) != shape:
+            raise ValueError(f"{key}: loaded video {tuple(video.shape)}, expected {shape}")
+        if sp > 1:
+            latents = encode_gathered(vae, video.unsqueeze(0), sp_group, halo)[0].cpu()
+            if dist.get_rank(sp_group) == 0:
+                self.put(identity, key, latents, shape)
+            dist.barrier(group=sp_group)
+            return latents if dist.get_rank(sp_group) else self._read_back(identity, key, shape)
+        self.put(identity, key, vae.encode(video.unsqueeze(0))[0], shape)
+        return self._read_back(identity, key, shape)
+
+    def _read_back(self, identity: str, key: str, shape: tuple[int, ...]) -> Tensor:
         out = self.get(identity, key, shape)
-        assert out is not None
+        if out is None:
+            raise OSError(f"latent cache entry {self.path(identity, key)} unreadable right after writing it")
         return out
 
 
@@ -546,7 +859,7 @@ def fix_mmap_threshold(nbytes: int = 1 << 20) -> bool:
 
 
 def training_samples(
-    source: VideoSource,
+    source: VideoSource | FolderVideos,
     vae: Any,
     text_encoder: TextEncoder,
     latent_cache: LatentCache,
@@ -555,32 +868,77 @@ def training_samples(
     *,
     indices: Sequence[int] | None = None,
     transition_latents: int | None = 2,
+    sp_group: dist.ProcessGroup | None = None,
+    halo: int = RELEASE_HALO,
+    progress: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Yield trainer inputs for each sample long enough for `num_latents` latent frames (others skipped).
 
-    Each dict: latents [1, z, F, h, w] (first 1 + 4(F−1) frames, through `latent_cache`), prompt_embeds
-    [P, Lt, D] (through `emb_cache`), frame_prompt int64 [F] indexing prompt_embeds, plus prompts and key.
+    Each dict: latents [1, z, F, h, w] (first 1 + 4(F−1) frames, through `latent_cache`; at sp > 1 encoded in halo
+    windows across `sp_group`), prompt_embeds [P, Lt, D] (through `emb_cache`), frame_prompt int64 [F] indexing
+    prompt_embeds, num_valid_latent_frames (F unless a folder sample was padded), plus prompts and key.
+    A `FolderVideos` sample brings its per-chunk texts (scene-cut prefix where a shot starts); other sources give
+    shot bounds and captions, and a shot's first `transition_latents` latents get the prefix (`frame_prompts`).
     """
     fix_mmap_threshold()
     stride_t = int(getattr(vae, "stride", (4,))[0])
     needed = 1 + stride_t * (num_latents - 1)
-    for i in range(len(source)) if indices is None else indices:
+    if isinstance(source, FolderVideos) and (source.frames, source.stride_t) != (num_latents, stride_t):
+        raise ValueError(f"FolderVideos plans {source.frames} latents at stride {source.stride_t}; asked for "
+                         f"{num_latents} at the VAE's stride {stride_t}")
+    pending: list[dict[str, Any]] = []
+    order = range(len(source)) if indices is None else indices
+    for n, i in enumerate(tqdm(order, desc="encode samples", unit="sample", disable=not progress)):
+        item = _sample(source, i, num_latents, needed, stride_t, transition_latents)
+        if item is not None:
+            key, shape, load = item.pop("key"), item.pop("shape"), item.pop("load")
+            latents = latent_cache.encode_lazy(vae, key, shape, load, sp_group=sp_group, halo=halo)
+            pending.append({"latents": latents.unsqueeze(0), **item, "key": key})
+        if len(pending) == _TEXT_BATCH or (pending and n == len(order) - 1):
+            # one text-encoder call for a batch of samples' prompts: per-sample calls dominated the encode time
+            union = list(dict.fromkeys(p for s in pending for p in s["prompts"]))
+            rows = dict(zip(union, emb_cache.encode(text_encoder, union, device="cpu"), strict=True))
+            for s in pending:
+                yield {**s, "prompt_embeds": torch.stack([rows[p] for p in s["prompts"]])}
+            pending = []
+
+
+_TEXT_BATCH = 16  # samples whose prompts are encoded in one text-encoder call
+
+
+def _sample(source: VideoSource | FolderVideos, i: int, num_latents: int, needed: int, stride_t: int,
+            transition_latents: int | None) -> dict[str, Any] | None:
+    """Sample i's cache key, video shape, video loader (run on a cache miss only) and prompts; None if too short."""
+    if isinstance(source, FolderVideos):
+        plan = source.plan(i)
+        prompts = list(dict.fromkeys(plan.prompts))
+        return {"key": source.sample_key(i), "shape": (3, needed, source.height, source.width),
+                "load": lambda: source.read(i), "prompts": prompts,
+                "frame_prompt": torch.tensor([prompts.index(p) for p in plan.prompts
+                                              for _ in range(source.chunk_frames)], dtype=torch.long),
+                "num_valid_latent_frames": plan.valid_latents}
+    if isinstance(source, ProceduralDataset):  # captions and bounds without rendering: a cache hit renders nothing
+        captions, bounds = source.captions(i), source.bounds()
+        if bounds[-1] < needed:
+            return None
+        g = source.gen
+        shape = (3, needed, g.height, g.width)
+
+        def load() -> Tensor:
+            return source[i][0][:, :needed]
+    else:
         video, captions, bounds = source[i]
         if video.shape[1] < needed:
-            continue
-        base = source.sample_key(i) if hasattr(source, "sample_key") else f"{type(source).__name__}/{i}"
-        key = f"{base}/frames=0:{needed}"
-        latents = latent_cache.encode(vae, video[:, :needed], key)
-        shots, frame_idx = frame_prompts(bounds, num_latents, stride_t, transition_latents)
-        prompts = [with_prefix(captions[s]) if t else captions[s] for s, t in shots]
-        embeds = emb_cache.encode(text_encoder, prompts, device="cpu")
-        yield {
-            "latents": latents.unsqueeze(0),
-            "prompt_embeds": embeds,
-            "frame_prompt": torch.tensor(frame_idx, dtype=torch.long),
-            "prompts": prompts,
-            "key": key,
-        }
+            return None
+        shape = (3, needed, *video.shape[2:])
+
+        def load() -> Tensor:
+            return video[:, :needed]
+    base = source.sample_key(i) if hasattr(source, "sample_key") else f"{type(source).__name__}/{i}"
+    shots, frame_idx = frame_prompts(bounds, num_latents, stride_t, transition_latents)
+    return {"key": f"{base}/frames=0:{needed}", "shape": shape, "load": load,
+            "prompts": [with_prefix(captions[s]) if t else captions[s] for s, t in shots],
+            "frame_prompt": torch.tensor(frame_idx, dtype=torch.long), "num_valid_latent_frames": num_latents}
 
 
 class CycledSamples:
@@ -608,33 +966,59 @@ class CycledSamples:
 
 
 def build_train_data(spec: str, *, model_cfg, frames: int, seed: int = 0, rank: int = 0, ranks: int = 1,
-                     samples: int = 64, cache_dir: str | os.PathLike = Path(".cache") / "train") -> CycledSamples:
+                     samples: int = 64, cache_dir: str | os.PathLike = Path(".cache") / "train",
+                     options: FolderOptions | None = None, sp_group: dist.ProcessGroup | None = None,
+                     progress: bool = True) -> CycledSamples:
     """`--data procedural` (multi-shot procedural clips, 2 shots) or `--data folder:PATH` (the release's
-    video/<sample>/<n>.mp4 + caption/<sample>/<n>.json layout), encoded once through the preset's VAE and text
-    encoder (`longlive.weights`: the shipped tiny components, or the published files) into latent and embedding
-    caches. A shot's first chunk gets the scene-cut caption, its later chunks the bare one. Data-parallel rank
-    `rank` of `ranks` takes samples rank, rank + ranks, ..."""
+    video/<sample>/<n>.mp4 + caption/<sample>/<n>.json layout read with `options`), encoded once through the preset's
+    VAE and text encoder (`longlive.weights`: the shipped tiny components, or the published files) into latent and
+    embedding caches under `cache_dir`. Every folder sample is checked before any encoding. Data-parallel rank `rank`
+    of `ranks` takes samples rank, rank + ranks, ...; the ranks of an SP group (`sp_group`, all with the same `rank`)
+    share each sample's encode in halo windows."""
+    options = options or FolderOptions()
     needed = 1 + 4 * (frames - 1)
+    cache = Path(cache_dir)
+    sp = dist.get_world_size(sp_group) if sp_group is not None else 1
+    lead = rank == 0 and (sp == 1 or dist.get_rank(sp_group) == 0)  # the one process that prints
+    if spec != "procedural" and not spec.startswith("folder:"):
+        raise ValueError(f"unknown --data {spec!r}; use random, procedural or folder:PATH")
     if spec == "procedural":
+        if options != FolderOptions():
+            raise ValueError(f"{options}: folder options, for --data folder:PATH only (not --data {spec})")
         gen = ProceduralVideos(model_cfg.height, model_cfg.width, model_cfg.fps, seed=seed)
-        source: VideoSource = ProceduralDataset(gen, n_samples=samples, shots=2, frames_per_shot=-(-needed // 2))
-    elif spec.startswith("folder:"):
+        source: VideoSource | FolderVideos = ProceduralDataset(gen, n_samples=samples, shots=2,
+                                                               frames_per_shot=-(-needed // 2))
+        order: list[int] = list(range(rank, samples, ranks))
+    else:
         root = Path(spec.split(":", 1)[1])
         if not root.is_dir():
             raise FileNotFoundError(f"--data {spec}: {root} is not a folder (expected {root}/video/<sample>/<n>.mp4 "
                                     f"and {root}/caption/<sample>/<n>.json)")
-        source = FolderVideos(root, model_cfg.height, model_cfg.width, model_cfg.fps)
+        source = FolderVideos(root, model_cfg.height, model_cfg.width, model_cfg.fps, frames=frames,
+                              chunk_frames=model_cfg.chunk_frames, stride_t=model_cfg.vae_stride[0], options=options,
+                              probe_cache=cache / "probe", progress=progress)
+        for name, why in source.rejected if lead else ():
+            print(f"note: --data {spec}: sample {name} refused: {why}", flush=True)
         if not len(source):
-            raise FileNotFoundError(f"--data {spec}: no samples under {root / 'video'} (folders of <n>.mp4)")
-    else:
-        raise ValueError(f"unknown --data {spec!r}; use random, procedural or folder:PATH")
+            raise ValueError(f"--data {spec}: every sample was refused ({len(source.rejected)}; see the notes above)")
+        order = list(range(rank, len(source), ranks))
     paths = default_paths(model_cfg)
     vae, vae_note = load_vae_for(model_cfg, paths.vae, seed=seed)
     text, text_note = load_text_for(model_cfg, paths.text, paths.tokenizer, seed=seed)
     for note in filter(None, (vae_note, text_note)):
         print(f"note: {note}", flush=True)
-    cache = Path(cache_dir)
-    out = list(training_samples(source, vae, text, LatentCache(cache / "latents"), EmbeddingCache(cache / "text"),
-                                num_latents=frames, indices=range(rank, len(source), ranks),
-                                transition_latents=model_cfg.chunk_frames))
+    latents = LatentCache(cache / "latents")
+    out = list(training_samples(source, vae, text, latents, EmbeddingCache(cache / "text"), num_latents=frames,
+                                indices=order, transition_latents=model_cfg.chunk_frames, sp_group=sp_group,
+                                progress=progress and lead))
+    if lead:
+        shape = ""
+        if isinstance(source, FolderVideos):
+            plans = [source.plan(i) for i in order]
+            padded = sum(p.valid_latents < frames for p in plans)
+            shape = (f" ({padded} padded, {len(source.rejected)} refused, {sum(p.cuts for p in plans)} scene cuts, "
+                     f"{sum(len(set(p.prompts)) == 1 for p in plans)} with one caption)")
+        halo = f", sp={sp}: halo windows of {RELEASE_HALO} latents" if sp > 1 else ""
+        print(f"data: {spec}: {len(out)} samples{shape}; latents {latents.hits} cached, {latents.misses} encoded"
+              f"{halo}", flush=True)
     return CycledSamples(out)

@@ -9,6 +9,7 @@ Both return flat metric dicts (result-row columns) plus per-iteration lists; the
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import resource
 import statistics
@@ -71,8 +72,12 @@ def _rss_gb() -> float | None:
 
 def measure_train(preset: str, frames: int, *, precision: str, train_layout: str, iters: int, device: torch.device,
                   out_dir: Path, seed: int = 0, attn: str = "auto", error_recycling: bool = False,
-                  sp_group=None, log=print) -> dict[str, Any]:
-    """`iters` timed iterations after one warm-up. Call on every rank; sp_group spans the SP ranks (or None)."""
+                  sp_group=None, log=print, config: TrainConfig | None = None) -> dict[str, Any]:
+    """`iters` timed iterations after one warm-up. Call on every rank; sp_group spans the SP ranks (or None).
+
+    config: the run's optimiser, EMA, accumulation, batch and error-recycling knobs (the `train` workload builds it
+    from the run spec); what the measurement fixes (steps, precision, layout, FSDP, AC, no resume, no checkpoints,
+    seed, attention, error_recycling) overrides it."""
     mc = get_preset(preset)
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     rank = dist.get_rank() if world > 1 else 0
@@ -83,10 +88,12 @@ def measure_train(preset: str, frames: int, *, precision: str, train_layout: str
         raise ValueError("iters must be ≥ 1")
     reset_peaks(device)
     model = build_model(mc, device=device, seed=seed)
-    cfg = TrainConfig(train_steps=10**9, precision=precision, train_layout=train_layout if sp > 1 else "none",
-                      fsdp=True, activation_checkpointing=True, resume=False, progress=False, ckpt_every=10**9,
-                      seed=seed, attn=attn, error_recycling=error_recycling)
-    data = RandomLatentData(mc, frames, seed=seed, rank=rank // sp)
+    cfg = dataclasses.replace(config or TrainConfig(), train_steps=10**9, precision=precision,
+                              train_layout=train_layout if sp > 1 else "none", fsdp=True,
+                              activation_checkpointing=True, resume=False, progress=False, ckpt_every=10**9,
+                              seed=seed, attn=attn, error_recycling=error_recycling)
+    # batches take single-prompt samples (TrainConfig.batch_size)
+    data = RandomLatentData(mc, frames, seed=seed, rank=rank // sp, num_prompts=1 if cfg.batch_size > 1 else 2)
     trainer = ARTrainer(model, cfg, data, out_dir, device=device, sp_group=sp_group)
     secs, losses = [], []
     for i in range(1 + iters):
@@ -101,15 +108,17 @@ def measure_train(preset: str, frames: int, *, precision: str, train_layout: str
     mem = peaks(device)
     iter_s = statistics.median(secs[1:])
     groups = world // sp
+    per_rank = cfg.batch_size * cfg.grad_accum  # samples per step of one SP group
     flops = trainer.flops_per_step * groups
     peak = peak_tflops(device)
     out = {
         "iter_s": iter_s, "tokens_per_s": trainer.tokens_per_step * groups / iter_s,
         "mfu": flops / iter_s / (world * peak * 1e12) if peak else None,
         "loss_first": losses[0], "loss_last": losses[-1], **mem,
-        "extra": {"iter_s_all": secs, "losses": losses, "samples_per_iter": groups, "world": world, "sp": sp,
-                  "fsdp": trainer.fsdp, "flops_per_iter": flops, "peak_tflops_assumed": peak,
-                  "tokens_per_sample": trainer.tokens_per_step, "rss_gb": _rss_gb(), "data": "random latents"},
+        "extra": {"iter_s_all": secs, "losses": losses, "samples_per_iter": groups * per_rank, "world": world,
+                  "sp": sp, "fsdp": trainer.fsdp, "flops_per_iter": flops, "peak_tflops_assumed": peak,
+                  "tokens_per_sample": trainer.tokens_per_step // per_rank, "rss_gb": _rss_gb(),
+                  "data": "random latents", "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum},
     }
     del trainer, model
     release_memory()
@@ -118,8 +127,10 @@ def measure_train(preset: str, frames: int, *, precision: str, train_layout: str
 
 def measure_dmd(preset: str, latents: int, *, rung: str | tuple[str, str, str], iters: int, device: torch.device,
                 out_dir: Path, seed: int = 0, lora_rank: int = 128, attn: str = "auto",
-                dtype: torch.dtype = torch.bfloat16, log=print) -> dict[str, Any]:
-    """DMD iterations on one device; `rung` names a Table 2 rung (DMD_RUNGS) or gives the three formats."""
+                dtype: torch.dtype = torch.bfloat16, log=print, dmd: DMDConfig | None = None) -> dict[str, Any]:
+    """DMD iterations on one device; `rung` names a Table 2 rung (DMD_RUNGS) or gives the three formats. `dmd` holds
+    the run spec's DMD knobs (None: the release's defaults at `lora_rank`, alpha = rank); the rollout length
+    (`latents`), the frozen formats, activation checkpointing, attention and seed are set here."""
     mc = get_preset(preset)
     if latents % mc.chunk_frames:
         raise ValueError(f"DMD latents must be whole blocks of {mc.chunk_frames}; got {latents}")
@@ -128,9 +139,9 @@ def measure_dmd(preset: str, latents: int, *, rung: str | tuple[str, str, str], 
             raise ValueError(f"unknown DMD rung {rung!r}; choose one of {', '.join(DMD_RUNGS)}")
         rung = DMD_RUNGS[rung]
     gq, tq, cq = rung
-    cfg = DMDConfig(num_blocks=latents // mc.chunk_frames, lora_rank=lora_rank, alpha=float(lora_rank),
-                    quant_generator=gq, quant_teacher=tq, quant_critic=cq, activation_checkpointing=True,
-                    attn=attn, seed=seed)
+    knobs = dmd if dmd is not None else DMDConfig(lora_rank=lora_rank, lora_alpha=float(lora_rank))
+    cfg = dataclasses.replace(knobs, frames=latents, quant_generator=gq, quant_teacher=tq, quant_critic=cq,
+                              activation_checkpointing=True, attn=attn, seed=seed)
     g = torch.Generator().manual_seed(seed)
 
     def prompts():
@@ -158,7 +169,7 @@ def measure_dmd(preset: str, latents: int, *, rung: str | tuple[str, str, str], 
            "generator_loss": gen[-1] if gen else None, "critic_loss": steps[-1]["critic_loss"],
            "extra": {"iter_s_all": secs, "steps": steps, "frozen_formats": {"generator": gq, "teacher": tq,
                                                                              "critic": cq},
-                     "lora_rank": lora_rank, "rss_gb": _rss_gb()}}
+                     "lora_rank": cfg.lora_rank, "rss_gb": _rss_gb()}}
     del trainer
     release_memory()
     return out

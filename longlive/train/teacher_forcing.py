@@ -5,6 +5,13 @@ position f and block f // chunk's prompt; the clean copy runs at t = 0. A block-
 see the clean history 0..i−1 and itself, so one pass trains every block as if it were generated autoregressively.
 Only the noisy half's velocity enters the loss. Sequence parallelism (`longlive.train.balanced`) reuses every
 piece here; only the layout of the tokens and how the mask decodes them differ.
+
+I2V (`i2v=True`, the release's `i2v` / `independent_first_frame`): latent 0 is the clean conditioning image, exactly
+as generation treats `--image` (`infer.pipeline.generate`, spec 02): it stays inside block 0, not a block of its own
+(the release's I2V clips are 32 latents in blocks of 8, and the causal VAE already encodes frame 0 alone), is never
+noised, runs at t = 0 in both copies, gets no error-recycling injection, and is left out of the loss (the mean runs
+over the other F − 1 frames). The mask is unchanged: noisy block 0 sees itself, clean latent 0 included, as chunk 0
+does at inference.
 """
 
 from __future__ import annotations
@@ -96,6 +103,14 @@ def frame_schedule(t_index: torch.Tensor, chunk_frames: int, weighting: str = "w
         t=t.repeat_interleave(chunk_frames), sigma=sigmas[idx].repeat_interleave(chunk_frames),
         weight=weights[idx].repeat_interleave(chunk_frames),
     )
+
+
+def condition_first_frame(sched: FrameSchedule) -> FrameSchedule:
+    """I2V: latent 0 becomes the clean conditioning frame — t = 0 (what generation's time embedding sees for the
+    image), σ = 0 (never noised) and loss weight 0. The block draws of the other frames are untouched."""
+    t, sigma, weight = sched.t.clone(), sched.sigma.clone(), sched.weight.clone()
+    t[0], sigma[0], weight[0] = 0.0, 0.0, 0.0
+    return FrameSchedule(t=t, sigma=sigma, weight=weight)
 
 
 # How block timesteps are drawn. "table": uniform over the 1000 entries of the shift-5 table (the release), so σ is
@@ -271,22 +286,59 @@ def check_tf_shapes(model, x0: torch.Tensor, t_index: torch.Tensor, frame_prompt
 
 
 def _noised(x0: torch.Tensor, noise: torch.Tensor, sched: FrameSchedule, chunk: int,
-            recycler: ErrorRecycler | None, generator: torch.Generator | None
+            recycler: ErrorRecycler | None, generator: torch.Generator | None, i2v: bool = False
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One sample's (clean context, noisy input, velocity target), with this step's error-recycling injection drawn
-    from `generator` when a recycler is given (see `teacher_forcing_loss`)."""
-    x_t = add_noise(x0, noise, sched.sigma)
+    from `generator` when a recycler is given (see `teacher_forcing_loss`). `sched` holds the block draws; with
+    `i2v` latent 0 is noised by `condition_first_frame` (not at all) and gets no injection, since the image that
+    conditions generation is exact."""
+    frame = condition_first_frame(sched) if i2v else sched
+    x_t = add_noise(x0, noise, frame.sigma)
     target = noise - x0
     if recycler is None:
         return x0, x_t, target
     inj = recycler.plan(sched.t[::chunk], sched.sigma[::chunk], x0.shape, chunk, generator, x0.device)
     if inj is None:
         return x0, x_t, target
+    if i2v:
+        inj.context[:, :, :1] = 0
+        inj.latent[:, :, :1] = 0
     ctx = (x0.float() + inj.context).to(x0.dtype)
     x_t = (x_t.float() + inj.latent).to(x0.dtype)
     if recycler.cfg.target == "corrective":
         target = target.float() + inj.latent / _per_frame(sched.sigma, x0.device)
     return ctx, x_t, target
+
+
+def check_i2v(frames: int) -> None:
+    """I2V needs a frame besides the conditioning one to carry the loss."""
+    if frames < 2:
+        raise ValueError(f"i2v trains on latents 1..F−1 (latent 0 is the conditioning image); got F = {frames}")
+
+
+def _recorded_v(v_hat: torch.Tensor, noise: torch.Tensor, x0: torch.Tensor, i2v: bool) -> torch.Tensor:
+    """The velocity handed to the error banks: under I2V latent 0's prediction is replaced by its target, so the
+    conditioning frame (exact at generation) records zero error instead of an untrained output."""
+    if not i2v:
+        return v_hat
+    v = v_hat.detach().clone()
+    v[:, :, :1] = (noise[:, :, :1].float() - x0[:, :, :1].float()).to(v.dtype)
+    return v
+
+
+def _loss_mean(per_frame: torch.Tensor, i2v: bool, valid_frames: list[int] | None = None) -> torch.Tensor:
+    """Mean of the [B, F] per-frame losses over the frames that carry loss: all, or all but the I2V image, and only
+    frames before each sample's `valid_frames` (a padded folder sample: the release masks frames at or past its
+    num_valid_latent_frames)."""
+    if valid_frames is None:
+        return (per_frame[:, 1:] if i2v else per_frame).mean()
+    B, F = per_frame.shape
+    if len(valid_frames) != B or not all(int(i2v) < v <= F for v in valid_frames):
+        raise ValueError(f"valid_frames {list(valid_frames)} must give each of the {B} samples a count in "
+                         f"{int(i2v) + 1}..{F}")
+    idx = torch.arange(F, device=per_frame.device)
+    mask = (idx[None, :] < torch.tensor(valid_frames, device=per_frame.device)[:, None]) & (idx[None, :] >= int(i2v))
+    return (per_frame * mask).sum() / mask.sum()
 
 
 def _tf_attention(frames: int, tpf: int, chunk: int, attn: str) -> AttnFn:
@@ -308,6 +360,8 @@ def teacher_forcing_loss(
     recycler: ErrorRecycler | None = None,
     recycle_generator: torch.Generator | None = None,
     loss_weighting: str = "wan",
+    i2v: bool = False,
+    valid_frames: int | None = None,
 ) -> torch.Tensor:
     """Weighted flow-matching loss of one sample under the teacher-forcing layout (deterministic given noise, t).
 
@@ -322,16 +376,22 @@ def teacher_forcing_loss(
     the un-perturbed sample (recycler target "clean"), or with target "corrective" becomes (x_t + Δ_lat − x0)/σ,
     the velocity from the perturbed input to the true data. Clean steps (probability p_clean) are exactly the
     plain loss.
+
+    With `i2v`, latent 0 is the clean conditioning image (module docstring): never noised, t = 0, no injection,
+    zero recorded error, and the mean runs over latents 1..F−1.
     """
     frames, tpf = check_tf_shapes(model, x0, t_index, frame_prompt)
+    if i2v:
+        check_i2v(frames)
     chunk = model.cfg.chunk_frames
     sched = frame_schedule(t_index, chunk, loss_weighting)
+    frame = condition_first_frame(sched) if i2v else sched
     dev = x0.device
     if recycler is not None and recycle_generator is None:
         raise ValueError("error recycling needs recycle_generator (seeded per step and rank) for determinism")
-    ctx, x_t, target = _noised(x0, noise, sched, chunk, recycler, recycle_generator)
+    ctx, x_t, target = _noised(x0, noise, sched, chunk, recycler, recycle_generator, i2v)
     seq = torch.cat([ctx, x_t], dim=2)
-    t_seq = torch.cat([torch.zeros(frames), sched.t]).to(dev)[None]
+    t_seq = torch.cat([torch.zeros(frames), frame.t]).to(dev)[None]
     frame_prompt = torch.as_tensor(frame_prompt, device=dev).long()
     out = model(
         seq, t_seq, prompts_embeds, frame_positions=list(range(frames)) * 2,
@@ -339,8 +399,9 @@ def teacher_forcing_loss(
     )
     v_hat = out[:, :, frames:]
     if recycler is not None:
-        recycler.record(sched.t[::chunk], x_t, v_hat, x0, noise, sched.sigma, chunk)
-    return weighted_frame_mse(v_hat, target, sched.weight).mean()
+        recycler.record(sched.t[::chunk], x_t, _recorded_v(v_hat, noise, x0, i2v), x0, noise, frame.sigma, chunk)
+    valid = None if valid_frames is None or valid_frames == frames else [valid_frames]
+    return _loss_mean(weighted_frame_mse(v_hat, target, frame.weight), i2v, valid)
 
 
 def batched_teacher_forcing_loss(
@@ -354,6 +415,8 @@ def batched_teacher_forcing_loss(
     recycler: ErrorRecycler | None = None,
     recycle_generators: list[torch.Generator] | None = None,
     loss_weighting: str = "wan",
+    i2v: bool = False,
+    valid_frames: list[int] | None = None,
 ) -> torch.Tensor:
     """`teacher_forcing_loss` of B single-prompt samples in one forward pass: their mean.
 
@@ -361,6 +424,7 @@ def batched_teacher_forcing_loss(
     time); t_index [B, F/chunk]. Every sample gets its own block timesteps, noise, recycled errors (one generator
     each) and loss, so the result equals the mean of the B single-sample losses; on CPU the batch amortises the
     per-op overhead that dominates the tiny preset (about 2× the samples per second at B = 8).
+    `i2v` conditions every sample on its own latent 0, as in `teacher_forcing_loss`.
     """
     if x0.dim() != 5:
         raise ValueError(f"x0 must be [B, C, F, H, W], got {tuple(x0.shape)}")
@@ -369,23 +433,29 @@ def batched_teacher_forcing_loss(
     if prompt_embeds.dim() != 3 or prompt_embeds.shape[0] != B:
         raise ValueError(f"need one prompt per sample, prompt_embeds [{B}, Lt, D]; got {tuple(prompt_embeds.shape)}")
     frames, tpf = check_tf_shapes(model, x0[:1], t_index[0], torch.zeros(x0.shape[2]))
+    if i2v:
+        check_i2v(frames)
     chunk = model.cfg.chunk_frames
     dev = x0.device
     if recycler is not None and (recycle_generators is None or len(recycle_generators) != B):
         raise ValueError("error recycling needs one recycle generator per sample (seeded per step, rank and sample)")
     scheds = [frame_schedule(t_index[b], chunk, loss_weighting) for b in range(B)]
+    framed = [condition_first_frame(sc) if i2v else sc for sc in scheds]
     gens = recycle_generators or [None] * B
-    parts = [_noised(x0[b:b + 1], noise[b:b + 1], sc, chunk, recycler, gens[b]) for b, sc in enumerate(scheds)]
+    parts = [_noised(x0[b:b + 1], noise[b:b + 1], sc, chunk, recycler, gens[b], i2v) for b, sc in enumerate(scheds)]
     ctx, x_t, target = (torch.cat([p[i] for p in parts]) for i in range(3))
     seq = torch.cat([ctx, x_t], dim=2)
-    t_seq = torch.cat([torch.zeros(B, frames), torch.stack([sc.t for sc in scheds])], dim=1).to(dev)
+    t_seq = torch.cat([torch.zeros(B, frames), torch.stack([fr.t for fr in framed])], dim=1).to(dev)
     out = model(seq, t_seq, prompt_embeds, frame_positions=list(range(frames)) * 2,
                 attn_fn=_tf_attention(frames, tpf, chunk, attn))
     v_hat = out[:, :, frames:]
     if recycler is not None:
-        for b, sc in enumerate(scheds):
-            recycler.record(sc.t[::chunk], x_t[b:b + 1], v_hat[b:b + 1], x0[b:b + 1], noise[b:b + 1], sc.sigma, chunk)
-    return weighted_frame_mse(v_hat, target, torch.stack([sc.weight for sc in scheds])).mean()
+        for b, (sc, fr) in enumerate(zip(scheds, framed, strict=True)):
+            sl = slice(b, b + 1)
+            recycler.record(sc.t[::chunk], x_t[sl], _recorded_v(v_hat[sl], noise[sl], x0[sl], i2v), x0[sl], noise[sl],
+                            fr.sigma, chunk)
+    valid = None if valid_frames is None or all(v == frames for v in valid_frames) else list(valid_frames)
+    return _loss_mean(weighted_frame_mse(v_hat, target, torch.stack([fr.weight for fr in framed])), i2v, valid)
 
 
 def predicted_x0(x_t: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

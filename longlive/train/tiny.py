@@ -49,6 +49,7 @@ from longlive.text.pretrain import pretrain_bag_of_words
 from longlive.text.tiny import save_tiny_text_encoder
 from longlive.train.data import COLOURS, LatentCache, ProceduralDataset, ProceduralVideos, training_samples
 from longlive.train.dmd import DMDConfig, DMDTrainer
+from longlive.train.error_recycling import ErrorRecyclingConfig
 from longlive.train.lora import load_lora, normalise_lora_keys
 from longlive.train.trainer import ARTrainer, TrainConfig
 from longlive.train.vae_train import reconstruction_quality
@@ -108,6 +109,10 @@ class TinyRecipe:
         plain = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
         return {"task": {k: plain.pop(k) for k in self.task}, **plain}
 
+
+TINY_ERROR_RECYCLING = ErrorRecyclingConfig(p_clean_record=1.0, replacement="oldest")
+"""The shipped weights' error recycling: every clean step recorded, full buckets overwritten oldest first (the
+release's 0.1 and random replacement came later; pinned so that the recipe reproduces the shipped run)."""
 
 RETRAIN_COMMAND = ("longlive train --model tiny --tiny-default --out DIR  (2 CPU cores, 14 min), then "
                    "python -m longlive.train.tiny ship DIR")
@@ -217,6 +222,7 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0, recipe: TinyR
                                            betas=(0.9, 0.99), lr_schedule="cosine",
                                            warmup_steps=200, lr_min_ratio=0.05, text_dropout=0.1,
                                            loss_weighting=r.loss_weighting, error_recycling=r.error_recycling,
+                                           error_recycling_config=TINY_ERROR_RECYCLING,
                                            timestep_density=r.timestep_density,
                                            ema_start=10**9, ema_decay=0.999, ckpt_every=10**9, progress=True,
                                            resume=False, seed=seed),
@@ -289,8 +295,8 @@ def _train_lora(model, samples, out: Path, *, seconds: float, seed: int, guidanc
         return {"steps": 0}
     base = copy.deepcopy(model)
     prompts = itertools.cycle([s["prompt_embeds"][:1] for s in samples])
-    dmd = DMDTrainer(base, DMDConfig(num_blocks=2, steps=4, lora_rank=8, alpha=8, seed=seed, lr_generator=1e-4,
-                                     lr_critic=1e-4, guidance_scale=guidance), prompts, out / "lora")
+    dmd = DMDTrainer(base, DMDConfig(frames=2 * model.cfg.chunk_frames, steps=4, lora_rank=8, lora_alpha=8, seed=seed,
+                                     lr=1e-4, lr_critic=1e-4, real_guidance_scale=guidance), prompts, out / "lora")
     t0, n = time.perf_counter(), 0
     while time.perf_counter() - t0 < seconds:
         dmd.step()

@@ -10,8 +10,16 @@ FSDP (disabled, or a world of one) gradients are averaged over the world by hand
 stay.
 
 Error recycling (`error_recycling=True`, knobs in `error_recycling_config`; `longlive.train.error_recycling`) runs
-on the single-process teacher-forcing path (also data parallel); its error banks are checkpointed per rank, so
-resume stays bit-identical. It is refused (ValueError) together with an SP group of more than one rank.
+on one process, data parallel and under Balanced / traditional SP: the ranks of an SP group keep identical banks
+and draw the injection from one generator seeded by the group's first rank (`longlive.train.balanced`); one copy of
+the banks per SP group is checkpointed, so resume stays bit-identical.
+
+Fine-tuning (`checkpoint`): the generator starts from weights in any layout the project loads
+(`longlive.train.checkpoint.read_generator_weights`), strictly checked before any training work; a run directory that
+already holds a checkpoint resumes from it instead (resume takes precedence, logged). Gradient accumulation
+(`grad_accum`) runs grad_accum × batch_size samples per optimiser step; micro-step m trains samples
+m·batch_size … (m+1)·batch_size − 1 with the draws a batch of that many samples gives them, so grad_accum = 2 at
+batch 1 equals batch 2 in one pass (within float tolerance).
 """
 
 from __future__ import annotations
@@ -54,14 +62,17 @@ from longlive.quant.training import prepare_training_precision
 from longlive.train.balanced import local_frame_range, sp_loss
 from longlive.train.checkpoint import (
     capture_rng,
+    check_generator_weights,
     checkpoint_path,
+    list_checkpoints,
+    load_generator_weights,
     load_latest,
     prune_checkpoints,
     restore_rng,
     save_checkpoint,
 )
-from longlive.train.data import build_train_data
-from longlive.train.error_recycling import ErrorRecycler, ErrorRecyclingConfig
+from longlive.train.data import FolderOptions, build_train_data
+from longlive.train.error_recycling import RELEASE_KEYS, ErrorRecycler, ErrorRecyclingConfig
 from longlive.train.teacher_forcing import (
     LOSS_WEIGHTINGS,
     TIMESTEP_DENSITIES,
@@ -69,6 +80,7 @@ from longlive.train.teacher_forcing import (
     sample_t_index,
     teacher_forcing_loss,
 )
+from longlive.train.validation import start_validation
 
 log = logging.getLogger("longlive.train")
 
@@ -83,9 +95,17 @@ class TrainConfig:
 
     train_steps: int = 600
     lr: float = 1e-5
-    # Samples per optimiser step (single process, single-prompt samples only): one batched forward pass
-    # (`batched_teacher_forcing_loss`); the release trains one sample per GPU.
+    # Samples per forward pass (single process, single-prompt samples only): one batched forward pass
+    # (`batched_teacher_forcing_loss`); the release trains one sample per GPU (training.batch_size 1).
     batch_size: int = 1
+    # Forward/backward passes per optimiser step, gradients summed (the release's gradient_accumulation_steps: 1, 4 in
+    # its NVFP4 64 s config): grad_accum × batch_size samples per step and data-parallel rank.
+    grad_accum: int = 1
+    # Fine-tuning: initial generator weights (published BF16 file, NVFP4 model_4o6.pt, safetensors shards, or a
+    # longlive train run / step_*.pt; the release's checkpoints.generator_ckpt); None = the model as passed in.
+    # Ignored when the run directory already holds a checkpoint to resume from.
+    checkpoint: str | None = None
+    checkpoint_ema: bool = False  # start from its EMA weights (a longlive run's ema, the release's generator_ema)
     # The release trains at a constant lr; from-scratch runs (the tiny default) want warm-up and a cosine decay.
     # The lr is a pure function of the step, so a resumed run continues the same schedule.
     lr_schedule: str = "constant"  # constant | cosine
@@ -96,13 +116,16 @@ class TrainConfig:
     text_dropout: float = 0.0
     loss_weighting: str = "wan"  # LOSS_WEIGHTINGS: the release's w(t), or "uniform" for from-scratch training
     timestep_density: str = "table"  # TIMESTEP_DENSITIES: uniform over the shifted table (release), or σ uniform
-    betas: tuple[float, float] = (0.0, 0.999)
-    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.0, 0.999)  # AdamW (the release's beta1, beta2)
+    weight_decay: float = 0.0  # AdamW, decoupled (the release's weight_decay)
     grad_clip: float = 10.0
-    ema_decay: float = 0.99
-    ema_start: int = 100
+    ema_decay: float = 0.99  # the release's ema_weight
+    ema_start: int = 100  # the release's ema_start_step: before it the EMA copies the weights
     log_every: int = 1
     ckpt_every: int = 100
+    # Newest checkpoints kept (0 = all); older ones are removed once a new one is durably written. The release keeps
+    # max_checkpoints 50 generator files; ours hold weights, EMA, optimiser and error banks (≈ 5× a generator file
+    # in fp32 at 5B), hence 2.
     keep_checkpoints: int = 2
     seed: int = 0
     train_layout: str = "none"
@@ -114,9 +137,25 @@ class TrainConfig:
     progress: bool = True
     peak_tflops: float | None = None  # for MFU in the summary; None → no MFU reported
     # Error recycling (spec 04; longlive.train.error_recycling): off by default, release knobs in the nested config.
-    # Single-process / data-parallel only: combined with an SP group of more than one rank the trainer raises.
+    # Works on one process, data parallel and under SP (the ranks of an SP group keep identical banks).
     error_recycling: bool = False
     error_recycling_config: ErrorRecyclingConfig = field(default_factory=ErrorRecyclingConfig)
+    # I2V (the release's algorithm.i2v / independent_first_frame): latent 0 of every sample is the clean conditioning
+    # image, as `generate --image` treats it — never noised, t = 0, no loss (longlive.train.teacher_forcing). sp = 1.
+    i2v: bool = False
+    # Validation (longlive.train.validation): every validate_every optimiser steps (0 = off; the release's
+    # evaluation.interval) generate the prompt set (None = the preset's default: the tiny task's two captions) at
+    # validation_frames latents (None = the model's window; the release's evaluation.num_frames 32) with the EMA
+    # (validation_ema; the release's evaluation.use_ema) or live weights; strips + metrics in <out>/validation/,
+    # TensorBoard in <out>/tb/, wandb too when installed and asked for. I2V runs give one image, or one per prompt.
+    validate_every: int = 0
+    validation_prompts: list[str] | None = None
+    validation_images: list[str] = field(default_factory=list)
+    validation_frames: int | None = None
+    validation_ema: bool = True
+    validation_strict: bool = False  # a failed validation stops the run (default: logged, training goes on)
+    wandb: bool = False
+    wandb_project: str = "longlive"
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -137,10 +176,26 @@ class TrainConfig:
         if self.timestep_density not in TIMESTEP_DENSITIES:
             raise ValueError(f"unknown timestep_density {self.timestep_density!r}; choose one of "
                              f"{', '.join(TIMESTEP_DENSITIES)}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be ≥ 1, got {self.batch_size}")
+        for name in ("batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        for name in ("ema_start", "keep_checkpoints"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be ≥ 0 (keep_checkpoints 0 keeps all), got {getattr(self, name)}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas={list(self.betas)} must be two AdamW coefficients in [0, 1), e.g. 0.0 0.999")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay={self.weight_decay} must be ≥ 0")
+        if not 0.0 <= self.ema_decay <= 1.0:
+            raise ValueError(f"ema_decay={self.ema_decay} must lie in [0, 1] (the release: 0.99)")
+        if self.checkpoint_ema and not self.checkpoint:
+            raise ValueError("checkpoint_ema=True needs checkpoint (a longlive training run, a step_*.pt or a file "
+                             "with generator_ema)")
         if not 0.0 <= self.text_dropout < 1.0:
             raise ValueError(f"text_dropout must be in [0, 1), got {self.text_dropout}")
+        if self.validate_every < 0 or (self.validation_frames is not None and self.validation_frames < 1):
+            raise ValueError(f"validate_every={self.validate_every} must be ≥ 0 (0 = off) and validation_frames "
+                             f"(given: {self.validation_frames}) ≥ 1")
 
     def lr_at(self, step: int) -> float:
         """The learning rate of step `step` (0-based): linear warm-up, then constant or cosine to lr·lr_min_ratio."""
@@ -270,6 +325,14 @@ def unpack_sample(sample: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     return x0, get("prompts_embeds", "prompt_embeds", "context"), torch.as_tensor(get("frame_prompt"))
 
 
+def valid_frames_of(sample: Any, frames: int) -> int:
+    """The sample's real latent frames: its `num_valid_latent_frames` (a folder sample padded under allow_padding),
+    else all of them."""
+    v = sample.get("num_valid_latent_frames") if isinstance(sample, dict) else getattr(
+        sample, "num_valid_latent_frames", None)
+    return frames if v is None else int(v)
+
+
 def mix_seed(*parts: int) -> int:
     """A 63-bit seed from integers (splitmix-style), so (seed, step, rank) never collide for small values."""
     h = 0x9E3779B97F4A7C15
@@ -327,14 +390,20 @@ class ARTrainer:
                              f"(sp={self.sp}) each SP group trains one sample per step")
         if self.sp == 1 and cfg.train_layout != "none":
             log.info("train_layout=%s ignored: no SP group with more than one rank", cfg.train_layout)
+        if self.sp > 1 and cfg.i2v:
+            raise ValueError(f"i2v is single-process / data-parallel only (sp={self.sp}): the SP losses do not "
+                             f"condition latent 0; run i2v with sp=1")
         self.is_main = self.rank == 0
         self.recycler: ErrorRecycler | None = None
         if cfg.error_recycling:
-            if self.sp > 1:
-                raise ValueError(f"error_recycling is not supported with sequence parallelism (sp={self.sp}, "
-                                 f"{cfg.train_layout} layout): the SP losses do not expose the per-block predictions "
-                                 f"it records; run error recycling with sp=1 (data parallel is fine)")
             self.recycler = ErrorRecycler(cfg.error_recycling_config)
+        if cfg.checkpoint:
+            if cfg.resume and list_checkpoints(self.out_dir):
+                log.info("resuming from %s: it takes precedence over checkpoint=%s (initial weights not loaded)",
+                         self.out_dir, cfg.checkpoint)
+            else:  # before precision recipes and FSDP change the module tree: the published names still apply
+                what = load_generator_weights(model, cfg.checkpoint, ema=cfg.checkpoint_ema)
+                log.info("initial generator weights: %s", what)
 
         model = prepare_precision(model.to(self.device), cfg.precision)
         if cfg.activation_checkpointing:
@@ -366,6 +435,19 @@ class ARTrainer:
     def _generator(self, step: int, rank: int) -> torch.Generator:
         return torch.Generator().manual_seed(mix_seed(self.cfg.seed, step, rank))
 
+    def _sample_generator(self, step: int, rank: int, index: int) -> torch.Generator:
+        """t and ε of sample `index` of a step (batch and accumulation micro-steps alike): sample 0 draws from
+        (seed, step, rank), as a step of one sample always has; sample b > 0 from (seed, step, rank, tag, b)."""
+        if index == 0:
+            return self._generator(step, rank)
+        return torch.Generator().manual_seed(mix_seed(self.cfg.seed, step, rank, 0xBA7C, index))
+
+    def _recycle_generator(self, step: int, index: int) -> torch.Generator:
+        """Error-recycling draws of sample `index`, seeded by the SP group's first rank: every rank of a group
+        plans the same injection (at sp = 1 the rank itself)."""
+        parts = (self.cfg.seed, step, self.rank - self.sp_rank, 0xE22) + ((index,) if index else ())
+        return torch.Generator().manual_seed(mix_seed(*parts))
+
     def drops_text(self, step: int, index: int = 0) -> bool:
         """Whether sample `index` of step `step` trains on the empty prompt: one draw per sample, shared by its SP
         group (seeded by the group's first rank) so every rank of a sample agrees."""
@@ -375,17 +457,18 @@ class ARTrainer:
         g = torch.Generator().manual_seed(mix_seed(*parts))
         return torch.rand((), generator=g).item() < self.cfg.text_dropout
 
-    def _batched_loss(self, samples: list, step: int, recycle: bool) -> torch.Tensor:
-        """`batched_teacher_forcing_loss` over single-prompt samples. Sample 0 draws exactly what a batch of one
-        draws; sample b > 0 draws from generators seeded by (seed, step, rank, tag, b)."""
-        xs, pes = [], []
+    def _batched_loss(self, samples: list, step: int, recycle: bool, first: int = 0) -> torch.Tensor:
+        """`batched_teacher_forcing_loss` over single-prompt samples, the step's samples first, first + 1, …
+        (`_sample_generator`: sample 0 draws exactly what a batch of one draws)."""
+        xs, pes, valid = [], [], []
         for b, smp in enumerate(samples):
             x0, pe, fp = unpack_sample(smp)
             if pe.shape[0] != 1 or bool((torch.as_tensor(fp) != 0).any()):
                 raise ValueError(f"batch_size {len(samples)} takes single-prompt samples; sample {b} has "
                                  f"{pe.shape[0]} prompts (train multi-prompt samples with batch_size 1)")
             xs.append(x0)
-            pes.append(torch.zeros_like(pe) if self.drops_text(step, b) else pe)
+            valid.append(valid_frames_of(smp, x0.shape[2]))
+            pes.append(torch.zeros_like(pe) if self.drops_text(step, first + b) else pe)
         mc = self.model.cfg
         x0 = torch.cat(xs).to(self.device)
         frames = x0.shape[2]
@@ -394,27 +477,29 @@ class ARTrainer:
         self.flops_per_step = train_flops_per_step(mc, frames, tpf) * len(samples)
         t_idx, noise = [], []
         for b in range(len(samples)):
-            g = self._generator(step, self.rank) if b == 0 else \
-                torch.Generator().manual_seed(mix_seed(self.cfg.seed, step, self.rank, 0xBA7C, b))
+            g = self._sample_generator(step, self.rank, first + b)
             t_idx.append(sample_t_index(frames // mc.chunk_frames, g, self.cfg.timestep_density))
             noise.append(torch.randn(xs[b].shape, generator=g))
         rec = self.recycler if recycle else None
-        gens = [torch.Generator().manual_seed(mix_seed(self.cfg.seed, step, self.rank, 0xE22, *((b,) if b else ())))
-                for b in range(len(samples))] if rec else None
+        if rec is not None:
+            rec.set_step(step)
+        gens = [self._recycle_generator(step, first + b) for b in range(len(samples))] if rec else None
         return batched_teacher_forcing_loss(self.model, x0, torch.cat(pes).to(self.device),
                                             noise=torch.cat(noise).to(self.device, x0.dtype),
                                             t_index=torch.stack(t_idx), attn=self.cfg.attn, recycler=rec,
-                                            recycle_generators=gens, loss_weighting=self.cfg.loss_weighting)
+                                            recycle_generators=gens, loss_weighting=self.cfg.loss_weighting,
+                                            i2v=self.cfg.i2v, valid_frames=valid)
 
-    def compute_loss(self, sample: Any, step: int, *, recycle: bool = True) -> torch.Tensor:
+    def compute_loss(self, sample: Any, step: int, *, recycle: bool = True, index: int = 0) -> torch.Tensor:
         """The step's loss: teacher forcing on one process, or this rank's Balanced/traditional SP loss.
 
-        With error recycling on (and `recycle`), the injection is drawn from its own generator seeded by
-        (seed, step, rank, tag), so the step's t and ε are the same draws as without recycling, and the banks
+        index: the (first) sample's position in the step (gradient accumulation: `_sample_generator`). With error
+        recycling on (and `recycle`), the injection is drawn from its own generator seeded by (seed, step, the SP
+        group's first rank, tag), so the step's t and ε are the same draws as without recycling, and the banks
         record this step's errors. recycle=False evaluates the plain loss and leaves the banks untouched (probes).
         """
         if isinstance(sample, list):
-            return self._batched_loss(sample, step, recycle)
+            return self._batched_loss(sample, step, recycle, first=index)
         x0, pe, fp = unpack_sample(sample)
         mc = self.model.cfg
         chunk = mc.chunk_frames
@@ -424,34 +509,41 @@ class ARTrainer:
         self.flops_per_step = train_flops_per_step(mc, frames, tpf)
         dev = self.device
         pe = pe.to(dev)
-        if self.drops_text(step):
+        if self.drops_text(step, index):
             pe = torch.zeros_like(pe)
+        rec = self.recycler if recycle else None
+        if rec is not None:
+            rec.set_step(step)
+        rg = self._recycle_generator(step, index) if rec else None
+        valid = valid_frames_of(sample, frames)
         if self.sp == 1:
-            g = self._generator(step, self.rank)
+            g = self._sample_generator(step, self.rank, index)
             t_index = sample_t_index(frames // chunk, g, self.cfg.timestep_density)
             noise = torch.randn(x0.shape, generator=g).to(dev, x0.dtype)
-            rec = self.recycler if recycle else None
-            rg = torch.Generator().manual_seed(mix_seed(self.cfg.seed, step, self.rank, 0xE22)) if rec else None
             return teacher_forcing_loss(self.model, x0.to(dev), pe, fp, noise=noise, t_index=t_index,
                                         attn=self.cfg.attn, recycler=rec, recycle_generator=rg,
-                                        loss_weighting=self.cfg.loss_weighting)
+                                        loss_weighting=self.cfg.loss_weighting, i2v=self.cfg.i2v,
+                                        valid_frames=valid)
+        if valid != frames:
+            raise ValueError(f"a padded sample ({valid} of {frames} latent frames real, allow_padding) is masked from "
+                             f"the loss only at sp = 1; train padded data with --sp 1 or without --allow-padding")
         if self.cfg.train_layout == "balanced":
             # per-rank timesteps/noise for this rank's own frames, seeded by base seed + global rank (spec 04)
             lo, hi = local_frame_range(frames, self.sp_rank, self.sp)
-            g = self._generator(step, self.rank)
+            g = self._sample_generator(step, self.rank, index)
             t_index = sample_t_index((hi - lo) // chunk, g, self.cfg.timestep_density)
             xl = x0[:, :, lo:hi]
             noise = torch.randn(xl.shape, generator=g).to(dev, x0.dtype)
             return sp_loss("balanced", self.model, xl.to(dev), pe, fp[lo:hi], noise_local=noise, t_index_local=t_index,
                            group=self.sp_group, sp=self.sp, attn=self.cfg.attn,
-                           loss_weighting=self.cfg.loss_weighting)
+                           loss_weighting=self.cfg.loss_weighting, recycler=rec, recycle_generator=rg)
         # traditional takes the GLOBAL sample, identical on every rank of the SP group: seed by the group's first rank
-        g = self._generator(step, self.rank - self.sp_rank)
+        g = self._sample_generator(step, self.rank - self.sp_rank, index)
         t_index = sample_t_index(frames // chunk, g, self.cfg.timestep_density)
         noise = torch.randn(x0.shape, generator=g).to(dev, x0.dtype)
         return sp_loss("traditional", self.model, x0.to(dev), pe, fp, noise=noise, t_index=t_index,
                        group=self.sp_group, sp=self.sp, attn=self.cfg.attn,
-                       loss_weighting=self.cfg.loss_weighting)
+                       loss_weighting=self.cfg.loss_weighting, recycler=rec, recycle_generator=rg)
 
     @torch.no_grad()
     def update_ema(self, step: int) -> None:
@@ -473,13 +565,21 @@ class ARTrainer:
             p.grad.div_(self.world)
 
     def train_step(self) -> dict[str, float]:
+        """One optimiser step: grad_accum forward/backward passes of batch_size samples each (each pass's loss
+        scaled by 1/grad_accum, so the gradient is that of the mean over all the step's samples), then average,
+        clip, AdamW, EMA."""
         step = self.step
-        n = self.cfg.batch_size
-        sample = next(self.data) if n == 1 else [next(self.data) for _ in range(n)]
+        n, accum = self.cfg.batch_size, self.cfg.grad_accum
         autocast = self.cfg.precision == "bf16" and not self.fsdp
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
-            loss = self.compute_loss(sample, step)
-        loss.backward()
+        loss = torch.zeros((), device=self.device)
+        for m in range(accum):
+            sample = next(self.data) if n == 1 else [next(self.data) for _ in range(n)]
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
+                part = self.compute_loss(sample, step, index=m * n)
+            (part / accum).backward()
+            loss = loss + part.detach().float() / accum
+        self.tokens_per_step *= accum
+        self.flops_per_step *= accum
         self._average_grads()
         gn = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         gn = gn.full_tensor() if hasattr(gn, "full_tensor") else gn
@@ -507,6 +607,7 @@ class ARTrainer:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         stop = cfg.train_steps if until is None else min(until, cfg.train_steps)
+        validation = start_validation(self)  # None unless validate_every > 0
         while self.step < stop:
             t0 = time.perf_counter()
             m = self.train_step()
@@ -524,7 +625,11 @@ class ARTrainer:
             bar.update(1)
             if self.step % cfg.ckpt_every == 0 or self.step == stop:
                 self.save()
+            if validation is not None:
+                validation.after_step(rec)
         bar.close()
+        if validation is not None:
+            validation.close()
         return self._summary()
 
     def _summary(self) -> dict[str, Any]:
@@ -559,9 +664,11 @@ class ARTrainer:
             out[n] = (e.full_tensor() if hasattr(e, "full_tensor") else e).cpu()
         return out
 
-    def _recycler_states(self) -> list[dict[str, Any]] | None:
-        """Every rank's error banks (each rank records its own errors), gathered to rank 0 (None elsewhere)."""
-        mine = self.recycler.state_dict()
+    def _recycler_states(self) -> list[dict[str, Any] | None] | None:
+        """The error banks by global rank, gathered to rank 0 (None elsewhere): each data-parallel replica records
+        its own errors; the ranks of an SP group hold identical banks, so only its first rank's are kept (None at
+        the others' places)."""
+        mine = self.recycler.state_dict() if self.sp_rank == 0 else None
         if self.world == 1:
             return [mine]
         got: list[Any] = [None] * self.world if self.is_main else None
@@ -610,15 +717,19 @@ class ARTrainer:
             elif len(banks) != self.world:
                 log.warning("checkpoint holds error banks of %d ranks, this run has %d: resuming with empty banks",
                             len(banks), self.world)
+            elif banks[self.rank - self.sp_rank] is None:
+                log.warning("checkpoint holds no error banks for this SP group (saved with another SP layout): "
+                            "resuming with empty banks")
             else:
-                self.recycler.load_state_dict(banks[self.rank])
+                self.recycler.load_state_dict(banks[self.rank - self.sp_rank])
         restore_rng(state["rng"])
         self.step = int(state["step"])
         if state.get("data") is not None and hasattr(self.data_src, "load_state_dict"):
             self.data_src.load_state_dict(state["data"])
         else:
-            log.info("data iterator has no state_dict: fast-forwarding %d samples", self.step)
-            for _ in range(self.step):
+            skip = self.step * self.cfg.batch_size * self.cfg.grad_accum
+            log.info("data iterator has no state_dict: fast-forwarding %d samples", skip)
+            for _ in range(skip):
                 next(self.data)
 
     def _try_resume(self) -> None:
@@ -666,17 +777,67 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--data", default="random", help="random | procedural | folder:PATH (random = internal stand-in: "
                                                      "random latents + random prompt embeddings)")
     p.add_argument("--frames", type=int, default=None, help="latent frames per sample (default: 2 blocks)")
+    p.add_argument("--max-chunks-per-shot", type=int, default=0, help="folder data: after k chunks of one video skip "
+                   "1 s and start a virtual shot (the release's max_chunks_per_shot; 0: off)")
+    p.add_argument("--min-latent-frames", type=int, default=0, help="folder data with --allow-padding: refuse "
+                   "samples with fewer real latent frames (a multiple of the chunk; 0: any)")
+    p.add_argument("--allow-padding", action=argparse.BooleanOptionalAction, default=False, help="folder data: pad "
+                   "a sample whose videos run out with its last frame and prompt instead of refusing it")
+    p.add_argument("--uniform-prompt", action=argparse.BooleanOptionalAction, default=False, help="folder data: "
+                   "every chunk of a sample from its first video (one caption)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--ckpt-every", type=int, default=100)
     p.add_argument("--log-every", type=int, default=1)
-    p.add_argument("--ema-start", type=int, default=100)
+    p.add_argument("--ema-start", type=int, default=100, help="EMA tracks the weights exactly before this step "
+                   "(release: ema_start_step, 100 in spec 04's AR recipe)")
+    p.add_argument("--ema-decay", type=float, default=0.99, help="EMA decay from --ema-start on (release: ema_weight "
+                   "0.99)")
+    p.add_argument("--checkpoint", default=None, help="initial generator weights (fine-tuning; release: "
+                   "checkpoints.generator_ckpt, default none = seeded init): a model_bf16.pt-style file, an NVFP4 "
+                   "model_4o6.pt (dequantised for training), a folder of *.safetensors shards, or a longlive train run "
+                   "directory / step_*.pt; a --out that already holds a checkpoint resumes from it instead")
+    p.add_argument("--checkpoint-ema", action=argparse.BooleanOptionalAction, default=False,
+                   help="start from the checkpoint's EMA weights (a longlive training checkpoint's ema, or the "
+                   "release's generator_ema)")
+    p.add_argument("--batch-size", type=int, default=1, help="samples per forward pass, single-prompt samples, "
+                   "sp = 1 (release: batch_size 1 per GPU)")
+    p.add_argument("--grad-accum", type=int, default=1, help="forward/backward passes per optimiser step (release: "
+                   "gradient_accumulation_steps 1; 4 in its NVFP4 64 s config)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (release: weight_decay 0.0)")
+    p.add_argument("--betas", type=float, nargs=2, default=[0.0, 0.999], metavar=("BETA1", "BETA2"),
+                   help="AdamW betas (release: beta1 0.0, beta2 0.999)")
+    p.add_argument("--keep-checkpoints", type=int, default=2, help="newest checkpoints kept, 0 = all (release: "
+                   "max_checkpoints 50 generator files; ours also hold optimiser, EMA and error banks, hence 2)")
     p.add_argument("--sp", type=int, default=1, help="sequence-parallel degree (launch with torchrun)")
     p.add_argument("--train-layout", choices=["balanced", "traditional"], default="balanced")
     p.add_argument("--fsdp", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--error-recycling", action=argparse.BooleanOptionalAction, default=False,
-                   help="spec 04 error recycling with the release knobs (50 buckets × 500, p_clean 0.2, "
-                        "context/latent/noise 0.9/0.9/0.01, scale U(0.7, 1.3)); sp = 1 only")
+                   help="spec 04 error recycling with the release knobs (--error-recycling-config); any --sp")
+    er = ErrorRecyclingConfig()
+    p.add_argument("--error-recycling-config", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="error recycling knobs, defaults = release (its train_ar.yaml key): " + "; ".join(
+                       f"{f.name}={getattr(er, f.name)}" + (f" ({RELEASE_KEYS[f.name]})" if f.name in RELEASE_KEYS
+                                                           else "") for f in dataclasses.fields(er)))
+    p.add_argument("--i2v", action=argparse.BooleanOptionalAction, default=False, help="image-to-video: latent 0 "
+                   "of each sample is the clean conditioning image (never noised, t = 0, no loss), as `generate "
+                   "--image` conditions it (the release's i2v / independent_first_frame); sp = 1 only")
+    p.add_argument("--validate-every", type=int, default=0, help="generate the validation prompts every N optimiser "
+                   "steps into OUT/validation/step_N/ (strips, metrics.json) and OUT/tb/ (TensorBoard); 0: off")
+    p.add_argument("--validation-prompt", action="append", dest="validation_prompts", default=None,
+                   metavar="PROMPT", help="a validation prompt, one video each (repeat; default for --model tiny: "
+                   "the tiny task's two captions)")
+    p.add_argument("--validation-image", action="append", dest="validation_images", default=[], metavar="PATH",
+                   help="conditioning image of the validation videos: one for all, or one per prompt (needed by --i2v)")
+    p.add_argument("--validation-frames", type=int, default=None,
+                   help="latent frames per validation video (default: the model's attention window)")
+    p.add_argument("--validation-ema", action=argparse.BooleanOptionalAction, default=True,
+                   help="validate the EMA weights (equal to the live ones before --ema-start) or the live ones")
+    p.add_argument("--validation-strict", action=argparse.BooleanOptionalAction, default=False,
+                   help="a failed validation stops the run (default: it is logged and training goes on)")
+    p.add_argument("--wandb", action=argparse.BooleanOptionalAction, default=False,
+                   help="also log to Weights & Biases when the wandb package is installed (optional extra)")
+    p.add_argument("--wandb-project", default="longlive")
     p.add_argument("--device", default=None)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
@@ -684,16 +845,37 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def build_data(spec: str, model_cfg, frames: int, seed: int, rank: int = 0, ranks: int = 1,
-               cache_dir: str | os.PathLike = Path(".cache") / "train"):
+               cache_dir: str | os.PathLike = Path(".cache") / "train", options: FolderOptions | None = None,
+               sp_group=None, progress: bool = True):
     """Resolve --data: `random` (the internal stand-in) here, `procedural` and `folder:PATH` through
-    `longlive.train.data.build_train_data` (latents and embeddings cached under cache_dir). rank / ranks: this
-    process's data-parallel rank and their number."""
+    `longlive.train.data.build_train_data` (latents and embeddings cached under cache_dir; folder `options`; the SP
+    group shares each encode in halo windows). rank / ranks: this process's data-parallel rank and their number."""
     if spec == "random":
+        if options not in (None, FolderOptions()):
+            raise ValueError(f"{options}: folder options, for --data folder:PATH only (not --data random)")
         return RandomLatentData(model_cfg, frames, seed=seed, rank=rank)
     if spec == "procedural" or spec.startswith("folder:"):
         return build_train_data(spec, model_cfg=model_cfg, frames=frames, seed=seed, rank=rank, ranks=ranks,
-                                cache_dir=cache_dir)
+                                cache_dir=cache_dir, options=options, sp_group=sp_group, progress=progress)
     raise ValueError(f"unknown --data {spec!r}; use random, procedural or folder:PATH")
+
+
+def parse_error_recycling_config(items: list[str]) -> ErrorRecyclingConfig:
+    """`--error-recycling-config KEY=VALUE …` → ErrorRecyclingConfig (values typed by the field's default)."""
+    defaults = ErrorRecyclingConfig()
+    names = [f.name for f in dataclasses.fields(defaults)]
+    kw: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in names:
+            raise ValueError(f"--error-recycling-config {item!r}: expected KEY=VALUE with KEY one of "
+                             f"{', '.join(names)}")
+        kind = type(getattr(defaults, key))
+        try:
+            kw[key] = kind(value)
+        except ValueError:
+            raise ValueError(f"--error-recycling-config {key}={value!r} is not a {kind.__name__}") from None
+    return ErrorRecyclingConfig(**kw)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -702,8 +884,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
     frames = args.frames or 2 * mc.chunk_frames
-    if args.error_recycling and args.sp > 1:
-        raise ValueError(f"--error-recycling is not supported with --sp {args.sp} (sequence parallelism); use --sp 1")
+    er_config = parse_error_recycling_config(args.error_recycling_config)
+    if args.error_recycling_config and not args.error_recycling:
+        raise ValueError("--error-recycling-config sets knobs of error recycling, which is off: add --error-recycling")
+    resumes = args.resume and args.out is not None and bool(list_checkpoints(args.out))
+    if args.checkpoint and not resumes:  # strict key/shape check on a meta model, before data, model or any work
+        log.info("--checkpoint: %s matches the %s model", check_generator_weights(
+            dit.build_model(mc, device="meta"), args.checkpoint, ema=args.checkpoint_ema), args.model)
     sp_group, rank = None, 0
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 or args.sp > 1:
         pd = init_parallel(args.sp, device=str(device) if args.device else None)
@@ -712,13 +899,22 @@ def cmd_train(args: argparse.Namespace) -> int:
                       ckpt_every=args.ckpt_every, log_every=args.log_every, ema_start=args.ema_start,
                       train_layout=args.train_layout if args.sp > 1 else "none", fsdp=args.fsdp,
                       activation_checkpointing=args.activation_checkpointing, progress=not args.no_progress,
-                      error_recycling=args.error_recycling, lr_schedule=args.lr_schedule,
-                      warmup_steps=args.warmup_steps, text_dropout=args.text_dropout)
+                      error_recycling=args.error_recycling, error_recycling_config=er_config,
+                      lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps, text_dropout=args.text_dropout,
+                      checkpoint=args.checkpoint, checkpoint_ema=args.checkpoint_ema, batch_size=args.batch_size,
+                      grad_accum=args.grad_accum, weight_decay=args.weight_decay, betas=tuple(args.betas),
+                      ema_decay=args.ema_decay, keep_checkpoints=args.keep_checkpoints,
+                      i2v=args.i2v, validate_every=args.validate_every, validation_prompts=args.validation_prompts,
+                      validation_images=args.validation_images, validation_frames=args.validation_frames,
+                      validation_ema=args.validation_ema, validation_strict=args.validation_strict,
+                      wandb=args.wandb, wandb_project=args.wandb_project)
     # every rank of an SP group must see the same sample: seed the data by the data-parallel rank. Data first: a bad
     # --data fails before the model is built.
     dp = max(1, int(os.environ.get("WORLD_SIZE", "1")) // max(1, args.sp))
     data = build_data(args.data, mc, frames, args.seed, rank=rank // max(1, args.sp), ranks=dp,
-                      cache_dir=Path(args.out) / "data_cache")
+                      cache_dir=Path(args.out) / "data_cache", sp_group=sp_group, progress=not args.no_progress,
+                      options=FolderOptions(args.max_chunks_per_shot, args.min_latent_frames, args.allow_padding,
+                                            args.uniform_prompt))
     model = dit.build_model(mc, device=device, seed=args.seed)  # through the module: tests patch dit.build_model
     summary = ARTrainer(model, cfg, data, args.out, device=device, sp_group=sp_group).run()
     if rank == 0:

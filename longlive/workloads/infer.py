@@ -25,6 +25,7 @@ from longlive.model.attention import resolve_backend
 from longlive.model.presets import get_preset
 from longlive.parallel.groups import check_sp
 from longlive.quant.kernels import active_kernels
+from longlive.quant.recipes import DEFAULT_ACT_RULE
 from longlive.workloads import CellContext
 from longlive.workloads.checks import feature_reason, hardware_reason
 from longlive.workloads.quality import compute_metric, fidelity_against, vbench_scores, vbench_unavailable_reason
@@ -45,6 +46,12 @@ def video_request(spec: RunSpec, progress: bool = False) -> VideoRequest:
         **request_fields(dataclasses.asdict(spec.precision)),
         kv_quant=spec.kv_quant.name, sp=spec.sp, exchange=spec.exchange, compile=spec.compile,
         fuse_qkv=spec.fuse_qkv, lora=Path(spec.lora) if spec.lora else None,
+        guidance_scale=spec.guidance_scale, negative_prompt=spec.negative_prompt, timestep_shift=spec.timestep_shift,
+        window_frames=spec.window_frames, sink_frames=spec.sink_frames, shot_rope_offset=spec.shot_rope_offset,
+        scene_cut_prefix=spec.scene_cut_prefix, height=spec.height, width=spec.width, lora_mode=spec.lora_mode,
+        relative_rope=spec.relative_rope,
+        ema=spec.ema, act_rule=spec.precision.act_rule or DEFAULT_ACT_RULE, quant_exclude=list(spec.quant_exclude),
+        kv_rule=spec.kv_rule,
     )
 
 
@@ -79,7 +86,9 @@ class InferWorkload:
         dev = torch.device(req.device)
         if spec.roofline:
             fp8 = pipe.linear_quant == "fp8" and pipe.linear_backend == "fp8"
-            out.update(roofline_metrics(pipe.config, req.steps, out["denoise_fps"], dev, req.torch_dtype,
+            # the roofline counts steps + 1 passes per chunk; guidance runs 2 (steps + 1) = (2 steps + 1) + 1
+            passes_as_steps = 2 * req.steps + 1 if pipe.spec.guided else req.steps
+            out.update(roofline_metrics(pipe.config, passes_as_steps, out["denoise_fps"], dev, req.torch_dtype,
                                         resolve_backend(req.attn, dev, req.torch_dtype), fp8_gemm=fp8))
             extra["gemm_format"] = "fp8" if fp8 else str(req.torch_dtype).removeprefix("torch.")
             timing["roofline"] = ROOFLINE_DEFINITION
