@@ -230,7 +230,8 @@ def test_cli_knobs_reach_the_optimiser_and_retention_keeps_n(tmp_path, monkeypat
         TrainConfig(betas=(0.9, 1.0))
 
 
-TRAINING_FIELDS = ("batch_size", "grad_accum", "weight_decay", "betas", "ema_decay", "ema_start", "keep_checkpoints")
+TRAINING_FIELDS = ("lr", "batch_size", "grad_accum", "weight_decay", "betas", "ema_decay", "ema_start",
+                   "keep_checkpoints")
 
 
 def test_run_spec_training_fields_are_the_train_config_fields():
@@ -242,11 +243,11 @@ def test_run_spec_training_fields_are_the_train_config_fields():
         assert getattr(spec, name) == want, name
     assert dataclasses.asdict(ErrorRecyclingSpec()) == dataclasses.asdict(ErrorRecyclingConfig())
     spec = from_config({"workload": {"name": "train"}, "grad_accum": 4, "betas": [0.9, 0.95], "weight_decay": 0.01,
-                        "ema_decay": 0.9, "ema_start": 7, "keep_checkpoints": 5, "error_recycling": True,
+                        "ema_decay": 0.9, "ema_start": 7, "keep_checkpoints": 5, "error_recycling": True, "lr": 3e-4,
                         "error_recycling_config": {"p_clean": 0.5, "replacement": "oldest"}})
     got = train_config(spec)
-    assert (got.grad_accum, got.betas, got.weight_decay, got.ema_decay, got.ema_start, got.keep_checkpoints) == (
-        4, (0.9, 0.95), 0.01, 0.9, 7, 5)
+    assert (got.lr, got.grad_accum, got.betas, got.weight_decay, got.ema_decay, got.ema_start,
+            got.keep_checkpoints) == (3e-4, 4, (0.9, 0.95), 0.01, 0.9, 7, 5)
     assert got.error_recycling and got.error_recycling_config == ErrorRecyclingConfig(p_clean=0.5, replacement="oldest")
     for bad, msg in (({"grad_accum": 0}, "grad_accum=0 must be ≥ 1"),
                      ({"betas": [0.9]}, r"betas=\[0.9\] must be two"),

@@ -178,7 +178,7 @@ class RunSpec:
     lora_alpha: float = 128.0
     lora_dropout: float = 0.0
     apply_to_critic: bool = True         # the critic gets a LoRA too (else it trains every weight)
-    lr: float = 1e-5                     # generator learning rate
+    lr: float = 1e-5                     # learning rate (train: the AR model; dmd: the generator)
     lr_critic: float = 2e-6
     betas_critic: list[float] = field(default_factory=lambda: [0.0, 0.999])
     # training data read from the release's folder layout (`longlive train --data folder:PATH`), its option names

@@ -27,7 +27,8 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def train_config(spec: RunSpec) -> TrainConfig:
     """The run spec's training knobs as a TrainConfig (same names); the measurement fixes the rest."""
-    return TrainConfig(batch_size=spec.batch_size, grad_accum=spec.grad_accum, weight_decay=spec.weight_decay,
+    return TrainConfig(lr=spec.lr, batch_size=spec.batch_size, grad_accum=spec.grad_accum,
+                       weight_decay=spec.weight_decay,
                        betas=tuple(spec.betas), ema_decay=spec.ema_decay, ema_start=spec.ema_start,
                        keep_checkpoints=spec.keep_checkpoints, error_recycling=spec.error_recycling, i2v=spec.i2v,
                        error_recycling_config=ErrorRecyclingConfig(**dataclasses.asdict(spec.error_recycling_config)))
