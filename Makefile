@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed-dev
 OUT ?= outputs/demo
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= -n 2
 
 .PHONY: install test reproduce lint clean reproduce-gpu-5b demo report reproduce-table1 reproduce-table2 \
 	reproduce-table3 reproduce-table4 reproduce-sp reproduce-perf reproduce-lowprec reproduce-quant-kernels

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 
 from longlive.experiments import precision_config, precisions, request_fields
+from longlive.experiments.rules import check_device_string
 from longlive.infer.assemble import VideoResult, make_video
 from longlive.infer.batch import (
     PromptEntry,
@@ -30,11 +32,11 @@ from longlive.infer.batch import (
 from longlive.infer.fidelity import compare, precision_fields
 from longlive.infer.latents import decode_latents, generation_config, read_latents, write_video
 from longlive.infer.video import DECODE_CHOICES, DEFAULT_PROMPT, VideoRequest, validate
-from longlive.measure.manifest import manifest
+from longlive.measure.manifest import manifest, version_line
 from longlive.model.attention import BACKENDS
 from longlive.model.presets import DEFAULT_VIDEO_SECONDS, PRESETS, default_frames, get_preset
 from longlive.names import COMPILE_MODES, EXCHANGE, KV_QUANT, LORA_MODES
-from longlive.output import check_out_dir, write_text_atomic
+from longlive.output import OutputWriteError, check_out_dir, write_text_atomic
 from longlive.parallel.groups import check_sp, init_parallel, shutdown_parallel
 from longlive.quant.kv import DEFAULT_KV_RULE
 from longlive.quant.linear import DEFAULT_WEIGHT_RULE
@@ -143,6 +145,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 
 def _request(a: argparse.Namespace):
+    check_device_string("device", a.device, cli=True)
     if a.frames is None:
         a.frames = default_frames(get_preset(a.model))
     if a.precision is None:
@@ -169,6 +172,7 @@ def _request(a: argparse.Namespace):
 def cmd_generate(a: argparse.Namespace) -> int:
     check_out_dir(a.out)
     req = _request(a)
+    validate(req, launched=False)  # every rule before any work, also before SP ranks or many videos start
     if a.prompt_file is not None or a.caption_dir is not None or a.samples != 1 or a.dp != 1:
         return _generate_many(a, req)
     if a.sp > 1 and "WORLD_SIZE" not in os.environ:  # start the ranks ourselves, with the same arguments
@@ -399,10 +403,15 @@ def _add_fidelity(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_fidelity(a: argparse.Namespace) -> int:
-    precision_fields(a.ref_precision), precision_fields(a.precision)  # unknown names fail before any work
     check_out_dir(a.out)
     base = VideoRequest(model=a.model, frames=a.frames, prompts=a.prompt or [DEFAULT_PROMPT], steps=a.steps,
                         seed=a.seed, device=a.device, random_weights=a.random_weights, progress=False)
+    for side, (prec, kv) in (("--ref-precision / --ref-kv-quant", (a.ref_precision, a.ref_kv_quant)),
+                             ("--precision / --kv-quant", (a.precision, a.kv_quant))):
+        try:  # both runs checked by generate's rules before either starts
+            validate(dataclasses.replace(base, kv_quant=kv, **precision_fields(prec)))
+        except ValueError as exc:
+            raise ValueError(f"{side} {prec} / {kv}: {exc}") from None
     res = compare(base, (a.ref_precision, a.ref_kv_quant), (a.precision, a.kv_quant), a.out)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items() if k != "func"}
     write_text_atomic(a.out / "fidelity.json", json.dumps({**res, "manifest": manifest(config, a.seed)}, indent=2,
@@ -419,7 +428,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
         if a.model != "tiny":
             raise ValueError("--tiny-default trains the tiny preset; pass --model tiny")
-        out = Path(a.out) if a.out else weights_root() / "tiny"
+        out = Path(a.out) if a.out else check_out_dir(weights_root(must_exist=False) / "tiny", "LONGLIVE_WEIGHTS/tiny")
         train_tiny(out, minutes=a.minutes, seed=a.seed)
         use = f"LONGLIVE_WEIGHTS={out.parent}" if out.name == "tiny" else f"--checkpoint {out / 'model_bf16.pt'} ..."
         print(f"trained tiny weights in {out}. Generate with them: {use} longlive generate --model tiny ...; "
@@ -467,9 +476,16 @@ def cmd_sweep(a: argparse.Namespace) -> int:
             print(cell.cell_id, " ".join(f"{k}={v}" for k, v in cell.axes.items()))
         return 0
     if a.launcher == "slurm":
+        # the same up-front check as a local sweep: an invalid value stops it before any job is submitted (the
+        # launcher's own hydra.* overrides are Slurm settings, not cells)
+        expand(experiment, [o for o in rest if not o.lstrip("+~").startswith("hydra")])
         cmd = [sys.executable, "-m", "longlive.runner.hydra_app", "-m", *a.overrides, "hydra/launcher=slurm",
                f"+results_dir={results.resolve()}"] + (["+force=true"] if a.force else [])
-        return subprocess.call(cmd)
+        code = subprocess.call(cmd)
+        if code:  # a cancelled or failed job: the rows of finished cells are kept, the rest have none
+            print(f"sweep {experiment or 'adhoc'}: some Slurm jobs did not finish (above); the same command resumes, "
+                  f"redoing only cells without a row -> {results / 'results.jsonl'}", file=sys.stderr)
+        return code
     counts = run_sweep(experiment, rest, results, force=a.force, retry_failed=a.retry_failed,
                        progress=not a.no_progress)
     print(f"sweep {experiment or 'adhoc'}: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped, "
@@ -480,8 +496,20 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     return 0
 
 
+class _Version(argparse.Action):
+    """`--version`, computed only when asked (it runs git) and printed as one unwrapped line."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace, values, option_string=None) -> None:
+        print(version_line())
+        parser.exit()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="longlive", description="Long autoregressive video generation harness")
+    ap.add_argument("--version", action=_Version, help="print the package version and the checkout's commit")
     sub = ap.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_sweep(sub)
@@ -503,9 +531,13 @@ def main(argv: list[str] | None = None) -> int:
     a.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return a.func(a)
-    except (ValueError, FileNotFoundError) as exc:  # includes BackendUnavailable
+    except (ValueError, FileNotFoundError, OutputWriteError) as exc:  # incl. BackendUnavailable; a full disk
         print(f"longlive {a.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # Ctrl-C; SIGTERM too in a sweep or report (runner.executor.Interrupted)
+        print(f"longlive {a.command}: {str(exc) or 'interrupted (Ctrl-C)'}; what finished is kept: rerun the same "
+              f"command to resume", file=sys.stderr)
+        return 128 + getattr(exc, "signum", signal.SIGINT)
 
 
 if __name__ == "__main__":

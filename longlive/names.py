@@ -46,6 +46,16 @@ ER_STORE_DTYPES = ("bfloat16", "float16", "float32")
 LORA_MODES = ("merge", "runtime")
 """lora_mode: how a LoRA file reaches the generator (merge: into the weights at build; runtime: a separate adapter)."""
 
+DECODE = ("none", "batch", "streaming", "async", "device", "tiles")
+"""decode: when and where latents become frames (none: latents only); longlive.infer.decode registers the others."""
+
+INFERENCE_WORKLOADS = ("infer", "quality")
+"""Workloads that generate a video: their rows carry the inference axes (kv_quant, steps, decode, exchange) and a
+fidelity reference, and their cells obey the generation rules (frames, prompts, sp, decode)."""
+
+TRAINING_WORKLOADS = ("train", "dmd")
+"""Workloads whose `frames` are latents per sample or rollout (whole chunks, as in generation)."""
+
 
 def check_choice(field: str, value: object, allowed: tuple[str, ...]) -> None:
     """ValueError naming the field, the value and the allowed values, when `value` is not one of them."""

@@ -2,7 +2,8 @@
 
 The frame writers take uint8 frames [T, H, W, 3] (tensor or ndarray); `frames_to_uint8` turns the model's
 [-1, 1] video tensor into that. Every file is written to a temp name in the target folder and then
-`os.replace`d, so a killed run or a full disk never leaves a truncated file that looks finished.
+`os.replace`d, so a killed run or a full disk never leaves a truncated file that looks finished (a failed write
+is an `OutputWriteError` naming the file; the temp file is removed).
 `check_out_dir` / `check_out_file` test an output path before any work, so a bad --out costs nothing.
 """
 
@@ -57,22 +58,41 @@ def _as_uint8_frames(frames: Frames) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+class OutputWriteError(OSError):
+    """An output file could not be written (disk full, quota, read-only disk, no permission). The message names the
+    file and says any earlier version of it is intact, so a command prints it as one line instead of a traceback."""
+
+
+def write_error(exc: OSError, path: str | os.PathLike, what: str = "") -> OutputWriteError:
+    """`exc` (errno kept, so callers can still test for ENOSPC) restated with the file it was writing."""
+    if isinstance(exc, OutputWriteError):
+        return exc
+    cause = exc.strerror or str(exc) or type(exc).__name__
+    message = (f"could not write {what or path}: {cause}; nothing was replaced, any previous {Path(path).name} is "
+               f"intact (free space or fix permissions, then rerun)")
+    return OutputWriteError(exc.errno, message) if exc.errno is not None else OutputWriteError(message)
+
+
 @contextmanager
-def _atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path beside `path` (same suffix, so tools pick the format) and replace on success."""
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp path beside `path` (same suffix, so tools pick the format) and replace on success. On any failure
+    the temp file is removed and `path` is left as it was; an OSError becomes an OutputWriteError naming `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        raise write_error(exc, path) from exc
     finally:
         tmp.unlink(missing_ok=True)
 
 
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write a text file (result.json, index.html, ...) through a temp file and a rename."""
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
 
@@ -119,7 +139,7 @@ def write_mp4(frames: Frames, path: str | os.PathLike, fps: int, *, crf: int = 1
     _, h, w, _ = arr.shape
     if h % 2 or w % 2:
         arr = np.pad(arr, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         writer = iio.get_writer(
             str(tmp),
             format="FFMPEG",
@@ -158,6 +178,6 @@ def write_frame_strip(
     for j, i in enumerate(idx):
         x0 = j * (w + separator)
         strip[:, x0 : x0 + w] = arr[i]
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         Image.fromarray(strip).save(tmp, format="PNG")
     return Path(path)

@@ -25,8 +25,22 @@ ENV = "LONGLIVE_WEIGHTS"
 SHIPPED_TINY = Path(__file__).resolve().parent / "assets" / "tiny"
 
 
-def weights_root() -> Path:
-    return Path(os.environ.get(ENV, Path.home() / ".cache" / "longlive" / "weights"))
+def weights_root(*, must_exist: bool = True) -> Path:
+    """LONGLIVE_WEIGHTS, else ~/.cache/longlive/weights (which need not exist: every file is then reported missing).
+
+    A LONGLIVE_WEIGHTS that is a file, or (when reading, `must_exist`) a missing path, is an error now: taken as is,
+    a typo would read as "every weight file missing" and the tiny preset would silently run on random weights.
+    """
+    value = os.environ.get(ENV)
+    if not value:
+        return Path.home() / ".cache" / "longlive" / "weights"
+    root = Path(value).expanduser()
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"{ENV}={value} is a file; set it to the folder that holds the weight files (or unset it)")
+    if must_exist and not root.exists():
+        raise FileNotFoundError(f"{ENV}={value} does not exist; set it to the folder that holds the weight files "
+                                f"(or unset it: the tiny preset then uses its shipped weights)")
+    return root
 
 
 def tiny_dir() -> Path:

@@ -14,6 +14,7 @@ from longlive.model.presets import get_preset
 
 @pytest.fixture(autouse=True)
 def _isolated_weights(tmp_path, monkeypatch):
+    (tmp_path / "weights").mkdir()  # LONGLIVE_WEIGHTS must be an existing folder
     monkeypatch.setenv("LONGLIVE_WEIGHTS", str(tmp_path / "weights"))
 
 
@@ -194,8 +195,10 @@ def test_result_json_is_written_atomically(capsys, tmp_path, monkeypatch):
 
     monkeypatch.setattr(Path, "write_text", full_disk)
     out = tmp_path / "run"
-    with pytest.raises(OSError, match="No space left"):
-        main(["generate", "--model", "tiny", "--frames", "4", "--steps", "2", "--out", str(out), "--no-progress"])
+    argv = ["generate", "--model", "tiny", "--frames", "4", "--steps", "2", "--out", str(out), "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err  # one line naming the file, no traceback
+    assert f"longlive generate: error: [Errno 28] could not write {out / 'result.json'}: No space left" in err
     assert (out / "video.mp4").is_file() and (out / "strip.png").is_file()
     assert sorted(p.name for p in out.iterdir()) == ["strip.png", "video.mp4"]  # no result.json, no temp file
 

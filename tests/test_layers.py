@@ -81,6 +81,8 @@ def test_ground_floor_packages_import_no_upper_layer():
                       ("experiments", "infer"), ("experiments", "runner"), ("infer", "workloads")):
         assert high not in graph.get(low, {}), f"{low} imports {high}: {graph[low][high][:3]}"
     assert not graph.get("names"), f"longlive.names is the ground floor and imports nothing: {graph.get('names')}"
+    assert not graph.get("filecheck"), f"longlive.filecheck is the ground floor: {graph.get('filecheck')}"
+    assert "filecheck" in graph["model"] and "filecheck" in graph["infer"]  # used from the floor up (really built)
 
 
 OPTIONAL_EXTRAS = {"transformer_engine", "triton", "vbench", "cv2", "wandb"}

@@ -12,7 +12,8 @@ from pathlib import Path
 import imageio.v2 as iio
 import numpy as np
 import torch
-from safetensors.torch import load_file
+
+from longlive.filecheck import LATENTS, load_safetensors
 
 VideoLike = torch.Tensor | np.ndarray | str | os.PathLike
 TensorLike = torch.Tensor | np.ndarray | str | os.PathLike
@@ -32,7 +33,7 @@ def load_frames(path: str | os.PathLike) -> torch.Tensor:
 
 def load_latents(path: str | os.PathLike, key: str | None = None) -> torch.Tensor:
     """One tensor from a safetensors file: `key`, or the only tensor in the file (an error lists the keys)."""
-    tensors = load_file(str(path))
+    tensors = load_safetensors(path, LATENTS)  # format and integrity checked before loading (longlive.filecheck)
     if key is not None:
         if key not in tensors:
             raise KeyError(f"{path} has no tensor {key!r}; it has: {', '.join(sorted(tensors))}")

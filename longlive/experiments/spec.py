@@ -3,7 +3,8 @@
 `config.yaml` lists `run_spec` first in its defaults, so every YAML preset and every command-line override is
 merged into these dataclasses: an unknown key or a value of the wrong type stops the sweep when it is composed,
 before any cell runs, with Hydra's message naming the key. `check_spec` then checks the value sets
-(`longlive.names`). A field's name is its override, its result column and its report label.
+(`longlive.names`) and every other rule of `longlive.experiments.rules`, the same functions `longlive generate`
+checks its request with. A field's name is its override, its result column and its report label.
 
 Workloads receive a `RunSpec` (`from_config` turns a cell's resolved config back into one).
 """
@@ -16,8 +17,27 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from longlive.experiments.rules import (
+    DEVICE_TYPES,
+    check_at_least,
+    check_decode,
+    check_device_string,
+    check_exchange,
+    check_finite,
+    check_frames,
+    check_geometry,
+    check_prompts,
+    check_release_options,
+    check_seed,
+    check_size,
+    check_sp,
+    check_steps,
+)
+from longlive.model.attention import BACKENDS
+from longlive.model.presets import ModelConfig, get_preset
 from longlive.names import (
     COMPILE_MODES,
+    DECODE,
     DMD_ADAPTERS,
     DMD_QUANTISED,
     DTYPES,
@@ -25,16 +45,21 @@ from longlive.names import (
     ER_STORE_DTYPES,
     ER_TARGETS,
     EXCHANGE,
+    INFERENCE_WORKLOADS,
     KV_QUANT,
     LINEAR_BACKENDS,
     LINEAR_QUANT,
-    LORA_MODES,
     TRAIN_LAYOUTS,
+    TRAINING_WORKLOADS,
     check_choice,
 )
 from longlive.quant.kv import DEFAULT_KV_RULE
 from longlive.quant.nvfp4 import RULES as NVFP4_RULES
 from longlive.text.prompts import DEFAULT_NEGATIVE_PROMPT, SCENE_CUT_PREFIX
+
+DEFAULT_PROMPTS = ("A red ball bounces across a blue floor",
+                   f"{SCENE_CUT_PREFIX}A green square slides to the right over a grey floor")
+"""A run's prompts unless given: two shots, so a default sweep exercises a scene cut."""
 
 
 @dataclass
@@ -122,7 +147,7 @@ class RunSpec:
     steps: int = 4                       # denoising steps per chunk (+1 clean re-run)
     frames: int = 16                     # latent frames (a multiple of the model's chunk)
     seed: int = 0
-    prompts: list[str] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
     switch_at: list[int] | None = None
     random_weights: bool = False
     lora: str | None = None              # a LoRA file merged into the generator at build (before quantising)
@@ -204,7 +229,9 @@ def register() -> None:
 
 
 def check_spec(spec: RunSpec) -> None:
-    """The value sets of the plain fields (types were checked by OmegaConf at composition)."""
+    """Every field's value (types were checked by OmegaConf at composition), by the rules `generate` uses too; the
+    generation rules (frames, sp, decode, prompts, window) apply to cells that generate, the frame rule also to
+    training. What this machine lacks (GPUs, backends) is not checked here: the workload's `check` skips with why."""
     check_choice("kv_quant", spec.kv_quant.name, KV_QUANT)
     check_choice("precision.linear_quant", spec.precision.linear_quant, LINEAR_QUANT)
     check_choice("precision.dtype", spec.precision.dtype, DTYPES)
@@ -212,26 +239,51 @@ def check_spec(spec: RunSpec) -> None:
         check_choice("precision.linear_backend", spec.precision.linear_backend, LINEAR_BACKENDS)
     check_choice("exchange", spec.exchange, EXCHANGE)
     check_choice("compile", spec.compile, COMPILE_MODES)
+    check_choice("attn", spec.attn, tuple(BACKENDS))
+    check_choice("hardware.device", spec.hardware.device, DEVICE_TYPES)
     check_choice("train_layout", spec.train_layout, TRAIN_LAYOUTS)
     check_choice("dmd_quantised", spec.dmd_quantised, DMD_QUANTISED)
     check_choice("adapter", spec.adapter, DMD_ADAPTERS)
-    check_choice("lora_mode", spec.lora_mode, LORA_MODES)
     check_choice("kv_rule", spec.kv_rule, NVFP4_RULES)
     if spec.precision.act_rule is not None:
         check_choice("precision.act_rule", spec.precision.act_rule, NVFP4_RULES)
-    for name in ("steps", "frames", "sp", "dp", "train_iters", "dmd_iters", "lora_rank", "decode_chunks",
+    check_steps(spec.steps)
+    check_seed(spec.seed)
+    generates, frames_in_chunks = spec.workload.name in INFERENCE_WORKLOADS, spec.workload.name in TRAINING_WORKLOADS
+    if generates or frames_in_chunks:
+        check_frames(spec.frames, get_preset(spec.model.name))
+    for name in ("frames", "sp", "dp", "train_iters", "dmd_iters", "lora_rank", "decode_chunks",
                  "dfake_gen_update_ratio"):
-        if getattr(spec, name) < 1:
-            raise ValueError(f"{name}={getattr(spec, name)} must be ≥ 1")
+        check_at_least(name, getattr(spec, name), 1)
     check_training_knobs(spec)
     for name in ("max_chunks_per_shot", "min_latent_frames"):
-        if getattr(spec, name) < 0:
-            raise ValueError(f"{name}={getattr(spec, name)} must be ≥ 0 (0: off)")
+        check_at_least(name, getattr(spec, name), 0, meaning="0: off")
     if spec.min_latent_frames and not spec.allow_padding:
         raise ValueError(f"min_latent_frames={spec.min_latent_frames} only applies with allow_padding=true")
-    if not (spec.timestep_shift > 0 and spec.guidance_scale >= 0):  # the window and sink: infer.video.validate
-        raise ValueError(f"timestep_shift={spec.timestep_shift} must be > 0 and guidance_scale={spec.guidance_scale} "
-                         f"≥ 0")
+    check_finite("timestep_shift", spec.timestep_shift, meaning="the sigma grid's shift; 5 by default")
+    check_finite("guidance_scale", spec.guidance_scale, strict=False, meaning="1: no guidance")
+    if generates:
+        check_generation(spec, get_preset(spec.model.name))
+
+
+def check_generation(spec: RunSpec, cfg: ModelConfig) -> None:
+    """The rules of a cell that generates a video (the fields `longlive generate` takes as flags)."""
+    check_sp(spec.sp, cfg)
+    check_exchange(spec.exchange, EXCHANGE, spec.sp)
+    check_device_string("hardware.device", spec.hardware.device)
+    check_decode(spec.decode.mode, DECODE, spec.sp, spec.hardware.device, spec.decode.vae_device)
+    if spec.relative_rope and spec.sp > 1:
+        raise ValueError(f"relative_rope=true is not implemented under sequence parallelism (sp={spec.sp}): give "
+                         "sp=1 or relative_rope=false")
+    check_size(cfg, spec.height, spec.width)
+    cfg = check_geometry(cfg, spec.window_frames, spec.sink_frames, spec.shot_rope_offset)
+    check_prompts(list(spec.prompts), list(spec.switch_at) if spec.switch_at is not None else None,
+                  spec.frames // cfg.chunk_frames, spec.scene_cut_prefix, cfg.chunk_frames,
+                  default=tuple(spec.prompts) == DEFAULT_PROMPTS)
+    check_release_options(lora_mode=spec.lora_mode, lora=spec.lora, fuse_qkv=spec.fuse_qkv, ema=spec.ema,
+                          random_weights=spec.random_weights, act_rule=spec.precision.act_rule, kv_rule=spec.kv_rule,
+                          linear_quant=spec.precision.linear_quant, act_quant=spec.precision.act_quant,
+                          kv_quant=spec.kv_quant.name, quant_exclude=list(spec.quant_exclude))
 
 
 def check_training_knobs(spec: RunSpec) -> None:

@@ -43,7 +43,7 @@ from longlive.model.checkpoint import NVFP4_FORMAT, checkpoint_format, load_gene
 from longlive.model.dit import build_model
 from longlive.model.fuse import fuse_qkv
 from longlive.model.presets import ModelConfig
-from longlive.output import write_frame_strip, write_mp4
+from longlive.output import atomic_path, write_frame_strip, write_mp4
 from longlive.parallel.groups import init_parallel
 from longlive.parallel.sp_infer import SPContext
 from longlive.quant.linear import LinearQuantConfig
@@ -151,7 +151,7 @@ def apply_lora(model: nn.Module, path: Path, *, packed: bool) -> str:
                          f"merge into the BF16 checkpoint (`longlive lora merge`) and quantise after")
     payload = load_lora(path)
     scale = lora_scale(payload)
-    merged = merge_lora(model, payload["generator_lora"], scale=scale)
+    merged = merge_lora(model, payload["generator_lora"], scale=scale, source=f"--lora {path}")
     if not merged:
         raise ValueError(f"{path}: its generator adapter holds no LoRA pairs")
     return f"generator: LoRA {path} merged into {len(merged)} Linears (scale {scale:g})"
@@ -162,7 +162,7 @@ def apply_runtime_lora(model: nn.Module, path: Path) -> str:
     becomes base(x) + scale·B(A(x)); returns a note."""
     payload = load_lora(path)
     scale = lora_scale(payload)
-    wrapped = attach_lora(model, payload["generator_lora"], scale=scale)
+    wrapped = attach_lora(model, payload["generator_lora"], scale=scale, source=f"--lora {path}")
     if not wrapped:
         raise ValueError(f"{path}: its generator adapter holds no LoRA pairs")
     return f"generator: LoRA {path} kept at runtime on {len(wrapped)} Linears (scale {scale:g})"
@@ -391,9 +391,8 @@ def run(p: Pipeline, out: Path) -> VideoResult:
     else:
         e2e_s = time.perf_counter() - t_start  # .cpu() above waited for the device
     if req.save_latents or dec is None:
-        tmp = out / "latents.safetensors.tmp"
-        save_file({"latents": latents.contiguous()}, str(tmp))
-        tmp.replace(out / "latents.safetensors")
+        with atomic_path(out / "latents.safetensors") as tmp:  # a full disk leaves no temp file, no half file
+            save_file({"latents": latents.contiguous()}, str(tmp))
         artifacts["latents"] = "latents.safetensors"
     n_frames = video_frames(req.frames)
     forwards_per_chunk = (req.steps + 1) * (2 if p.spec.guided else 1)  # steps + clean re-run, per CFG branch

@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
+from longlive.filecheck import LATENTS, load_safetensors
 from longlive.infer.assemble import load_vae, warm_decoder, write_video
 from longlive.infer.video import VideoRequest
 from longlive.model.presets import get_preset
@@ -37,10 +36,11 @@ def read_latents(path: str | Path) -> torch.Tensor:
     if not path.is_file():
         raise FileNotFoundError(f"latents not found: expected {path} (written by generate --decode none or "
                                 f"--save-latents)")
-    try:
-        latents = load_file(str(path))["latents"]
-    except (SafetensorError, KeyError, OSError) as exc:
-        raise ValueError(f"{path}: not a generate latents file ({exc})") from None
+    tensors = load_safetensors(path, LATENTS)  # format and integrity checked before loading (longlive.filecheck)
+    if "latents" not in tensors:
+        raise ValueError(f"{path}: a safetensors file without a `latents` tensor (it holds {sorted(tensors)[:5]}): "
+                         f"expected {LATENTS.description}")
+    latents = tensors["latents"]
     if latents.ndim != 5:
         raise ValueError(f"{path}: latents of shape {list(latents.shape)}, expected [B, C, F, H, W]")
     return latents

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from longlive.experiments.rules import check_prompts
 from longlive.infer.scheduler import make_scheduler
 from longlive.measure.timers import ChunkStats, Clock
 from longlive.model.dit import CausalWanModel
@@ -113,21 +114,7 @@ def chunk_texts(prompts: list[str], num_chunks: int, switch_chunks: list[int] | 
     A prompt starting with the scene-cut prefix is a shot: its first chunk gets the prompt as given, its later chunks
     the bare caption (the release's convention). Any other prompt conditions all of its chunks.
     """
-    check_scene_cut_prefix(prefix)
-    if not prompts:
-        raise ValueError("at least one prompt is needed")
-    if any(not p.strip() or not bare_caption(p, prefix).strip() for p in prompts):
-        raise ValueError("prompts must not be empty (a scene-cut prompt needs a caption after the prefix)")
-    if num_chunks < len(prompts):
-        raise ValueError(f"{len(prompts)} prompts need at least {len(prompts)} chunks (one each); the video has "
-                         f"{num_chunks}: give more frames or fewer prompts")
-    if switch_chunks is None:  # spread prompts evenly over the video
-        switch_chunks = [round(i * num_chunks / len(prompts)) for i in range(1, len(prompts))]
-    if len(switch_chunks) != len(prompts) - 1:
-        raise ValueError(f"{len(prompts)} prompts need {len(prompts) - 1} switch chunks, got {len(switch_chunks)}")
-    starts = [0, *switch_chunks]
-    if any(b <= a for a, b in zip(starts, starts[1:], strict=False)) or starts[-1] >= num_chunks:
-        raise ValueError(f"switch chunks {switch_chunks} must increase strictly and lie in 1..{num_chunks - 1}")
+    starts = check_prompts(prompts, switch_chunks, num_chunks, prefix)
     texts = []
     for p, (start, end) in enumerate(zip(starts, [*starts[1:], num_chunks], strict=True)):
         texts += [prompts[p]] + [bare_caption(prompts[p], prefix)] * (end - start - 1)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from longlive.filecheck import GENERATOR, TRAINING, load_torch
 from longlive.model.checkpoint import PREFIX, check_state_dict
 
 TRAINING_KEYS = ("model", "ema", "optim", "step")
@@ -25,7 +26,7 @@ RELEASE_EMA_KEY = "generator_ema"
 WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
 # A training checkpoint stores NumPy's RNG state; these are the only non-tensor globals it needs to unpickle, so it
 # loads with weights_only=True (no arbitrary code) instead of a full unpickle.
-_NUMPY_GLOBALS = [np.dtype, np.ndarray, np._core.multiarray._reconstruct, type(np.dtype(np.uint32))]
+NUMPY_GLOBALS = [np.dtype, np.ndarray, np._core.multiarray._reconstruct, type(np.dtype(np.uint32))]
 
 
 def clean_key(key: str) -> str:
@@ -37,12 +38,13 @@ def clean_key(key: str) -> str:
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint's top-level dict, memory-mapped (tensors are read when used); {} for a folder, a safetensors
-    file or a file that is not a dict."""
+    file or a file that is not a dict. The file's format and integrity are checked first (`longlive.filecheck`),
+    against a training checkpoint's layout for a `step_*.pt`, else the generator's."""
     path = Path(path)
     if path.is_dir() or path.suffix == ".safetensors":
         return {}
-    with torch.serialization.safe_globals(_NUMPY_GLOBALS):
-        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    layout = TRAINING if path.name.startswith("step_") else GENERATOR
+    obj = load_torch(path, layout, safe_globals=NUMPY_GLOBALS)
     return obj if isinstance(obj, dict) else {}
 
 

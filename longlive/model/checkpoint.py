@@ -14,7 +14,9 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file
+
+from longlive.filecheck import GENERATOR, check_shard_folder, load_safetensors, load_torch
+from longlive.output import atomic_path
 
 PREFIX = "model."
 GENERATOR_KEYS = ("generator", "generator_ema", "model")
@@ -39,20 +41,17 @@ def read_generator_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict
             "*.safetensors shards)"
         )
     if path.is_dir():
-        shards = sorted(path.glob("*.safetensors"))
-        if not shards:
-            raise FileNotFoundError(f"no *.safetensors shards in {path}")
         sd: dict[str, torch.Tensor] = {}
-        for shard in shards:
-            sd.update(load_file(str(shard)))
+        for shard in check_shard_folder(path, GENERATOR):  # every shard's header and the index, before any load
+            sd.update(load_safetensors(shard, GENERATOR))
         meta = {}
         cfg = path / "config.json"
         if cfg.exists():
             meta["config"] = json.loads(cfg.read_text())
         return {_strip(k): v for k, v in sd.items()}, meta
     if path.suffix == ".safetensors":
-        return {_strip(k): v for k, v in load_file(str(path)).items()}, {}
-    obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        return {_strip(k): v for k, v in load_safetensors(path, GENERATOR).items()}, {}
+    obj = load_torch(path, GENERATOR)  # format and integrity checked first; weights only, mmap'd when a zip
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict, got {type(obj).__name__}")
     meta = {k: v for k, v in obj.items() if not isinstance(v, (dict, torch.Tensor))}
@@ -77,7 +76,7 @@ def checkpoint_format(path: str | Path) -> str | None:
     path = Path(path)
     if path.is_dir() or path.suffix == ".safetensors" or not path.exists():
         return None
-    obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    obj = load_torch(path, GENERATOR)
     return obj.get("checkpoint_format") if isinstance(obj, dict) else None
 
 
@@ -126,7 +125,6 @@ def save_generator(
     sd = generator_state_dict(model)
     dtype = str(next(iter(sd.values())).dtype).replace("torch.", "")
     payload = {"generator": sd, "checkpoint_format": checkpoint_format, "dtype": dtype, "merged_lora": merged_lora}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, str(tmp))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:  # a failed save (full disk) leaves the old file and no temp file
+        torch.save(payload, str(tmp))
     return path

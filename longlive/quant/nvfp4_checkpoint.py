@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from longlive.filecheck import NVFP4_GENERATOR, load_torch
 from longlive.model.checkpoint import NVFP4_FORMAT, PREFIX, CheckpointError
 
 from .nvfp4 import BLOCK, RULES, global_scale_from_amax
@@ -240,7 +241,7 @@ def load_nvfp4_generator(
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"NVFP4 generator checkpoint not found: {path}")
-    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    obj = load_torch(path, NVFP4_GENERATOR, mmap=False)  # format and integrity checked first; weights only
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict, got {type(obj).__name__}")
     meta = {k: v for k, v in obj.items() if not isinstance(v, torch.Tensor) and k not in ("generator", "generator_ema")}

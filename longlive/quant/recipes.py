@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
+from longlive.filecheck import LORA, check_lora_targets, load_safetensors, load_torch
 from longlive.model.checkpoint import CheckpointError
 from longlive.quant.linear import LinearQuantConfig, QuantLinear, check_backend
 from longlive.quant.nvfp4_checkpoint import load_nvfp4_generator, save_nvfp4_generator
@@ -106,14 +106,17 @@ def model_weight_bytes(model: nn.Module) -> int:
     return total
 
 
-def merge_lora(model: nn.Module, lora: dict[str, torch.Tensor], scale: float = 1.0) -> list[str]:
+def merge_lora(model: nn.Module, lora: dict[str, torch.Tensor], scale: float = 1.0, *, source: str = "LoRA"
+               ) -> list[str]:
     """W ← W + scale · B·A for every Linear with a PEFT-style pair `<name>.lora_A.weight` / `<name>.lora_B.weight`.
 
     Done in float32 on the BF16 weights before any quantisation (spec 01). Returns the merged module names.
     Accepts PEFT's `base_model.model.` prefix and the generator's `model.` prefix.
     """
     merged = []
-    for name, (a, b) in lora_pairs(lora).items():
+    pairs = lora_pairs(lora)
+    check_lora_targets(model, pairs, source)  # every target exists before any weight changes (source: the file)
+    for name, (a, b) in pairs.items():
         lin = model.get_submodule(name)
         if not isinstance(lin, nn.Linear):
             raise ValueError(f"LoRA target {name} is {type(lin).__name__}, not an nn.Linear (merge before quantising)")
@@ -170,16 +173,16 @@ class LoRALinear(nn.Module):
         return f"rank={self.lora_A.shape[0]}, scale={self.scale:g}"
 
 
-def attach_lora(model: nn.Module, lora: dict[str, torch.Tensor], scale: float = 1.0) -> list[str]:
+def attach_lora(model: nn.Module, lora: dict[str, torch.Tensor], scale: float = 1.0, *, source: str = "LoRA"
+                ) -> list[str]:
     """Wrap every Linear the adapter names in a `LoRALinear` (runtime LoRA, no merge); returns the wrapped names.
     The adapter's dtype follows the model's parameters."""
     param = next(model.parameters())
     wrapped = []
-    for name, (A, B) in lora_pairs(lora).items():
-        try:
-            lin = model.get_submodule(name)
-        except AttributeError:
-            raise ValueError(f"LoRA target {name} is not a module of the model") from None
+    pairs = lora_pairs(lora)
+    check_lora_targets(model, pairs, source)  # every target exists before any module is wrapped
+    for name, (A, B) in pairs.items():
+        lin = model.get_submodule(name)
         if not isinstance(lin, (nn.Linear, QuantLinear)):
             raise ValueError(f"LoRA target {name} is {type(lin).__name__}, not a Linear")
         parent, _, attr = name.rpartition(".")
@@ -205,10 +208,10 @@ def load_lora(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"LoRA file not found: {path}")
-    if path.suffix == ".safetensors":
-        obj: dict = {"generator_lora": load_file(str(path))}
+    if path.suffix == ".safetensors":  # format and integrity checked before loading (longlive.filecheck)
+        obj: dict = {"generator_lora": load_safetensors(path, LORA)}
     else:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        obj = load_torch(path, LORA, mmap=False)
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a dict, got {type(obj).__name__}")
     if "generator_lora" not in obj and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -13,7 +13,6 @@ import hashlib
 import html
 import json
 import numbers
-import os
 import re
 import shutil
 import tempfile
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from longlive.output import check_out_dir, write_text_atomic
+from longlive.output import atomic_path, check_out_dir, write_text_atomic
 from longlive.report.compare import (
     DMD_RUNGS,
     LAYOUT_ORDER,
@@ -219,9 +218,8 @@ def _publish(src: Path, assets: Path, stem: str) -> str:
     name = f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', stem)[:60]}-{digest}.png"
     dest = assets / name
     if not dest.exists():
-        tmp = assets / f".{name}.tmp-{os.getpid()}"
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
+        with atomic_path(dest) as tmp:  # a failed copy (full disk) leaves no temp file behind
+            shutil.copyfile(src, tmp)
     return f"assets/{name}"
 
 

@@ -9,13 +9,16 @@ the runner's schema (longlive.report.legacy); SRC may be files or folders (searc
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections import Counter
 from pathlib import Path
 
+from longlive.output import OutputWriteError
 from longlive.report.build import build_report
 from longlive.report.legacy import CONVERT_WORD as CONVERT
 from longlive.report.legacy import EXPERIMENT_PREFIX, write_converted
+from longlive.runner.executor import sigterm_interrupts
 
 
 def _add_args(p: argparse.ArgumentParser) -> None:
@@ -41,14 +44,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Build the report (or convert legacy files); a missing or unreadable input is a one-line error and exit
     status 2, not a traceback."""
     try:
-        if str(args.results[0]) == CONVERT:
-            return _convert(args)
-        if args.force:
-            raise ValueError(f"--force belongs to '{CONVERT}' (a report folder is always rebuilt in place)")
-        index = build_report(args.results, args.out, title=args.title)
-    except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
+        with sigterm_interrupts():  # SIGTERM, like Ctrl-C, leaves the previous report whole and no temp files
+            if str(args.results[0]) == CONVERT:
+                return _convert(args)
+            if args.force:
+                raise ValueError(f"--force belongs to '{CONVERT}' (a report folder is always rebuilt in place)")
+            index = build_report(args.results, args.out, title=args.title)
+    except (FileNotFoundError, NotADirectoryError, ValueError, OutputWriteError) as exc:
         print(f"longlive report: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        print(f"longlive report: {str(exc) or 'interrupted (Ctrl-C)'}; the previous report, if any, is unchanged: "
+              f"rerun to build it", file=sys.stderr)
+        return 128 + getattr(exc, "signum", signal.SIGINT)
     print(index)
     return 0
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
+from longlive.output import atomic_path
 from longlive.report.compare import (
     DECODE_ORDER,
     DMD_RUNGS,
@@ -128,8 +129,9 @@ def groups(df: pd.DataFrame, by: list[str]) -> list[tuple[pd.Series, pd.DataFram
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight", format="png", metadata={"Software": None})
+    """Write the figure through a temp file: a full disk leaves no half PNG and fails with the file's name."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png", metadata={"Software": None})
     return path
 
 

@@ -1,7 +1,8 @@
 """Run a matrix: skip finished cells, check each cell cheaply, run the rest one process each, append rows.
 
 A killed sweep loses nothing: rows are appended as each cell finishes, and a re-run skips every cell that
-already has a row (`force` redoes them, `retry_failed` redoes failed ones).
+already has a row (`force` redoes them, `retry_failed` redoes failed ones). Ctrl-C or SIGTERM stops the running
+cell's process with the sweep (no orphan keeps computing or writing); `longlive sweep` then says how to resume.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +65,15 @@ def run_cell(cell: Cell, store: ResultsStore, config_dir: Path = EXPERIMENTS_DIR
     env = dict(os.environ, PYTHONUNBUFFERED="1", NCCL_NVLS_ENABLE="0")
     timeout = float(cell.config.get("cell_timeout_s") or 1800)
     with (out / "stdout.log").open("w") as so, (out / "stderr.log").open("w") as se:
+        proc = subprocess.Popen(cell_command(cell, spec_path, row_path), stdout=so, stderr=se, env=env)
         try:
-            proc = subprocess.run(cell_command(cell, spec_path, row_path), stdout=so, stderr=se, env=env,
-                                  timeout=timeout, check=False)
-            code = proc.returncode
+            code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            stop_process(proc)
             return build_row(spec, "failed", f"timeout after {timeout:.0f} s", None, started, t0)
+        except BaseException:  # the sweep itself stopped (Ctrl-C, SIGTERM): no orphaned cell keeps running
+            stop_process(proc)
+            raise
     if row_path.exists():
         row = json.loads(row_path.read_text())
         row["artifacts"] = {k: f"cells/{cell.cell_id}/{v}" for k, v in (row.get("artifacts") or {}).items()}
@@ -74,6 +81,46 @@ def run_cell(cell: Cell, store: ResultsStore, config_dir: Path = EXPERIMENTS_DIR
     tail = (out / "stderr.log").read_text(errors="replace")[-4000:]
     reason = signal_reason(code, tail) or classify_failure(tail) or f"exit code {code}"
     return build_row(spec, "failed", reason, None, started, t0)
+
+
+def stop_process(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM (torchrun passes it to its ranks), then SIGKILL after `grace_s`; waits, so no zombie is left."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (`kill`, a scheduler's cancel) raised like Ctrl-C, so cleanup runs: the running cell is stopped, temp
+    files are removed, rows already appended stay, and a rerun resumes."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+@contextmanager
+def sigterm_interrupts() -> Iterator[list[int]]:
+    """While inside, SIGTERM raises `Interrupted` (main thread only; elsewhere signals cannot be handled). The list
+    yielded records the signals received: Python drops an exception raised while a garbage-collector callback runs,
+    so a loop checks it at safe points too."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        received.append(signum)
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def signal_reason(code: int, stderr_tail: str) -> str | None:
@@ -109,13 +156,21 @@ def order_cells(cells: list[Cell], config_dir: Path = EXPERIMENTS_DIR) -> list[C
 def run_sweep(experiment: str | None, overrides: list[str], results: Path, *, force: bool = False,
               retry_failed: bool = False, progress: bool = True, config_dir: Path = EXPERIMENTS_DIR) -> dict[str, int]:
     """Expand, resume and run a matrix; returns counts of ok / failed / skipped / reused rows (and of reused rows
-    that had failed: `failed_earlier`)."""
+    that had failed: `failed_earlier`). SIGTERM stops it like Ctrl-C (`Interrupted`), its running cell with it."""
+    with sigterm_interrupts() as received:
+        return _run_sweep(experiment, overrides, results, force, retry_failed, progress, config_dir, received)
+
+
+def _run_sweep(experiment: str | None, overrides: list[str], results: Path, force: bool, retry_failed: bool,
+               progress: bool, config_dir: Path, received: list[int]) -> dict[str, int]:
     cells = order_cells(expand(experiment, overrides, config_dir), config_dir)
     store = ResultsStore(results)
     done = store.latest()
     counts = {"ok": 0, "failed": 0, "skipped": 0, "reused": 0, "failed_earlier": 0}
     bar = tqdm(cells, desc=f"sweep {experiment or 'adhoc'}", unit="cell", disable=not progress, file=sys.stderr)
     for cell in bar:
+        if received:  # a SIGTERM whose exception Python dropped (raised inside a GC callback): stop here
+            raise Interrupted(received[0])
         prev = done.get(cell.cell_id)
         if prev is not None and not force and not (retry_failed and prev["status"] == "failed"):
             counts["reused"] += 1

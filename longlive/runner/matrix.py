@@ -2,9 +2,12 @@
 (`steps=4,2`) are expanded by Hydra's own basic sweeper into cells; each cell is one composed config.
 
 A cell's id is a hash of its resolved config (minus run-time knobs such as timeouts), so the same cell in a
-re-run has the same id and a finished one is never redone. An experiment may add `matrices:` — further
-sub-matrices, each `{overrides: [...], params: {...}}` expanded the same way — whose cells join the main
-matrix's (a union: training cells need not be multiplied by the inference-only axes).
+re-run has the same id and a finished one is never redone. Every cell is checked when the matrix is expanded, before
+any runs: one with an invalid value stops the sweep, and the message lists every invalid cell.
+
+An experiment may add `matrices:` — further sub-matrices, each `{overrides: [...], params: {...}}` expanded the
+same way — whose cells join the main matrix's (a union: training cells need not be multiplied by the inference-only
+axes).
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from omegaconf import OmegaConf
 
 from longlive.experiments import EXPERIMENTS_DIR
 from longlive.experiments.spec import from_config
+from longlive.names import INFERENCE_WORKLOADS
 from longlive.runner.schema import AXES
-from longlive.workloads import INFERENCE_WORKLOADS
+from longlive.workloads import get_workload
 
 NOT_IDENTITY = ("cell_timeout_s", "hydra", "matrices", "results_dir", "force")
 """Keys that do not change what a cell measures (excluded from its id)."""
@@ -148,15 +152,29 @@ def expand(experiment: str | None, overrides: list[str] = (), config_dir: Path =
                 if cell.cell_id not in seen:
                     seen.add(cell.cell_id)
                     cells.append(cell)
-    invalid = []
-    for cell in cells:  # value sets (types were checked by composing): every invalid cell named before any runs
-        try:
-            from_config(cell.config)
-        except ValueError as exc:
-            invalid.append(f"  {' '.join(cell.overrides) or '(defaults)'}: {exc}")
+    # values (types were checked by composing): every invalid cell named before any runs
+    invalid = [f"  {describe(cell)}: {err}" for cell in cells if (err := cell_error(cell)) is not None]
     if invalid:
         raise ValueError(f"{len(invalid)} of {len(cells)} cells are invalid; nothing ran:\n" + "\n".join(invalid))
     return cells
+
+
+def cell_error(cell: Cell) -> str | None:
+    """Why the cell's values are invalid on any machine (the run spec's rules, then its workload's own), else None.
+    A workload's returned reason (this machine lacks a GPU, a backend, weights) is not an error: the cell becomes an
+    explained skip when it is reached."""
+    try:
+        spec = from_config(cell.config)
+        get_workload(spec.workload.name).check(spec)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def describe(cell: Cell) -> str:
+    """A cell as its axes and the overrides that made it, for messages."""
+    axes = " ".join(f"{k}={v}" for k, v in cell.axes.items() if v is not None)
+    return f"{axes} [{' '.join(cell.overrides) or 'defaults'}]"
 
 
 def _keys(lines: list[str], parser) -> set[str]:

@@ -2,7 +2,9 @@
 
 Lines are appended with a single write + fsync, so a killed sweep leaves at worst one torn trailing line. The next
 append starts a new line after such a tail, so the torn fragment stays a line of its own and every reader skips
-exactly that line (and reports it). The latest row for a cell id wins. Parquet is rewritten atomically.
+exactly that line (and reports it). A write that fails (a full disk) is taken back and raised as an
+`OutputWriteError`, so the file keeps exactly the rows before it. The latest row for a cell id wins. Parquet is
+rewritten atomically.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from longlive.output import atomic_path, write_error
 
 
 class ResultsStore:
@@ -43,13 +47,25 @@ class ResultsStore:
     def append(self, row: dict[str, Any]) -> None:
         """One line, one write, fsync'd. After a torn tail (no final newline) the row starts on a new line."""
         line = (json.dumps(row, default=str, separators=(",", ":")) + "\n").encode("utf-8")
-        fd = os.open(self.jsonl, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        size = written = 0
+        try:
+            fd = os.open(self.jsonl, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise write_error(exc, self.jsonl, f"the row of cell {row.get('cell_id')} to {self.jsonl}") from exc
         try:
             size = os.fstat(fd).st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":
                 line = b"\n" + line
-            os.write(fd, line)
+            while written < len(line):  # a full disk can take part of a write and fail the rest: never drop a tail
+                written += os.write(fd, line[written:])
             os.fsync(fd)
+        except OSError as exc:
+            try:  # take back our partial line (only if no other writer appended since), so the rows before stay whole
+                if os.fstat(fd).st_size == size + written:
+                    os.ftruncate(fd, size)
+            except OSError:
+                pass  # then a torn tail, which readers skip and the next append steps over
+            raise write_error(exc, self.jsonl, f"the row of cell {row.get('cell_id')} to {self.jsonl}") from exc
         finally:
             os.close(fd)
 
@@ -61,9 +77,8 @@ class ResultsStore:
         flat = [{k: (json.dumps(v, default=str) if isinstance(v, (dict, list)) else v) for k, v in r.items()}
                 for r in latest]
         df = pd.DataFrame(flat)
-        tmp = self.parquet.with_name(self.parquet.name + ".tmp")
-        df.to_parquet(tmp, index=False)
-        tmp.replace(self.parquet)
+        with atomic_path(self.parquet) as tmp:
+            df.to_parquet(tmp, index=False)
         return self.parquet
 
 

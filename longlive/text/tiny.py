@@ -16,8 +16,10 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
+
+from longlive.filecheck import TINY_TEXT, check_weights, load_safetensors
 
 from .base import PROMPT_CLEANING, UMT5TextEncoder, clean_prompt, config_fingerprint, file_fingerprint
 from .umt5 import TIED_KEY, UMT5Spec, assign_state_dict, build_umt5_model, match_state_dict, umt5_shapes
@@ -122,13 +124,14 @@ def load_tiny_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
             f"tiny text-encoder checkpoint not found: {path}. Train/save one with save_tiny_text_encoder(), "
             "or pass checkpoint=None to use the seeded initialisation."
         )
+    check_weights(path, TINY_TEXT)  # a safetensors file, whole, before its metadata is read
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a tiny text-encoder checkpoint (format={meta.get('format')!r})")
     if json.loads(meta.get("spec", "{}")) != asdict(TINY_SPEC):
         raise ValueError(f"{path}: saved for spec {meta.get('spec')}, this code expects {asdict(TINY_SPEC)}")
-    return load_file(str(path), device="cpu")
+    return load_safetensors(path, TINY_TEXT)
 
 
 def build_tiny_text_encoder(

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import torch
 import transformers  # its classes load on first use (transformers' lazy module): ~3 s kept off every import
-from safetensors.torch import load_file
 from torch import Tensor
+
+from longlive.filecheck import UMT5, load_safetensors, load_torch
 
 from .base import (
     PROMPT_CLEANING,
@@ -215,11 +216,12 @@ def convert_wan_t5_state_dict(state: Mapping[str, Tensor], model: torch.nn.Modul
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Read a `.pth` (weights only, memory-mapped) or `.safetensors` state dict onto the CPU."""
+    """Read a `.pth` (weights only, memory-mapped) or `.safetensors` state dict onto the CPU, after checking the
+    file's format and integrity (`longlive.filecheck`: a damaged file is named, not a torch traceback)."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        return load_file(str(path), device="cpu")
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return load_safetensors(path, UMT5)
+    state = load_torch(path, UMT5)
     if not isinstance(state, Mapping):
         raise ValueError(f"{path}: expected a state dict, found a {type(state).__name__}")
     return dict(state)
@@ -249,8 +251,10 @@ def load_wan_umt5(
             f"umT5 checkpoint not found: {path}. Put {WAN_T5_CHECKPOINT} from the Wan2.2-TI2V-5B "
             "(or Wan2.1) release there, or pass checkpoint=<that file or its folder>."
         )
+    raw = load_state_dict_file(path)  # the file is checked and read before any model is built
     model = build_umt5_model(spec, "meta")
-    state = convert_wan_t5_state_dict(load_state_dict_file(path), model)
+    state = convert_wan_t5_state_dict(raw, model)
+    del raw
     if dtype is None:
         dtype = state[TIED_SOURCE].dtype
     assign_state_dict(model, state)

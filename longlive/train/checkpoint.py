@@ -26,7 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from longlive.filecheck import TRAINING, load_torch
 from longlive.infer.training_weights import (
+    NUMPY_GLOBALS,
     RELEASE_EMA_KEY,
     has_ema,
     is_training_checkpoint,
@@ -34,6 +36,7 @@ from longlive.infer.training_weights import (
     training_state,
 )
 from longlive.model.checkpoint import NVFP4_FORMAT, check_state_dict, read_generator_file
+from longlive.output import write_error
 from longlive.quant.nvfp4 import dequantize_nvfp4
 from longlive.quant.nvfp4_checkpoint import load_nvfp4_generator
 
@@ -87,8 +90,10 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # a full disk: name the file, the previous checkpoints are intact
+            raise write_error(exc, path) from exc
         raise
     _fsync_dir(path.parent)
     return path
@@ -118,8 +123,12 @@ def list_checkpoints(out_dir: str | os.PathLike) -> list[tuple[int, Path]]:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    # weights_only=False: the state holds RNG states (numpy's is an ndarray tuple) and a config dict, written by us.
-    return torch.load(path, map_location=map_location, weights_only=False)
+    """A checkpoint's state after checking the file (`longlive.filecheck`); weights only, NumPy's RNG state being the
+    one non-tensor global allowed (no arbitrary unpickling), not memory-mapped (resume reads every tensor)."""
+    state = load_torch(path, TRAINING, mmap=False, map_location=map_location, safe_globals=NUMPY_GLOBALS)
+    if not isinstance(state, dict) or "step" not in state:
+        raise ValueError(f"{path}: not a training checkpoint (no step in it): expected {TRAINING.description}")
+    return state
 
 
 def load_latest(out_dir: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:

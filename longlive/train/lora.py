@@ -21,12 +21,13 @@ from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model,
 from peft.tuners.lora import LoraLayer
 from peft.tuners.lora.layer import Linear as LoraLinear
 
+from longlive.filecheck import GENERATOR, check_lora_targets, check_weights
 from longlive.model.checkpoint import load_generator, read_generator_file, save_generator
 from longlive.model.dit import build_model
 from longlive.model.presets import PRESETS
-from longlive.output import check_out_file
+from longlive.output import atomic_path, check_out_file
 from longlive.quant.linear import QuantLinear
-from longlive.quant.recipes import BLOCK_LINEARS, load_lora, lora_scale, merge_lora
+from longlive.quant.recipes import BLOCK_LINEARS, load_lora, lora_pairs, lora_scale, merge_lora
 
 PEFT_PREFIX = "base_model.model."
 DEFAULT_RANK = 128
@@ -127,9 +128,8 @@ def save_lora(path: str | Path, generator_lora: dict[str, torch.Tensor],
                "critic_lora": None if critic_lora is None else {k: v.detach().cpu() for k, v in critic_lora.items()},
                "step": int(step), "lora_rank": lora_rank,
                "lora_alpha": alpha if alpha is not None else lora_rank}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, str(tmp))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:  # a failed save (full disk) leaves the old file and no temp file
+        torch.save(payload, str(tmp))
     return path
 
 
@@ -157,17 +157,23 @@ def merge_lora_into_checkpoint(base_ckpt: str | Path, lora_path: str | Path, out
     The model is rebuilt and loaded strictly, so a checkpoint that does not fit its preset fails loudly here
     rather than at inference. Merging happens in float32 in the checkpoint's own dtype (recipes.merge_lora).
     """
-    payload = load_lora(lora_path)
+    check_weights(base_ckpt, GENERATOR)  # the base's format and integrity, before the LoRA or any model
+    payload = load_lora(lora_path)  # checked the same way (longlive.filecheck)
     lora = payload.get(which)
     if not lora:
         raise ValueError(f"{lora_path} has no {which!r} adapter")
+    lora = normalise_lora_keys(lora)
     sd, _ = read_generator_file(base_ckpt)
+    if "patch_embedding.weight" not in sd or not any(k.startswith("blocks.") for k in sd):
+        raise ValueError(f"--base {base_ckpt}: holds no generator weights (no model.patch_embedding.weight or "
+                         f"blocks.*): expected {GENERATOR.description}")
     cfg = infer_config(sd, preset)
     dtype = sd["patch_embedding.weight"].dtype
     model = build_model(cfg, device="meta", dtype=dtype, init=False)
+    check_lora_targets(model, lora_pairs(lora), f"--lora {lora_path} ({which})")  # before loading the weights
     load_generator(model, base_ckpt)
     s = lora_scale(payload) if scale is None else scale
-    merged = merge_lora(model, normalise_lora_keys(lora), scale=s)
+    merged = merge_lora(model, lora, scale=s, source=f"--lora {lora_path} ({which})")
     if not merged:
         raise ValueError(f"{lora_path}: {which} holds no LoRA pairs")
     return save_generator(model, out_ckpt, checkpoint_format=MERGED_FORMAT, merged_lora=True)

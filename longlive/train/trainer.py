@@ -53,12 +53,13 @@ from torch.distributed.tensor import distribute_tensor
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
+from longlive.experiments.rules import check_at_least, check_device_string, check_frames, check_seed
 from longlive.measure.roofline import linear_macs_per_token_layer, training_metrics
 from longlive.model import dit
 from longlive.model.presets import get_preset
 from longlive.names import TRAIN_LAYOUTS
 from longlive.parallel.groups import init_parallel
-from longlive.quant.training import prepare_training_precision
+from longlive.quant.training import get_training_recipe, prepare_training_precision
 from longlive.train.balanced import local_frame_range, sp_loss
 from longlive.train.checkpoint import (
     capture_rng,
@@ -878,8 +879,29 @@ def parse_error_recycling_config(items: list[str]) -> ErrorRecyclingConfig:
     return ErrorRecyclingConfig(**kw)
 
 
+def check_train_args(args: argparse.Namespace) -> None:
+    """The run spec's rules (`longlive.experiments.rules`) over train's flags, before data, model or any work, so
+    `train` refuses what `generate` and `sweep` refuse, in the same words."""
+    mc = get_preset(args.model)
+    if args.device is not None:
+        check_device_string("device", args.device, cli=True)
+    check_seed(args.seed, cli=True)
+    check_at_least("train_steps", args.train_steps, 0, cli=True, meaning="optimiser steps")
+    check_at_least("sp", args.sp, 1, cli=True, meaning="sequence-parallel ranks; 1: none")
+    if args.frames is not None:
+        check_frames(args.frames, mc, cli=True)
+    frames = args.frames or 2 * mc.chunk_frames
+    if args.sp > 1 and frames % (args.sp * mc.chunk_frames):
+        raise ValueError(f"--frames {frames} with --sp {args.sp}: SP training splits each chunk's frames over the "
+                         f"ranks, so frames must be a multiple of sp × chunk = {args.sp * mc.chunk_frames}; give "
+                         f"--frames {args.sp * mc.chunk_frames} or a multiple")
+    if args.precision is not None and args.precision not in ("fp32", "bf16"):
+        get_training_recipe(args.precision)  # an unknown name is a ValueError listing the recipes
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    check_train_args(args)
     mc = get_preset(args.model)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")

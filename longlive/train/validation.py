@@ -34,6 +34,7 @@ from tqdm import tqdm
 from longlive.eval.flicker import temporal_flickering
 from longlive.eval.palette import foreground_fraction, palette_match
 from longlive.eval.shapes import named_shape, shape_match
+from longlive.filecheck import check_image
 from longlive.infer.assemble import make_video
 from longlive.infer.video import VideoRequest
 from longlive.model.checkpoint import PREFIX
@@ -115,6 +116,8 @@ class TrainingValidation:
         self.trainer, self.cfg, self.model_name = trainer, cfg, mc.name
         self.prompts = validation_prompts(mc.name, cfg.validation_prompts)
         self.images = [Path(p) for p in cfg.validation_images]
+        for image in self.images:  # opened, verified and decoded before the first step, not at the first validation
+            check_image(image, "--validation-image")
         if self.images and len(self.images) not in (1, len(self.prompts)):
             raise ValueError(f"{len(self.images)} validation images for {len(self.prompts)} prompts: give one image, "
                              f"or one per prompt")

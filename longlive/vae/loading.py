@@ -12,8 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor
+
+from longlive.filecheck import VAE, load_safetensors, load_torch
 
 from .config import VAEConfig, get_vae_config
 from .pca_codec import PCACodec, PCACodecConfig
@@ -33,14 +34,12 @@ def build_vae(
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Read a raw state dict from ``.safetensors`` or a torch pickle (weights only, mmap when possible)."""
+    """Read a raw state dict from ``.safetensors`` or a torch pickle (weights only, mmap when a zip archive), after
+    checking the file's format and integrity (`longlive.filecheck`)."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        return load_file(str(path), device="cpu")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) serialisation cannot be memory-mapped
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return load_safetensors(path, VAE)
+    state = load_torch(path, VAE)  # a legacy (non-zip) pickle is read without mmap
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"{path}: expected a raw state dict of tensors (Wan VAE layout)")
     return dict(state)

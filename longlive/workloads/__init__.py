@@ -42,8 +42,6 @@ REGISTRY: dict[str, str] = {
 }
 """name -> "module:Class"; the module is imported on first use."""
 
-INFERENCE_WORKLOADS = ("infer", "quality")
-"""Workloads whose rows carry the inference axes (kv_quant, steps, decode, exchange) and a fidelity reference."""
 
 _LOADED: dict[str, Workload] = {}
 

@@ -66,7 +66,7 @@ class InferWorkload:
             return reason
         check_sp(get_preset(spec.model.name), spec.sp)
         try:
-            validate(dataclasses.replace(video_request(spec), sp=1))  # the cell's ranks check the SP launch itself
+            validate(video_request(spec), launched=False)  # the cell's ranks check the SP launch itself
         except FileNotFoundError as exc:
             return f"missing weights: {exc}"
         return None

@@ -1,0 +1,246 @@
+"""The rules of the run spec's fields, one function per rule, shared by `check_spec` (sweeps at expansion, workloads,
+`longlive train`) and `infer.video.validate` (`longlive generate`, `fidelity`), so a value is accepted or refused the
+same way, with the same words, everywhere.
+
+Each message names the field, the value, what is allowed and the fix. `cli=True` names a field by its command-line
+flag (`--steps 0`), else by its config key (`steps=0`); both are the same name (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from longlive.model.kv_cache import CacheGeometry
+from longlive.model.presets import ModelConfig
+from longlive.names import LORA_MODES, check_choice
+from longlive.parallel.groups import check_sp as check_sp_split
+from longlive.quant.kv import DEFAULT_KV_RULE
+from longlive.quant.nvfp4 import RULES as NVFP4_RULES
+from longlive.quant.recipes import DEFAULT_ACT_RULE, check_exclude_patterns
+from longlive.text.prompts import bare_caption, check_scene_cut_prefix
+
+SEED_MAX = 2**63 - 1
+"""Largest seed: torch's generators take a signed 64-bit integer."""
+
+DEVICE_TYPES = ("cpu", "cuda")
+"""Device kinds a run may name (`cuda:N` for one GPU)."""
+
+
+def flag(field: str, cli: bool) -> str:
+    """The field's name as the user typed it: `--vae-device` on the command line, `vae_device` in a config."""
+    return "--" + field.replace("_", "-") if cli else field
+
+
+def said(field: str, value: object, cli: bool) -> str:
+    """`--steps 0` or `steps=0`: the field and the value given."""
+    return f"{flag(field, cli)} {value}" if cli else f"{field}={value!r}"
+
+
+def give(field: str, value: object, cli: bool) -> str:
+    """`--frames 4` or `frames=4`: a value to give instead, as the user would type it."""
+    return f"{flag(field, cli)} {value}" if cli else f"{field}={value}"
+
+
+def check_one_of(field: str, value: object, allowed: Sequence[str], cli: bool = False) -> None:
+    """The value must be one of a fixed set (`longlive.names.check_choice`, or in a flag's words)."""
+    if cli and value not in allowed:
+        raise ValueError(f"unknown {flag(field, cli)} {value!r}; choose one of {', '.join(allowed)}")
+    check_choice(field, value, tuple(allowed))
+
+
+def check_at_least(field: str, value: int, low: int, cli: bool = False, meaning: str = "") -> None:
+    """An integer count with a lower bound (`meaning`: what the field counts, shown with the fix)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{said(field, value, cli)} must be ≥ {low}{f' ({meaning})' if meaning else ''}: give "
+                         f"{flag(field, cli)} as a whole number ≥ {low}")
+
+
+def check_finite(field: str, value: float, cli: bool = False, low: float = 0.0, strict: bool = True,
+                 meaning: str = "") -> None:
+    """A finite number above `low` (strict) or at least `low`."""
+    ok = isinstance(value, int | float) and math.isfinite(value) and (value > low if strict else value >= low)
+    if not ok:
+        raise ValueError(f"{said(field, value, cli)} must be a finite number {'>' if strict else '≥'} {low:g}"
+                         f"{f' ({meaning})' if meaning else ''}")
+
+
+def check_steps(steps: int, cli: bool = False) -> None:
+    """Denoising steps per chunk: any count ≥ 1 (the sigma grid is built for any N)."""
+    check_at_least("steps", steps, 1, cli, "denoising steps per chunk; any N ≥ 1 works")
+
+
+def check_seed(seed: int, cli: bool = False) -> None:
+    """The seed must fit torch's generator (a signed 64-bit integer; negative seeds are refused)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise ValueError(f"{said('seed', seed, cli)} is outside the valid seed range 0..2**63-1 ({SEED_MAX}): "
+                         f"give {flag('seed', cli)} in that range")
+
+
+def check_frames(frames: int, cfg: ModelConfig, cli: bool = False) -> None:
+    """Latent frames: whole chunks of the preset, at least one."""
+    chunk = cfg.chunk_frames
+    if isinstance(frames, bool) or not isinstance(frames, int) or frames < chunk:
+        raise ValueError(f"{said('frames', frames, cli)} must be ≥ 1 chunk: the {cfg.name} chunk is {chunk} latent "
+                         f"frames, so give {give('frames', chunk, cli)}, {2 * chunk}, … (a multiple of {chunk})")
+    if frames % chunk:
+        low, high = frames - frames % chunk, frames - frames % chunk + chunk
+        raise ValueError(f"{said('frames', frames, cli)} is not a multiple of the {cfg.name} chunk of {chunk} latent "
+                         f"frames: give {give('frames', low, cli)} or {high}")
+
+
+def check_sp(sp: int, cfg: ModelConfig, cli: bool = False) -> None:
+    """Sequence-parallel ranks: ≥ 1, and a divisor of the preset's heads and of a chunk's frames."""
+    check_at_least("sp", sp, 1, cli, "sequence-parallel ranks; 1: none")
+    try:
+        check_sp_split(cfg, sp)
+    except ValueError as exc:
+        ok = [n for n in range(1, cfg.num_heads + 1) if not cfg.num_heads % n and not cfg.chunk_frames % n]
+        raise ValueError(f"{exc}: give {flag('sp', cli)} one of {', '.join(map(str, ok))}") from None
+
+
+def check_exchange(exchange: str, allowed: Sequence[str], sp: int, cli: bool = False) -> None:
+    """SP all-to-all compression: a known format, and only where there are all-to-alls (sp ≥ 2)."""
+    check_one_of("exchange", exchange, allowed, cli)
+    if exchange != "none" and sp < 2:
+        raise ValueError(f"{said('exchange', exchange, cli)} compresses the sequence-parallel all-to-alls, which "
+                         f"{said('sp', sp, cli)} does not have: it needs {flag('sp', cli)} ≥ 2 (or "
+                         f"{give('exchange', 'none', cli)})")
+
+
+def check_device_string(field: str, value: str, cli: bool = False) -> torch.device:
+    """A device string torch parses, of a kind this harness runs on."""
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in DEVICE_TYPES:
+        raise ValueError(f"{said(field, value, cli)} is not a device: give cpu, cuda or cuda:N (e.g. "
+                         f"{give(field, 'cuda:0', cli)})")
+    return dev
+
+
+def check_device_present(field: str, value: str, cli: bool = False) -> None:
+    """The device exists on this machine (generate: an error; a sweep makes it an explained skip instead)."""
+    dev = check_device_string(field, value, cli)
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if dev.type == "cuda" and (dev.index or 0) >= gpus:
+        raise ValueError(f"{said(field, value, cli)}: device {value} is not available on this machine (it has {gpus} "
+                         f"GPU{'s' if gpus != 1 else ''}): give {flag(field, cli)} cpu"
+                         + (f" or cuda:0..cuda:{gpus - 1}" if gpus else ""))
+
+
+def check_decode(mode: str, allowed: Sequence[str], sp: int, device: str, vae_device: str | None,
+                 cli: bool = False) -> None:
+    """The decode mode, and the devices and ranks it needs: tiles splits over SP ranks; device puts the VAE on a
+    second device (never silently on the generator's)."""
+    check_one_of("decode", mode, allowed, cli)
+    if vae_device is not None:
+        check_device_string("vae_device", vae_device, cli)
+    if mode == "tiles" and (sp < 2 or vae_device):
+        raise ValueError(f"decode=tiles splits each chunk's decode over the SP ranks: it needs sp >= 2 (got sp="
+                         f"{sp}) and each rank's own GPU (got vae_device={vae_device!r}): give {flag('sp', cli)} 2 or "
+                         f"more without {flag('vae_device', cli)}, or another decode mode")
+    if mode == "device" and (vae_device is None or torch.device(vae_device) == torch.device(device)):
+        given = (f"no {flag('vae_device', cli)} is given" if vae_device is None else
+                 f"{said('vae_device', vae_device, cli)} is the generator's own device")
+        raise ValueError(f"decode=device puts the VAE on a second device, but {given}: give {flag('vae_device', cli)} "
+                         f"a second GPU (e.g. cuda:1; {flag('device', cli)} is {device}), or decode async for a decode "
+                         f"thread on the same device")
+
+
+def check_size(cfg: ModelConfig, height: int | None, width: int | None, cli: bool = False) -> None:
+    """Pixel sizes split into whole latent patches: a positive multiple of the VAE stride × patch."""
+    for side, value, stride, patch in (("height", height, cfg.vae_stride[1], cfg.patch_size[1]),
+                                       ("width", width, cfg.vae_stride[2], cfg.patch_size[2])):
+        if value is not None and (value <= 0 or value % (stride * patch)):
+            raise ValueError(f"{said(side, value, cli)} is not a positive multiple of {stride * patch} (the "
+                             f"{cfg.name} VAE stride {stride} × patch {patch}): the latent must split into whole "
+                             f"patches; give {give(side, max(stride * patch, value - value % (stride * patch)), cli)}")
+
+
+def check_geometry(cfg: ModelConfig, window_frames: int | None, sink_frames: int | None,
+                   shot_rope_offset: int | None, multishot_sink: bool = True, cli: bool = False) -> ModelConfig:
+    """The window, sink and shot RoPE offset over the preset's, checked as a KV-cache geometry; returns the config."""
+    over = {k: v for k, v in (("window_frames", window_frames), ("sink_frames", sink_frames),
+                              ("shot_rope_offset", shot_rope_offset)) if v is not None}
+    for k, v in over.items():
+        check_at_least(k, v, 1 if k == "window_frames" else 0, cli)
+    if not over:
+        return cfg
+    cfg = cfg.with_overrides(**over)
+    try:
+        CacheGeometry(cfg.chunk_frames, cfg.window_frames, cfg.sink_frames, cfg.tokens_per_frame,
+                      multishot_sink and cfg.sink_frames > 0)
+    except ValueError as exc:
+        raise ValueError(f"{said('window_frames', cfg.window_frames, cli)} {said('sink_frames', cfg.sink_frames, cli)}"
+                         f": {exc}") from None
+    return cfg
+
+
+def check_prompts(prompts: Sequence[str], switch_at: Sequence[int] | None, num_chunks: int, prefix: str,
+                  chunk_frames: int | None = None, cli: bool = False, default: bool = False) -> list[int]:
+    """The prompt plan: non-blank prompts, one chunk each at least, switch chunks increasing inside the video.
+    Returns the start chunk of each prompt. `chunk_frames` (when known) turns a chunk count into a frames fix;
+    `default`: the prompts are the config's default plan (the user did not give them), which the message says."""
+    check_scene_cut_prefix(prefix)
+    if not prompts:
+        raise ValueError(f"at least one prompt is needed: give {'--prompt TEXT' if cli else 'prompts=[TEXT]'}")
+    for i, p in enumerate(prompts):
+        name = f"--prompt #{i + 1} {p!r}" if cli else f"prompts[{i}]={p!r}"
+        if not isinstance(p, str) or not p.strip():
+            raise ValueError(f"{name} is blank: prompts must not be empty; give a caption or drop it")
+        if not bare_caption(p, prefix).strip():
+            raise ValueError(f"{name} is only the scene-cut prefix: prompts must not be empty; give a caption "
+                             f"after {prefix!r}")
+    n = len(prompts)
+    if num_chunks < n:
+        fix = (f"give {flag('frames', cli)} ≥ {n * chunk_frames} ({n} × the chunk of {chunk_frames})"
+               if chunk_frames else "give more frames")
+        plan = f" (the default {n}-prompt plan: the config's prompts)" if default else ""
+        raise ValueError(f"{n} prompts need at least {n} chunks (one each); the video has {num_chunks}{plan}: {fix}, "
+                         f"or give {'one --prompt' if cli else 'one prompt (prompts=[TEXT])'}")
+    if switch_at is None:  # spread prompts evenly over the video
+        return [0, *(round(i * num_chunks / n) for i in range(1, n))]
+    if len(switch_at) != n - 1:
+        raise ValueError(f"{n} prompts need {n - 1} switch chunks, got {len(switch_at)} "
+                         f"({said('switch_at', list(switch_at), cli)}): give one chunk index per prompt after the "
+                         f"first")
+    starts = [0, *switch_at]
+    if any(b <= a for a, b in zip(starts, starts[1:], strict=False)) or starts[-1] >= num_chunks:
+        raise ValueError(f"switch chunks {list(switch_at)} must increase strictly and lie in 1..{num_chunks - 1} "
+                         f"(the video has {num_chunks} chunks): fix {flag('switch_at', cli)}")
+    return starts
+
+
+def check_release_options(*, lora_mode: str, lora: object, fuse_qkv: bool, ema: bool, random_weights: bool,
+                          act_rule: str | None, kv_rule: str, linear_quant: str, act_quant: bool, kv_quant: str,
+                          quant_exclude: Sequence[str], cli: bool = False) -> None:
+    """The LoRA mode, EMA and quantisation-rule options: known values, and no option that would silently do nothing
+    (a rule without the format it belongs to). `act_rule` None: the default rule."""
+    check_one_of("lora_mode", lora_mode, LORA_MODES, cli)
+    if lora_mode == "runtime" and lora is None:
+        raise ValueError(f"{said('lora_mode', 'runtime', cli)} keeps a LoRA file's adapter separate: give the file "
+                         f"with {flag('lora', cli)}")
+    if lora_mode == "runtime" and fuse_qkv:
+        raise ValueError(f"{said('lora_mode', 'runtime', cli)} wraps q, k and v separately, which "
+                         f"{flag('fuse_qkv', cli)} replaces by one Linear: use {give('lora_mode', 'merge', cli)} with "
+                         f"{flag('fuse_qkv', cli)}")
+    if ema and random_weights:
+        raise ValueError(f"{flag('ema', cli)} loads a checkpoint's EMA weights; {flag('random_weights', cli)} loads "
+                         f"none: drop one of them")
+    act_rule = act_rule or DEFAULT_ACT_RULE
+    check_one_of("act_rule", act_rule, NVFP4_RULES, cli)
+    check_one_of("kv_rule", kv_rule, NVFP4_RULES, cli)
+    if act_rule != DEFAULT_ACT_RULE and (linear_quant == "fp8" or not act_quant):
+        raise ValueError(f"{said('act_rule', act_rule, cli)} is the NVFP4 activation rule: it needs NVFP4 Linears "
+                         f"with quantised activations (linear_quant={linear_quant}, act_quant={act_quant})")
+    if kv_rule != DEFAULT_KV_RULE and kv_quant != "nvfp4":
+        raise ValueError(f"{said('kv_rule', kv_rule, cli)} is the NVFP4 KV-cache rule: it needs "
+                         f"{give('kv_quant', 'nvfp4', cli)} (got {kv_quant}; FP8 has one rule)")
+    check_exclude_patterns(list(quant_exclude))
+    if quant_exclude and linear_quant == "none":
+        raise ValueError(f"{flag('quant_exclude', cli)} chooses block Linears PTQ leaves alone: give a precision with "
+                         f"fp8 or nvfp4 Linears ({flag('precision', cli)})")
