@@ -470,6 +470,7 @@ def _experiment_of(overrides: list[str]) -> tuple[str | None, list[str]]:
 def cmd_sweep(a: argparse.Namespace) -> int:
 
     experiment, rest = _experiment_of(a.overrides)
+    weights_root()  # a LONGLIVE_WEIGHTS that is a file or missing stops the sweep here, not as one failed row per cell
     results = check_out_dir(a.results or Path("results") / (experiment or "adhoc"), "--results")
     if a.list:
         for cell in expand(experiment, rest):

@@ -178,3 +178,17 @@ def test_valid_edge_inputs_run(capsys, tmp_path):
                      "--results", str(tmp_path / "r")])
     listed = capsys.readouterr().out.splitlines()
     assert code == 0 and len(listed) == 1 and "steps=7" in listed[0]
+
+
+@pytest.mark.parametrize("kind", ["file", "missing"])
+def test_a_bad_weights_folder_stops_a_sweep_before_any_cell(kind, capsys, tmp_path, monkeypatch, no_work):
+    bad = tmp_path / "weights.txt"
+    if kind == "file":
+        bad.write_text("not a folder")
+    monkeypatch.setenv("LONGLIVE_WEIGHTS", str(bad))
+    out = tmp_path / "out"
+    argv = [a.replace("{out}", str(out)) for a in sweep("steps=4")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "LONGLIVE_WEIGHTS=" in err and ("is a file" if kind == "file" else "does not exist") in err, err
+    assert "Traceback" not in err and not out.exists()
