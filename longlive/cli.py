@@ -35,7 +35,7 @@ from longlive.infer.video import DECODE_CHOICES, DEFAULT_PROMPT, VideoRequest, v
 from longlive.measure.manifest import manifest, version_line
 from longlive.model.attention import BACKENDS
 from longlive.model.presets import DEFAULT_VIDEO_SECONDS, PRESETS, default_frames, get_preset
-from longlive.names import COMPILE_MODES, EXCHANGE, KV_QUANT, LORA_MODES
+from longlive.names import ACT_SCALE, COMPILE_MODES, EXCHANGE, KV_QUANT, LORA_MODES, VAE_TYPES
 from longlive.output import OutputWriteError, check_out_dir, write_text_atomic
 from longlive.parallel.groups import check_sp, init_parallel, shutdown_parallel
 from longlive.quant.kv import DEFAULT_KV_RULE
@@ -100,7 +100,16 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="output folder (video.mp4, strip.png, result.json)")
     p.add_argument("--checkpoint", type=Path, default=None, help="generator file (default: under LONGLIVE_WEIGHTS)")
-    p.add_argument("--vae", type=Path, default=None, help="VAE checkpoint (default: under LONGLIVE_WEIGHTS)")
+    p.add_argument("--vae", type=Path, default=None,
+                   help="VAE checkpoint (default: under LONGLIVE_WEIGHTS: Wan2.2_VAE.pth, or the --vae-type's file)")
+    p.add_argument("--vae-type", choices=list(VAE_TYPES), default="wan",
+                   help="the decoder of a Wan2.2-VAE preset (the release's vae_type): wan, or Matrix-Game 3.0's pruned "
+                        "MG-LightVAE, mg_lightvae (MG-LightVAE.pth, widths x 0.5) / mg_lightvae_v2 "
+                        "(MG-LightVAE_v2.pth, x 0.25), its pruning rate read off the file; decode only (not with "
+                        "--image)")
+    p.add_argument("--vae-pruning", type=float, default=None,
+                   help="the pruning rate of a randomly initialised MG-LightVAE (--random-weights without --vae; "
+                        "default: the --vae-type's file's, 0.5 / 0.75)")
     p.add_argument("--text-encoder", type=Path, default=None, help="text encoder checkpoint")
     p.add_argument("--tokenizer", type=Path, default=None, help="umT5 tokenizer folder")
     p.add_argument("--random-weights", action="store_true",
@@ -121,6 +130,10 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
                    help=f"override the NVFP4 weight rule (default: the precision's, else the release's 4-over-6 "
                         f"{DEFAULT_WEIGHT_RULE})")
     p.add_argument("--weight-only", action="store_true", help="quantise weights only (no activation quantisation)")
+    p.add_argument("--act-scale", choices=list(ACT_SCALE), default=None,
+                   help="FP8 activation scales (default: the precision's, else dynamic): dynamic = per token from "
+                        "each activation's amax; static = one per-tensor scale per Linear, calibrated on a short run "
+                        "at build and frozen (no amax pass; fp8 precisions with quantised activations only)")
     p.add_argument("--kv-quant", choices=list(KV_QUANT), default="none", help="quantised KV cache")
     p.add_argument("--compile", choices=list(COMPILE_MODES), default="none",
                    help="torch.compile the DiT blocks (GPU); a warm-up generation runs first, excluded from timings")
@@ -150,7 +163,9 @@ def _request(a: argparse.Namespace):
         a.frames = default_frames(get_preset(a.model))
     if a.precision is None:
         a.precision = "bf16" if torch.device(a.device).type == "cuda" else "fp32"
-    precision = request_fields(precision_config(a.precision))
+    named = precision_config(a.precision)
+    precision = request_fields(named)
+    precision["act_scale"] = a.act_scale or named.get("act_scale") or "dynamic"
     if a.weight_rule is not None:
         precision["weight_rule"] = a.weight_rule
     if a.weight_only:
@@ -158,7 +173,8 @@ def _request(a: argparse.Namespace):
     return VideoRequest(
         model=a.model, frames=a.frames, prompts=a.prompt or [DEFAULT_PROMPT], steps=a.steps, seed=a.seed,
         switch_at=a.switch_at, device=a.device, vae_device=a.vae_device, attn=a.attn, **precision,
-        decode=a.decode, checkpoint=a.checkpoint, vae=a.vae, text_encoder=a.text_encoder, tokenizer=a.tokenizer,
+        decode=a.decode, checkpoint=a.checkpoint, vae=a.vae, vae_type=a.vae_type, vae_pruning=a.vae_pruning,
+        text_encoder=a.text_encoder, tokenizer=a.tokenizer,
         random_weights=a.random_weights, image=a.image, multishot_sink=not a.no_multishot_sink,
         clean_recache=a.clean_recache, cache_dir=a.cache_dir, progress=not a.no_progress,
         kv_quant=a.kv_quant, sp=a.sp, exchange=a.exchange, compile=a.compile, fuse_qkv=a.fuse_qkv, lora=a.lora,
@@ -354,6 +370,11 @@ def _add_decode(sub: argparse._SubParsersAction) -> None:
                    help="decode mode (default: the generation's, streaming where it decoded none)")
     p.add_argument("--model", default=None, help="preset (default: from the generate row beside the latents)")
     p.add_argument("--vae", type=Path, default=None, help="VAE checkpoint (default: the generation's)")
+    p.add_argument("--vae-type", choices=list(VAE_TYPES), default=None,
+                   help="the decoder (default: the generation's, else wan): latents of a Wan2.2-VAE preset decode "
+                        "through any of them")
+    p.add_argument("--vae-pruning", type=float, default=None,
+                   help="rate of a randomly initialised MG-LightVAE (default: the generation's)")
     p.add_argument("--precision", choices=precisions(), default=None, help="default: the generation's")
     p.add_argument("--device", default=None, help="default: the generation's")
     p.add_argument("--vae-device", default=None, help="the VAE's device (decode=device)")
@@ -372,9 +393,14 @@ def cmd_decode(a: argparse.Namespace) -> int:
     device = a.device or gen.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
     precision = a.precision or gen.get("precision") or ("bf16" if torch.device(device).type == "cuda" else "fp32")
     mode = a.decode or (gen.get("decode") if gen.get("decode") not in (None, "none", "tiles") else "streaming")
-    vae = a.vae or (Path(gen["vae"]) if gen.get("vae") else None)
-    req = VideoRequest(model=model, frames=latents.shape[2], device=device, decode=mode, vae=vae,
-                       vae_device=a.vae_device or gen.get("vae_device"), dtype=precision_config(precision)["dtype"],
+    vae_type = a.vae_type or gen.get("vae_type") or "wan"
+    same_vae = vae_type == (gen.get("vae_type") or "wan")  # another decoder takes none of the generation's VAE options
+    vae = a.vae or (Path(gen["vae"]) if gen.get("vae") and same_vae else None)
+    vae_pruning = a.vae_pruning if a.vae_pruning is not None else (
+        gen.get("vae_pruning") if same_vae and a.vae is None else None)
+    req = VideoRequest(model=model, frames=latents.shape[2], device=device, decode=mode, vae=vae, vae_type=vae_type,
+                       vae_pruning=vae_pruning, vae_device=a.vae_device or gen.get("vae_device"),
+                       dtype=precision_config(precision)["dtype"],
                        seed=a.seed if a.seed is not None else gen.get("seed", 0), compile=gen.get("compile", "none"),
                        random_weights=bool(gen.get("random_weights", False)), progress=False)
     frames = decode_latents(latents, req)

@@ -15,6 +15,19 @@ LINEAR_QUANT = ("none", "fp8", "nvfp4")
 LINEAR_BACKENDS = ("emulated", "fp8", "te")
 """linear_backend: how quantised Linears compute (emulated numerics with BF16 GEMMs, torch._scaled_mm, TE)."""
 
+ACT_SCALE = ("dynamic", "static")
+"""act_scale: how FP8 Linears scale their activations. dynamic: per token, from each activation's amax (a reduction
+per quantise); static: one per-tensor scale per Linear, calibrated on a short run and then frozen (no reduction)."""
+
+ATTN = ("auto", "math", "flash", "efficient", "cudnn", "cudnn-fp8", "int8-fp8")
+"""attn: the self-attention kernel. auto/math/flash/efficient/cudnn are PyTorch's SDPA kernels (BF16); cudnn-fp8
+(cuDNN frontend's FP8 SDPA: E4M3 Q, K, V and output, per-tensor scales) and int8-fp8 (a Triton kernel: INT8
+per-block Q·Kᵀ with K smoothing, FP8 P·V) are the low-precision backends of `longlive.quant.attention`, which
+read an FP8 KV cache as it is stored (spec 03, "FP8 attention")."""
+
+ATTN_LOWP = ("cudnn-fp8", "int8-fp8")
+"""The `attn` values that run in low precision: they read FP8 K/V windows and need an sm_90 GPU."""
+
 EXCHANGE = ("none", "fp8", "nvfp4")
 """exchange: compression of K and V in the sequence-parallel all-to-alls."""
 
@@ -45,6 +58,11 @@ ER_STORE_DTYPES = ("bfloat16", "float16", "float32")
 
 LORA_MODES = ("merge", "runtime")
 """lora_mode: how a LoRA file reaches the generator (merge: into the weights at build; runtime: a separate adapter)."""
+
+VAE_TYPES = ("wan", "mg_lightvae", "mg_lightvae_v2")
+"""vae_type: the decoder of a preset whose VAE is Wan2.2 (the release's `vae_type`). wan: the published Wan2.2 VAE;
+mg_lightvae / mg_lightvae_v2: Matrix-Game 3.0's MG-LightVAE, the same graph with every width pruned (the files
+MG-LightVAE.pth at 0.5, MG-LightVAE_v2.pth at 0.75; longlive.vae.lightvae)."""
 
 DECODE = ("none", "batch", "streaming", "async", "device", "tiles")
 """decode: when and where latents become frames (none: latents only); longlive.infer.decode registers the others."""

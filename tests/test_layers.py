@@ -85,7 +85,7 @@ def test_ground_floor_packages_import_no_upper_layer():
     assert "filecheck" in graph["model"] and "filecheck" in graph["infer"]  # used from the floor up (really built)
 
 
-OPTIONAL_EXTRAS = {"transformer_engine", "triton", "vbench", "cv2", "wandb"}
+OPTIONAL_EXTRAS = {"transformer_engine", "triton", "vbench", "cv2", "wandb", "cudnn"}
 """What a function may import: optional extras probed where they are used (not installed with the package, or only
 with a CUDA build of torch). Everything else, the project's own modules first, is imported at module top."""
 OPTIONAL_MODULES = {"torch.utils.tensorboard"}

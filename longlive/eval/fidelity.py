@@ -67,3 +67,49 @@ def psnr(frames: VideoLike, ref_frames: VideoLike, max: float = 255.0) -> float:
         return math.inf
     mse = sse / x.numel()
     return 10.0 * math.log10(float(max) ** 2 / mse)
+
+
+def latent_rel_err_per_chunk(x: TensorLike, ref: TensorLike, chunk_frames: int, *, key: str | None = None,
+                             dim: int = 2) -> list[float]:
+    """`latent_rel_err` of each chunk of `chunk_frames` latent frames along `dim` (the frame axis of generate's
+    [B, C, F, H, W] latents), in chunk order: where along a long rollout a low-precision run drifts from its
+    reference. F must be whole chunks (generation makes nothing else)."""
+    if chunk_frames < 1:
+        raise ValueError(f"chunk_frames={chunk_frames} must be ≥ 1")
+    xt, rt = as_tensor(x, key), as_tensor(ref, key)
+    _check_shapes(xt, rt, "latents")
+    frames = xt.shape[dim]
+    if frames % chunk_frames:
+        raise ValueError(f"latents have {frames} frames along dim {dim}, not whole chunks of {chunk_frames}")
+    return [latent_rel_err(xt.narrow(dim, s, chunk_frames), rt.narrow(dim, s, chunk_frames))
+            for s in range(0, frames, chunk_frames)]
+
+
+def chunk_frame_ranges(latent_frames: int, chunk_frames: int, t_stride: int = 4,
+                       video_frames: int | None = None) -> list[tuple[int, int] | None]:
+    """[start, end) of the decoded frames of each latent chunk, for a causal VAE of temporal stride `t_stride`: latent
+    0 decodes to frame 0 alone, latent l ≥ 1 to frames t_stride·(l−1)+1 … t_stride·l. A chunk whose frames lie beyond
+    `video_frames` (a shorter video) gets None; one that is cut short keeps the frames that exist."""
+    if chunk_frames < 1 or t_stride < 1 or latent_frames % chunk_frames:
+        raise ValueError(f"latent_frames={latent_frames} must be whole chunks of chunk_frames={chunk_frames} ≥ 1, "
+                         f"t_stride={t_stride} ≥ 1")
+
+    def first_frame(latent: int) -> int:
+        return 0 if latent == 0 else t_stride * (latent - 1) + 1
+
+    out: list[tuple[int, int] | None] = []
+    for a in range(0, latent_frames, chunk_frames):
+        lo, hi = first_frame(a), first_frame(a + chunk_frames)
+        if video_frames is not None:
+            hi = min(hi, video_frames)
+        out.append((lo, hi) if hi > lo else None)
+    return out
+
+
+def psnr_per_chunk(frames: VideoLike, ref_frames: VideoLike,
+                   ranges: list[tuple[int, int] | None]) -> list[float | None]:
+    """`psnr` of each frame range (`chunk_frame_ranges`) of a video against the reference; None for a range
+    without frames. Both videos are read once."""
+    x, r = as_video(frames), as_video(ref_frames)
+    _check_shapes(x, r, "frames")
+    return [None if rg is None else psnr(x[rg[0]:rg[1]], r[rg[0]:rg[1]]) for rg in ranges]

@@ -36,11 +36,13 @@ def precision_config(name: str) -> dict[str, Any]:
 
 def request_fields(precision: dict[str, Any]) -> dict[str, Any]:
     """Video-request fields of a precision config, named as in the config: dtype, linear_quant, linear_backend,
-    act_quant and, where the config names one, weight_rule (else the request's default)."""
+    act_quant and, where the config names them, weight_rule and act_scale (else the request's default)."""
     out = {"precision": precision["name"], "dtype": precision["dtype"],
            "linear_quant": precision.get("linear_quant", "none"),
            "linear_backend": precision.get("linear_backend") or "emulated",
            "act_quant": precision.get("act_quant", True)}
     if precision.get("weight_rule"):
         out["weight_rule"] = precision["weight_rule"]
+    if precision.get("act_scale"):
+        out["act_scale"] = precision["act_scale"]
     return out

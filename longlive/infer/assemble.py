@@ -7,6 +7,7 @@
     into the loaded Linears) → fuse q/k/v → quantise (PTQ of the block
     Linears) → runtime LoRA (`lora_mode=runtime`: the adapter stays separate, over plain or quantised Linears)
     → KV storage (chosen by name, allocated per generation) → SP (an attention override + frame range)
+    → calibrate (act_scale=static: FP8 activation scales observed on a short eager run, then frozen)
     → compile (per block, warmed over every window length) → decoder (VAE layout, compile, warm-up)
 
 Build once, run many: `build(request, texts=...)` also embeds every text later videos use, and `for_request` aims
@@ -36,7 +37,7 @@ from longlive.infer.compile import compile_and_warm, compile_vae
 from longlive.infer.decode import Decoder, make_decoder
 from longlive.infer.pipeline import GenerationSpec, generate, video_frames
 from longlive.infer.training_weights import is_training_checkpoint, load_training_weights, read_checkpoint
-from longlive.infer.video import VideoRequest, validate
+from longlive.infer.video import VideoRequest, check_vae, vae_paths, validate
 from longlive.measure.memory import peaks, reset_peaks
 from longlive.model.attention import resolve_backend
 from longlive.model.checkpoint import NVFP4_FORMAT, checkpoint_format, load_generator
@@ -46,27 +47,40 @@ from longlive.model.presets import ModelConfig
 from longlive.output import atomic_path, write_frame_strip, write_mp4
 from longlive.parallel.groups import init_parallel
 from longlive.parallel.sp_infer import SPContext
-from longlive.quant.linear import LinearQuantConfig
+from longlive.quant.linear import ACT_SCALE_MARGIN, LinearQuantConfig
 from longlive.quant.recipes import (
+    act_saturation,
     attach_lora,
+    freeze_act_scales,
     load_lora,
     load_nvfp4_model,
     lora_scale,
     merge_lora,
     model_weight_bytes,
+    observing_act_amax,
     quantize_model,
+    reset_act_saturation,
 )
 from longlive.text import EmbeddingCache
+from longlive.vae import lightvae_for
 from longlive.weights import describe, load_text_for, load_vae_for
 
 E2E_DEFINITION = ("e2e_fps: video frames / wall time from the first chunk's noise to the last decoded frame in "
                   "host memory (load, text encoding, the compile warm-up and the VAE's warm-up excluded, reported as "
-                  "load_s / text_encode_s / compile_s / vae_warmup_s); with decode=none, to the last latent chunk "
-                  "on the device (no VAE)")
+                  "load_s / text_encode_s / compile_s / vae_warmup_s; act_scale=static: its calibration run too, "
+                  "act_scale_calibration_s); with decode=none, to the last latent chunk on the device (no VAE)")
 GUIDANCE_DEFINITION = ("guidance_scale != 1 ran classifier-free guidance: each denoising step and each clean re-run is "
                        "two forwards (the chunk's text and the negative prompt, each against its own KV cache), so "
                        "denoise_fps, e2e_fps and kv_cache_gb include both branches; forwards_per_chunk = (steps + 1) "
                        "x 2 then, steps + 1 at guidance_scale 1")
+ACT_SCALE_DEFINITION = (
+    "act_scale=static: each FP8 block Linear quantises its input with one frozen per-tensor scale = amax x "
+    "act_scale_margin / 448, amax = max |x| it saw over a calibration run of act_scale_calibration_chunks chunks "
+    "(act_scale_calibration_forwards model forwards: the request's steps, guidance and first prompt, seed + 1, eager, "
+    "dynamic scales meanwhile; every conditioning text also through the text K/V Linears); the SP ranks share the "
+    "maximum. act_scale_saturated: share of the timed run's statically quantised activation elements with "
+    "|x / scale| > 448 (clamped), counted on the device in eager mode; None under torch.compile, where counting "
+    "would add back a reduction over every activation")
 
 
 @dataclass
@@ -88,6 +102,7 @@ class Pipeline:
     linear_quant_source: str | None = None  # "checkpoint" (packed NVFP4 file) | "ptq" | None
     linear_backend: str | None = None
     weight_rule: str | None = None          # the NVFP4 weight rule of PTQ (None: none applied, or from the file)
+    act_scale_calibration: dict[str, Any] = field(default_factory=dict)  # act_scale=static: its row columns
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float | None] = field(default_factory=dict)  # load_s, text_encode_s, compile_s, vae_warmup_s
     text_table: dict[str, torch.Tensor] | None = None  # host embeddings of later videos' texts (`build(texts=...)`)
@@ -171,25 +186,56 @@ def apply_runtime_lora(model: nn.Module, path: Path) -> str:
 def quantise(model: nn.Module, req: VideoRequest, dev: torch.device) -> str:
     """PTQ of the block Linears to req.linear_quant (transform 3); returns a note."""
     qcfg = LinearQuantConfig(fmt=req.linear_quant, backend=req.linear_backend, weight_rule=req.weight_rule,
-                             act_quant=req.act_quant, act_rule=req.act_rule)
+                             act_quant=req.act_quant, act_rule=req.act_rule, act_scale=req.act_scale)
     rep = quantize_model(model, qcfg, exclude=req.quant_exclude, device=dev)
     return (f"PTQ: {len(rep.quantised)} block Linears -> {req.linear_quant} ({req.linear_backend} backend), "
             f"{rep.bytes_before / 1e9:.2f} -> {rep.bytes_after / 1e9:.2f} GB")
 
 
 def load_vae(req: VideoRequest, cfg: ModelConfig, paths) -> tuple[nn.Module, str | None]:
-    """The preset's VAE on its device; on CUDA channels-last with cuDNN's algorithm search (reports/perf: 1227 →
-    1071 ms per steady 32-frame chunk), and compiled RMSNorm+SiLU when the DiT compiles too."""
+    """The preset's VAE, or the MG-LightVAE of `vae_type` (its file's rate; `vae_pruning` on random weights), on its
+    device; on CUDA channels-last with cuDNN's algorithm search (reports/perf: 1227 → 1071 ms per steady 32-frame
+    chunk), and compiled RMSNorm+SiLU when the DiT compiles too."""
+    check_vae(req, cfg)
     vae_dev = torch.device(req.vae_device or req.device)
     vae_dtype = req.torch_dtype if vae_dev.type == "cuda" else torch.float32
-    vae, note = load_vae_for(cfg, req.vae or (paths.vae if paths else None), explicit=req.vae is not None,
-                             device=vae_dev, dtype=vae_dtype, seed=req.seed)
+    paths = vae_paths(req, paths)
+    path = req.vae or (paths.vae if paths else None)
+    if req.vae_type == "wan":
+        vae, note = load_vae_for(cfg, path, explicit=req.vae is not None, device=vae_dev, dtype=vae_dtype,
+                                 seed=req.seed)
+    else:
+        vae, note = lightvae_for(req.vae_type, path, pruning=req.vae_pruning, explicit=req.vae is not None,
+                                 device=vae_dev, dtype=vae_dtype, seed=req.seed)
     if vae_dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # process-wide: the VAE's 3-D convs are the only convs that run
         vae.to_channels_last()
         if req.compile != "none" and hasattr(vae, "decoder"):
             compile_vae(vae)
     return vae, note
+
+
+def calibrate_act_scale(model: nn.Module, req: VideoRequest, cfg: ModelConfig, embeds: list[torch.Tensor],
+                        sp: SPContext | None) -> dict[str, Any]:
+    """act_scale=static (transform 5b, before compile): observe every static FP8 Linear's max |x| over a short eager
+    generation, then freeze the scales (ACT_SCALE_DEFINITION). The run: window/chunk + 1 chunks, so every window
+    length is met, at the request's steps and guidance, on its first prompt with seed + 1 (not the timed run's
+    noise); the other conditioning texts go through the text K/V projections. Returns the row columns."""
+    t0 = time.perf_counter()
+    full = generation_spec(req, cfg)
+    chunks = cfg.window_frames // cfg.chunk_frames + 1
+    spec = dataclasses.replace(full, prompts=full.prompts[:1], switch_chunks=None, chunk_texts=None,
+                               frames=chunks * cfg.chunk_frames, seed=(req.seed + 1) % 2**63, warmup_chunks=0)
+    texts = full.texts
+    with observing_act_amax(model):
+        generate(model, spec, [embeds[texts.index(t)] for t in spec.texts], sp=sp)
+        for t, e in zip(texts, embeds, strict=True):
+            if t not in spec.texts:
+                model.text_kv(e)
+    freeze_act_scales(model, ACT_SCALE_MARGIN, group=sp.group if sp is not None else None)
+    return {"act_scale_margin": ACT_SCALE_MARGIN, "act_scale_calibration_chunks": chunks,
+            "act_scale_calibration_forwards": chunks * (req.steps + 1) * (2 if spec.guided else 1),
+            "act_scale_calibration_s": time.perf_counter() - t0}
 
 
 def embed_prompts(req: VideoRequest, text, cfg: ModelConfig) -> list[torch.Tensor]:
@@ -274,10 +320,12 @@ def for_request(p: Pipeline, req: VideoRequest) -> Pipeline:
         embeds = [p.text_table[t].to(dev, req.torch_dtype) for t in spec.texts]
     decoder, warm_s = warm_decoder(req, p.vae, cfg, p.sp, p.is_main)
     timings = {"load_s": None, "text_encode_s": None, "compile_s": None, "vae_warmup_s": warm_s}
+    calibration = ({**p.act_scale_calibration, "act_scale_calibration_s": None}  # calibrated once, at build
+                   if p.act_scale_calibration else {})
     notes = [*p.notes, "assembled once for several videos: load_s, text_encode_s and compile_s are in the row of the "
                        "first video this command generated"]
     return dataclasses.replace(p, request=req, embeds=embeds, spec=spec, decoder=decoder, timings=timings,
-                               notes=notes)
+                               notes=notes, act_scale_calibration=calibration)
 
 
 def build(req: VideoRequest, texts: list[str] | None = None) -> Pipeline:
@@ -324,14 +372,16 @@ def build(req: VideoRequest, texts: list[str] | None = None) -> Pipeline:
     embeds = embed_prompts(req, text, cfg)
     table = text_table(req, text, texts) if texts is not None else None
     timings["text_encode_s"] = time.perf_counter() - t0
-    # 5. SP: sp_ctx goes into every forward; 6. compile (every rank: the warm-up runs the all-to-alls)
+    # 5. SP: sp_ctx goes into every forward; 5b. static FP8 activation scales, calibrated eagerly before compiling;
+    # 6. compile (every rank: the calibration and the warm-up run the all-to-alls)
+    calibration = calibrate_act_scale(model, req, cfg, embeds, sp_ctx) if req.act_scale == "static" else {}
     timings["compile_s"] = compile_and_warm(model, req.compile, embeds, kv_quant=spec.kv_quant, sp=sp_ctx,
                                             seed=req.seed, relative_rope=spec.relative_rope)
     img = image_latent(req.image, vae, cfg) if req.image is not None else None
     decoder, timings["vae_warmup_s"] = warm_decoder(req, vae, cfg, sp_ctx, is_main)  # 7. decoder, warm
     return Pipeline(request=req, config=cfg, model=model, vae=vae, embeds=embeds, spec=spec, decoder=decoder,
                     sp=sp_ctx, is_main=is_main, image_latent=img, notes=notes, timings=timings, text_table=table,
-                    **linear)
+                    act_scale_calibration=calibration, **linear)
 
 
 def write_video(frames: torch.Tensor, out: Path, fps: int) -> dict[str, str]:
@@ -343,6 +393,11 @@ def write_video(frames: torch.Tensor, out: Path, fps: int) -> dict[str, str]:
     return {"video": "video.mp4", "strip": "strip.png"}
 
 
+ACT_SCALE_COLUMNS = ("act_scale_margin", "act_scale_calibration_chunks", "act_scale_calibration_forwards",
+                     "act_scale_calibration_s")
+"""The calibration's row columns (None unless act_scale=static); act_scale_saturated comes from the timed run."""
+
+
 def option_columns(p: Pipeline) -> dict[str, Any]:
     """Row columns of the size, weight and quantisation-rule options, as they ran: a rule or filter that did not
     apply (no NVFP4 activations, no NVFP4 KV cache, no PTQ) is None, not its default."""
@@ -351,7 +406,16 @@ def option_columns(p: Pipeline) -> dict[str, Any]:
     return {"height": cfg.height, "width": cfg.width, "lora_mode": req.lora_mode if req.lora is not None else None,
             "ema": req.ema, "act_rule": req.act_rule if p.linear_quant == "nvfp4" and req.act_quant else None,
             "quant_exclude": list(req.quant_exclude) if ptq else None,
-            "kv_rule": req.kv_rule if req.kv_quant == "nvfp4" else None}
+            "kv_rule": req.kv_rule if req.kv_quant == "nvfp4" else None,
+            "act_scale": req.act_scale if ptq and p.linear_quant == "fp8" and req.act_quant else None,
+            **{k: p.act_scale_calibration.get(k) for k in ACT_SCALE_COLUMNS}, **vae_columns(req.vae_type, p.vae)}
+
+
+def vae_columns(vae_type: str, vae: nn.Module | None) -> dict[str, Any]:
+    """Row columns of the decoder: vae_type, and vae_pruning, the rate of the MG-LightVAE that ran (read off its
+    file, or the random one's; None for vae_type wan, or without a VAE)."""
+    config = getattr(vae, "config", None)
+    return {"vae_type": vae_type, "vae_pruning": config.pruning if vae_type != "wan" and config is not None else None}
 
 
 def run(p: Pipeline, out: Path) -> VideoResult:
@@ -367,6 +431,9 @@ def run(p: Pipeline, out: Path) -> VideoResult:
         bar.update(1)
 
     dec = p.decoder
+    static = bool(p.act_scale_calibration)
+    if static:
+        reset_act_saturation(p.model)  # count what the timed run saturates (eager only: ACT_SCALE_DEFINITION)
     reset_peaks(dev)
     t_start = time.perf_counter()
     # With a decode thread in this process, the generator waits for its device after each step instead of blocking
@@ -410,10 +477,12 @@ def run(p: Pipeline, out: Path) -> VideoResult:
         "decode_landed_s": [round(t - t_start, 3) for t in dec.chunk_times] if dec is not None else None,
         "sp_bytes_per_forward": p.sp.stats.bytes_sent / forwards if p.sp else None,
         "sp_bytes_by_kind": {k: v / forwards for k, v in p.sp.stats.by_kind.items()} if p.sp else None,
+        "act_scale_saturated": act_saturation(p.model) if static else None,
     }
     return VideoResult(metrics=metrics, artifacts=artifacts, video=frames, latents=latents,
                        timing_definition={"denoise_fps": res.stats.timing_definition, "e2e_fps": E2E_DEFINITION,
-                                          "guidance_scale": GUIDANCE_DEFINITION},
+                                          "guidance_scale": GUIDANCE_DEFINITION,
+                                          **({"act_scale": ACT_SCALE_DEFINITION} if static else {})},
                        chunk_ms=res.stats.chunk_ms, windows=res.windows, notes=p.notes)
 
 

@@ -26,7 +26,19 @@ from torch import nn
 from longlive.infer.pipeline import GenerationSpec, generate
 from longlive.model import dit
 from longlive.names import COMPILE_MODES
-from longlive.vae.layers import ResidualBlock, RMSNorm, residual_block_steady, rms_silu, rms_silu_pad
+from longlive.vae.layers import (
+    CausalStack,
+    DupUp3D,
+    Resample,
+    ResidualBlock,
+    RMSNorm,
+    dup_up,
+    head_pixels,
+    residual_block_steady,
+    rms_silu,
+    rms_silu_pad,
+    upsample_steady,
+)
 
 
 def compile_blocks(model: nn.Module, mode: str = "default") -> nn.Module:
@@ -55,22 +67,33 @@ def compile_blocks(model: nn.Module, mode: str = "default") -> nn.Module:
 
 
 def compile_vae(vae: nn.Module) -> nn.Module:
-    """Fuse every RMSNorm → SiLU of a Wan VAE into one compiled kernel, together with the next conv's causal pad
-    and cache tail where a stream has one, and compile each residual block of a running stream whole (the convs'
-    biases fused into the passes after them). Inference only; idempotent.
+    """Compile the pointwise work around a Wan VAE's convolutions into the passes that must exist anyway.
+    Inference only; idempotent. Every RMSNorm → SiLU is one kernel, which also writes the next conv's causal pad
+    and cache tail where a stream has one; each residual block of a running stream is one graph (the convs'
+    biases fused into the passes after them). On the decoder, past a stream's first pass: each up-resample is one
+    graph, its nearest ×2 + 3×3 conv done as four 2×2 parity convs on the small input (`layers.subpixel_up`: 16/36
+    of the multiply-adds, no upsampled tensor) with the time conv's pad, bias and interleave and the output's bias
+    in the passes around them; the DupUp3D shortcut writes its channels-last output in one kernel; the head's conv
+    output gets its bias, clamp and unpatchify in one pass.
 
-    The causal convolutions, their caches and the attention stay eager (cuDNN picks the conv kernels); what
-    compiles is the pointwise chain around them, which in eager mode reads and writes each full-resolution
-    activation three times. One shared compiled function, specialised per activation shape (a handful).
-    """
+    The causal caches and the attention stay eager, and cuDNN runs every convolution; one compiled function per
+    kind of block, specialised per activation shape (a handful each)."""
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     fused, fused_pad = torch.compile(rms_silu, dynamic=False), torch.compile(rms_silu_pad, dynamic=False)
     block = torch.compile(residual_block_steady, dynamic=False)
+    up, dup = torch.compile(upsample_steady, dynamic=False), torch.compile(dup_up, dynamic=False)
     for m in vae.modules():
         if isinstance(m, RMSNorm):
             m.fused, m.fused_pad = fused, fused_pad
         elif isinstance(m, ResidualBlock):
             m.fused = block
+        elif isinstance(m, Resample) and m.up:
+            m.fused = up
+        elif isinstance(m, DupUp3D):
+            m.fused = dup
+    decoder = getattr(vae, "decoder", None)
+    if isinstance(decoder, CausalStack):
+        decoder.fused_head = torch.compile(head_pixels, dynamic=False)
     return vae
 
 

@@ -26,8 +26,9 @@ import torch
 from longlive.experiments.rules import check_prompts
 from longlive.infer.scheduler import make_scheduler
 from longlive.measure.timers import ChunkStats, Clock
+from longlive.model.attention import reads_fp8
 from longlive.model.dit import CausalWanModel
-from longlive.model.kv_cache import STORAGES, CacheGeometry
+from longlive.model.kv_cache import STORAGES, CacheGeometry, KVCache
 from longlive.quant.kv import DEFAULT_KV_RULE, allocate_cache
 from longlive.text.prompts import DEFAULT_NEGATIVE_PROMPT, SCENE_CUT_PREFIX, bare_caption, check_scene_cut_prefix
 
@@ -159,6 +160,7 @@ def generate(
     on_progress: Callable[[int, int, float], None] | None = None,
     sp=None,
     sync_each_step: bool = False,
+    attn_probe: Callable[[KVCache, str], Callable] | None = None,
 ) -> GenerationResult:
     """Generate spec.frames latent frames chunk by chunk.
 
@@ -170,12 +172,17 @@ def generate(
     a decoder); on_progress(c, n, ms) reports the previous chunk's device time without stalling the queue.
     sp: a `longlive.parallel.sp_infer.SPContext`; this rank then denoises its frames of each chunk with a
     head-sharded cache and every rank receives the full chunk.
+    attn_probe(cache, backend) -> attn_fn(q, k, v, layer): builds each forward's self-attention over the cache, in
+    place of the model's own (e.g. `longlive.workloads.attn_error` running other kernels on the same window); it
+    must return what the model would (see `dit.cached_attention`). Not with sp or relative_rope.
     """
     cfg = model.cfg
     device = next(model.parameters()).device
     cf = cfg.chunk_frames
     if spec.relative_rope and sp is not None:
         raise ValueError("relative_rope is not implemented under sequence parallelism (sp > 1)")
+    if attn_probe is not None and (sp is not None or spec.relative_rope):
+        raise ValueError("attn_probe replaces attention over the cache: not with sp > 1 or relative_rope")
     if spec.frames <= 0 or spec.frames % cf:
         raise ValueError(f"frames={spec.frames} must be a positive multiple of the chunk size {cf} latent frames")
     texts = spec.texts
@@ -193,7 +200,8 @@ def generate(
     storage = dtype_name if spec.kv_quant == "none" else spec.kv_quant
     # [conditional] or, with guidance, [conditional, unconditional]: each branch attends its own history
     caches = [allocate_cache(geo, cfg.num_layers, B, heads, cfg.head_dim, storage=storage, device=device,
-                             compute_dtype=next(model.parameters()).dtype, rule=spec.kv_rule)
+                             compute_dtype=next(model.parameters()).dtype, rule=spec.kv_rule,
+                             fp8_window=reads_fp8(model.attn_backend))  # an FP8 backend reads FP8 K/V as stored
               for _ in range(1 + spec.guided)]
     text_kvs = [model.text_kv(e.to(device)) for e in prompt_embeds]
     negative_kv = text_kvs[texts.index(spec.negative_prompt)] if spec.guided else None
@@ -219,7 +227,8 @@ def generate(
         t = torch.empty((B, hi - lo), device=device)
         cond = image_latent is not None and c == 0 and lo == 0  # latent 0 lives on the first SP rank
         calls = [{"text_kv": kv, "frame_offset": offset, "relative_rope": spec.relative_rope,
-                  **({"cache": cache} if sp is None else {"attn_fn": sp.attn_fn(cache, model.attn_backend)})}
+                  **({"cache": cache} if sp is None and attn_probe is None else
+                     {"attn_fn": (sp.attn_fn if sp is not None else attn_probe)(cache, model.attn_backend)})}
                  for cache, kv in zip(caches, [text_kvs[plan.prompt], negative_kv], strict=False)]
         for step_t in sched.timesteps:
             t.fill_(step_t)

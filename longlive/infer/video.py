@@ -6,6 +6,7 @@ workload all make a `VideoRequest`, whose field names are the run spec's (docs/a
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from longlive.experiments.rules import (
     check_sp,
     check_steps,
 )
+from longlive.experiments.spec import check_vae_type
 from longlive.filecheck import GENERATOR_ANY, LORA, TINY_TEXT, UMT5, VAE, check_image, check_present, check_weights
 from longlive.infer.decode import DECODE_MODES
 from longlive.infer.training_weights import check_ema
@@ -34,10 +36,12 @@ from longlive.model.attention import BACKENDS
 from longlive.model.presets import ModelConfig, get_preset
 from longlive.names import COMPILE_MODES, EXCHANGE, KV_QUANT, LINEAR_QUANT
 from longlive.quant.kv import DEFAULT_KV_RULE
-from longlive.quant.linear import DEFAULT_WEIGHT_RULE, check_backend
+from longlive.quant.linear import DEFAULT_WEIGHT_RULE, check_act_scale, check_backend
 from longlive.quant.recipes import DEFAULT_ACT_RULE
 from longlive.text.prompts import DEFAULT_NEGATIVE_PROMPT, SCENE_CUT_PREFIX
-from longlive.weights import default_paths, require
+from longlive.vae.lightvae import FILES as LIGHTVAE_FILES
+from longlive.vae.lightvae import LIGHTVAE
+from longlive.weights import WeightPaths, default_paths, require
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DEFAULT_PROMPT = "A red ball bounces across a blue floor"
@@ -76,6 +80,7 @@ class VideoRequest:
     linear_backend: str = "emulated"  # emulated | fp8 | te (explicit; recorded in results)
     weight_rule: str = DEFAULT_WEIGHT_RULE  # NVFP4 weight rule (the release's 4-over-6 `mse`)
     act_quant: bool = True            # W4A4 / W8A8 (False: weight-only)
+    act_scale: str = "dynamic"        # FP8 activations: dynamic (per token) | static (calibrated at build, per tensor)
     kv_quant: str = "none"            # none | fp8 | nvfp4
     sp: int = 1                       # sequence-parallel ranks (run under torchrun; `longlive generate` does it)
     exchange: str = "none"            # SP all-to-all compression of K/V: none | fp8 | nvfp4
@@ -98,6 +103,8 @@ class VideoRequest:
     act_rule: str = DEFAULT_ACT_RULE  # NVFP4 activation scale rule of PTQ
     quant_exclude: list[str] = field(default_factory=list)  # block Linears (names / re:<regex>) kept unquantised
     kv_rule: str = DEFAULT_KV_RULE    # NVFP4 scale rule of the quantised KV cache (kv_quant=nvfp4)
+    vae_type: str = "wan"             # the decoder of a Wan2.2-VAE preset: wan | mg_lightvae | mg_lightvae_v2
+    vae_pruning: float | None = None  # a random-weight MG-LightVAE's rate (None: the type's file rate, 0.5 / 0.75)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -121,6 +128,21 @@ def request_config(req: VideoRequest) -> ModelConfig:
     geometry."""
     return check_geometry(sized_config(get_preset(req.model), req.height, req.width), req.window_frames,
                           req.sink_frames, req.shot_rope_offset, req.multishot_sink, cli=True)
+
+
+def vae_paths(req: VideoRequest, paths: WeightPaths | None) -> WeightPaths | None:
+    """`paths` with the VAE file of the request's `vae_type`: the published MG-LightVAE file beside Wan2.2_VAE.pth
+    under the weights root (vae_type wan: unchanged)."""
+    if paths is None or req.vae_type == "wan":
+        return paths
+    return dataclasses.replace(paths, vae=paths.vae.with_name(LIGHTVAE_FILES[req.vae_type]))
+
+
+def check_vae(req: VideoRequest, cfg: ModelConfig) -> None:
+    """vae_type / vae_pruning of a request, by the run spec's rule (a VAE file is loaded unless random weights
+    without --vae)."""
+    check_vae_type(req.vae_type, req.vae_pruning, cfg.vae, checkpoint=req.vae is not None or not req.random_weights,
+                   image=req.image is not None, cli=True)
 
 
 def validate(req: VideoRequest, *, launched: bool = True):
@@ -155,6 +177,9 @@ def validate(req: VideoRequest, *, launched: bool = True):
     check_one_of("linear_quant", req.linear_quant, LINEAR_QUANT, cli=True)
     if req.linear_quant != "none":
         check_backend(req.linear_quant, req.linear_backend, req.device)
+    check_act_scale(req.act_scale, linear_quant=req.linear_quant, act_quant=req.act_quant,
+                    linear_backend=req.linear_backend, cli=True)
+    check_vae(req, cfg)
     if req.image is not None and not Path(req.image).is_file():
         problem = "is a folder, not an image file" if Path(req.image).is_dir() else "the image file does not exist"
         raise FileNotFoundError(f"--image {req.image}: {problem}; give the path of a PNG or JPEG first frame")
@@ -168,15 +193,16 @@ def validate(req: VideoRequest, *, launched: bool = True):
                           quant_exclude=req.quant_exclude, cli=True)
     if req.random_weights:
         return cfg, None
-    paths = default_paths(cfg)
-    check_present([(req.checkpoint or paths.generator, GENERATOR_ANY), (req.vae or paths.vae, VAE),
+    paths = vae_paths(req, default_paths(cfg))
+    check_present([(req.checkpoint or paths.generator, GENERATOR_ANY),
+                   (req.vae or paths.vae, VAE if req.vae_type == "wan" else LIGHTVAE),
                    (req.text_encoder or paths.text, TINY_TEXT if cfg.text_encoder == "tiny" else UMT5)])
     if req.ema:
         check_ema(require(req.checkpoint or paths.generator, "--ema: generator checkpoint"))
     if cfg.name == "tiny":  # our own weights are optional: seeded random ones otherwise
         return cfg, paths
     require(req.checkpoint or paths.generator, "generator checkpoint")
-    require(req.vae or paths.vae, "VAE checkpoint")
+    require(req.vae or paths.vae, "VAE checkpoint" if req.vae_type == "wan" else f"{req.vae_type} checkpoint")
     require(req.text_encoder or paths.text, "umT5 text encoder checkpoint")
     require(req.tokenizer or paths.tokenizer, "umT5 tokenizer folder")
     return cfg, paths

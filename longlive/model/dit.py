@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from longlive.model.attention import sdpa
+from longlive.model.attention import FP8Window, sdpa, sdpa_backend
 from longlive.model.kv_cache import KVCache
 from longlive.model.presets import ModelConfig
 from longlive.model.rope import Rope3D, apply_rope
@@ -113,8 +113,9 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: Att
         if ctx.cache is not None:
             k, v = ctx.cache.update(attn.layer_idx, k, v)
         if ctx.key_cos is not None:  # relative positions: the window's keys are rotated where they now sit
+            k = k.dequantize(q.dtype) if isinstance(k, FP8Window) else k
             k = apply_rope(k, ctx.key_cos, ctx.key_sin)
-        out = sdpa(q, k.to(q.dtype), v.to(q.dtype), ctx.backend)
+        out = sdpa(q, k, v, ctx.backend)  # k, v: tensors or FP8Windows
     return out.reshape(B, L, -1).contiguous()
 
 
@@ -195,7 +196,7 @@ class WanBlock(nn.Module):
 
         y = self.self_attn(modulate(self.norm1(x), mod[0], mod[1]), ctx)
         x = x + gated(y, mod[2])
-        x = x + self.cross_attn(self.norm3(x).to(dtype), text_kv, ctx.backend, ctx.frame_prompt).float()
+        x = x + self.cross_attn(self.norm3(x).to(dtype), text_kv, sdpa_backend(ctx.backend), ctx.frame_prompt).float()
         y = self.ffn(modulate(self.norm2(x), mod[3], mod[4]))
         return x + gated(y, mod[5])
 

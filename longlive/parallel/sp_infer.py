@@ -44,7 +44,7 @@ class SPContext:
             kf = seq_to_heads(k, g, c, st, "k")
             vf = seq_to_heads(v, g, c, st, "v")
             kw, vw = cache.update(layer, kf, vf)
-            out = sdpa(qf, kw.to(qf.dtype), vw.to(qf.dtype), backend)
+            out = sdpa(qf, kw, vw, backend)
             return heads_to_seq(out, g, c if self.compress_out else "none", st, "out")
 
         return attend

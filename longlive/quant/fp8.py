@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from longlive.model.attention import FP8Window
+
 from .formats import E4M3_MAX, to_e4m3
 from .tensors import FP8Tensor
 
@@ -73,3 +75,15 @@ def dequantize_fp8(q: FP8Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.T
 
 
 __all__ = ["GRANULARITIES", "dequantize_fp8", "quantize_fp8"]
+
+
+def fp8_window(x: torch.Tensor, amax: torch.Tensor | None = None) -> FP8Window:
+    """x in E4M3 with one per-tensor scale (amax / 448), computed on the device: no host sync.
+
+    `amax` (a one-element float32 tensor) may be given when the caller already knows a bound. An all-zero tensor
+    gets scale 1 (as the reference quantiser); values beyond 448 · scale saturate.
+    """
+    a = x.detach().abs().amax().float().reshape(1) if amax is None else amax.float().reshape(1)
+    scale = torch.where(a > 0, a / E4M3_MAX, torch.ones_like(a))
+    data = (x.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+    return FP8Window(data, scale)

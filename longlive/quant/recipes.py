@@ -12,6 +12,11 @@ Linears are the starting set (`BLOCK_LINEARS`) and `quant_exclude`, in the relea
 Quantising the embeddings and head too (the release's default filter off) is not offered: the DiT reads their
 weights' dtype as its compute dtype, which a packed QuantLinear does not have.
 
+FP8 Linears with `act_scale=static` (longlive.quant.linear) get their activation scales here, from outside too:
+`observing_act_amax` around a calibration run records max |x| per Linear, `freeze_act_scales` fixes each scale (the
+maxima reduced over the SP group first, so every rank quantises alike), `act_saturation` reads what saturated since
+`reset_act_saturation`.
+
 A LoRA can also stay separate at runtime (`LoRALinear`, `attach_lora`): y = base(x) + scale·B(A(x)), over a plain
 or a quantised Linear, so it works over a packed NVFP4 checkpoint too (the release merges whenever it quantises).
 """
@@ -19,16 +24,19 @@ or a quantised Linear, so it works over a packed NVFP4 checkpoint too (the relea
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
 from longlive.filecheck import LORA, check_lora_targets, load_safetensors, load_torch
 from longlive.model.checkpoint import CheckpointError
-from longlive.quant.linear import LinearQuantConfig, QuantLinear, check_backend
+from longlive.quant.linear import ACT_SCALE_MARGIN, LinearQuantConfig, QuantLinear, check_act_scale, check_backend
 from longlive.quant.nvfp4_checkpoint import load_nvfp4_generator, save_nvfp4_generator
 from longlive.quant.tensors import NVFP4Tensor
 
@@ -79,6 +87,7 @@ def quantize_model(model: nn.Module, cfg: LinearQuantConfig, *, include: str = B
     place."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     check_backend(cfg.fmt, cfg.backend, device)
+    check_act_scale(cfg.act_scale, linear_quant=cfg.fmt, act_quant=cfg.act_quant, linear_backend=cfg.backend)
     report = PTQReport()
     names = select_linears(model, include, exclude)
     if not names:
@@ -93,6 +102,66 @@ def quantize_model(model: nn.Module, cfg: LinearQuantConfig, *, include: str = B
         report.quantised.append(name)
         del lin
     return report
+
+
+def static_linears(model: nn.Module) -> list[tuple[str, QuantLinear]]:
+    """(name, module) of every QuantLinear with act_scale=static, in module order (also inside a LoRALinear)."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, QuantLinear) and m.cfg.act_scale == "static"]
+
+
+@contextmanager
+def observing_act_amax(model: nn.Module) -> Iterator[list[tuple[str, QuantLinear]]]:
+    """Within the block, every static FP8 Linear records max |x| of its inputs (computing with dynamic scales
+    meanwhile); any earlier scale is forgotten. Freeze with `freeze_act_scales` after the calibration run."""
+    lins = static_linears(model)
+    if not lins:
+        raise ValueError("act_scale=static: the model has no FP8 Linears with static activation scales to calibrate "
+                         "(a packed NVFP4 generator checkpoint keeps its own NVFP4 Linears whatever the precision)")
+    for _, m in lins:
+        m.start_calibration()
+    try:
+        yield lins
+    finally:
+        for _, m in lins:
+            m.act_calibrating = False
+
+
+def freeze_act_scales(model: nn.Module, margin: float = ACT_SCALE_MARGIN, group=None) -> int:
+    """Fix every static Linear's scale from what it observed (longlive.quant.linear); `group`: an SP process group
+    whose ranks take the maximum of their maxima first (one all-reduce). Returns how many Linears were frozen. A Linear
+    the calibration never reached is an error naming it (its scale would be a guess)."""
+    lins = static_linears(model)
+    unseen = [n for n, m in lins if m.act_observed == 0]
+    if unseen:
+        raise RuntimeError(f"act_scale=static: the calibration run never reached {unseen[0]} ({len(unseen)} Linears "
+                           f"unseen), so it has no activation range to freeze")
+    if group is not None and lins:
+        amax = torch.cat([m.act_amax for _, m in lins])
+        dist.all_reduce(amax, op=dist.ReduceOp.MAX, group=group)
+        for (_, m), a in zip(lins, amax.split(1), strict=True):
+            m.act_amax.copy_(a)
+    for _, m in lins:
+        m.freeze_act_scale(margin)
+    return len(lins)
+
+
+def reset_act_saturation(model: nn.Module) -> None:
+    """Zero the saturation counts of every static Linear (e.g. right before a timed run)."""
+    for _, m in static_linears(model):
+        m.act_saturated.zero_()
+        m.act_elements = 0
+
+
+def act_saturation(model: nn.Module) -> float | None:
+    """Share of the activation elements quantised statically since `reset_act_saturation` whose |x · inv| exceeded
+    448 (clamped), over every static Linear; None unless each of them was counted (none are under torch.compile:
+    module docstring of longlive.quant.linear; the text K/V projections, outside the compiled blocks, would be a
+    biased remainder). One host sync."""
+    lins = [m for _, m in static_linears(model)]
+    if not lins or any(m.act_elements == 0 for m in lins):
+        return None
+    total = sum(m.act_elements for m in lins)
+    return int(torch.cat([m.act_saturated for m in lins]).sum().item()) / total
 
 
 def model_weight_bytes(model: nn.Module) -> int:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from longlive.names import ATTN_LOWP
 from longlive.output import atomic_path, check_out_dir, write_text_atomic
 from longlive.report.compare import (
     DMD_RUNGS,
@@ -41,6 +42,7 @@ from longlive.report.compare import (
     norm_rung,
     split_workloads,
 )
+from longlive.report.gate import GateRule, as_list, attn_of, gate_table
 from longlive.report.load import artifact_path, load_results
 from longlive.report.paper import PAPER, TABLE3_HARDWARE, PaperTable, all_tables, table1, table2
 from longlive.report.plots import SPEED_DEFS, config_label, ladder_key, make_plots, num, text, varying
@@ -97,6 +99,7 @@ details{margin:6px 0;border:1px solid #d5d9e0;border-radius:4px;padding:4px 10px
 summary{cursor:pointer;font-weight:600}
 pre{font-size:12px;overflow-x:auto;background:#f6f7f9;padding:8px}
 .ok{color:#1b7f3b}.failed{color:#b00020}.skipped{color:#8a6d00}
+.pass{color:#1b7f3b}.fail{color:#b00020;font-weight:600}
 """
 
 
@@ -291,6 +294,55 @@ def _main_table(doc: Doc, ok: pd.DataFrame, others: int = 0) -> None:
              + ". Metric columns follow the timing definitions listed at the end; memory in GB (1e9 bytes).",
              cls="meta")
     doc.table(t, html_id="main-table")
+
+
+GATE_MARK = {True: "✓ pass", False: "✗ fail", None: "— undecided"}
+ATTN_ERROR_COLUMNS = ("attn_rel_err_mean", "attn_rel_err_max", "attn_rel_err_vs_fp32", "attn_baseline_rel_err_vs_fp32")
+
+
+def _gate_section(doc: Doc, ok: pd.DataFrame) -> None:
+    """The fidelity gate (report/gate.py) over the ok inference rows, and the attn_error rows' per-layer errors;
+    only for results that hold a low-precision attention cell."""
+    attn = [attn_of(r) for _, r in ok.iterrows()]
+    probes = ok[ok["workload"].map(lambda w: w == "attn_error")]
+    if not any(a in ATTN_LOWP for a in attn) and probes.empty:
+        return
+    doc.heading(2, "Fidelity gate")
+    rule = GateRule()
+    doc.para(f"A configuration counts toward a speed target only if it passes: {rule.describe()}. gate_margin is "
+             "the smallest slack as a fraction of each allowance (0 on the limit, negative = fails); undecided = a "
+             "check could not be made (the reason is in gate_rule).", cls="meta")
+    table = gate_table(ok[ok["workload"].map(lambda w: w != "attn_error")], rule)
+    if table.empty:
+        doc.note("no ok inference rows to gate")
+    else:
+        table.insert(0, "gate", table.pop("gate_passed").map(lambda v: GATE_MARK[None if is_missing(v) else bool(v)]))
+        failing = int(table["gate"].eq(GATE_MARK[False]).sum())
+        doc.para(f"{len(table)} configurations: {int(table['gate'].eq(GATE_MARK[True]).sum())} pass, {failing} "
+                 f"fail{' (marked ✗)' if failing else ''}. denoise_fps is the speed the gate admits.", cls="meta")
+        doc.table(table, html_id="gate-table", status_col="gate")
+    if not probes.empty:
+        doc.heading(3, "Attention error per layer (workload attn_error)")
+        t = pd.DataFrame({"cell": probes["cell_id"].map(_short_id)}, index=probes.index)
+        for c in ("model", "attn", "attn_baseline", "kv_quant", "precision"):
+            t[c] = [attn_of(r) for _, r in probes.iterrows()] if c == "attn" else probes.get(c)
+        for c in ATTN_ERROR_COLUMNS:
+            if c in probes.columns:
+                t[c] = probes[c]
+
+        def worst(v: object) -> str:
+            errs = as_list(v)
+            if not errs:
+                return "—"
+            i = max(range(len(errs)), key=lambda j: -1.0 if is_missing(errs[j]) else errs[j])
+            return f"layer {i}: {num(float(errs[i]))}"
+
+        t["worst layer (mean over probed calls)"] = probes["attn_rel_err_per_layer"].map(worst) \
+            if "attn_rel_err_per_layer" in probes.columns else "—"
+        doc.table(t, html_id="attn-error-table")
+        defs = _recorded_definitions(probes, ("attn_rel_err",))
+        if defs:
+            doc.para("Definition — " + "; ".join(defs) + ".", cls="meta")
 
 
 def _recorded_definitions(rows: pd.DataFrame, metrics: tuple[str, ...]) -> list[str]:
@@ -561,6 +613,7 @@ def build_report(results: list[Path], out: Path, title: str | None = None) -> Pa
     doc = Doc()
     _summary(doc, df, sources)
     _main_table(doc, infer, others=len(train) + len(dmd))
+    _gate_section(doc, infer)
     _train_section(doc, train)
     _dmd_section(doc, dmd)
     _not_ok(doc, bad)

@@ -33,6 +33,7 @@ from longlive.report.compare import (
     norm_rung,
     split_workloads,
 )
+from longlive.report.gate import as_list, attn_of
 
 SPEED_DEFS = {
     "denoise_fps": "denoise loop: device events, warm-up chunks dropped; excl. text encode, load, VAE decode",
@@ -317,6 +318,34 @@ def plot_chunks(ok: pd.DataFrame, path: Path) -> Plot:
                 "(all steps, the clean re-run and KV update); percentiles over steady chunks.")
 
 
+def plot_chunk_error(infer: pd.DataFrame, path: Path) -> Plot:
+    """Latent error against the reference cell per chunk of the rollout, one line per cell: where a low-precision
+    configuration drifts (the fidelity gate's long-rollout view)."""
+    title = "Latent error vs reference per chunk"
+    series = []
+    for _, r in infer.iterrows():
+        errs = as_list(r.get("latent_rel_err_per_chunk"))
+        if errs and any(not is_missing(e) and e > 0 for e in errs):  # the reference itself: all zero, not drawn
+            series.append((r, errs))
+    if not series:
+        return Plot("chunk_error", title, note="not enough data: needs a cell with latent_rel_err_per_chunk against "
+                    "a reference (quality.reference) other than the reference itself")
+    fig = Figure(figsize=(9.0, 5.0))
+    ax = fig.add_subplot()
+    for r, errs in series[:MAX_CONFIGS]:
+        label = " · ".join(f"{k} {text(v)}" for k, v in (("attn", attn_of(r)), ("precision", r.get("precision")),
+                                                            ("kv_quant", r.get("kv_quant")), ("steps", r.get("steps"))))
+        ax.plot(range(len(errs)), [math.nan if is_missing(e) else e for e in errs], marker=".", label=label)
+    ax.set_xlabel("chunk index")
+    ax.set_ylabel("latent relative error of the chunk vs reference")
+    ax.set_yscale("log")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return Plot("chunk_error", title, _save(fig, path), caption="||x − ref|| / ||ref|| over each chunk's latents, "
+                "against the cell's reference (quality.reference); one line per cell.")
+
+
 def _bar_panels(panels: list[tuple[str, list[tuple[str, float, str]]]], ylabel: str, suptitle: str) -> Figure:
     """One bar subplot per panel: (panel name, [(x label, value, bar label)])."""
     width = max(8.0, 1.1 * max(len(b) for _, b in panels) + 3)
@@ -421,6 +450,8 @@ def make_plots(ok: pd.DataFrame, out_dir: Path) -> list[Plot]:
         plots += [plot_ladder(infer, out_dir / "ladder.png"), plot_memory(infer, out_dir / "memory.png"),
                   plot_sp(infer, out_dir / "sp.png"), *plot_pareto(infer, out_dir),
                   plot_chunks(infer, out_dir / "chunks.png")]
+        if "latent_rel_err_per_chunk" in infer.columns and infer["latent_rel_err_per_chunk"].notna().any():
+            plots.append(plot_chunk_error(infer, out_dir / "chunk_error.png"))
     if not train.empty:
         train = train.assign(precision=train["precision"].map(norm_recipe),
                              train_layout=train["train_layout"].map(norm_layout),

@@ -30,9 +30,16 @@ METRICS = (
     "iter_s", "tokens_per_s", "loss_first", "loss_last", "generator_loss", "critic_loss", "resident_gb",
     # memory
     "peak_allocated_gb", "peak_reserved_gb", "device_used_gb", "kv_cache_gb", "kv_packed_gb", "weights_gb",
+    "kv_saturated_share",
     # quality
     "temporal_flickering", "latent_rel_err_vs_ref", "psnr_vs_ref", "vbench_quality", "vbench_semantic", "vbench_total",
+    # fidelity gate: the worst chunk of a rollout vs its reference; attention error per call (workload attn_error)
+    "latent_rel_err_max_chunk", "attn_rel_err_mean", "attn_rel_err_max", "attn_rel_err_vs_fp32",
+    "attn_baseline_rel_err_vs_fp32",
 )
+LIST_METRICS = ("latent_rel_err_per_chunk", "psnr_per_chunk", "attn_rel_err_per_layer")
+"""Columns holding a list (per chunk, per layer), present only in rows that measure them; the Parquet snapshot
+stores them as JSON text (`longlive.report.gate.as_list` reads either)."""
 NESTED = ("timing_definition", "artifacts", "manifest", "config", "metrics_extra")
 TIMES = ("started_at", "finished_at", "duration_s")
 STATUSES = ("ok", "failed", "skipped")

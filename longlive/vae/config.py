@@ -54,10 +54,13 @@ class VAEConfig:
     temporal_down: tuple[bool, ...] = (False, True, True)
     latent_mean: tuple[float, ...] | None = None  # None: zeros
     latent_std: tuple[float, ...] | None = None  # None: ones
+    pruning: float = 0.0  # the channel pruning rate enc_dim / dec_dim were scaled by (MG-LightVAE; vae.lightvae)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise ValueError(f"unknown VAE arch {self.arch!r}; expected one of {ARCHS}")
+        if not 0.0 <= self.pruning < 1.0:
+            raise ValueError(f"VAE pruning rate {self.pruning} must lie in [0, 1)")
         if len(self.temporal_down) != len(self.dim_mult) - 1:
             raise ValueError("temporal_down needs one flag per downsampling stage (len(dim_mult) - 1)")
         for stats in (self.latent_mean, self.latent_std):

@@ -163,13 +163,18 @@ class CausalStack(nn.Module):
     every causal conv reading and updating one `CausalCache`."""
 
     body: tuple[str, ...] = ()
+    fused_head = None  # set by longlive.infer.compile.compile_vae on a decoder: a compiled head_pixels
 
     def forward(self, x: Tensor, cache: CausalCache) -> Tensor:
+        return run_head(self.head, self.trunk(x, cache), cache)
+
+    def trunk(self, x: Tensor, cache: CausalCache) -> Tensor:
+        """Everything before the head (the decoder's fused head takes over from here: `WanVAE.decode_into`)."""
         x = self.conv1(x, cache)
         for name in self.body:
             for layer in getattr(self, name):
                 x = layer(x, cache)
-        return run_head(self.head, x, cache)
+        return x
 
 
 def middle_blocks(dim: int) -> nn.ModuleList:
@@ -184,6 +189,14 @@ def head_blocks(dim: int, out: int) -> nn.ModuleDict:
 
 def run_head(head: nn.ModuleDict, x: Tensor, cache: CausalCache) -> Tensor:
     return norm_silu_conv(head["0"], head["2"], x, cache)
+
+
+def head_pixels(seq: Tensor, w: Tensor, b: Tensor, padding: tuple[int, ...], patch: int) -> Tensor:
+    """The decoder head's conv on its padded input, then clamp and unpatchify: clamped pixels [B, 3, T, H·p, W·p],
+    contiguous. Compiled (`compile_vae`), the bias, the clamp and the unpatchify are one pass over the conv's
+    output, where eager runs a strided bias add, a clamp and a strided copy into the video (`unpatchify_into`)."""
+    y = F.conv3d(seq, w, b, padding=padding)
+    return unpatchify(y.clamp(-1.0, 1.0), patch)
 
 
 CL3D = torch.channels_last_3d
@@ -219,6 +232,66 @@ def upsample_hw2(x: Tensor, fmt: torch.memory_format = torch.contiguous_format) 
     return as_channels_last(v, (0, 2, 3, 4, 5, 6, 1), (b, t, 2 * h, 2 * w, c))
 
 
+# Nearest ×2 then a 3×3 conv (zero padding 1) is four 2×2 convs on the small input, one per output parity: output row
+# 2i + a reads input rows i − 1 + a and i + a, and of the three kernel rows, row 0 lands on the first of them for
+# a = 0 and rows 1, 2 on the second; for a = 1 rows 0, 1 land on the first and row 2 on the second (the same for
+# columns). PARITY_TAPS[a][k] marks the kernel taps summed into tap k of parity a's 2×2 kernel.
+PARITY_TAPS = (((1.0, 0.0, 0.0), (0.0, 1.0, 1.0)), ((1.0, 1.0, 0.0), (0.0, 0.0, 1.0)))
+
+
+def subpixel_weight(w: Tensor, fmt: torch.memory_format = torch.contiguous_format) -> Tensor:
+    """A 3×3 conv weight [O, I, 3, 3] → the parity kernels [4·O, I, 1, 2, 2] (channels ordered (a, b, o)) of
+    `subpixel_up`, in layout `fmt`. Taps are summed in (at least) float32 and rounded once to w's dtype: in BF16
+    that is one rounding of each summed weight, where nearest ×2 + 3×3 conv sums the same products inside the conv
+    in float32."""
+    if w.dim() != 4 or w.shape[2:] != (3, 3):
+        raise ValueError(f"subpixel_weight expects a 3×3 Conv2d weight [O, I, 3, 3], got shape {tuple(w.shape)}")
+    acc = torch.promote_types(w.dtype, torch.float32)
+    m = torch.tensor(PARITY_TAPS, dtype=acc, device=w.device)  # [a, k, tap]
+    k = torch.einsum("akh,oihw,blw->aboikl", m, w.to(acc), m)
+    k = k.reshape(4 * w.shape[0], w.shape[1], 1, 2, 2).to(w.dtype)
+    return k.contiguous(memory_format=fmt if fmt == CL3D else torch.contiguous_format)
+
+
+def subpixel_up(x: Tensor, w_sub: Tensor, bias: Tensor | None, fmt: torch.memory_format,
+                skip: Tensor | None = None) -> Tensor:
+    """conv3×3(nearest×2(x)) + bias [+ skip] for x [B, C, T, H, W], with `w_sub = subpixel_weight(w)`: one 2×2
+    conv with padding 1 on the small input ([B, 4·O, T, H+1, W+1]: 16/36 of the multiply-adds of the 3×3 conv at
+    the upsampled size), then one pass that interleaves the four parities into [B, O, T, 2H, 2W] (layout `fmt`),
+    adding the bias and `skip` (same shape) on the way. Parity (a, b) of output pixel (2i + a, 2j + b) sits at
+    (i + a, j + b) of its conv output; the views below (unfold, then the diagonal of window offset and parity)
+    select exactly those, so compiled the interleave is one kernel."""
+    s = F.conv3d(x, w_sub, None, padding=(0, 1, 1))
+    b, c4, t, h1, w1 = s.shape
+    o, h, w = c4 // 4, h1 - 1, w1 - 1
+    v = s.view(b, 2, 2, o, t, h1, w1).unfold(5, h, 1).unfold(6, w, 1)  # [b, a, bb, o, t, row0, col0, i, j]
+    v = v.diagonal(dim1=1, dim2=5).diagonal(dim1=1, dim2=4)  # row0 = a, col0 = bb: [b, o, t, i, j, a, bb]
+    if bias is not None:
+        v = v + bias.view(1, o, 1, 1, 1, 1, 1)
+    if skip is not None:  # the same [b, o, t, i, j, a, bb] view of the skip
+        v = v + skip.view(b, o, t, h, 2, w, 2).permute(0, 1, 2, 3, 5, 4, 6)
+    if fmt == CL3D:  # (contiguous(): where H or W is 1 the reshape may be a view of s)
+        return as_channels_last(v, (0, 2, 3, 5, 4, 6, 1), (b, t, 2 * h, 2 * w, o)).contiguous(memory_format=fmt)
+    return v.permute(0, 1, 2, 3, 5, 4, 6).reshape(b, o, t, 2 * h, 2 * w).contiguous()
+
+
+def upsample_steady(x: Tensor, prev: Tensor | None, w_t: Tensor | None, b_t: Tensor | None, w_sub: Tensor,
+                    b: Tensor, fmt: torch.memory_format, skip: Tensor | None = None,
+                    dup: tuple[int, int, int] | None = None) -> tuple[Tensor, Tensor | None]:
+    """An up-`Resample` on a stream past its first pass, as one function of tensors for `compile_vae`:
+    (output [+ the stage's DupUp3D shortcut of `skip`], the time conv's new pad or None). With a time conv
+    (upsample3d; `prev` its causal pad): [prev ; x] → (3,1,1) conv → bias + the time interleave in one pass;
+    then `subpixel_up` (the nearest ×2 is never written). `dup` = (out_channels, factor_t, factor_s) of the
+    shortcut, whose expansion of `skip` is read inside the same final pass."""
+    pad = None
+    if w_t is not None:
+        seq = torch.cat([prev, x], dim=2)
+        pad = seq[:, :, -prev.shape[2]:].clone()
+        x = _interleave_time(F.conv3d(seq, w_t, b_t), fmt)
+    short = None if skip is None else dup_up(skip, *dup, torch.contiguous_format)
+    return subpixel_up(x, w_sub, b, fmt, short), pad
+
+
 class Resample(nn.Module):
     """Spatial ×2 resampling, optionally with Wan's causal temporal ×2 conv.
 
@@ -230,6 +303,7 @@ class Resample(nn.Module):
     """
 
     MODES = ("upsample2d", "upsample3d", "downsample2d", "downsample3d")
+    fused = None  # set by longlive.infer.compile.compile_vae on up-resamples: a compiled upsample_steady
 
     def __init__(self, dim: int, mode: str, out_dim: int | None = None) -> None:
         super().__init__()
@@ -245,14 +319,49 @@ class Resample(nn.Module):
         elif mode == "downsample3d":
             self.time_conv = CausalConv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1))
 
-    def forward(self, x: Tensor, cache: CausalCache) -> Tensor:
+    def forward(self, x: Tensor, cache: CausalCache, skip: tuple[DupUp3D, Tensor] | None = None) -> Tensor:
+        """`skip` = (the stage's DupUp3D shortcut, the stage's input): returns resample(x) + shortcut(input), which
+        the compiled path computes in the same pass that writes the output (an up-resample is a stage's last block)."""
         conv = self.resample["1"]
         if self.up:
+            if self._steady(cache):
+                return self._up_fused(x, cache, skip)
             if self.mode == "upsample3d":
                 x = self._time_up(x, cache)
-            return in_layout(conv_frames(upsample_hw2(x, cache_format(cache)), conv, padding=1), cache)
+            y = in_layout(conv_frames(upsample_hw2(x, cache_format(cache)), conv, padding=1), cache)
+            return y if skip is None else y.add_(skip[0](skip[1], cache))
+        if skip is not None:
+            raise ValueError("Resample: a shortcut is added only after an up-resample")
         x = conv_frames(F.pad(x, (0, 1, 0, 1)), conv, stride=2)
         return self._time_down(x, cache) if self.mode == "downsample3d" else x
+
+    def _steady(self, cache: CausalCache | None) -> bool:
+        """Whether the compiled path applies: compiled, no graph recorded, past the stream's first pass (which
+        bypasses the time conv), and with the time conv's causal pad in the cache where there is a time conv."""
+        if self.fused is None or cache is None or cache.first or torch.is_grad_enabled():
+            return False
+        return self.mode == "upsample2d" or cache.get(self.time_conv) is not None
+
+    def _up_fused(self, x: Tensor, cache: CausalCache, skip: tuple[DupUp3D, Tensor] | None) -> Tensor:
+        fmt, conv = cache_format(cache), self.resample["1"]
+        tc = getattr(self, "time_conv", None)
+        prev = None if tc is None else cache.get(tc)
+        dup = None if skip is None else (skip[0].out_channels, skip[0].factor_t, skip[0].factor_s)
+        y, pad = self.fused(x, prev, None if tc is None else tc.weight, None if tc is None else tc.bias,
+                            self.subpixel_weight(fmt), conv.bias, fmt, None if skip is None else skip[1], dup)
+        if pad is not None:
+            cache.put(tc, pad)
+        return in_layout(y, cache)
+
+    def subpixel_weight(self, fmt: torch.memory_format) -> Tensor:
+        """`subpixel_weight` of the 3×3 conv, kept until the weight changes (pointer, in-place version, layout)."""
+        w = self.resample["1"].weight
+        key = (w.data_ptr(), w.dtype, w.device, w.stride(), fmt, None if w.is_inference() else w._version)
+        cached = getattr(self, "_subpixel", None)
+        if cached is None or cached[0] != key or key[-1] is None:
+            cached = (key, subpixel_weight(w.detach(), fmt))
+            self._subpixel = cached
+        return cached[1]
 
     def _time_up(self, x: Tensor, cache: CausalCache) -> Tensor:
         fmt = cache_format(cache)
@@ -317,6 +426,8 @@ class DupUp3D(nn.Module):
     (the first latent frame decodes to a single frame).
     """
 
+    fused = None  # set by longlive.infer.compile.compile_vae: a compiled dup_up
+
     def __init__(self, in_channels: int, out_channels: int, factor_t: int, factor_s: int) -> None:
         super().__init__()
         factor = factor_t * factor_s * factor_s
@@ -328,15 +439,25 @@ class DupUp3D(nn.Module):
 
     def forward(self, x: Tensor, cache: CausalCache | None = None) -> Tensor:
         ft, fs, o = self.factor_t, self.factor_s, self.out_channels
-        b, c, t, h, w = x.shape
-        x = x.unsqueeze(2).expand(b, c, self.repeats, t, h, w).reshape(b, o, ft, fs, fs, t, h, w)
-        if cache_format(cache) == CL3D:  # the stage's residual add then runs on two channels-last tensors
-            x = as_channels_last(x, (0, 5, 2, 6, 3, 7, 4, 1), (b, t * ft, h * fs, w * fs, o))
-        else:
-            x = x.permute(0, 1, 5, 2, 6, 3, 7, 4).reshape(b, o, t * ft, h * fs, w * fs)
+        fmt = cache_format(cache)  # channels-last: the stage's residual add then runs on two channels-last tensors
+        if self.fused is not None and cache is not None and not cache.first and not torch.is_grad_enabled():
+            return self.fused(x, o, ft, fs, fmt)
+        x = dup_up(x, o, ft, fs, fmt)
         if cache is not None and cache.first and ft > 1:
             x = x[:, :, ft - 1 :]
         return x
+
+
+def dup_up(x: Tensor, out_channels: int, factor_t: int, factor_s: int, fmt: torch.memory_format) -> Tensor:
+    """`DupUp3D` of a whole chunk, written in layout `fmt` in one copy (compiled: one vectorised kernel, where
+    eager's copy reads its source with a stride)."""
+    b, c, t, h, w = x.shape
+    o, ft, fs = out_channels, factor_t, factor_s
+    x = x.unsqueeze(2).expand(b, c, o * ft * fs * fs // c, t, h, w).reshape(b, o, ft, fs, fs, t, h, w)
+    if fmt == CL3D:
+        x = as_channels_last(x, (0, 5, 2, 6, 3, 7, 4, 1), (b, t * ft, h * fs, w * fs, o))
+        return x.contiguous(memory_format=fmt)
+    return x.permute(0, 1, 5, 2, 6, 3, 7, 4).reshape(b, o, t * ft, h * fs, w * fs).contiguous()
 
 
 def patchify(x: Tensor, p: int) -> Tensor:

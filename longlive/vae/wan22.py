@@ -47,10 +47,13 @@ class UpStage(nn.Module):
         self.upsamples = nn.ModuleList(blocks)
 
     def forward(self, x: Tensor, cache: CausalCache) -> Tensor:
+        *blocks, last = self.upsamples
         y = x
-        for block in self.upsamples:
+        for block in blocks:
             y = block(y, cache)
-        return y if self.avg_shortcut is None else y.add_(self.avg_shortcut(x, cache))
+        if self.avg_shortcut is None:
+            return last(y, cache)
+        return last(y, cache, skip=(self.avg_shortcut, x))  # the up-resample adds the shortcut in its output pass
 
 
 class Encoder22(CausalStack):

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .causal import CausalCache, CausalConv3d
+from .causal import CausalCache, CausalConv3d, in_layout
 from .config import VAEConfig
 from .interface import CodecShape, check_video
 from .layers import patchify, unpatchify_into
@@ -134,6 +134,29 @@ class WanVAE(CodecShape, nn.Module):
         cache.advance()
         return y.clamp_(-1.0, 1.0)
 
+    def decode_into(self, z: Tensor, cache: CausalCache, out: Tensor, pos: int) -> int:
+        """`decode_step` with its pixels unpatchified into ``out[:, :, pos:]`` (a video); returns how many frames.
+        Compiled (`compile_vae`) and past the stream's first pass, the head's RMSNorm+SiLU writes its conv's padded
+        input (as every norm→conv pair does), and the conv, bias, clamp and unpatchify are one graph
+        (`layers.head_pixels`) whose frames are copied into place."""
+        dec, p = self.decoder, self.config.patch_size
+        fused = getattr(dec, "fused_head", None)  # set on a CausalStack, which has the head
+        norm, conv = (dec.head["0"], dec.head["2"]) if fused is not None else (None, None)
+        prev = cache.get(conv) if conv is not None else None
+        if prev is None or norm.fused_pad is None or torch.is_grad_enabled():
+            y = self.decode_step(z, cache)
+            n = y.shape[2]
+            unpatchify_into(out[:, :, pos : pos + n], y, p)
+            return n
+        x = dec.trunk(self.conv2(z, cache), cache)
+        seq, pad = norm.fused_pad(x, norm.gain(x), prev, conv.causal_pad)
+        cache.put(conv, pad)
+        frames = fused(in_layout(seq, cache), conv.weight, conv.bias, conv.padding, p)
+        cache.advance()
+        n = frames.shape[2]
+        out[:, :, pos : pos + n].copy_(frames)
+        return n
+
 
 class StreamingDecoder:
     """Decodes a latent video chunk by chunk, carrying the decoder's causal caches between calls.
@@ -174,10 +197,7 @@ class StreamingDecoder:
         out = torch.empty(b, 3, n_out, h * sh, w * sw, device=z.device, dtype=z.dtype)
         pos = 0
         for i in range(t):
-            y = vae.decode_step(z[:, :, i : i + 1], self.cache)
-            n = y.shape[2]
-            unpatchify_into(out[:, :, pos : pos + n], y, vae.config.patch_size)
-            pos += n
+            pos += vae.decode_into(z[:, :, i : i + 1], self.cache, out, pos)
             if self.sync_each_step and z.is_cuda:
                 torch.cuda.current_stream(z.device).synchronize()
         if pos != n_out:  # would mean the temporal layout disagrees with the stride

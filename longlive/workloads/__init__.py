@@ -39,6 +39,7 @@ REGISTRY: dict[str, str] = {
     "vae_decode": "longlive.workloads.vae_decode:VAEDecodeWorkload",
     "quant_kernels": "longlive.workloads.quant_kernels:QuantKernelsWorkload",
     "tiny_default": "longlive.workloads.tiny:TinyDefaultWorkload",
+    "attn_error": "longlive.workloads.attn_error:AttnErrorWorkload",
 }
 """name -> "module:Class"; the module is imported on first use."""
 

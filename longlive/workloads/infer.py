@@ -25,6 +25,7 @@ from longlive.model.attention import resolve_backend
 from longlive.model.presets import get_preset
 from longlive.parallel.groups import check_sp
 from longlive.quant.kernels import active_kernels
+from longlive.quant.kv import kv_saturated_share, reset_kv_saturation
 from longlive.quant.recipes import DEFAULT_ACT_RULE
 from longlive.workloads import CellContext
 from longlive.workloads.checks import feature_reason, hardware_reason
@@ -51,7 +52,7 @@ def video_request(spec: RunSpec, progress: bool = False) -> VideoRequest:
         scene_cut_prefix=spec.scene_cut_prefix, height=spec.height, width=spec.width, lora_mode=spec.lora_mode,
         relative_rope=spec.relative_rope,
         ema=spec.ema, act_rule=spec.precision.act_rule or DEFAULT_ACT_RULE, quant_exclude=list(spec.quant_exclude),
-        kv_rule=spec.kv_rule,
+        kv_rule=spec.kv_rule, vae_type=spec.vae_type, vae_pruning=spec.vae_pruning,
     )
 
 
@@ -74,11 +75,14 @@ class InferWorkload:
     def run(self, spec: RunSpec, ctx: CellContext) -> dict[str, Any]:
         req = video_request(spec)
         pipe = build(req)
+        reset_kv_saturation()  # count the timed generation's FP8 window caches, not the compile warm-up's
         res = run(pipe, ctx.out)
+        kv_saturated = kv_saturated_share()  # this rank's caches (its heads under sp); None without an FP8 window
         device_ms = profile_window(pipe, ctx.out / "profile.txt") if spec.profile else None  # every SP rank
         if not res.is_main:
             return {}
         out = dict(res.metrics)
+        out["kv_saturated_share"] = kv_saturated  # beside kv_cache_gb / kv_packed_gb
         extra = {"chunk_ms": res.chunk_ms, "windows": res.windows, "notes": res.notes,
                  "linear_quant_source": pipe.linear_quant_source, "quant_kernels": active_kernels(),
                  "fused_qkv": req.fuse_qkv, "attn_backend": pipe.model.attn_backend}

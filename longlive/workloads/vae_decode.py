@@ -1,6 +1,8 @@
 """The `vae_decode` workload: the preset's VAE, set up exactly as a generation sets it up (`infer.assemble.load_vae`:
 channels-last with cuDNN's algorithm search on CUDA, RMSNorm+SiLU compiled when `compile` is not none), decoding
-`decode_chunks` chunks of random latents as one stream (`longlive sweep +experiment=vae_decode`)."""
+`decode_chunks` chunks of random latents as one stream (`longlive sweep +experiment=vae_decode`). Random weights
+always; `vae_type` picks the decoder (an MG-LightVAE at `vae_pruning`, else its type's rate: `longlive sweep
++experiment=vae_decode vae_type=mg_lightvae vae_pruning=0,0.5,0.75`)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Any
 import torch
 
 from longlive.experiments.spec import RunSpec
-from longlive.infer.assemble import load_vae
+from longlive.infer.assemble import load_vae, vae_columns
 from longlive.measure.memory import peaks, reset_peaks
 from longlive.measure.profile import profile_call
 from longlive.measure.timers import Clock
@@ -38,7 +40,8 @@ class VAEDecodeWorkload:
 
     def run(self, spec: RunSpec, ctx: CellContext) -> dict[str, Any]:
         cfg = get_preset(spec.model.name)
-        req = dataclasses.replace(video_request(spec), random_weights=True)
+        req = dataclasses.replace(video_request(spec), random_weights=True, vae_type=spec.vae_type,
+                                  vae_pruning=spec.vae_pruning)
         vae, _ = load_vae(req, cfg, None)
         dev, dtype = torch.device(req.vae_device or req.device), vae.dtype
         h, w = cfg.latent_hw
@@ -59,15 +62,16 @@ class VAEDecodeWorkload:
         if spec.profile:  # one more steady chunk under the profiler
             with torch.no_grad():
                 device_ms = profile_call(lambda: stream.decode(lat[:, :, -cfg.chunk_frames:]), ctx.out / "profile.txt",
-                                         f"{cfg.vae} VAE {spec.precision.dtype} {cfg.height}x{cfg.width}, compile="
-                                         f"{spec.compile}: one steady chunk of {cfg.chunk_frames} latents")
+                                         f"{vae.config.name} VAE {spec.precision.dtype} {cfg.height}x{cfg.width}, "
+                                         f"compile={spec.compile}: one steady chunk of {cfg.chunk_frames} latents")
             extra_artifacts["profile"] = "profile.txt"
         return {
             "decode_fps": sum(frames[1:]) / (sum(ms[1:]) / 1e3),
             "decode_ms_median": statistics.median(ms[1:]),
-            "compile": spec.compile, **peaks(dev),
+            "compile": spec.compile, **vae_columns(spec.vae_type, vae), **peaks(dev),
             "timing_definition": {"decode_fps": DECODE_TIMING, "decode_ms_median": DECODE_TIMING},
-            "metrics_extra": {"decode_ms": [round(x, 2) for x in ms], "frames": frames, "vae": cfg.vae,
+            "metrics_extra": {"decode_ms": [round(x, 2) for x in ms], "frames": frames, "vae": vae.config.name,
+                              "vae_widths": [getattr(vae.config, k, None) for k in ("enc_dim", "dec_dim")],
                               "channels_last": dev.type == "cuda", "resolution": f"{cfg.height}x{cfg.width}",
                               "dtype": str(dtype).removeprefix("torch."),
                               **({"device_time_ms": device_ms} if spec.profile else {})},

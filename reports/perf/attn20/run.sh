@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Device script (issue 20): low-precision attention, the FP8 window KV cache, static FP8 activation scales, the pruned
+# decoder and the full VAE, on one H100/H200.
+#   PHASE=probe   kernel checks and steady-shape timings outside the runner (probe_*.py) and the GPU tests of the
+#                 new modules (pytest -m gpu), one call
+#   PHASE=ladder  longlive sweep +experiment=attn_lowp (speed + per-chunk fidelity against BF16 attention) and
+#                 the per-layer attention error (attn_error workload)
+#   PHASE=decode  longlive sweep +experiment=vae_decode over vae_type/vae_pruning, and the one-GPU end to end cells
+# Each phase writes $OUT/<phase>.log and the rows flat in $OUT (copied every few seconds, so a cut-off call keeps
+# finished rows). Extra sweep overrides: $ARGS.
+set -euo pipefail
+export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
+OUT=${OUT:?set OUT}
+PHASE=${PHASE:?set PHASE=probe, ladder or decode}
+SRC=$PWD
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+export PYTHONPATH=$SRC:${PYTHONPATH:-}
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv > "$OUT/nvidia-smi.txt"
+LOG="$OUT/$PHASE.log"
+sweep() {  # $1: experiment, $2: a tag for the results folder, then extra overrides
+  local exp=$1 tag=$2; shift 2
+  local res=/tmp/results/$tag
+  (while sleep 5; do cp "$res/results.jsonl" "$OUT/sweep_$tag.jsonl" 2>/dev/null || true; done) &
+  local copier=$!
+  python3 -m longlive.cli sweep +experiment="$exp" "$@" --results "$res" 2>&1 | tr '\r' '\n' | grep -v "it/s\]$" \
+    | tail -8 | tee -a "$LOG" || true
+  kill $copier; cp "$res/results.jsonl" "$OUT/sweep_$tag.jsonl" || true
+  python3 - "$OUT/sweep_$tag.jsonl" <<'PY' | tee -a "$LOG"
+import json, sys
+keys = ('attn', 'precision', 'act_scale', 'kv_quant', 'steps', 'vae_type', 'vae_pruning', 'decode', 'status',
+        'denoise_fps', 'e2e_fps', 'ceiling_fps', 'latent_rel_err_vs_ref', 'latent_rel_err_max_chunk',
+        'kv_saturated_share', 'peak_memory_gib', 'decode_ms_median', 'decode_fps', 'reason')
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    print({k: r.get(k) for k in keys if r.get(k) is not None})
+PY
+}
+case "$PHASE" in
+  probe)
+    python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.backends.cudnn.version())" | tee -a "$LOG"
+    for p in probe_cudnn probe_triton probe_vae; do
+      timeout 240 python3 reports/perf/attn20/$p.py 2>&1 | tail -40 | tee -a "$LOG" || echo "$p failed" | tee -a "$LOG"
+    done
+    timeout 200 python3 -m pytest -q -m gpu -x tests/test_attention_cudnn_fp8.py tests/test_attention_int8_fp8.py \
+      tests/test_kv_fp8_window.py tests/test_act_scale.py 2>&1 | tail -30 | tee -a "$LOG" || true ;;
+  ladder)
+    # shellcheck disable=SC2086
+    sweep attn_lowp attn_lowp ${ARGS:-} ;;
+  decode)
+    # shellcheck disable=SC2086
+    sweep vae_decode vae_decode ${ARGS:-} ;;
+esac
