@@ -246,10 +246,13 @@ def legacy_message(path: Path, script: str | None = None) -> str:
 
 @functools.cache
 def _precision_table() -> dict[tuple[str, str, str | None], str]:
-    """(dtype, linear_quant, linear_backend) -> precision config name, from longlive/experiments/precision/."""
+    """(dtype, linear_quant, linear_backend) -> precision config name, from longlive/experiments/precision/. Bench rows
+    predate static activation scales, so only the dynamic-scale configs are candidates."""
     table = {}
     for name in precisions():
         cfg = precision_config(name)
+        if cfg.get("act_scale", "dynamic") != "dynamic":
+            continue
         quant = cfg.get("linear_quant") or "none"
         table[(cfg["dtype"], quant, cfg.get("linear_backend") if quant != "none" else None)] = name
     return table

@@ -20,12 +20,12 @@ fi
 export PYTHONPATH=$SRC:${PYTHONPATH:-}
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv > "$OUT/nvidia-smi.txt"
 LOG="$OUT/$PHASE.log"
-sweep() {  # $1: experiment, $2: a tag for the results folder, then extra overrides
+sweep() {  # $1: experiment, $2: a tag for the results folder, then the sweep's arguments
   local exp=$1 tag=$2; shift 2
   local res=/tmp/results/$tag
   (while sleep 5; do cp "$res/results.jsonl" "$OUT/sweep_$tag.jsonl" 2>/dev/null || true; done) &
   local copier=$!
-  python3 -m longlive.cli sweep +experiment="$exp" "$@" --results "$res" 2>&1 | tr '\r' '\n' | grep -v "it/s\]$" \
+  python3 -m longlive.cli sweep "$@" --results "$res" 2>&1 | tr '\r' '\n' | grep -v "it/s\]$" \
     | tail -8 | tee -a "$LOG" || true
   kill $copier; cp "$res/results.jsonl" "$OUT/sweep_$tag.jsonl" || true
   python3 - "$OUT/sweep_$tag.jsonl" <<'PY' | tee -a "$LOG"
@@ -39,17 +39,27 @@ for line in open(sys.argv[1]):
 PY
 }
 case "$PHASE" in
-  probe)
+  probe)  # kernels outside the runner, then the GPU tests of the new modules (each step time-limited)
     python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.backends.cudnn.version())" | tee -a "$LOG"
-    for p in probe_cudnn probe_triton probe_vae; do
-      timeout 240 python3 reports/perf/attn20/$p.py 2>&1 | tail -40 | tee -a "$LOG" || echo "$p failed" | tee -a "$LOG"
+    for p in probe_cudnn probe_triton; do
+      (OUT=$OUT timeout 110 python3 reports/perf/attn20/$p.py 2>&1 || echo "$p: exit $?") | tail -30 | tee -a "$LOG"
     done
-    timeout 200 python3 -m pytest -q -m gpu -x tests/test_attention_cudnn_fp8.py tests/test_attention_int8_fp8.py \
-      tests/test_kv_fp8_window.py tests/test_act_scale.py 2>&1 | tail -30 | tee -a "$LOG" || true ;;
-  ladder)
-    # shellcheck disable=SC2086
-    sweep attn_lowp attn_lowp ${ARGS:-} ;;
-  decode)
-    # shellcheck disable=SC2086
-    sweep vae_decode vae_decode ${ARGS:-} ;;
+    (timeout 100 python3 -m pytest -q -m gpu tests/test_attention_cudnn_fp8.py tests/test_attention_int8_fp8.py \
+      tests/test_kv_fp8_window.py tests/test_act_scale.py 2>&1 || true) | tail -15 | tee -a "$LOG" ;;
+  vae)  # the full Wan2.2 VAE: eager, compiled, each fusion off in turn, a profile
+    (timeout 200 python3 reports/perf/attn20/probe_vae.py 2>&1 || echo "probe_vae: exit $?") | tail -40 | tee -a "$LOG" ;;
+  ladder)  # the gate's cells in priority order, one results folder (reference cells first: they are reused)
+    R=(+experiment=attn_lowp "matrices=[]" ${ARGS:-})
+    sweep attn_lowp attn_lowp "${R[@]}" attn=cudnn precision=bf16,fp8 kv_quant=none steps=4,2
+    sweep attn_lowp attn_lowp "${R[@]}" attn=cudnn-fp8 precision=fp8-static kv_quant=fp8 steps=4,2
+    sweep attn_lowp attn_lowp "${R[@]}" attn=cudnn-fp8 precision=bf16 kv_quant=none,fp8 steps=4
+    sweep attn_lowp attn_lowp "${R[@]}" attn=int8-fp8 precision=fp8-static kv_quant=fp8 steps=4
+    sweep attn_lowp attn_lowp "${R[@]}" attn=cudnn precision=fp8-static kv_quant=none steps=4
+    sweep attn_lowp attn_lowp "${R[@]}" attn=cudnn-fp8 precision=fp8 kv_quant=fp8 steps=4 ;;
+  decode)  # MG-LightVAE compiled at rates 0 / 0.5 / 0.75, then one GPU end to end (2-step, pruned decoder, async)
+    sweep vae_decode vae_decode +experiment=vae_decode compile=default decode_chunks=6
+    sweep vae_decode vae_decode +experiment=vae_decode compile=default decode_chunks=6 vae_type=mg_lightvae \
+      vae_pruning=0.5,0.75
+    sweep perf_ladder e2e +experiment=perf_ladder "quality.add_reference=false" attn=cudnn-fp8 precision=fp8-static kv_quant=fp8 steps=2 \
+      decode=async vae_type=mg_lightvae vae_pruning=0.75 frames=96 ;;
 esac
