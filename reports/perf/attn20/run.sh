@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Device script (issue 20): low-precision attention, the FP8 window KV cache, static FP8 activation scales, the pruned
 # decoder and the full VAE, on one H100/H200.
+#   PHASE=core    probe_cudnn + probe_triton, then PHASE=ladder (one call, when device time is short)
 #   PHASE=probe   kernel checks and steady-shape timings outside the runner (probe_*.py) and the GPU tests of the
 #                 new modules (pytest -m gpu), one call
 #   PHASE=ladder  longlive sweep +experiment=attn_lowp (speed + per-chunk fidelity against BF16 attention) and
@@ -19,7 +20,7 @@ if [ -d .whl ]; then
 fi
 export PYTHONPATH=$SRC:${PYTHONPATH:-}
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv > "$OUT/nvidia-smi.txt"
-LOG="$OUT/$PHASE.log"
+LOG="$OUT/run.log"
 sweep() {  # $1: experiment, $2: a tag for the results folder, then the sweep's arguments
   local exp=$1 tag=$2; shift 2
   local res=/tmp/results/$tag
@@ -39,6 +40,11 @@ for line in open(sys.argv[1]):
 PY
 }
 case "$PHASE" in
+  core)  # when one call is all there is: the two kernel probes, then the ladder's cells (ARGS=frames=96 keeps it short)
+    for p in probe_cudnn probe_triton; do
+      (OUT=$OUT timeout 100 python3 reports/perf/attn20/$p.py 2>&1 || echo "$p: exit $?") | tail -25 | tee -a "$LOG"
+    done
+    PHASE=ladder bash "$0" ;;
   probe)  # kernels outside the runner, then the GPU tests of the new modules (each step time-limited)
     python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.backends.cudnn.version())" | tee -a "$LOG"
     for p in probe_cudnn probe_triton; do
