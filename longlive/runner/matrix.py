@@ -61,6 +61,7 @@ def axes_of(config: dict[str, Any]) -> dict[str, Any]:
     sp = int(config["sp"])
     return {
         "model": config["model"]["name"], "precision": config["precision"]["name"],
+        "attn": config.get("attn", "auto") if infer or wl == "attn_error" else None,
         "kv_quant": config["kv_quant"]["name"] if infer else None, "sp": sp,
         "exchange": config.get("exchange", "none") if infer else None,
         "steps": int(config["steps"]) if infer else None, "decode": config["decode"]["mode"] if infer else None,

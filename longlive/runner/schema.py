@@ -6,7 +6,7 @@ columns (None where a metric does not apply), `timing_definition`, `artifacts` a
 
 from __future__ import annotations
 
-AXES = ("model", "precision", "kv_quant", "sp", "exchange", "steps", "decode", "hardware", "compile",
+AXES = ("model", "precision", "attn", "kv_quant", "sp", "exchange", "steps", "decode", "hardware", "compile",
         "dp", "train_layout", "error_recycling", "dmd_quantised")
 """Matrix axes: config key = CLI override = result column (docs/architecture.md). An axis a workload does not
 read is None in its rows: inference rows have no train_layout, training rows no decode or kv_quant."""
