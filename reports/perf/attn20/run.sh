@@ -42,7 +42,7 @@ PY
 case "$PHASE" in
   core)  # when one call is all there is: the two kernel probes, then the ladder's cells (ARGS=frames=96 keeps it short)
     for p in probe_cudnn probe_triton; do
-      (OUT=$OUT timeout 100 python3 reports/perf/attn20/$p.py 2>&1 || echo "$p: exit $?") | tail -25 | tee -a "$LOG"
+      (OUT=$OUT timeout 75 python3 reports/perf/attn20/$p.py 2>&1 || echo "$p: exit $?") | tail -25 | tee -a "$LOG"
     done
     PHASE=ladder bash "$0" ;;
   probe)  # kernels outside the runner, then the GPU tests of the new modules (each step time-limited)
