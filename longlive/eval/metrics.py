@@ -1,9 +1,12 @@
 """Metrics by name: the runner asks for `"psnr_vs_ref"` and hands over what it has; each metric says what it needs.
 
 A metric is registered with `@register_metric(name, needs=Needs(...))`. Its function takes keyword arguments
-named after the inputs it declares (`frames`, `latents`, `ref_frames`, `ref_latents`, `fps`) and returns a
+named after the inputs it declares (`frames`, `latents`, `ref_frames`, `ref_latents`, `fps`, `prompt`) and returns a
 float. Names equal to a result-row column (`longlive.runner.schema.METRICS`) fill that column; the others go to
 `metrics_extra`. Inputs may be tensors, ndarrays or paths (mp4 for frames, safetensors for latents).
+
+`higher_is_better` records a metric's good direction once: the worst quality window (`longlive.eval.drift`) is the
+lowest value of a higher-is-better metric; None where no direction is declared (such a metric cannot be windowed).
 """
 
 from __future__ import annotations
@@ -12,9 +15,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import clips, fidelity, flicker
+from . import clips, fidelity, flicker, stray
 
-INPUTS = ("frames", "latents", "ref_frames", "ref_latents", "fps")
+INPUTS = ("frames", "latents", "ref_frames", "ref_latents", "fps", "prompt")
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,7 @@ class Needs:
     latents: bool = False
     reference: bool = False
     fps: bool = False
+    prompt: bool = False  # the video's prompt text (one caption)
 
     def inputs(self) -> tuple[str, ...]:
         """The keyword inputs these needs translate to, in `INPUTS` order."""
@@ -35,6 +39,8 @@ class Needs:
             names += ["latents"] + (["ref_latents"] if self.reference else [])
         if self.fps:
             names.append("fps")
+        if self.prompt:
+            names.append("prompt")
         return tuple(n for n in INPUTS if n in names)
 
 
@@ -50,6 +56,7 @@ class Metric:
     fn: Callable[..., float]
     needs: Needs
     description: str = field(default="", compare=False)
+    higher_is_better: bool | None = None
 
     def missing(self, available: Iterable[str]) -> list[str]:
         have = set(available)
@@ -69,14 +76,16 @@ class Metric:
 METRICS: dict[str, Metric] = {}
 
 
-def register_metric(name: str, *, needs: Needs, description: str | None = None) -> Callable[[Callable], Callable]:
-    """Decorator: register `fn` under `name` with its declared needs (a duplicate name is an error)."""
+def register_metric(name: str, *, needs: Needs, description: str | None = None,
+                    higher_is_better: bool | None = None) -> Callable[[Callable], Callable]:
+    """Decorator: register `fn` under `name` with its declared needs and good direction (a duplicate name is an
+    error)."""
 
     def wrap(fn: Callable[..., float]) -> Callable[..., float]:
         if name in METRICS:
             raise ValueError(f"metric {name!r} is already registered")
         doc = description if description is not None else ((fn.__doc__ or "").strip().splitlines() or [""])[0]
-        METRICS[name] = Metric(name, fn, needs, doc)
+        METRICS[name] = Metric(name, fn, needs, doc, higher_is_better)
         return fn
 
     return wrap
@@ -106,25 +115,35 @@ def compute_metrics(names: Iterable[str], *, skip_missing: bool = False, **input
 # Built-in metrics (names = result-row columns where one exists).
 
 
-@register_metric("temporal_flickering", needs=Needs(frames=True))
+@register_metric("temporal_flickering", needs=Needs(frames=True), higher_is_better=True)
 def _temporal_flickering(frames: Any) -> float:
     """VBench temporal flickering of the whole video, raw fraction (static video = 1.0)."""
     return flicker.temporal_flickering(frames)
 
 
-@register_metric("temporal_flickering_long", needs=Needs(frames=True, fps=True))
+@register_metric("temporal_flickering_long", needs=Needs(frames=True, fps=True), higher_is_better=True)
 def _temporal_flickering_long(frames: Any, fps: float) -> float:
     """Temporal flickering averaged over VBench-Long's 2 s clips (pairs across clip cuts are not counted)."""
     return clips.score_long_video(frames, fps, flicker.temporal_flickering)
 
 
-@register_metric("psnr_vs_ref", needs=Needs(frames=True, reference=True))
+@register_metric("psnr_vs_ref", needs=Needs(frames=True, reference=True), higher_is_better=True)
 def _psnr_vs_ref(frames: Any, ref_frames: Any) -> float:
     """PSNR (dB) of the video against the reference run's video; inf when identical."""
     return fidelity.psnr(frames, ref_frames)
 
 
-@register_metric("latent_rel_err_vs_ref", needs=Needs(latents=True, reference=True))
+@register_metric("latent_rel_err_vs_ref", needs=Needs(latents=True, reference=True), higher_is_better=False)
 def _latent_rel_err_vs_ref(latents: Any, ref_latents: Any) -> float:
     """||x − ref|| / ||ref|| of the final latents against the reference run's."""
     return fidelity.latent_rel_err(latents, ref_latents)
+
+
+@register_metric("stray_share", needs=Needs(frames=True, prompt=True), higher_is_better=False)
+def _stray_share(frames: Any, prompt: str | list[str]) -> float:
+    """Tiny task: share of pixels off every blend of the prompt's background and object colours in a third colour."""
+    texts = [prompt] if isinstance(prompt, str) else list(dict.fromkeys(prompt))
+    if len(texts) != 1:
+        raise ValueError(f"stray_share reads one caption's colours, got {len(texts)} prompts {texts[:3]}: measure "
+                         f"each shot's frames with its own prompt")
+    return stray.stray_share_for_prompt(frames, texts[0])

@@ -11,6 +11,23 @@ from __future__ import annotations
 
 import torch
 
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (235, 215, 40),
+    "orange": (245, 140, 30),
+    "purple": (140, 60, 190),
+    "pink": (240, 130, 190),
+    "cyan": (40, 200, 210),
+    "white": (245, 245, 245),
+    "black": (20, 20, 20),
+    "grey": (128, 128, 128),
+    "brown": (130, 80, 40),
+}
+"""The procedural palette by caption name (equal to `longlive.train.data.COLOURS`, which draws with it; kept here
+so `eval` can read prompts without importing `train`)."""
+
 
 def palette_match(frames: torch.Tensor, palette: torch.Tensor, tol: int = 24) -> float:
     """frames uint8 [T, H, W, 3]; palette uint8/int [K, 3]. Fraction of pixels within `tol` of a palette colour."""

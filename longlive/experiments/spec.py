@@ -17,6 +17,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from longlive.eval.drift import check_window_quality
 from longlive.experiments.rules import (
     DEVICE_TYPES,
     check_at_least,
@@ -117,6 +118,9 @@ class QualitySpec:
     # fidelity against the cell that differs from this one only in these fields (latent rel. error, PSNR)
     reference: dict[str, Any] = field(default_factory=dict)
     add_reference: bool = False          # run the reference cell first when the matrix does not hold it
+    # quality over time (longlive.eval.drift): these metrics per window of window_seconds, drift last − first window
+    window_metrics: list[str] | None = None  # None: the windowable ones among `metrics`; []: none
+    window_seconds: float = 2.0          # VBench-Long's clip length
 
 
 @dataclass
@@ -262,6 +266,7 @@ def check_spec(spec: RunSpec) -> None:
                     field="precision.act_scale")
     check_steps(spec.steps)
     check_seed(spec.seed)
+    check_window_quality(spec.quality.window_metrics, spec.quality.metrics, spec.quality.window_seconds)
     generates, frames_in_chunks = spec.workload.name in INFERENCE_WORKLOADS, spec.workload.name in TRAINING_WORKLOADS
     if generates or frames_in_chunks:
         check_frames(spec.frames, get_preset(spec.model.name))

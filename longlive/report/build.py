@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from longlive.eval.drift import DRIFT, WORST, WORST_INDEX
 from longlive.names import ATTN_LOWP
 from longlive.output import atomic_path, check_out_dir, write_text_atomic
 from longlive.report.compare import (
@@ -37,7 +38,9 @@ from longlive.report.compare import (
     flag,
     is_missing,
     memory_gb,
+    norm_kv,
     norm_layout,
+    norm_precision,
     norm_recipe,
     norm_rung,
     split_workloads,
@@ -45,7 +48,18 @@ from longlive.report.compare import (
 from longlive.report.gate import GateRule, as_list, attn_of, gate_table
 from longlive.report.load import artifact_path, load_results
 from longlive.report.paper import PAPER, TABLE3_HARDWARE, PaperTable, all_tables, table1, table2
-from longlive.report.plots import SPEED_DEFS, config_label, ladder_key, make_plots, num, text, varying
+from longlive.report.plots import (
+    SPEED_DEFS,
+    config_label,
+    ladder_key,
+    long_cells,
+    make_plots,
+    num,
+    plot_quality_over_time,
+    text,
+    varying,
+    windowed_metric_names,
+)
 from longlive.runner.schema import AXES
 
 KEY_METRICS = (
@@ -474,6 +488,38 @@ def _plots(doc: Doc, ok: pd.DataFrame, assets: Path) -> None:
                 doc.image(_publish(p.file, assets, p.key), p.title, p.caption)
 
 
+def _quality_over_time(doc: Doc, infer: pd.DataFrame, assets: Path) -> None:
+    """The windowed metrics of long cells against time (plot) and their drift numbers (table); a one-line note
+    where no cell's video holds two quality windows."""
+    doc.heading(2, "Quality over time")
+    infer = infer.assign(precision=infer["precision"].map(norm_precision), kv_quant=infer["kv_quant"].map(norm_kv))
+    with tempfile.TemporaryDirectory(prefix="longlive-report-") as tmp:
+        p = plot_quality_over_time(infer, Path(tmp) / "quality_over_time.png")
+        if p.file is None:
+            doc.note(p.note or "not drawn")
+            return
+        doc.para(f"Each metric of quality.window_metrics on every quality window of the video; {DRIFT_DOC}",
+                 cls="meta")
+        doc.image(_publish(p.file, assets, p.key), p.title, p.caption)
+    recs = []
+    for m in windowed_metric_names(infer):
+        for r, t, vals in long_cells(infer, m):
+            w = int(r[m + WORST_INDEX])
+            recs.append({"cell": _short_id(r["cell_id"]), "precision": r["precision"], "kv_quant": r["kv_quant"],
+                         "steps": r["steps"], "attn": attn_of(r), "frames": r["frames"], "metric": m,
+                         "windows": len(vals), "first window": vals[0], "last window": vals[-1],
+                         "drift": r.get(m + DRIFT), "worst window": r.get(m + WORST),
+                         "worst at (s)": t[w], "worst index": w})
+    t = pd.DataFrame(recs)
+    doc.table(t.drop(columns=[c for c in ("attn", "frames") if t[c].map(text).nunique() < 2]),
+              html_id="drift-table")
+
+
+DRIFT_DOC = ("drift = last window − first window (negative: worse for a higher-is-better metric); worst = the lowest "
+             "window of a higher-is-better metric, the highest of a lower-is-better one. Cells whose video is shorter "
+             "than two windows have no drift and are left out.")
+
+
 def _comparisons(doc: Doc, ok: pd.DataFrame) -> None:
     doc.heading(2, "Ours vs published numbers")
     doc.para("Ratios are ours ÷ theirs: above 1 is faster for FPS, but slower or larger for seconds, ms and memory. "
@@ -618,6 +664,7 @@ def build_report(results: list[Path], out: Path, title: str | None = None) -> Pa
     _dmd_section(doc, dmd)
     _not_ok(doc, bad)
     _plots(doc, ok, assets)
+    _quality_over_time(doc, infer, assets)
     _comparisons(doc, ok)
     _strips(doc, ok, assets)
     _paper_tables(doc)

@@ -15,6 +15,8 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
+from longlive.eval.drift import PER_WINDOW, WINDOW_CENTRES, WORST_INDEX
+from longlive.eval.metrics import METRICS
 from longlive.output import atomic_path
 from longlive.report.compare import (
     DECODE_ORDER,
@@ -344,6 +346,74 @@ def plot_chunk_error(infer: pd.DataFrame, path: Path) -> Plot:
     ax.grid(alpha=0.3)
     return Plot("chunk_error", title, _save(fig, path), caption="||x − ref|| / ||ref|| over each chunk's latents, "
                 "against the cell's reference (quality.reference); one line per cell.")
+
+
+OVER_TIME_LEGEND = ("precision", "kv_quant", "steps")
+OVER_TIME_EXTRA = ("attn", "gpu_name", "model", "decode", "sp", "frames", "seed")
+"""The legend of the quality-over-time plot: always precision, KV format and steps; attn and the rest where they
+vary among the plotted cells (so two lines never share a label)."""
+
+
+def windowed_metric_names(df: pd.DataFrame) -> list[str]:
+    """Metrics with a per-window column (`<metric>_per_window`, longlive.eval.drift) in any row, sorted."""
+    return sorted(c.removesuffix(PER_WINDOW) for c in df.columns
+                  if c.endswith(PER_WINDOW) and df[c].map(lambda v: bool(as_list(v))).any())
+
+
+def long_cells(df: pd.DataFrame, metric: str) -> list[tuple[pd.Series, list[float], list[float]]]:
+    """(row, window centres in s, values) of the rows whose video holds at least two windows for `metric` (its
+    worst window is recorded: the drift numbers exist), in ladder order."""
+    idx_col = metric + WORST_INDEX
+    if idx_col not in df.columns:
+        return []
+    out = []
+    for _, r in df.iterrows():
+        vals, t = as_list(r.get(metric + PER_WINDOW)), as_list(r.get(WINDOW_CENTRES))
+        if vals and t and len(vals) == len(t) >= 2 and not is_missing(r.get(idx_col)):
+            out.append((r, [float(x) for x in t], [math.nan if is_missing(v) else float(v) for v in vals]))
+    return sorted(out, key=lambda c: ladder_key(c[0]))
+
+
+def over_time_labels(rows: list[pd.Series]) -> dict[str, str]:
+    """Legend label per cell_id: precision, KV format and steps, then attn (and the other OVER_TIME_EXTRA axes)
+    where they vary among these rows."""
+    unique = list({r["cell_id"]: r for r in rows}.values())
+    d = pd.DataFrame(unique).assign(attn=[attn_of(r) for r in unique])
+    extra = varying(d, OVER_TIME_EXTRA)
+    named = [*OVER_TIME_LEGEND, *(a for a in extra if a not in ("attn", "seed"))]
+    out = {}
+    for _, r in d.iterrows():
+        tail = [f"{a} {text(r[a])}" for a in ("attn", "seed") if a in extra]
+        out[r["cell_id"]] = " · ".join([config_label(r, named), *tail])
+    return out
+
+
+def plot_quality_over_time(infer: pd.DataFrame, path: Path) -> Plot:
+    """Each windowed metric against time (window centres), one line per long cell, one panel per metric: whether
+    NVFP4 KV or fewer steps drift sooner than BF16."""
+    title = "Quality over time: metric per window against time"
+    panels = [(m, cells) for m in windowed_metric_names(infer) if (cells := long_cells(infer, m))]
+    if not panels:
+        return Plot("quality_over_time", title, note="no long cells: none of these cells' videos holds two quality "
+                    "windows (quality.window_seconds, 2 s by default), so there is no drift to plot")
+    labels = over_time_labels([r for _, cells in panels for r, _, _ in cells])
+    fig = Figure(figsize=(9.0, 3.8 * len(panels[:MAX_PANELS])))
+    for i, (m, cells) in enumerate(panels[:MAX_PANELS]):
+        ax = fig.add_subplot(len(panels[:MAX_PANELS]), 1, i + 1)
+        better = getattr(METRICS.get(m), "higher_is_better", None)
+        for r, t, vals in cells[:MAX_CONFIGS]:
+            (line,) = ax.plot(t, vals, marker="o", ms=4, label=labels[r["cell_id"]])
+            w = int(r[m + WORST_INDEX])
+            ax.plot([t[w]], [vals[w]], marker="o", ms=10, mfc="none", color=line.get_color())
+        ax.set_xlabel("time (s, window centre)")
+        ax.set_ylabel(m + {True: " (higher = better)", False: " (lower = better)"}.get(better, ""), fontsize=9)
+        ax.set_title(f"{m} per window ({len(cells)} long cell{'s' if len(cells) > 1 else ''})", fontsize=10)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    return Plot("quality_over_time", title, _save(fig, path),
+                caption="One line per cell whose video holds at least two quality windows; each point is the metric "
+                "on one window (VBench-Long's clips of quality.window_seconds, the last ending at the last frame), "
+                "at the window's centre; the ringed point is the cell's worst window.")
 
 
 def _bar_panels(panels: list[tuple[str, list[tuple[str, float, str]]]], ylabel: str, suptitle: str) -> Figure:

@@ -36,10 +36,14 @@ METRICS = (
     # fidelity gate: the worst chunk of a rollout vs its reference; attention error per call (workload attn_error)
     "latent_rel_err_max_chunk", "attn_rel_err_mean", "attn_rel_err_max", "attn_rel_err_vs_fp32",
     "attn_baseline_rel_err_vs_fp32",
+    # quality over time (longlive.eval.drift) of the default windowed metric; any other windowed metric `m` adds
+    # m_drift, m_worst_window, m_worst_window_index (and the list m_per_window) to the rows that measure it
+    "temporal_flickering_drift", "temporal_flickering_worst_window", "temporal_flickering_worst_window_index",
 )
-LIST_METRICS = ("latent_rel_err_per_chunk", "psnr_per_chunk", "attn_rel_err_per_layer")
-"""Columns holding a list (per chunk, per layer), present only in rows that measure them; the Parquet snapshot
-stores them as JSON text (`longlive.report.gate.as_list` reads either)."""
+LIST_METRICS = ("latent_rel_err_per_chunk", "psnr_per_chunk", "attn_rel_err_per_layer",
+                "quality_window_centres_s", "temporal_flickering_per_window")
+"""Columns holding a list (per chunk, per layer, per quality window), present only in rows that measure them; the
+Parquet snapshot stores them as JSON text (`longlive.report.gate.as_list` reads either)."""
 NESTED = ("timing_definition", "artifacts", "manifest", "config", "metrics_extra")
 TIMES = ("started_at", "finished_at", "duration_s")
 STATUSES = ("ok", "failed", "skipped")

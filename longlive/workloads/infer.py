@@ -29,7 +29,14 @@ from longlive.quant.kv import kv_saturated_share, reset_kv_saturation
 from longlive.quant.recipes import DEFAULT_ACT_RULE
 from longlive.workloads import CellContext
 from longlive.workloads.checks import feature_reason, hardware_reason
-from longlive.workloads.quality import compute_metric, fidelity_against, vbench_scores, vbench_unavailable_reason
+from longlive.workloads.quality import (
+    compute_metric,
+    fidelity_against,
+    metric_inputs,
+    vbench_scores,
+    vbench_unavailable_reason,
+    window_quality,
+)
 
 ROOFLINE_DEFINITION = (
     "gemm_tflops / attn_tflops measured in this process at the model's shapes (the FP8 _scaled_mm rate when the "
@@ -98,7 +105,9 @@ class InferWorkload:
             timing["roofline"] = ROOFLINE_DEFINITION
         if spec.profile:
             extra["device_time_ms"] = device_ms
-        out.update(quality_metrics(spec, res.video, ctx))
+        quality = quality_metrics(spec, res.video, ctx)
+        timing.update(quality.pop("timing_definition", {}))  # the quality windows' definition
+        out.update(quality)
         out["timing_definition"] = timing
         out["artifacts"] = {**res.artifacts, **({"profile": "profile.txt"} if spec.profile else {})}
         out["metrics_extra"] = extra
@@ -122,11 +131,17 @@ def profile_window(pipe: Pipeline, path: Path) -> dict[str, float] | None:
 
 
 def quality_metrics(spec: RunSpec, frames, ctx: CellContext) -> dict[str, Any]:
-    """Registered weight-free metrics on the video, and fidelity against the reference cell's artifacts."""
+    """Registered weight-free metrics on the video and per quality window (drift; their definition under
+    `timing_definition`), and fidelity against the reference cell's artifacts."""
     out: dict[str, Any] = {}
     if frames is not None:
+        inputs = metric_inputs(spec, frames)
         for name in spec.quality.metrics:
-            out[name] = compute_metric(name, frames=frames)
+            out[name] = compute_metric(name, **inputs)
+        windows, definition = window_quality(spec, inputs)
+        out.update(windows)
+        if definition:
+            out["timing_definition"] = definition
     if ctx.reference_dir is not None:
         out.update(fidelity_against(ctx.out, ctx.reference_dir))
     return out

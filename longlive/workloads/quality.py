@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from longlive.eval import scoring, vbench_adapter
+from longlive.eval.drift import DEFINITION_KEY, resolve_window_metrics, windowed_metrics
 from longlive.eval.fidelity import chunk_frame_ranges, latent_rel_err_per_chunk, psnr_per_chunk
 from longlive.eval.loading import load_frames, load_latents
-from longlive.eval.metrics import compute_metrics
+from longlive.eval.metrics import INPUTS, compute_metrics
+from longlive.experiments.spec import RunSpec
 from longlive.model.presets import get_preset
 
 CELL_SPEC = "cell.json"
@@ -18,9 +20,28 @@ CELL_SPEC = "cell.json"
 model preset, whose chunk size and VAE stride split a video into chunks when the caller does not give them."""
 
 
-def compute_metric(name: str, *, frames) -> float | None:
-    """A registered metric of a uint8 video [T, H, W, 3] (metrics needing other inputs are None here)."""
-    return compute_metrics([name], skip_missing=True, frames=frames)[name]
+def compute_metric(name: str, **inputs: Any) -> float | None:
+    """A registered metric of a uint8 video [T, H, W, 3] (`frames`) and what else the row has (`metric_inputs`);
+    a metric needing inputs not given is None here."""
+    return compute_metrics([name], skip_missing=True, **inputs)[name]
+
+
+def metric_inputs(spec: RunSpec, frames) -> dict[str, Any]:
+    """What a row offers the registered metrics, under the registry's input names: the frames, the preset's fps and
+    the video's prompt text (`prompt`: the cell's prompts, a list) — each only where the registry knows the name."""
+    have = {"frames": frames, "fps": get_preset(spec.model.name).fps, "prompt": list(spec.prompts)}
+    return {k: v for k, v in have.items() if k in INPUTS}
+
+
+def window_quality(spec: RunSpec, inputs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """(row columns, timing definition) of quality over time: the run spec's window metrics per window, drift and
+    worst window (`longlive.eval.drift`); nothing when no metric is windowed."""
+    q = spec.quality
+    names = resolve_window_metrics(q.window_metrics, q.metrics)
+    if not names:
+        return {}, {}
+    cols, definition = windowed_metrics(names, window_seconds=q.window_seconds, **inputs)
+    return cols, {DEFINITION_KEY: definition}
 
 
 def fidelity_against(cell_dir: Path, ref_dir: Path, *, chunk_frames: int | None = None,

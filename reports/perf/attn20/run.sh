@@ -2,6 +2,7 @@
 # Device script (issue 20): low-precision attention, the FP8 window KV cache, static FP8 activation scales, the pruned
 # decoder and the full VAE, on one H100/H200.
 #   PHASE=core    probe_cudnn + probe_triton, then PHASE=ladder (one call, when device time is short)
+#   PHASE=mini    probe_cudnn, then the 4-step references and FP8-attention cells only
 #   PHASE=probe   kernel checks and steady-shape timings outside the runner (probe_*.py) and the GPU tests of the
 #                 new modules (pytest -m gpu), one call
 #   PHASE=ladder  longlive sweep +experiment=attn_lowp (speed + per-chunk fidelity against BF16 attention) and
@@ -45,6 +46,13 @@ case "$PHASE" in
       (OUT=$OUT timeout 75 python3 reports/perf/attn20/$p.py 2>&1 || echo "$p: exit $?") | tail -25 | tee -a "$LOG"
     done
     PHASE=ladder bash "$0" ;;
+  mini)  # the least that answers the main question: the cuDNN probe, then BF16/FP8 references and the FP8-attention
+         # cells at 4 steps (ARGS=frames=96)
+    (OUT=$OUT timeout 60 python3 reports/perf/attn20/probe_cudnn.py 2>&1 || echo "probe_cudnn: exit $?") | tail -20 | tee -a "$LOG"
+    R=(+experiment=attn_lowp "matrices=[]" ${ARGS:-})
+    sweep attn_lowp attn_lowp "${R[@]}" attn=cudnn precision=bf16,fp8 kv_quant=none steps=4
+    sweep attn_lowp attn_lowp "${R[@]}" attn=cudnn-fp8 precision=fp8-static kv_quant=fp8 steps=4
+    sweep attn_lowp attn_lowp "${R[@]}" attn=cudnn-fp8 precision=bf16 kv_quant=fp8 steps=4 ;;
   probe)  # kernels outside the runner, then the GPU tests of the new modules (each step time-limited)
     python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.backends.cudnn.version())" | tee -a "$LOG"
     for p in probe_cudnn probe_triton; do
