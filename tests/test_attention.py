@@ -4,7 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import longlive.infer.assemble  # noqa: F401  (the import under test in the last test)
+from longlive.model import attention
 from longlive.model.attention import BACKENDS, block_causal_mask_fn, flex_block_causal, resolve_backend, sdpa
+from longlive.names import ATTN_LOWP
 
 
 def test_resolve_backend_on_cpu():
@@ -43,3 +46,9 @@ def test_flex_block_causal_equals_dense_mask():
     assert bool(mask_mod(0, 0, torch.tensor(8), torch.tensor(15))) and not bool(
         mask_mod(0, 0, torch.tensor(7), torch.tensor(8))
     )
+
+
+def test_the_assembler_registers_the_low_precision_backends() -> None:
+    """A sweep cell or `generate` reaches the low-precision kernels through `infer.assemble`, so importing it must
+    register them (a GPU run once failed with 'not registered' because nothing imported longlive.quant.attention)."""
+    assert set(attention._LOWP) == set(ATTN_LOWP)

@@ -306,6 +306,10 @@ def test_report_without_long_cells_says_so(tmp_path):
     section = md[md.index("## Quality over time"):md.index("## Ours vs published numbers")]
     assert "> no long cells: none of these cells' videos holds two quality windows" in section
     assert "![" not in section
+    train = empty_row("t", "smoke", "train", {"model": "tiny", "precision": "bf16", "sp": 1}, frames=4, seed=0)
+    train.update(status="ok", iter_s=1.0)
+    build_report([_store(tmp_path / "train", [train])], tmp_path / "out2")  # no inference rows at all
+    assert "> no long cells" in (tmp_path / "out2" / "index.md").read_text()
 
 
 # ---------------------------------------------------------------------------------------------------------------

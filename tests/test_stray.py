@@ -48,9 +48,9 @@ def test_palette_is_the_renderers():
 def test_rendered_clips_score_zero_edges_included():
     """Every pixel of a rendered clip is a blend of the prompted colours (anti-aliased edges too), so 0 exactly; on
     the full task too (1–3 shapes, any background, mid-clip colour changes named in the caption)."""
-    clips = tiny_clips(4)
+    clips = tiny_clips(3, frames=13)
     full = ProceduralVideos(96, 128, 24, seed=3)
-    clips += [full.clip(i, 13)[:2] for i in range(8)]
+    clips += [full.clip(i, 9)[:2] for i in range(6)]
     for frames, caption in clips:
         assert stray_share_for_prompt(frames, caption) == 0.0, caption
         assert stray_share_for_prompt(frames, caption, pool=1) == 0.0, caption
@@ -103,7 +103,7 @@ def test_edge_cases():
     assert stray_share(flat(COLOURS["red"]), GREY, RED) == 0.0  # all object
     assert stray_share(flat(COLOURS["green"]), GREY, RED) == 1.0  # all a third colour
     assert stray_share(flat(COLOURS["green"]), GREY, torch.stack([RED, torch.tensor(COLOURS["green"])])) == 0.0
-    assert stray_share(flat(COLOURS["green"]), GREY, RED, palette=list(COLOURS.values())[:2]) == 0.0  # red, green
+    assert stray_share(flat(COLOURS["green"]), GREY, RED, palette=[COLOURS["red"]]) == 0.0  # no third colour
     with pytest.raises(ValueError, match="empty video"):
         stray_share(torch.zeros(0, 8, 8, 3, dtype=torch.uint8), GREY, RED)
     with pytest.raises(TypeError, match="uint8"):
@@ -151,6 +151,9 @@ def _reference_mask(frames: torch.Tensor, bg, objs, tol: float, palette) -> torc
         d_p = min(seg(p, cols[i], cols[j]) for i in range(n) for j in range(i, n))
         if d_p <= tol:
             continue
+        if not palette:  # no third-colour test
+            out[idx] = True
+            continue
         pairs = [(i, j) for i in range(len(cols)) for j in range(i, len(cols)) if i >= n or j >= n]
         out[idx] = bool(pairs) and min(seg(p, cols[i], cols[j]) for i, j in pairs) < d_p
     return out
@@ -178,13 +181,13 @@ def test_real_clips_through_mp4_and_the_shipped_codec_stay_near_baseline(tmp_pat
     yellow square's edge leaves the blend; the shipped tiny codec (the floor for any tiny model) stays far below
     the 0.01 target."""
     gen = ProceduralVideos(128, 128, 24, seed=0, **TinyRecipe().task)
-    frames, caption = gen.clip(20_005, 29)[:2]  # "A yellow square bounces on a grey background."
+    frames, caption = gen.clip(20_005, 13)[:2]  # "A yellow square bounces on a grey background."
     assert caption.startswith("A yellow square")
     write_mp4(frames, tmp_path / "a.mp4", fps=24)
     assert stray_share_for_prompt(tmp_path / "a.mp4", caption) == 0.0
     assert stray_share_for_prompt(load_frames(tmp_path / "a.mp4"), caption, pool=1) > 0.003
     vae, _ = load_vae_for(get_preset("tiny"), SHIPPED_TINY / "vae.safetensors")
-    for frames, caption in tiny_clips(3, frames=29):
+    for frames, caption in tiny_clips(2, frames=21):
         video = frames.permute(3, 0, 1, 2).float().div(127.5).sub(1.0)[None]
         with torch.no_grad():
             rec = vae.decode(vae.encode(video))[0]

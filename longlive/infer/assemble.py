@@ -33,6 +33,7 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm import tqdm
 
+import longlive.quant.attention  # noqa: F401  (registers the low-precision attention backends by name)
 from longlive.infer.compile import compile_and_warm, compile_vae
 from longlive.infer.decode import Decoder, make_decoder
 from longlive.infer.pipeline import GenerationSpec, generate, video_frames

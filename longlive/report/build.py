@@ -488,6 +488,11 @@ def _plots(doc: Doc, ok: pd.DataFrame, assets: Path) -> None:
                 doc.image(_publish(p.file, assets, p.key), p.title, p.caption)
 
 
+DRIFT_DOC = ("drift = last window − first window (negative: worse for a higher-is-better metric); worst = the lowest "
+             "window of a higher-is-better metric, the highest of a lower-is-better one. Cells whose video is shorter "
+             "than two windows have no drift and are left out.")
+
+
 def _quality_over_time(doc: Doc, infer: pd.DataFrame, assets: Path) -> None:
     """The windowed metrics of long cells against time (plot) and their drift numbers (table); a one-line note
     where no cell's video holds two quality windows."""
@@ -513,11 +518,6 @@ def _quality_over_time(doc: Doc, infer: pd.DataFrame, assets: Path) -> None:
     t = pd.DataFrame(recs)
     doc.table(t.drop(columns=[c for c in ("attn", "frames") if t[c].map(text).nunique() < 2]),
               html_id="drift-table")
-
-
-DRIFT_DOC = ("drift = last window − first window (negative: worse for a higher-is-better metric); worst = the lowest "
-             "window of a higher-is-better metric, the highest of a lower-is-better one. Cells whose video is shorter "
-             "than two windows have no drift and are left out.")
 
 
 def _comparisons(doc: Doc, ok: pd.DataFrame) -> None:

@@ -18,6 +18,7 @@ SRC=$PWD
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+  python3 -c "import imageio_ffmpeg" 2>/dev/null || export PYTHONPATH=$PYTHONPATH:$PWD/.whl/stub
 fi
 export PYTHONPATH=$SRC:${PYTHONPATH:-}
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv > "$OUT/nvidia-smi.txt"
