@@ -179,7 +179,10 @@ def test_signals_at_random_moments_of_a_sweep_lose_nothing(tmp_path):
         time.sleep(delay)
         where = f"{sig.name} {delay:.2f} s after cell {k} of this run started (LONGLIVE_FAULT_SEED={SEED})"
         if sig == signal.SIGKILL:
-            os.killpg(proc.pid, sig)  # the sweep and its running cell at once, as a job kill does
+            try:
+                os.killpg(proc.pid, sig)  # the sweep and its running cell at once, as a job kill does
+            except ProcessLookupError:  # the sweep had already finished (a slow, loaded machine: seen in CI)
+                pass
         elif proc.poll() is None:
             proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
