@@ -34,7 +34,7 @@ from .loading import VideoLike, as_video
 from .palette import COLOURS
 
 DEFAULT_STRAY_TOL = 40.0
-"""Euclidean RGB distance (0–255 units) from the prompted blends beyond which a third-colour pixel is stray."""
+"""Euclidean RGB distance (0–255 units) from the prompted blends beyond which a third-colour block is stray."""
 
 DEFAULT_STRAY_POOL = 2
 """Side of the pixel blocks measured (their mean colour): yuv420 video shares one chroma sample per 2 × 2 block, so an
@@ -111,7 +111,8 @@ def _prompted(background: object, object_colour: object) -> torch.Tensor:
     return torch.cat([_colours(background, "background"), _colours(object_colour, "object_colour")])
 
 
-def blend_distance(frames: VideoLike, background: object, object_colour: object, pool: int = 2) -> torch.Tensor:
+def blend_distance(frames: VideoLike, background: object, object_colour: object,
+                   pool: int = DEFAULT_STRAY_POOL) -> torch.Tensor:
     """[T, H/pool, W/pool] float32: distance (Euclidean, 0–255 RGB units) of each pool × pool block's mean colour to
     the nearest blend of two prompted colours (background and object colours, each also alone): how far it is from
     anything the renderer paints for this prompt."""
