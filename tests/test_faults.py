@@ -170,6 +170,7 @@ def test_signals_at_random_moments_of_a_sweep_lose_nothing(tmp_path):
         for f in results.glob("cells/*/pid"):
             f.unlink()
         proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                preexec_fn=_default_sigint,
                                 text=True)
         # a random moment of a random cell that is not the matrix's last (so the sweep is still running): inside
         # the cell, or after it (its row, the executor, the next cell's start)
@@ -208,6 +209,13 @@ def test_signals_at_random_moments_of_a_sweep_lose_nothing(tmp_path):
     index = build_report([results], tmp_path / "report")
     assert "4 cells: 4 ok, 0 failed, 0 skipped" in (tmp_path / "report" / "index.md").read_text()
     assert index.read_text().rstrip().endswith("</html>")
+
+
+def _default_sigint() -> None:
+    """SIGINT back to its default in a child: a shell without job control starts background jobs (`make test &`)
+    with SIGINT ignored, children inherit that, and Python then installs no KeyboardInterrupt handler — the
+    signals under test would be ignored (seen in a backgrounded CI run)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _report_rows(store: Path) -> None:
@@ -466,7 +474,8 @@ def test_a_cell_killed_by_each_common_signal_is_a_row_saying_so(tmp_path, monkey
     """Each cell's process dies of another signal (no core file); each row names it, and the sweep goes on."""
     def die(cell: Any, spec: Path, row: Path) -> list[str]:
         sig = SIGNALS[int(cell.config["seed"]) - 1]
-        return [sys.executable, "-c", "import os, resource; resource.setrlimit(resource.RLIMIT_CORE, (0, 0)); "
+        return [sys.executable, "-c", "import os, resource, signal; resource.setrlimit(resource.RLIMIT_CORE, (0, 0)); "
+                                      "signal.signal(signal.SIGINT, signal.SIG_DFL); "
                                       f"os.kill(os.getpid(), {int(sig)})"]
 
     monkeypatch.setattr(executor, "cell_command", die)
