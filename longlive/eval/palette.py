@@ -25,7 +25,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "grey": (128, 128, 128),
     "brown": (130, 80, 40),
 }
-"""The procedural palette by caption name (equal to `longlive.train.data.COLOURS`, which draws with it; kept here
+"""The procedural palette by caption name (`longlive.train.data` draws with it; kept here
 so `eval` can read prompts without importing `train`)."""
 
 

@@ -40,6 +40,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm import tqdm
 
+from longlive.eval.palette import COLOURS  # the procedural palette by caption name (one table)
 from longlive.eval.shapes import SHAPES, shape_sdf
 from longlive.output import write_mp4, write_text_atomic
 from longlive.parallel.vae_encode import RELEASE_HALO, encode_gathered
@@ -47,21 +48,6 @@ from longlive.text import EmbeddingCache, TextEncoder
 from longlive.text.prompts import SCENE_CUT_PREFIX, with_prefix
 from longlive.weights import default_paths, load_text_for, load_vae_for
 
-# Well separated RGB values; names are what captions say.
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40),
-    "green": (40, 170, 60),
-    "blue": (40, 80, 220),
-    "yellow": (235, 215, 40),
-    "orange": (245, 140, 30),
-    "purple": (140, 60, 190),
-    "pink": (240, 130, 190),
-    "cyan": (40, 200, 210),
-    "white": (245, 245, 245),
-    "black": (20, 20, 20),
-    "grey": (128, 128, 128),
-    "brown": (130, 80, 40),
-}
 DEFAULT_MAX_SHAPES = 3
 DEFAULT_RADIUS = (0.08, 0.16)  # fraction of the shorter side
 DEFAULT_COLOUR_CHANGE = 0.5  # probability that one shape of a clip changes colour part-way
