@@ -15,12 +15,13 @@ import torch
 
 from longlive.model.kv_cache import CacheGeometry
 from longlive.model.presets import ModelConfig
-from longlive.names import LORA_MODES, check_choice
+from longlive.names import LORA_MODES, VAE_TYPES, check_choice
 from longlive.parallel.groups import check_sp as check_sp_split
 from longlive.quant.kv import DEFAULT_KV_RULE
 from longlive.quant.nvfp4 import RULES as NVFP4_RULES
 from longlive.quant.recipes import DEFAULT_ACT_RULE, check_exclude_patterns
 from longlive.text.prompts import bare_caption, check_scene_cut_prefix
+from longlive.vae.lightvae import check_rate
 
 SEED_MAX = 2**63 - 1
 """Largest seed: torch's generators take a signed 64-bit integer."""
@@ -244,3 +245,30 @@ def check_release_options(*, lora_mode: str, lora: object, fuse_qkv: bool, ema: 
     if quant_exclude and linear_quant == "none":
         raise ValueError(f"{flag('quant_exclude', cli)} chooses block Linears PTQ leaves alone: give a precision with "
                          f"fp8 or nvfp4 Linears ({flag('precision', cli)})")
+
+
+def check_vae_type(vae_type: str, vae_pruning: float | None, model_vae: str, *, checkpoint: bool,
+                   image: bool = False, cli: bool = False) -> None:
+    """vae_type: a decoder of a preset whose VAE is Wan2.2, never with image conditioning (MG-LightVAE decodes only);
+    vae_pruning: the rate of a randomly initialised MG-LightVAE, refused with a checkpoint (whose rate is its own).
+    `checkpoint`: a VAE file will be loaded (not random weights, or a file given)."""
+    check_one_of("vae_type", vae_type, VAE_TYPES, cli)
+    if vae_type != "wan" and model_vae != "wan2.2":
+        raise ValueError(f"{said('vae_type', vae_type, cli)}: MG-LightVAE is the release's pruned Wan2.2 VAE, and this "
+                         f"preset decodes with its {model_vae} VAE; give {give('vae_type', 'wan', cli)} (or a preset "
+                         f"with the Wan2.2 VAE: wan2.2-ti2v-5b)")
+    if vae_type != "wan" and image:
+        raise ValueError(f"{said('vae_type', vae_type, cli)} with {flag('image', cli)}: the first frame is encoded by "
+                         f"the VAE, and MG-LightVAE is a decoder (the release only decodes with it; Matrix-Game "
+                         f"encodes with the full Wan2.2 VAE); give {give('vae_type', 'wan', cli)} for image-to-video")
+    if vae_pruning is None:
+        return
+    if vae_type == "wan":
+        raise ValueError(f"{said('vae_pruning', vae_pruning, cli)} sets the width of a randomly initialised "
+                         f"MG-LightVAE: give it with {give('vae_type', 'mg_lightvae', cli)} (rate 0 is the full "
+                         f"Wan2.2 VAE through the same code), or drop {flag('vae_pruning', cli)}")
+    check_rate(vae_pruning, said("vae_pruning", vae_pruning, cli))
+    if checkpoint:
+        raise ValueError(f"{said('vae_pruning', vae_pruning, cli)} applies to random weights only: a checkpoint's "
+                         f"rate is read off the file (decoder.conv_in's width); drop {flag('vae_pruning', cli)}, or "
+                         f"run on random weights ({flag('random_weights', cli)}) without a VAE file")

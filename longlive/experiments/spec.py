@@ -27,16 +27,13 @@ from longlive.experiments.rules import (
     check_finite,
     check_frames,
     check_geometry,
-    check_one_of,
     check_prompts,
     check_release_options,
     check_seed,
     check_size,
     check_sp,
     check_steps,
-    flag,
-    give,
-    said,
+    check_vae_type,
 )
 from longlive.model.attention import BACKENDS
 from longlive.model.presets import ModelConfig, get_preset
@@ -56,14 +53,12 @@ from longlive.names import (
     LINEAR_QUANT,
     TRAIN_LAYOUTS,
     TRAINING_WORKLOADS,
-    VAE_TYPES,
     check_choice,
 )
 from longlive.quant.kv import DEFAULT_KV_RULE
 from longlive.quant.linear import check_act_scale
 from longlive.quant.nvfp4 import RULES as NVFP4_RULES
 from longlive.text.prompts import DEFAULT_NEGATIVE_PROMPT, SCENE_CUT_PREFIX
-from longlive.vae.lightvae import check_rate
 
 DEFAULT_PROMPTS = ("A red ball bounces across a blue floor",
                    f"{SCENE_CUT_PREFIX}A green square slides to the right over a grey floor")
@@ -307,33 +302,6 @@ def check_generation(spec: RunSpec, cfg: ModelConfig) -> None:
                           random_weights=spec.random_weights, act_rule=spec.precision.act_rule, kv_rule=spec.kv_rule,
                           linear_quant=spec.precision.linear_quant, act_quant=spec.precision.act_quant,
                           kv_quant=spec.kv_quant.name, quant_exclude=list(spec.quant_exclude))
-
-
-def check_vae_type(vae_type: str, vae_pruning: float | None, model_vae: str, *, checkpoint: bool,
-                   image: bool = False, cli: bool = False) -> None:
-    """vae_type: a decoder of a preset whose VAE is Wan2.2, never with image conditioning (MG-LightVAE decodes only);
-    vae_pruning: the rate of a randomly initialised MG-LightVAE, refused with a checkpoint (whose rate is its own).
-    `checkpoint`: a VAE file will be loaded (not random weights, or a file given)."""
-    check_one_of("vae_type", vae_type, VAE_TYPES, cli)
-    if vae_type != "wan" and model_vae != "wan2.2":
-        raise ValueError(f"{said('vae_type', vae_type, cli)}: MG-LightVAE is the release's pruned Wan2.2 VAE, and this "
-                         f"preset decodes with its {model_vae} VAE; give {give('vae_type', 'wan', cli)} (or a preset "
-                         f"with the Wan2.2 VAE: wan2.2-ti2v-5b)")
-    if vae_type != "wan" and image:
-        raise ValueError(f"{said('vae_type', vae_type, cli)} with {flag('image', cli)}: the first frame is encoded by "
-                         f"the VAE, and MG-LightVAE is a decoder (the release only decodes with it; Matrix-Game "
-                         f"encodes with the full Wan2.2 VAE); give {give('vae_type', 'wan', cli)} for image-to-video")
-    if vae_pruning is None:
-        return
-    if vae_type == "wan":
-        raise ValueError(f"{said('vae_pruning', vae_pruning, cli)} sets the width of a randomly initialised "
-                         f"MG-LightVAE: give it with {give('vae_type', 'mg_lightvae', cli)} (rate 0 is the full "
-                         f"Wan2.2 VAE through the same code), or drop {flag('vae_pruning', cli)}")
-    check_rate(vae_pruning, said("vae_pruning", vae_pruning, cli))
-    if checkpoint:
-        raise ValueError(f"{said('vae_pruning', vae_pruning, cli)} applies to random weights only: a checkpoint's "
-                         f"rate is read off the file (decoder.conv_in's width); drop {flag('vae_pruning', cli)}, or "
-                         f"run on random weights ({flag('random_weights', cli)}) without a VAE file")
 
 
 def check_training_knobs(spec: RunSpec) -> None:

@@ -27,8 +27,8 @@ from longlive.experiments.rules import (
     check_size,
     check_sp,
     check_steps,
+    check_vae_type,
 )
-from longlive.experiments.spec import check_vae_type
 from longlive.filecheck import GENERATOR_ANY, LORA, TINY_TEXT, UMT5, VAE, check_image, check_present, check_weights
 from longlive.infer.decode import DECODE_MODES
 from longlive.infer.training_weights import check_ema
