@@ -186,6 +186,7 @@ class RunSpec:
     error_recycling: bool = False
     error_recycling_config: ErrorRecyclingSpec = field(default_factory=ErrorRecyclingSpec)
     i2v: bool = False                    # latent 0 = clean conditioning image (release i2v / independent_first_frame)
+    tf_window: bool = False              # teacher forcing through the inference KV window (sink + newest chunks)
     train_iters: int = 3
     batch_size: int = 1                  # samples per forward pass (sp = 1; release batch_size 1)
     grad_accum: int = 1                  # passes per optimiser step (release gradient_accumulation_steps 1)

@@ -33,7 +33,7 @@ SHIFT = 5.0
 
 MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 AttnFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
-ATTN_BACKENDS = ("auto", "flex", "dense")
+ATTN_BACKENDS = ("auto", "flex", "dense", "blocked")
 # "wan": the release's w(t), near 0 at t → 1000, made for fine-tuning a model that already denoises pure noise;
 # "uniform": w = 1, for training from scratch, where the first step from pure noise (t = 999) must be learned
 # too — under "wan" its weight is 0.3 % of the peak, and the tiny default's first chunks stayed noise (run9).
@@ -154,9 +154,56 @@ def weighted_frame_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.T
 # -- the block-causal teacher-forcing mask ----------------------------------------------------------------------
 
 
-def tf_rule(q_noisy: torch.Tensor, q_block: torch.Tensor, k_noisy: torch.Tensor, k_block: torch.Tensor) -> torch.Tensor:
-    """Spec 04: clean i sees clean 0..i; noisy i sees clean 0..i−1 and noisy i; clean never sees noisy."""
+@dataclass(frozen=True)
+class TFWindow:
+    """The inference KV window, in blocks, as a teacher-forcing mask sees it (`tf_window`).
+
+    At generation chunk c attends the sink chunks 0..sink−1 and the newest `blocks − sink` chunks up to itself
+    (`longlive.model.kv_cache`: [sink | c−2 | c−1 | c] for the tiny preset's 4 slots, sink 1). The release trains with
+    the whole causal history instead, so a model trained on clips longer than its window never sees the context it
+    is given at inference: a sink many RoPE positions behind the chunk, the chunks between them gone. With a window
+    the clean context each block sees is exactly the window it would attend at generation (the cache stores the
+    clean re-run's K/V, which saw the same window), and positions stay absolute, so long clips teach long sink
+    distances. A clip no longer than the window sees everything either way: the mask equals the unwindowed one.
+    """
+
+    blocks: int  # chunk slots of the window (window_frames // chunk_frames)
+    sink: int    # sink slots (sink_frames // chunk_frames)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.sink < self.blocks:
+            raise ValueError(f"a teacher-forcing window of {self.blocks} blocks needs 0 ≤ sink < blocks, got sink "
+                             f"{self.sink}")
+
+    def visible(self, q_block: torch.Tensor, k_block: torch.Tensor) -> torch.Tensor:
+        """Whether block k lies in block q's window (for k ≤ q): a sink block, or one of the newest blocks − sink."""
+        return (k_block < self.sink) | (k_block > q_block - (self.blocks - self.sink))
+
+    def covers(self, num_blocks: int) -> bool:
+        """Whether every block of an N-block clip sees its whole history (the mask is then the unwindowed one)."""
+        return num_blocks <= self.blocks
+
+    def clean_blocks(self, block: int) -> list[int]:
+        """The clean blocks block `block` attends (itself included), in order."""
+        return [j for j in range(block + 1) if j < self.sink or j > block - (self.blocks - self.sink)]
+
+
+def tf_window_of(cfg) -> TFWindow:
+    """The model preset's inference window (window_frames, sink_frames) in blocks of chunk_frames."""
+    for name in ("window_frames", "sink_frames"):
+        if getattr(cfg, name) % cfg.chunk_frames:
+            raise ValueError(f"{name}={getattr(cfg, name)} is not whole chunks of {cfg.chunk_frames}: no "
+                             f"teacher-forcing window matches it")
+    return TFWindow(cfg.window_frames // cfg.chunk_frames, cfg.sink_frames // cfg.chunk_frames)
+
+
+def tf_rule(q_noisy: torch.Tensor, q_block: torch.Tensor, k_noisy: torch.Tensor, k_block: torch.Tensor,
+            window: TFWindow | None = None) -> torch.Tensor:
+    """Spec 04: clean i sees clean 0..i; noisy i sees clean 0..i−1 and noisy i; clean never sees noisy. With a
+    `window`, clean keys are further limited to block i's inference window (`TFWindow`)."""
     sees_clean = ~k_noisy & ((k_block < q_block) | ((k_block == q_block) & ~q_noisy))
+    if window is not None:
+        sees_clean = sees_clean & window.visible(q_block, k_block)
     sees_noisy = k_noisy & q_noisy & (k_block == q_block)
     return sees_clean | sees_noisy
 
@@ -171,20 +218,21 @@ def natural_decoder(frames: int, tokens_per_frame: int, chunk_frames: int):
     return decode
 
 
-def mask_mod_from(decode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]) -> MaskMod:
+def mask_mod_from(decode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+                  window: TFWindow | None = None) -> MaskMod:
     """FlexAttention mask_mod applying the teacher-forcing rule to whatever token order `decode` describes."""
 
     def mask_mod(b, h, q_idx, kv_idx):
         qn, qb = decode(q_idx)
         kn, kb = decode(kv_idx)
-        return tf_rule(qn, qb, kn, kb)
+        return tf_rule(qn, qb, kn, kb, window)
 
     return mask_mod
 
 
-def tf_mask_mod(frames: int, tokens_per_frame: int, chunk_frames: int) -> MaskMod:
-    """The teacher-forcing mask on the natural single-process order [clean ; noisy]."""
-    return mask_mod_from(natural_decoder(frames, tokens_per_frame, chunk_frames))
+def tf_mask_mod(frames: int, tokens_per_frame: int, chunk_frames: int, window: TFWindow | None = None) -> MaskMod:
+    """The teacher-forcing mask on the natural single-process order [clean ; noisy] (windowed with `window`)."""
+    return mask_mod_from(natural_decoder(frames, tokens_per_frame, chunk_frames), window)
 
 
 def dense_mask(mask_mod: MaskMod, length: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -205,13 +253,64 @@ def _flex_attention():
     return _COMPILED_FLEX
 
 
-def resolve_attn(attn: str, device: torch.device | str) -> str:
-    """auto → Flex on CUDA, the dense mask elsewhere (CPU FlexAttention has no backward)."""
+def resolve_attn(attn: str, device: torch.device | str, windowed: bool = False) -> str:
+    """auto → Flex on CUDA; elsewhere the dense mask (CPU FlexAttention has no backward), or, for a clip longer than
+    its `tf_window`, the blocked gather (`blocked_tf_attention`), whose cost grows with the clip, not its square."""
     if attn not in ATTN_BACKENDS:
         raise ValueError(f"unknown teacher-forcing attention {attn!r}; choose one of {', '.join(ATTN_BACKENDS)}")
     if attn == "auto":
-        return "flex" if torch.device(device).type == "cuda" else "dense"
+        return "flex" if torch.device(device).type == "cuda" else ("blocked" if windowed else "dense")
     return attn
+
+
+def window_gather(num_blocks: int, window: TFWindow) -> tuple[torch.Tensor, torch.Tensor]:
+    """([N, W] block indices, [N, W] valid): the clean blocks each block attends, padded with block 0 (invalid) to
+    the window's W = min(blocks, N) entries."""
+    width = min(window.blocks, num_blocks)
+    idx = torch.zeros(num_blocks, width, dtype=torch.long)
+    valid = torch.zeros(num_blocks, width, dtype=torch.bool)
+    for i in range(num_blocks):
+        seen = window.clean_blocks(i)
+        idx[i, :len(seen)] = torch.tensor(seen)
+        valid[i, :len(seen)] = True
+    return idx, valid
+
+
+def blocked_tf_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frames: int, tokens_per_frame: int,
+                         chunk_frames: int, window: TFWindow) -> torch.Tensor:
+    """The windowed teacher-forcing attention on [B, L, H, D] in the natural order [clean ; noisy], block by block.
+
+    Each block's 2T queries (its clean and noisy tokens, T = chunk · tokens per frame) attend a gathered key set:
+    the clean blocks of its window and its own noisy block, with a [2T, (W+1)T] mask (noisy queries skip their own
+    clean block, clean queries every noisy one). All blocks run as one batched SDPA, so the work is N·2T·(W+1)T
+    instead of the dense mask's (2NT)². Equal to the dense windowed mask up to summation order.
+    """
+    B, L, H, D = q.shape
+    n, t = frames // chunk_frames, chunk_frames * tokens_per_frame
+    if L != 2 * n * t or k.shape[1] != L:
+        raise ValueError(f"blocked teacher-forcing attention built for {2 * n * t} tokens got q {L}, k {k.shape[1]}")
+    idx, valid = window_gather(n, window)
+    idx, valid = idx.to(q.device), valid.to(q.device)
+    w = idx.shape[1]
+
+    def halves(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x[:, :n * t].reshape(B, n, t, H, D), x[:, n * t:].reshape(B, n, t, H, D)
+
+    (qc, qn), (kc, kn), (vc, vn) = halves(q), halves(k), halves(v)
+    # [B, N, 2T, H, D] queries; [B, N, (W+1)T, H, D] keys / values: the window's clean blocks, then the own noisy one
+    qq = torch.cat([qc, qn], dim=2)
+    kk = torch.cat([kc[:, idx].reshape(B, n, w * t, H, D), kn], dim=2)
+    vv = torch.cat([vc[:, idx].reshape(B, n, w * t, H, D), vn], dim=2)
+    own = torch.arange(n, device=q.device)[:, None]
+    clean_ok = torch.stack([valid, valid & (idx < own)], dim=1)  # [N, 2 (clean/noisy query), W]
+    noisy_ok = torch.tensor([False, True], device=q.device)[None, :, None].expand(n, 2, 1)
+    ok = torch.cat([clean_ok, noisy_ok], dim=2)  # [N, 2, W+1] per (query half, key block)
+    mask = ok[:, :, None, :, None].expand(n, 2, t, w + 1, t).reshape(n, 2 * t, (w + 1) * t)
+    out = F.scaled_dot_product_attention(
+        qq.permute(0, 1, 3, 2, 4).reshape(B * n, H, 2 * t, D), kk.permute(0, 1, 3, 2, 4).reshape(B * n, H, -1, D),
+        vv.permute(0, 1, 3, 2, 4).reshape(B * n, H, -1, D), attn_mask=mask.repeat(B, 1, 1)[:, None])
+    out = out.reshape(B, n, H, 2 * t, D).permute(0, 1, 3, 2, 4)  # [B, N, 2T, H, D]
+    return torch.cat([out[:, :, :t].reshape(B, n * t, H, D), out[:, :, t:].reshape(B, n * t, H, D)], dim=1)
 
 
 _MASK_CACHE: dict[tuple, object] = {}
@@ -250,6 +349,8 @@ class MaskedAttention:
         if q.shape[1] != self.length or k.shape[1] != self.length:
             raise ValueError(f"masked attention built for {self.length} tokens got q {q.shape[1]}, k {k.shape[1]}")
         kind = resolve_attn(self.attn, q.device)
+        if kind == "blocked":
+            raise ValueError("attn='blocked' is the windowed teacher-forcing gather; it has no MaskedAttention form")
         qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         mask = self._get_mask(kind, q.device)
         if kind == "dense":
@@ -341,11 +442,22 @@ def _loss_mean(per_frame: torch.Tensor, i2v: bool, valid_frames: list[int] | Non
     return (per_frame * mask).sum() / mask.sum()
 
 
-def _tf_attention(frames: int, tpf: int, chunk: int, attn: str) -> AttnFn:
-    """The block-causal teacher-forcing mask over [clean ; noisy], as the model's attn_fn."""
-    masked = MaskedAttention(tf_mask_mod(frames, tpf, chunk), 2 * frames * tpf, attn,
-                             cache_key=("natural", frames, tpf, chunk))
-    return lambda q, k, v, layer: masked(q, k, v)
+def _tf_attention(frames: int, tpf: int, chunk: int, attn: str, window: TFWindow | None = None) -> AttnFn:
+    """The block-causal teacher-forcing mask over [clean ; noisy], as the model's attn_fn; with a `window` that the
+    clip outgrows, the windowed mask (dense / Flex from the same rule, or the blocked gather)."""
+    if window is not None and window.covers(frames // chunk):
+        window = None  # the same mask: keep the unwindowed path bit for bit
+    masked = MaskedAttention(tf_mask_mod(frames, tpf, chunk, window), 2 * frames * tpf,
+                             "dense" if attn == "blocked" else attn,
+                             cache_key=("natural", frames, tpf, chunk, window))
+    whole = TFWindow(frames // chunk, 0)
+
+    def fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int) -> torch.Tensor:
+        if resolve_attn(attn, q.device, windowed=window is not None) == "blocked":
+            return blocked_tf_attention(q, k, v, frames, tpf, chunk, window or whole)
+        return masked(q, k, v)
+
+    return fn
 
 
 def teacher_forcing_loss(
@@ -362,6 +474,7 @@ def teacher_forcing_loss(
     loss_weighting: str = "wan",
     i2v: bool = False,
     valid_frames: int | None = None,
+    window: TFWindow | None = None,
 ) -> torch.Tensor:
     """Weighted flow-matching loss of one sample under the teacher-forcing layout (deterministic given noise, t).
 
@@ -379,6 +492,9 @@ def teacher_forcing_loss(
 
     With `i2v`, latent 0 is the clean conditioning image (module docstring): never noised, t = 0, no injection,
     zero recorded error, and the mean runs over latents 1..F−1.
+
+    With a `window` (`TFWindow`, `tf_window`), each block's clean context is its inference KV window instead of the
+    whole history.
     """
     frames, tpf = check_tf_shapes(model, x0, t_index, frame_prompt)
     if i2v:
@@ -395,7 +511,7 @@ def teacher_forcing_loss(
     frame_prompt = torch.as_tensor(frame_prompt, device=dev).long()
     out = model(
         seq, t_seq, prompts_embeds, frame_positions=list(range(frames)) * 2,
-        attn_fn=_tf_attention(frames, tpf, chunk, attn), frame_prompt=torch.cat([frame_prompt, frame_prompt]),
+        attn_fn=_tf_attention(frames, tpf, chunk, attn, window), frame_prompt=torch.cat([frame_prompt, frame_prompt]),
     )
     v_hat = out[:, :, frames:]
     if recycler is not None:
@@ -417,6 +533,7 @@ def batched_teacher_forcing_loss(
     loss_weighting: str = "wan",
     i2v: bool = False,
     valid_frames: list[int] | None = None,
+    window: TFWindow | None = None,
 ) -> torch.Tensor:
     """`teacher_forcing_loss` of B single-prompt samples in one forward pass: their mean.
 
@@ -447,7 +564,7 @@ def batched_teacher_forcing_loss(
     seq = torch.cat([ctx, x_t], dim=2)
     t_seq = torch.cat([torch.zeros(B, frames), torch.stack([fr.t for fr in framed])], dim=1).to(dev)
     out = model(seq, t_seq, prompt_embeds, frame_positions=list(range(frames)) * 2,
-                attn_fn=_tf_attention(frames, tpf, chunk, attn))
+                attn_fn=_tf_attention(frames, tpf, chunk, attn, window))
     v_hat = out[:, :, frames:]
     if recycler is not None:
         for b, (sc, fr) in enumerate(zip(scheds, framed, strict=True)):

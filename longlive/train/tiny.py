@@ -288,6 +288,50 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0, recipe: TinyR
     return result
 
 
+def long_samples(gen: ProceduralVideos, vae, text, cache: Path, *, latents: int, n: int,
+                 progress: bool = False) -> list[dict]:
+    """`n` single-shot procedural clips of `latents` latent frames, encoded once (cached under `cache`): the long
+    clips that `tune_long` trains on."""
+    ds = ProceduralDataset(gen, n_samples=n, shots=1, frames_per_shot=1 + 4 * (latents - 1))
+    return list(training_samples(ds, vae, text, LatentCache(cache / "latents"), EmbeddingCache(cache / "text"),
+                                 num_latents=latents, progress=progress))
+
+
+def tune_long(model, samples: list[dict], out: Path, *, seconds: float, lr: float, seed: int = 0,
+              tf_window: bool = True, probe_steps: int = 20, progress: bool = True) -> dict:
+    """Teacher forcing on long clips through the inference KV window (`TrainConfig.tf_window`), with error recycling
+    as in the short phase, for `seconds` of wall time: a short warm-up, a cosine to 10 % and the EMA of the second
+    half, copied into `model`. The step count is planned from the first `probe_steps` steps. Returns the summary.
+
+    Why: the short phase's 8-latent clips fit inside the window, so the model never sees a chunk far (in RoPE
+    positions) from its sink, nor a window whose chunks are newer than the sink by more than a few latents — the
+    context of every chunk after the fourth at generation (reports/tiny-long: the stray bursts' timing follows that
+    distance)."""
+    t0 = time.perf_counter()
+    cfg = TrainConfig(train_steps=10**6, lr=lr, batch_size=1, betas=(0.9, 0.99), lr_schedule="cosine",
+                      warmup_steps=min(50, probe_steps), lr_min_ratio=0.1, text_dropout=0.1,
+                      loss_weighting=TinyRecipe.loss_weighting, error_recycling=True,
+                      error_recycling_config=TINY_ERROR_RECYCLING, timestep_density=TinyRecipe.timestep_density,
+                      tf_window=tf_window, ema_start=10**9, ema_decay=0.995, ckpt_every=10**9, progress=progress,
+                      resume=False, seed=seed)
+    trainer = ARTrainer(model, cfg, itertools.cycle(samples), out)
+    trainer.run(until=probe_steps)
+    t_probe = time.perf_counter()
+    per = (t_probe - t0) / probe_steps  # first steps include one-off costs: re-planned half-way
+    steps = max(probe_steps + 10, int(seconds / per))
+    trainer.cfg.train_steps, trainer.cfg.ema_start = steps, steps // 2
+    trainer.run(until=steps // 2)
+    per = (time.perf_counter() - t_probe) / max(1, trainer.step - probe_steps)
+    steps = max(trainer.step + 10, trainer.step + int((seconds - (time.perf_counter() - t0)) / per))
+    trainer.cfg.train_steps = steps
+    summary = trainer.run()
+    with torch.no_grad():
+        for p, e in zip(trainer.params, trainer.ema, strict=True):
+            p.copy_(e.to(p.dtype))
+    return {**summary, "steps": steps, "seconds": time.perf_counter() - t0, "latents": samples[0]["latents"].shape[2],
+            "clips": len(samples), "lr": lr, "tf_window": tf_window}
+
+
 def _train_lora(model, samples, out: Path, *, seconds: float, seed: int, guidance: float) -> dict:
     """A few DMD steps with a LoRA generator (2-step target); merged into model_2step.pt."""
     if seconds < 20:

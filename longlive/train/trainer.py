@@ -80,6 +80,7 @@ from longlive.train.teacher_forcing import (
     batched_teacher_forcing_loss,
     sample_t_index,
     teacher_forcing_loss,
+    tf_window_of,
 )
 from longlive.train.validation import start_validation
 
@@ -144,6 +145,10 @@ class TrainConfig:
     # I2V (the release's algorithm.i2v / independent_first_frame): latent 0 of every sample is the clean conditioning
     # image, as `generate --image` treats it — never noised, t = 0, no loss (longlive.train.teacher_forcing). sp = 1.
     i2v: bool = False
+    # Teacher forcing through the inference KV window (longlive.train.teacher_forcing.TFWindow): each block's clean
+    # context is the sink plus the newest chunks it would attend at generation, not the whole history (the release).
+    # Clips no longer than the window are unchanged; longer ones teach the sink distances of long videos. sp = 1.
+    tf_window: bool = False
     # Validation (longlive.train.validation): every validate_every optimiser steps (0 = off; the release's
     # evaluation.interval) generate the prompt set (None = the preset's default: the tiny task's two captions) at
     # validation_frames latents (None = the model's window; the release's evaluation.num_frames 32) with the EMA
@@ -391,6 +396,10 @@ class ARTrainer:
                              f"(sp={self.sp}) each SP group trains one sample per step")
         if self.sp == 1 and cfg.train_layout != "none":
             log.info("train_layout=%s ignored: no SP group with more than one rank", cfg.train_layout)
+        if self.sp > 1 and cfg.tf_window:
+            raise ValueError(f"tf_window is single-process / data-parallel only (sp={self.sp}): the SP masks are the "
+                             f"release's whole-history ones; run tf_window with sp=1")
+        self.tf_window = tf_window_of(model.cfg) if cfg.tf_window else None
         if self.sp > 1 and cfg.i2v:
             raise ValueError(f"i2v is single-process / data-parallel only (sp={self.sp}): the SP losses do not "
                              f"condition latent 0; run i2v with sp=1")
@@ -489,7 +498,7 @@ class ARTrainer:
                                             noise=torch.cat(noise).to(self.device, x0.dtype),
                                             t_index=torch.stack(t_idx), attn=self.cfg.attn, recycler=rec,
                                             recycle_generators=gens, loss_weighting=self.cfg.loss_weighting,
-                                            i2v=self.cfg.i2v, valid_frames=valid)
+                                            i2v=self.cfg.i2v, valid_frames=valid, window=self.tf_window)
 
     def compute_loss(self, sample: Any, step: int, *, recycle: bool = True, index: int = 0) -> torch.Tensor:
         """The step's loss: teacher forcing on one process, or this rank's Balanced/traditional SP loss.
@@ -524,7 +533,7 @@ class ARTrainer:
             return teacher_forcing_loss(self.model, x0.to(dev), pe, fp, noise=noise, t_index=t_index,
                                         attn=self.cfg.attn, recycler=rec, recycle_generator=rg,
                                         loss_weighting=self.cfg.loss_weighting, i2v=self.cfg.i2v,
-                                        valid_frames=valid)
+                                        valid_frames=valid, window=self.tf_window)
         if valid != frames:
             raise ValueError(f"a padded sample ({valid} of {frames} latent frames real, allow_padding) is masked from "
                              f"the loss only at sp = 1; train padded data with --sp 1 or without --allow-padding")
@@ -823,6 +832,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--i2v", action=argparse.BooleanOptionalAction, default=False, help="image-to-video: latent 0 "
                    "of each sample is the clean conditioning image (never noised, t = 0, no loss), as `generate "
                    "--image` conditions it (the release's i2v / independent_first_frame); sp = 1 only")
+    p.add_argument("--tf-window", action=argparse.BooleanOptionalAction, default=False, help="teacher forcing "
+                   "through the inference KV window: each block sees the sink and the newest chunks it attends at "
+                   "generation, not its whole history (use with --frames longer than the window); sp = 1 only")
     p.add_argument("--validate-every", type=int, default=0, help="generate the validation prompts every N optimiser "
                    "steps into OUT/validation/step_N/ (strips, metrics.json) and OUT/tb/ (TensorBoard); 0: off")
     p.add_argument("--validation-prompt", action="append", dest="validation_prompts", default=None,
@@ -926,7 +938,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                       checkpoint=args.checkpoint, checkpoint_ema=args.checkpoint_ema, batch_size=args.batch_size,
                       grad_accum=args.grad_accum, weight_decay=args.weight_decay, betas=tuple(args.betas),
                       ema_decay=args.ema_decay, keep_checkpoints=args.keep_checkpoints,
-                      i2v=args.i2v, validate_every=args.validate_every, validation_prompts=args.validation_prompts,
+                      i2v=args.i2v, tf_window=args.tf_window, validate_every=args.validate_every,
+                      validation_prompts=args.validation_prompts,
                       validation_images=args.validation_images, validation_frames=args.validation_frames,
                       validation_ema=args.validation_ema, validation_strict=args.validation_strict,
                       wandb=args.wandb, wandb_project=args.wandb_project)

@@ -31,6 +31,7 @@ def train_config(spec: RunSpec) -> TrainConfig:
                        weight_decay=spec.weight_decay,
                        betas=tuple(spec.betas), ema_decay=spec.ema_decay, ema_start=spec.ema_start,
                        keep_checkpoints=spec.keep_checkpoints, error_recycling=spec.error_recycling, i2v=spec.i2v,
+                       tf_window=spec.tf_window,
                        error_recycling_config=ErrorRecyclingConfig(**dataclasses.asdict(spec.error_recycling_config)))
 
 
