@@ -44,6 +44,8 @@ from longlive.workloads import CellContext
 from longlive.workloads.infer import quality_metrics
 
 FLICKER = "temporal_flickering"
+TINY_WINDOWED = ["prompt_colour_match", "shape_iou", "palette_match"]
+"""The tiny evaluation's metrics the smoke preset's long cells window beside flickering and stray share."""
 
 
 def _video(t: int, seed: int = 0, hw: int = 6) -> torch.Tensor:
@@ -299,6 +301,55 @@ def test_report_with_long_cells(tmp_path):
     assert "Quality over time" in index.read_text()
 
 
+def _windowed(metric: str, values: list[float | None], better: bool) -> dict:
+    """A row's window columns of `metric` (drift numbers as the runner computes them)."""
+    drift, worst, wi = drift_numbers(values, better)
+    return {metric + "_per_window": values, metric + "_drift": drift, metric + "_worst_window": worst,
+            metric + "_worst_window_index": wi}
+
+
+def test_report_of_the_smoke_long_cells_metrics(tmp_path, monkeypatch):
+    """`longlive report` on long cells that window the tiny task's metrics beside flickering and stray share (more
+    metrics than MAX_PANELS): one panel per metric, a drift-table row per cell and metric, a window with nothing
+    drawn (None) and a whole-video NaN handled."""
+    from longlive.cli import main
+    from longlive.report import plots
+
+    tiny = {"stray_share": ([0.0, 0.0, 0.01, 0.0, 0.02], False),
+            "prompt_colour_match": ([None, 0.9, 0.8, 0.85, 0.7], True),
+            "shape_iou": ([0.6, 0.6, 0.5, 0.55, 0.4], True), "shape_match": ([1.0, 1.0, 0.9, 1.0, 0.8], True),
+            "palette_match": ([0.99, 0.98, 0.97, 0.98, 0.95], True),
+            "temporal_flickering_long": ([0.99, 0.99, 0.98, 0.99, 0.97], True)}
+    rows = []
+    for cell, kv, shift in (("long-none", "none", 0.0), ("long-nvfp4", "nvfp4", -0.05)):
+        extra = {"prompt_colour_match": math.nan if kv == "none" else 0.8}
+        for m, (vals, better) in tiny.items():
+            extra.update(_windowed(m, [None if v is None else v + shift * better for v in vals], better))
+        rows.append(_row(cell, "bf16", kv, 2, 60, [0.985, 0.984, 0.98, 0.975, 0.97], extra=extra))
+    run = _store(tmp_path / "run", rows)
+    figures = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or save(fig, path))
+    assert main(["report", str(run), "--out", str(tmp_path / "out")]) == 0
+    names = sorted([FLICKER, *tiny])
+    assert len(names) > plots.MAX_PANELS
+    (fig,) = [f for f in figures if f.axes and "per window" in f.axes[0].get_title()]
+    assert [ax.get_title().split(" per window")[0] for ax in fig.axes] == names
+    md = (tmp_path / "out" / "index.md").read_text()
+    section = md[md.index("## Quality over time"):md.index("## Ours vs published numbers")]
+    table = [ln for ln in section.splitlines() if ln.startswith("| long-")]
+    assert len(table) == 2 * len(names)
+    for m in names:
+        assert sum(f"| {m} |" in ln for ln in table) == 2, m
+    pcm = next(ln for ln in table if ln.startswith("| long-nvfp4") and "| prompt_colour_match |" in ln)
+    assert "| 0.65 |" in pcm  # the last window; the first (nothing drawn) has no value and the drift none
+    cells = [c.strip() for c in pcm.strip("|").split("|")]
+    header = next(ln for ln in section.splitlines() if ln.startswith("| cell"))
+    col = dict(zip([c.strip() for c in header.strip("|").split("|")], cells, strict=True))
+    assert col["first window"] == col["drift"] == "—"
+    assert (col["worst window"], col["worst index"]) == ("0.65", "4")
+
+
 def test_report_without_long_cells_says_so(tmp_path):
     rows = [_row("short-cell", "bf16", "none", 4, 16, [0.95, 0.96]), _row("no-windows", "fp32", "none", 4, 16, None)]
     build_report([_store(tmp_path / "run", rows)], tmp_path / "out")
@@ -331,5 +382,5 @@ def test_smoke_preset_has_a_long_cell_per_kv_format():
         cfg = get_preset("tiny")
         w = windows_of(1 + cfg.vae_stride[0] * (c.config["frames"] - 1), cfg.fps, c.config["quality"]["window_seconds"])
         assert w.no_drift_reason is None and len(w.ranges) == 5  # 237 frames: drift over five 2-s windows
-        q = c.config["quality"]  # the tiny task's stray share windows beside flickering (its prompt is in the row)
-        assert resolve_window_metrics(q["window_metrics"], q["metrics"]) == [FLICKER, "stray_share"]
+        q = c.config["quality"]  # the tiny task's metrics window beside flickering (its prompt is in the row)
+        assert resolve_window_metrics(q["window_metrics"], q["metrics"]) == [FLICKER, "stray_share", *TINY_WINDOWED]

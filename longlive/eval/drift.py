@@ -55,11 +55,13 @@ def windowable(metric: Metric) -> bool:
 
 
 def resolve_window_metrics(window_metrics: Sequence[str] | None, metrics: Sequence[str]) -> list[str]:
-    """The metrics to window: `quality.window_metrics` when given, else the windowable ones among the cell's
-    `quality.metrics` (unknown names there are left to the whole-video metrics to report)."""
+    """The metrics to window: `quality.window_metrics` when given, else the windowable ones with a good direction
+    among the cell's `quality.metrics` (unknown names, and directionless ones such as `foreground_fraction`, are left
+    to the whole-video metrics to report: listing them there must not make a cell invalid)."""
     if window_metrics is not None:
         return list(dict.fromkeys(window_metrics))
-    return [n for n in dict.fromkeys(metrics) if n in METRICS and windowable(METRICS[n])]
+    return [n for n in dict.fromkeys(metrics)
+            if n in METRICS and windowable(METRICS[n]) and METRICS[n].higher_is_better is not None]
 
 
 def check_window_quality(window_metrics: Sequence[str] | None, metrics: Sequence[str],
@@ -72,7 +74,7 @@ def check_window_quality(window_metrics: Sequence[str] | None, metrics: Sequence
                              f"{', '.join(sorted(METRICS))}")
         m = METRICS[name]
         if not windowable(m):
-            ok = sorted(n for n, x in METRICS.items() if windowable(x))
+            ok = sorted(n for n, x in METRICS.items() if windowable(x) and x.higher_is_better is not None)
             raise ValueError(f"quality.window_metrics: {name!r} needs {', '.join(m.needs.inputs())}; windows take "
                              f"metrics of the frames only ({', '.join(ok)})")
         if m.higher_is_better is None:

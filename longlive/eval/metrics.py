@@ -15,7 +15,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import clips, fidelity, flicker, stray
+import torch
+
+from . import clips, fidelity, flicker, palette, shapes, stray
+from .loading import as_video
 
 INPUTS = ("frames", "latents", "ref_frames", "ref_latents", "fps", "prompt")
 
@@ -139,11 +142,70 @@ def _latent_rel_err_vs_ref(latents: Any, ref_latents: Any) -> float:
     return fidelity.latent_rel_err(latents, ref_latents)
 
 
+def _one_caption(metric: str, prompt: str | list[str], reads: str = "colours") -> str:
+    """The one caption a tiny-task metric reads its colours or shape from; several distinct prompts are an error, since
+    a multi-shot video's shots differ in what they prompt."""
+    texts = [prompt] if isinstance(prompt, str) else list(dict.fromkeys(prompt))
+    if len(texts) != 1:
+        raise ValueError(f"{metric} reads one caption's {reads}, got {len(texts)} prompts {texts[:3]}: measure "
+                         f"each shot's frames with its own prompt")
+    return texts[0]
+
+
 @register_metric("stray_share", needs=Needs(frames=True, prompt=True), higher_is_better=False)
 def _stray_share(frames: Any, prompt: str | list[str]) -> float:
     """Tiny task: share of pixels off every blend of the prompt's background and object colours in a third colour."""
-    texts = [prompt] if isinstance(prompt, str) else list(dict.fromkeys(prompt))
-    if len(texts) != 1:
-        raise ValueError(f"stray_share reads one caption's colours, got {len(texts)} prompts {texts[:3]}: measure "
-                         f"each shot's frames with its own prompt")
-    return stray.stray_share_for_prompt(frames, texts[0])
+    return stray.stray_share_for_prompt(frames, _one_caption("stray_share", prompt))
+
+
+# The tiny task's evaluation metrics (longlive.train.tiny's tiny_eval.json, same names and values): the grey
+# background and the whole palette as the tiny default's evaluation uses them, so a long cell can window them.
+TINY_BACKGROUND = torch.tensor(palette.COLOURS["grey"])
+TINY_PALETTE = torch.tensor(list(palette.COLOURS.values()), dtype=torch.uint8)
+TINY_PALETTE_TOL = 24
+"""`palette_match`'s tolerance in the tiny evaluation (L∞, 0–255)."""
+
+
+def _prompted_kind(metric: str, prompt: str | list[str]) -> str:
+    """The procedural shape the caption names, or a ValueError naming the metric and the caption."""
+    text = _one_caption(metric, prompt, reads="shape")
+    kind = shapes.named_shape(text)
+    if kind is None:
+        raise ValueError(f"{metric} needs a prompt naming exactly one shape ({', '.join(shapes.SHAPES)}); got {text!r}")
+    return kind
+
+
+@register_metric("palette_match", needs=Needs(frames=True), higher_is_better=True)
+def _palette_match(frames: Any) -> float:
+    """Tiny task: fraction of pixels within 24 (L∞) of a palette colour (flat procedural colours, not smears)."""
+    return palette.palette_match(as_video(frames), TINY_PALETTE, tol=TINY_PALETTE_TOL)
+
+
+@register_metric("prompt_colour_match", needs=Needs(frames=True, prompt=True), higher_is_better=True)
+def _prompt_colour_match(frames: Any, prompt: str | list[str]) -> float:
+    """Tiny task: of the pixels off the grey background, the fraction in a colour the prompt names (NaN: none drawn)."""
+    text = _one_caption("prompt_colour_match", prompt)
+    colours = palette.named_colours(text)
+    if colours.shape[0] == 0:
+        raise ValueError(f"prompt_colour_match needs a prompt naming an object colour (one of "
+                         f"{', '.join(c for c in palette.COLOURS if c != 'grey')}); got {text!r}")
+    return palette.prompt_colour_match(as_video(frames), colours, TINY_BACKGROUND)
+
+
+@register_metric("shape_match", needs=Needs(frames=True, prompt=True), higher_is_better=True)
+def _shape_match(frames: Any, prompt: str | list[str]) -> float:
+    """Tiny task: fraction of frames whose drawn object is best matched by the prompted shape's template."""
+    return shapes.shape_match(as_video(frames), _prompted_kind("shape_match", prompt), TINY_BACKGROUND)
+
+
+@register_metric("shape_iou", needs=Needs(frames=True, prompt=True), higher_is_better=True)
+def _shape_iou(frames: Any, prompt: str | list[str]) -> float:
+    """Tiny task: mean IoU of each frame's drawn object with the prompted shape's template (0 for an empty frame)."""
+    return shapes.shape_iou(as_video(frames), _prompted_kind("shape_iou", prompt), TINY_BACKGROUND)
+
+
+@register_metric("foreground_fraction", needs=Needs(frames=True))
+def _foreground_fraction(frames: Any) -> float:
+    """Tiny task: fraction of pixels off the grey background. No good direction (the real clips' value is the
+    target, not an end of the scale), so it is reported whole but cannot be windowed."""
+    return palette.foreground_fraction(as_video(frames), TINY_BACKGROUND)

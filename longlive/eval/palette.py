@@ -9,6 +9,8 @@ crisp flat shapes. It says nothing about motion; pair it with `temporal_flickeri
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -27,6 +29,15 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 """The procedural palette by caption name (`longlive.train.data` draws with it; kept here
 so `eval` can read prompts without importing `train`)."""
+
+
+def named_colours(text: str) -> torch.Tensor:
+    """RGB [K, 3] of the palette colours a caption names, in palette order, the grey background excepted: the
+    tiny task's prompted object colours (here, not in `train`, so the registered metrics read prompts the way the
+    tiny default's evaluation does)."""
+    words = set(re.findall(r"[a-z]+", text.lower()))
+    return torch.tensor([rgb for name, rgb in COLOURS.items() if name != "grey" and name in words],
+                        dtype=torch.int64).reshape(-1, 3)
 
 
 def palette_match(frames: torch.Tensor, palette: torch.Tensor, tol: int = 24) -> float:

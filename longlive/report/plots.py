@@ -397,9 +397,11 @@ def plot_quality_over_time(infer: pd.DataFrame, path: Path) -> Plot:
         return Plot("quality_over_time", title, note="no long cells: none of these cells' videos holds two quality "
                     "windows (quality.window_seconds, 2 s by default), so there is no drift to plot")
     labels = over_time_labels([r for _, cells in panels for r, _, _ in cells])
-    fig = Figure(figsize=(9.0, 3.8 * len(panels[:MAX_PANELS])), layout="constrained")
-    for i, (m, cells) in enumerate(panels[:MAX_PANELS]):
-        ax = fig.add_subplot(len(panels[:MAX_PANELS]), 1, i + 1)
+    # Every windowed metric gets its panel (no MAX_PANELS cap): the metrics are the ones a run asked to window, and a
+    # dropped panel would leave a metric of the drift table without its curve.
+    fig = Figure(figsize=(9.0, 3.8 * len(panels)), layout="constrained")
+    for i, (m, cells) in enumerate(panels):
+        ax = fig.add_subplot(len(panels), 1, i + 1)
         better = getattr(METRICS.get(m), "higher_is_better", None)
         for r, t, vals in cells[:MAX_CONFIGS]:
             (line,) = ax.plot(t, vals, marker="o", ms=4, label=labels[r["cell_id"]])

@@ -23,7 +23,6 @@ import copy
 import hashlib
 import itertools
 import json
-import re
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -34,7 +33,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from longlive.eval.flicker import temporal_flickering
-from longlive.eval.palette import foreground_fraction, palette_match, prompt_colour_match
+from longlive.eval.palette import foreground_fraction, named_colours, palette_match, prompt_colour_match
 from longlive.eval.shapes import centroid_travel, named_shape, shape_iou, shape_match
 from longlive.infer.assemble import make_video
 from longlive.infer.video import VideoRequest
@@ -153,12 +152,6 @@ def ship(src: Path, dest: Path | None = None, *, notes: str | None = None) -> di
            "files": files, "retrain": RETRAIN_COMMAND, "notes": notes}
     write_text_atomic(dest / "MANIFEST.json", json.dumps(man, indent=1, default=str) + "\n")
     return man
-
-
-def named_colours(text: str) -> torch.Tensor:
-    """RGB [K, 3] of the palette colours a caption or prompt names, the grey background excepted."""
-    words = set(re.findall(r"[a-z]+", text.lower()))
-    return torch.tensor([rgb for name, rgb in COLOURS.items() if name != "grey" and name in words])
 
 
 def _log(msg: str) -> None:
@@ -298,10 +291,12 @@ def long_samples(gen: ProceduralVideos, vae, text, cache: Path, *, latents: int,
 
 
 def tune_long(model, samples: list[dict], out: Path, *, seconds: float, lr: float, seed: int = 0,
-              tf_window: bool = True, probe_steps: int = 20, progress: bool = True) -> dict:
+              tf_window: bool = True, probe_steps: int = 20, progress: bool = True,
+              steps: int | None = None) -> dict:
     """Teacher forcing on long clips through the inference KV window (`TrainConfig.tf_window`), with error recycling
     as in the short phase, for `seconds` of wall time: a short warm-up, a cosine to 10 % and the EMA of the second
-    half, copied into `model`. The step count is planned from the first `probe_steps` steps. Returns the summary.
+    half, copied into `model`. The step count is planned from the first `probe_steps` steps (re-planned half-way),
+    unless `steps` fixes it (comparable experiments on a shared machine). Returns the summary.
 
     Why: the short phase's 8-latent clips fit inside the window, so the model never sees a chunk far (in RoPE
     positions) from its sink, nor a window whose chunks are newer than the sink by more than a few latents — the
@@ -315,15 +310,17 @@ def tune_long(model, samples: list[dict], out: Path, *, seconds: float, lr: floa
                       tf_window=tf_window, ema_start=10**9, ema_decay=0.995, ckpt_every=10**9, progress=progress,
                       resume=False, seed=seed)
     trainer = ARTrainer(model, cfg, itertools.cycle(samples), out)
+    fixed = steps
     trainer.run(until=probe_steps)
     t_probe = time.perf_counter()
     per = (t_probe - t0) / probe_steps  # first steps include one-off costs: re-planned half-way
-    steps = max(probe_steps + 10, int(seconds / per))
+    steps = fixed or max(probe_steps + 10, int(seconds / per))
     trainer.cfg.train_steps, trainer.cfg.ema_start = steps, steps // 2
     trainer.run(until=steps // 2)
-    per = (time.perf_counter() - t_probe) / max(1, trainer.step - probe_steps)
-    steps = max(trainer.step + 10, trainer.step + int((seconds - (time.perf_counter() - t0)) / per))
-    trainer.cfg.train_steps = steps
+    if fixed is None:
+        per = (time.perf_counter() - t_probe) / max(1, trainer.step - probe_steps)
+        steps = max(trainer.step + 10, trainer.step + int((seconds - (time.perf_counter() - t0)) / per))
+        trainer.cfg.train_steps = steps
     summary = trainer.run()
     with torch.no_grad():
         for p, e in zip(trainer.params, trainer.ema, strict=True):

@@ -37,11 +37,15 @@ def main() -> int:
     ap.add_argument("--clips", type=int, default=200)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--tf-window", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--steps", type=int, default=None, help="fix the step count instead of planning it from --minutes")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (1 when sharing the machine)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", type=Path, default=Path("/tmp/tiny-long-cache"))
     a = ap.parse_args()
     t0 = time.perf_counter()
     torch.manual_seed(a.seed)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     cfg = get_preset("tiny")
     paths = default_paths(cfg, a.base)
     src = paths.vae.parent
@@ -56,7 +60,7 @@ def main() -> int:
     dest = a.out / "tiny"
     dest.mkdir(parents=True, exist_ok=True)
     summary = tune_long(model, samples, a.out / "run", seconds=60 * a.minutes, lr=a.lr, seed=a.seed,
-                        tf_window=a.tf_window)
+                        tf_window=a.tf_window, steps=a.steps)
     save_generator(model, dest / "model_bf16.pt")
     for name in ("vae.safetensors", "text_encoder.safetensors", "vae_stats.json"):
         if (src / name).exists():
