@@ -18,12 +18,15 @@ def test_train_tiny_writes_loadable_weights_and_an_evaluation(tmp_path):
 
     torch.set_num_threads(1)
     result = train_tiny(tmp_path, minutes=0.3, samples=6, codec_clips=4, eval_seeds=1,
-                        recipe=TinyRecipe(speed=(0.2, 0.3)))  # a variant, passed as a value
+                        recipe=TinyRecipe(speed=(0.2, 0.3), long_latents=12, long_clips=2))  # a variant, as a value
     for name in ("vae.safetensors", "vae_stats.json", "text_encoder.safetensors", "model_bf16.pt", "tiny_eval.json",
                  "vae_reconstruction.png"):
         assert (tmp_path / name).is_file(), name
     assert result["ar_steps"] >= 400  # the probe always runs; a spent budget still adds its minimum
     assert result["lora"]["steps"] == 0  # no time left in 18 s: the LoRA is skipped, not half-trained
+    # the long phase ran through the KV window on 12-latent clips (past the 8-latent window), at least its minimum
+    long = result["long"]
+    assert long["tf_window"] and long["latents"] == 12 and long["clips"] == 2 and long["steps"] >= 30
     codec = load_vae("tiny-pca", tmp_path / "vae.safetensors")
     assert bool(codec.first_tube)
     model = build_model(get_preset("tiny"))

@@ -96,6 +96,14 @@ class TinyRecipe:
     # the seeded byte-level encoder the shape word moved the first chunk a sixth as much as the colour word.
     text_pretrain_steps: int = 0
     ar_share: float = 0.7  # of the time left after the codec and the data; the 2-step LoRA gets the rest
+    # Long video (issue 21, `tune_long`): after the 8-latent phase, teacher forcing on `long_clips` clips of
+    # `long_latents` latents through the inference KV window (`tf_window`), for `long_share` of the AR time (encoding
+    # included) at `long_lr`. The 8-latent clips fit inside the window, so without it the model never sees a chunk
+    # far from its sink (reports/tiny-long). 0 latents: no long phase.
+    long_latents: int = 0
+    long_clips: int = 100
+    long_share: float = 0.3
+    long_lr: float = 1e-3
 
     @property
     def task(self) -> dict:
@@ -205,7 +213,8 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0, recipe: TinyR
     _log(f"encoded {len(samples)} training samples ({time.perf_counter() - t_start:.0f} s so far)")
     model = build_model(cfg, seed=seed)
     remaining = budget - (time.perf_counter() - t_start)
-    ar_seconds = r.ar_share * remaining
+    long_seconds = r.long_share * r.ar_share * remaining if r.long_latents else 0.0
+    ar_seconds = r.ar_share * remaining - long_seconds
     t_ar = time.perf_counter()
     # From scratch, not the release's fine-tune: Adam with momentum, a high lr with warm-up and cosine decay
     # (lr 4e-3 reached in 150 s the held-out loss run5 reached in 11 min), and 10 % empty-prompt samples so the
@@ -241,8 +250,9 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0, recipe: TinyR
     with torch.no_grad():  # ship the EMA of the second half (averages out the constant-lr noise of the last steps)
         for p, e in zip(trainer.params, trainer.ema, strict=True):
             p.copy_(e.to(p.dtype))
-    save_generator(model, out / "model_bf16.pt")
     _log(f"AR: {steps} steps at {per_step:.2f} s/step; summary {summary}")
+    long_info = _long_phase(model, r, gen, vae, text, out, seconds=long_seconds, seed=seed) if r.long_latents else None
+    save_generator(model, out / "model_bf16.pt")
 
     # 4. 2-step LoRA by DMD -------------------------------------------------------------------------------------
     lora_info = _train_lora(model, samples, out, seconds=budget - (time.perf_counter() - t_start) - 60, seed=seed,
@@ -266,6 +276,7 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0, recipe: TinyR
     result = {"manifest": manifest({"recipe": r.as_dict(), "minutes": minutes}, seed),
               "minutes": (time.perf_counter() - t_start) / 60, "vae": {"kind": "pca codec", **codec_stats},
               "vae_reconstruction": vae_quality, "text_encoder": text_info, "ar_steps": steps, "ar_summary": summary,
+              "long": long_info,
               "lora": lora_info, "eval": evals,
               "metric": "palette_match: fraction of pixels within 24/255 (L∞) of a procedural palette colour; "
                         "prompt_colour_match: fraction of foreground pixels (> 48/255 from the grey background) "
@@ -327,6 +338,19 @@ def tune_long(model, samples: list[dict], out: Path, *, seconds: float, lr: floa
             p.copy_(e.to(p.dtype))
     return {**summary, "steps": steps, "seconds": time.perf_counter() - t0, "latents": samples[0]["latents"].shape[2],
             "clips": len(samples), "lr": lr, "tf_window": tf_window}
+
+
+def _long_phase(model, r: TinyRecipe, gen: ProceduralVideos, vae, text, out: Path, *, seconds: float,
+                seed: int) -> dict:
+    """Encode the long clips, then `tune_long` for what is left of `seconds`."""
+    t0 = time.perf_counter()
+    samples = long_samples(gen, vae, text, out / "cache" / f"long{r.long_latents}", latents=r.long_latents,
+                           n=r.long_clips, progress=True)
+    encode_s = time.perf_counter() - t0
+    _log(f"long: {len(samples)} clips of {r.long_latents} latents encoded in {encode_s:.0f} s")
+    info = tune_long(model, samples, out / "long", seconds=max(0.0, seconds - encode_s), lr=r.long_lr, seed=seed)
+    _log(f"long: {info['steps']} steps in {info['seconds']:.0f} s")
+    return {**info, "encode_s": encode_s}
 
 
 def _train_lora(model, samples, out: Path, *, seconds: float, seed: int, guidance: float) -> dict:

@@ -50,7 +50,7 @@ def videos(weights: Path | None, latents: int, seeds: int, real: bool, steps: in
     for i, prompt in enumerate(EVAL_PROMPTS):
         for s in range(seeds):
             if real:  # the evaluation's real clips: indices 20000 + k, as the tiny default's evaluation
-                frames, caption = gen.clip(20_000 + i * seeds + s, frames_n)
+                frames, caption, _ = gen.clip(20_000 + i * seeds + s, frames_n)
                 yield caption, 20_000 + i * seeds + s, frames
                 continue
             req = VideoRequest(model="tiny", frames=latents, prompts=[prompt], steps=steps, seed=100 * i + s,
