@@ -297,6 +297,22 @@ def read_results(path: str | os.PathLike) -> dict[str, float]:
     return out
 
 
+def read_per_video_results(path: str | os.PathLike) -> dict[str, dict[str, float]]:
+    """VBench's `<name>_eval_results.json` → {dim: {video file name: score}} from each dimension's per-video list
+    (entries carry `video_path` and `video_results`); what quality-over-time needs when VBench scores a folder of
+    window clips in one run. A dimension without a per-video list is left out."""
+    data = json.loads(Path(path).read_text())
+    out: dict[str, dict[str, float]] = {}
+    for dim, value in data.items():
+        if not isinstance(value, list | tuple) or len(value) < 2 or not isinstance(value[1], list):
+            continue
+        per = {Path(str(e["video_path"])).name: float(e["video_results"]) for e in value[1]
+               if isinstance(e, dict) and "video_path" in e and "video_results" in e}
+        if per:
+            out[dim] = per
+    return out
+
+
 def run_vbench(
     videos_dir: str | os.PathLike,
     dimensions: Iterable[str],

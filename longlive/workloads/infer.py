@@ -35,6 +35,7 @@ from longlive.workloads.quality import (
     metric_inputs,
     vbench_scores,
     vbench_unavailable_reason,
+    vbench_window_scores,
     window_quality,
 )
 
@@ -164,4 +165,7 @@ class QualityWorkload(InferWorkload):
         dims = list(spec.quality.vbench_dimensions)
         if dims and out:
             out.update(vbench_scores(ctx.out, dims))
+            # VBench-Long: the same dimensions per quality window, where the video holds at least two
+            out.update(vbench_window_scores(ctx.out, dims, get_preset(spec.model.name).fps,
+                                            spec.quality.window_seconds))
         return out

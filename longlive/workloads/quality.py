@@ -8,12 +8,22 @@ from pathlib import Path
 from typing import Any
 
 from longlive.eval import scoring, vbench_adapter
-from longlive.eval.drift import DEFINITION_KEY, resolve_window_metrics, windowed_metrics
+from longlive.eval.clips import DEFAULT_WINDOW_SECONDS
+from longlive.eval.drift import (
+    DEFINITION_KEY,
+    WINDOW_CENTRES,
+    drift_numbers,
+    resolve_window_metrics,
+    window_columns,
+    windowed_metrics,
+    windows_of,
+)
 from longlive.eval.fidelity import chunk_frame_ranges, latent_rel_err_per_chunk, psnr_per_chunk
 from longlive.eval.loading import load_frames, load_latents
 from longlive.eval.metrics import INPUTS, compute_metrics
 from longlive.experiments.spec import RunSpec
 from longlive.model.presets import get_preset
+from longlive.output import write_mp4
 
 CELL_SPEC = "cell.json"
 """The runner's spec of a cell, written into the cell's folder (`runner.executor.run_cell`): its `config` names the
@@ -94,3 +104,40 @@ def vbench_unavailable_reason(dimensions: list[str]) -> str | None:
 def vbench_scores(cell_dir: Path, dimensions: list[str]) -> dict[str, Any]:
     raw = vbench_adapter.run_vbench(Path(cell_dir) / "video.mp4", dimensions, out_dir=Path(cell_dir) / "vbench")
     return {**{f"vbench_{k}": v for k, v in raw.items()}, **scoring.vbench_scores(raw)}
+
+
+VBENCH_WINDOW_NAME = "windows"
+"""VBench's run name for the window clips (`<cell>/vbench_windows/windows_eval_results.json`)."""
+
+
+def vbench_window_scores(cell_dir: Path, dimensions: list[str], fps: float,
+                         window_seconds: float = DEFAULT_WINDOW_SECONDS) -> dict[str, Any]:
+    """VBench per quality window, as VBench-Long scores long videos: the cell's video.mp4 cut into the quality
+    windows (`longlive.eval.drift`), each written as a clip (`vbench_windows/video-wNNN.mp4`), all scored in one
+    VBench run, and per dimension `vbench_<dim>_per_window`, `_drift`, `_worst_window`, `_worst_window_index`
+    (every VBench dimension is higher-is-better). Nothing for a video shorter than two windows."""
+    cell_dir = Path(cell_dir)
+    frames = load_frames(cell_dir / "video.mp4")
+    w = windows_of(frames.shape[0], fps, window_seconds)
+    if w.no_drift_reason is not None:
+        return {}
+    clips = cell_dir / "vbench_windows"
+    clips.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i, (a, b) in enumerate(w.ranges):
+        names.append(f"video-w{i:03d}.mp4")
+        write_mp4(frames[a:b], clips / names[-1], round(fps))
+    out_dir = cell_dir / "vbench_windows_results"
+    vbench_adapter.run_vbench(clips, dimensions, out_dir=out_dir, name=VBENCH_WINDOW_NAME)
+    per_video = vbench_adapter.read_per_video_results(out_dir / f"{VBENCH_WINDOW_NAME}_eval_results.json")
+    cols: dict[str, Any] = {WINDOW_CENTRES: w.centres_s}
+    for dim in dimensions:
+        scores = per_video.get(dim, {})
+        missing = [n for n in names if n not in scores]
+        if missing:
+            raise RuntimeError(f"VBench scored no window clip {missing[0]} for {dim} (of {len(names)}) in {out_dir}")
+        vals = [scores[n] for n in names]
+        per, drift, worst, worst_i = window_columns(f"vbench_{dim}")
+        cols[per] = vals
+        cols[drift], cols[worst], cols[worst_i] = drift_numbers(vals, higher_is_better=True)
+    return cols
