@@ -4,6 +4,8 @@ streaming pipeline computes with eviction."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -172,3 +174,17 @@ def test_window_knobs_and_errors():
         MaskedAttention(tf_mask_mod(4, 1, 2), 8, "blocked")(*(torch.zeros(1, 8, 1, 2),) * 3)
     assert train_config(RunSpec(tf_window=True)).tf_window is True
     assert TrainConfig().tf_window is False
+
+
+def test_tiny_recipe_long_mix():
+    from longlive.train.tiny import TinyRecipe, _mixed
+
+    got = list(itertools.islice(_mixed(["s1", "s2"], ["L1"], 0.25), 8))
+    assert got == ["s1", "s2", "s1", "L1", "s2", "s1", "s2", "L1"]
+    assert list(itertools.islice(_mixed(["s1"], [], 0.0), 3)) == ["s1"] * 3
+    with pytest.raises(ValueError, match="set long_latents"):
+        TinyRecipe(long_mix=0.1)
+    with pytest.raises(ValueError, match="needs ar_batch 1"):
+        TinyRecipe(long_latents=60, long_mix=0.1, ar_batch=4)
+    with pytest.raises(ValueError, match="must lie in"):
+        TinyRecipe(long_share=1.0)

@@ -97,8 +97,8 @@ class TinyRecipe:
     text_pretrain_steps: int = 0
     ar_share: float = 0.7  # of the time left after the codec and the data; the 2-step LoRA gets the rest
     # Long video (issue 21, `tune_long`): after the 8-latent phase, teacher forcing on `long_clips` clips of
-    # `long_latents` latents through the inference KV window (`tf_window`), for `long_share` of the AR time (encoding
-    # included) at `long_lr`. The 8-latent clips fit inside the window, so without it the model never sees a chunk
+    # `long_latents` latents through the inference KV window (`tf_window`), for `long_share` of the AR time at
+    # `long_lr` (the clips are encoded before the AR phase, out of the whole budget). The 8-latent clips fit inside the window, so without it the model never sees a chunk
     # far from its sink (reports/tiny-long). 0 latents (the shipped run26): no long phase. Off by default: added to
     # run26's weights it removed most of the drift at 60 latents, but inside the 14-minute budget it takes its time
     # from the 8-latent phase and the LoRA, and the two from-scratch runs with it (run27: share 0.4, 200 clips, ar_share
@@ -108,6 +108,18 @@ class TinyRecipe:
     long_clips: int = 200
     long_share: float = 0.4
     long_lr: float = 1e-3
+    # Long clips mixed into the 8-latent phase from its start instead (or as well): this share of its samples are
+    # long clips, through the window. A 60-latent step carries 7.5× the frames of an 8-latent one for about 3.5× the
+    # time, and the whole schedule sees them (run29).
+    long_mix: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (0.0 <= self.long_share < 1.0 and 0.0 <= self.long_mix < 1.0):
+            raise ValueError(f"long_share={self.long_share} and long_mix={self.long_mix} must lie in [0, 1)")
+        if self.long_mix and not self.long_latents:
+            raise ValueError("long_mix mixes long clips into the 8-latent phase: set long_latents (e.g. 60) too")
+        if self.long_mix and self.ar_batch != 1:
+            raise ValueError(f"long_mix needs ar_batch 1 (a batch holds clips of one length), got {self.ar_batch}")
 
     @property
     def task(self) -> dict:
@@ -216,6 +228,12 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0, recipe: TinyR
                                     EmbeddingCache(out / "cache" / "text"), num_latents=frames))
     _log(f"encoded {len(samples)} training samples ({time.perf_counter() - t_start:.0f} s so far)")
     model = build_model(cfg, seed=seed)
+    long: list[dict] = []
+    if r.long_latents:
+        t_long = time.perf_counter()
+        long = long_samples(gen, vae, text, out / "cache" / f"long{r.long_latents}", latents=r.long_latents,
+                            n=r.long_clips, progress=True)
+        _log(f"long: {len(long)} clips of {r.long_latents} latents encoded in {time.perf_counter() - t_long:.0f} s")
     remaining = budget - (time.perf_counter() - t_start)
     long_seconds = r.long_share * r.ar_share * remaining if r.long_latents else 0.0
     ar_seconds = r.ar_share * remaining - long_seconds
@@ -231,8 +249,8 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0, recipe: TinyR
                                            error_recycling_config=TINY_ERROR_RECYCLING,
                                            timestep_density=r.timestep_density,
                                            ema_start=10**9, ema_decay=0.999, ckpt_every=10**9, progress=True,
-                                           resume=False, seed=seed),
-                        itertools.cycle(samples), out / "ar")
+                                           resume=False, seed=seed, tf_window=bool(r.long_latents)),
+                        _mixed(samples, long, r.long_mix), out / "ar")
     trainer.run()
 
     def plan(done_s: float) -> int:
@@ -255,7 +273,10 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0, recipe: TinyR
         for p, e in zip(trainer.params, trainer.ema, strict=True):
             p.copy_(e.to(p.dtype))
     _log(f"AR: {steps} steps at {per_step:.2f} s/step; summary {summary}")
-    long_info = _long_phase(model, r, gen, vae, text, out, seconds=long_seconds, seed=seed) if r.long_latents else None
+    long_info = None
+    if r.long_latents and r.long_share:
+        long_info = tune_long(model, long, out / "long", seconds=long_seconds, lr=r.long_lr, seed=seed)
+        _log(f"long: {long_info['steps']} steps in {long_info['seconds']:.0f} s")
     save_generator(model, out / "model_bf16.pt")
 
     # 4. 2-step LoRA by DMD -------------------------------------------------------------------------------------
@@ -344,17 +365,16 @@ def tune_long(model, samples: list[dict], out: Path, *, seconds: float, lr: floa
             "clips": len(samples), "lr": lr, "tf_window": tf_window}
 
 
-def _long_phase(model, r: TinyRecipe, gen: ProceduralVideos, vae, text, out: Path, *, seconds: float,
-                seed: int) -> dict:
-    """Encode the long clips, then `tune_long` for what is left of `seconds`."""
-    t0 = time.perf_counter()
-    samples = long_samples(gen, vae, text, out / "cache" / f"long{r.long_latents}", latents=r.long_latents,
-                           n=r.long_clips, progress=True)
-    encode_s = time.perf_counter() - t0
-    _log(f"long: {len(samples)} clips of {r.long_latents} latents encoded in {encode_s:.0f} s")
-    info = tune_long(model, samples, out / "long", seconds=max(0.0, seconds - encode_s), lr=r.long_lr, seed=seed)
-    _log(f"long: {info['steps']} steps in {info['seconds']:.0f} s")
-    return {**info, "encode_s": encode_s}
+def _mixed(short: list[dict], long: list[dict], share: float):
+    """The 8-latent phase's samples: the short clips in a cycle, with every round(1 / share)-th sample a long clip
+    (their own cycle) when `share` > 0."""
+    if not share:
+        yield from itertools.cycle(short)
+        return
+    every = max(1, round(1 / share))
+    shorts, longs = itertools.cycle(short), itertools.cycle(long)
+    for i in itertools.count(1):
+        yield next(longs) if i % every == 0 else next(shorts)
 
 
 def _train_lora(model, samples, out: Path, *, seconds: float, seed: int, guidance: float) -> dict:
