@@ -99,8 +99,8 @@ class TinyRecipe:
     # Long video (issue 21, `tune_long`): after the 8-latent phase, teacher forcing on `long_clips` clips of
     # `long_latents` latents through the inference KV window (`tf_window`), for `long_share` of the AR time at
     # `long_lr` (the clips are encoded before the AR phase, out of the whole budget). The 8-latent clips fit inside
-    # the window, so without it the model never sees a chunk
-    # far from its sink (reports/tiny-long). 0 latents (the shipped run26): no long phase. Off by default: added to
+    # the window, so without it the model never sees a chunk far from its sink (reports/tiny-long). 0 latents (the
+    # shipped run26): no long phase. Off by default: added to
     # run26's weights it removed most of the drift at 60 latents, but inside the 14-minute budget it takes its time
     # from the 8-latent phase and the LoRA, and the two from-scratch runs with it (run27: share 0.4, 200 clips, ar_share
     # 0.75; run28: share 0.3, 150 clips) lost short-clip quality and, for run28, long quality too
