@@ -1,6 +1,6 @@
 """Teacher forcing through the inference KV window (`tf_window`): the windowed mask is the cache's window, the
 blocked gather equals the dense mask, and a windowed TF forward over a clip longer than the window predicts what the
-streaming pipeline computes with eviction."""
+streaming pipeline computes with eviction (that one in tests/test_tf_matches_inference.py)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,8 @@ from longlive.model.presets import get_preset
 from longlive.train.teacher_forcing import (
     MaskedAttention,
     TFWindow,
-    add_noise,
     blocked_tf_attention,
     dense_mask,
-    frame_schedule,
     resolve_attn,
     teacher_forcing_loss,
     tf_mask_mod,
@@ -97,43 +95,6 @@ def test_window_outside_blocks_do_not_reach_a_noisy_block():
         v2[:, block * t:(block + 1) * t] += 1.0
         out = blocked_tf_attention(q, k2, v2, frames, tpf, chunk, win)
         assert (not torch.equal(out[:, noisy_i], base[:, noisy_i])) == moves, block
-
-
-def test_windowed_teacher_forcing_equals_the_streaming_forward_with_eviction():
-    """Past the window (10 chunks in a 4-slot window), each noisy block's TF prediction equals the cached chunk
-    forward of the pipeline, whose cache evicts: what `tf_window` exists for."""
-    cfg = get_preset("tiny")
-    model = build_model(cfg, seed=3).eval()
-    cf, tpf = cfg.chunk_frames, cfg.tokens_per_frame
-    frames = 10 * cf
-    h, w = cfg.latent_hw
-    g = torch.Generator().manual_seed(0)
-    x0 = torch.randn(1, cfg.in_channels, frames, h, w, generator=g)
-    noise = torch.randn(x0.shape, generator=g)
-    embeds = torch.randn(1, cfg.text_len, cfg.text_dim, generator=g)
-    sched = frame_schedule(torch.randint(0, 1000, (frames // cf,), generator=g), cf)
-    x_t = add_noise(x0, noise, sched.sigma)
-    win = tf_window_of(cfg)
-
-    def attn(q, k, v, layer):
-        return blocked_tf_attention(q, k, v, frames, tpf, cf, win)
-
-    with torch.no_grad():
-        v_tf = model(torch.cat([x0, x_t], 2), torch.cat([torch.zeros(frames), sched.t])[None], embeds,
-                     frame_positions=list(range(frames)) * 2, attn_fn=attn,
-                     frame_prompt=torch.zeros(2 * frames, dtype=torch.long))[:, :, frames:]
-        geo = CacheGeometry(cf, cfg.window_frames, cfg.sink_frames, tpf, True)
-        cache = KVCache.allocate(geo, cfg.num_layers, 1, cfg.num_heads, cfg.head_dim, storage="fp32", device="cpu",
-                                 compute_dtype=torch.float32)
-        kv = model.text_kv(embeds)
-        for c in range(frames // cf):
-            cache.begin_chunk(c)
-            sl = slice(c * cf, (c + 1) * cf)
-            v = model(x_t[:, :, sl], sched.t[sl][None].clone(), text_kv=kv, frame_offset=c * cf, cache=cache)
-            torch.testing.assert_close(v, v_tf[:, :, sl], rtol=1e-4, atol=1e-5, msg=f"chunk {c}")
-            cache.committing = True
-            model(x0[:, :, sl], torch.zeros(1, cf), text_kv=kv, frame_offset=c * cf, cache=cache)
-            cache.committing = False
 
 
 def _loss(model, x0, window, attn="auto"):

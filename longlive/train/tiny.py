@@ -231,7 +231,7 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0, recipe: TinyR
     _log(f"encoded {len(samples)} training samples ({time.perf_counter() - t_start:.0f} s so far)")
     model = build_model(cfg, seed=seed)
     long: list[dict] = []
-    if r.long_latents:
+    if r.long_latents and (r.long_mix or r.long_share):  # clips only where a phase trains on them
         t_long = time.perf_counter()
         long = long_samples(gen, vae, text, out / "cache" / f"long{r.long_latents}", latents=r.long_latents,
                             n=r.long_clips, progress=True)
@@ -271,9 +271,7 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0, recipe: TinyR
     trainer.cfg.train_steps, trainer.cfg.ckpt_every = steps, max(50, steps // 4)
     summary = trainer.run()
     per_step = (time.perf_counter() - t_ar) / steps
-    with torch.no_grad():  # ship the EMA of the second half (averages out the constant-lr noise of the last steps)
-        for p, e in zip(trainer.params, trainer.ema, strict=True):
-            p.copy_(e.to(p.dtype))
+    _take_ema(trainer)  # ship the EMA of the second half (averages out the constant-lr noise of the last steps)
     _log(f"AR: {steps} steps at {per_step:.2f} s/step; summary {summary}")
     long_info = None
     if r.long_latents and r.long_share:
@@ -319,6 +317,13 @@ def train_tiny(out: Path, *, minutes: float = 14.0, seed: int = 0, recipe: TinyR
     return result
 
 
+@torch.no_grad()
+def _take_ema(trainer: ARTrainer) -> None:
+    """Copy the trainer's EMA weights into its model's parameters."""
+    for p, e in zip(trainer.params, trainer.ema, strict=True):
+        p.copy_(e.to(p.dtype))
+
+
 def long_samples(gen: ProceduralVideos, vae, text, cache: Path, *, latents: int, n: int,
                  progress: bool = False) -> list[dict]:
     """`n` single-shot procedural clips of `latents` latent frames, encoded once (cached under `cache`): the long
@@ -360,9 +365,7 @@ def tune_long(model, samples: list[dict], out: Path, *, seconds: float, lr: floa
         steps = max(trainer.step + 10, trainer.step + int((seconds - (time.perf_counter() - t0)) / per))
         trainer.cfg.train_steps = steps
     summary = trainer.run()
-    with torch.no_grad():
-        for p, e in zip(trainer.params, trainer.ema, strict=True):
-            p.copy_(e.to(p.dtype))
+    _take_ema(trainer)
     return {**summary, "steps": steps, "seconds": time.perf_counter() - t0, "latents": samples[0]["latents"].shape[2],
             "clips": len(samples), "lr": lr, "tf_window": tf_window}
 

@@ -107,7 +107,7 @@ def vbench_scores(cell_dir: Path, dimensions: list[str]) -> dict[str, Any]:
 
 
 VBENCH_WINDOW_NAME = "windows"
-"""VBench's run name for the window clips (`<cell>/vbench_windows/windows_eval_results.json`)."""
+"""VBench's run name for the window clips (`<cell>/vbench_windows_results/windows_eval_results.json`)."""
 
 
 def vbench_window_scores(cell_dir: Path, dimensions: list[str], fps: float,
