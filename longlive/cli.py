@@ -43,6 +43,7 @@ from longlive.quant.linear import DEFAULT_WEIGHT_RULE
 from longlive.quant.nvfp4 import RULES as NVFP4_RULES
 from longlive.quant.recipes import DEFAULT_ACT_RULE
 from longlive.report import add_report_parser
+from longlive.report.compare_cli import add_compare_parser
 from longlive.runner.executor import run_sweep
 from longlive.runner.matrix import expand
 from longlive.runner.schema import empty_row
@@ -213,8 +214,10 @@ def cmd_generate(a: argparse.Namespace) -> int:
                                                         default=str))
     wrote = (f"{a.out / 'latents.safetensors'} (latents only: `longlive decode {a.out}` decodes them)"
              if a.decode == "none" else f"{a.out / 'video.mp4'} ({row['frames_video']} frames), {a.out / 'strip.png'}")
+    switch = row.get("switch_latency_s")  # several prompts and a decoder: new prompt -> its first frame on the host
     print(f"wrote {wrote}; denoise {row['denoise_fps']:.1f} FPS, end to end {row['e2e_fps']:.1f} FPS "
-          f"({a.decode} decode)")
+          f"({a.decode} decode)" + (f", prompt switch {switch:.3f} s to the first frame (median of "
+                                    f"{len(row['switch_latency_s_per_switch'])})" if switch is not None else ""))
     return 0
 
 
@@ -544,6 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_decode(sub)
 
     add_report_parser(sub)
+    add_compare_parser(sub)
     add_lora_parser(sub)
     add_dmd_parser(sub)
     tp = add_train_parser(sub)

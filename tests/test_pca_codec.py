@@ -137,3 +137,20 @@ def test_save_and_strict_load(fitted, tmp_path):
     save_file(old, str(tmp_path / "old.safetensors"))
     legacy = load_vae("tiny-pca", tmp_path / "old.safetensors")
     assert not bool(legacy.first_tube) and torch.equal(legacy.encode(video), fitted.encode(video))
+
+
+def test_the_shipped_codec_decodes_in_bf16_close_to_float32():
+    """The shipped codec loaded in BF16 keeps its float32 latent stats (apply_stats): decode must still run, and stay
+    within BF16 rounding of the float32 decode (the tiny gate runs the tiny preset in BF16 on the GPU)."""
+    from pathlib import Path
+
+    from longlive.model.presets import get_preset
+    from longlive.weights import load_vae_for
+
+    path = Path(__file__).resolve().parents[1] / "longlive/assets/tiny/vae.safetensors"
+    f32, _ = load_vae_for(get_preset("tiny"), path)
+    b16, _ = load_vae_for(get_preset("tiny"), path, dtype=torch.bfloat16)
+    z = torch.randn(1, f32.z_dim, 3, 4, 4, generator=torch.Generator().manual_seed(3))
+    ref, out = f32.decode(z), b16.decode(z.bfloat16())
+    assert out.dtype == torch.bfloat16 and out.shape == ref.shape
+    assert (out.float() - ref).abs().max().item() < 0.05

@@ -47,7 +47,11 @@ def test_smoke_training_sub_matrices_are_a_union_not_a_product():
     cells = expand("smoke")
     train = [c for c in cells if c.config["workload"]["name"] == "train"]
     dmd = [c for c in cells if c.config["workload"]["name"] == "dmd"]
-    assert len(cells) == 64 + 2 + len(train) + len(dmd) and len({c.cell_id for c in cells}) == len(cells)
+    # 64 main cells, 2 long-video cells, 3 interactivity cells (one per decode mode), then the training cells
+    interactive = [c for c in cells if c.config["frames"] == 12 and c.config["workload"]["name"] == "infer"]
+    assert sorted(c.axes["decode"] for c in interactive) == ["async", "batch", "streaming"]
+    assert len(cells) == 64 + 2 + 3 + len(train) + len(dmd) and len({c.cell_id for c in cells}) == len(cells)
+    assert {c.config["repeats"] for c in cells[:64]} == {3} and {c.config["repeats"] for c in train + dmd} == {1}
     assert {(c.axes["precision"], c.axes["error_recycling"]) for c in train if c.axes["sp"] == 1} == {
         (p, e) for p in ("fp32", "bf16", "fp8-emulated", "nvfp4") for e in (False, True)}
     assert {(c.axes["precision"], c.axes["train_layout"]) for c in train if c.axes["sp"] == 2} == {

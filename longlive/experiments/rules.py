@@ -9,7 +9,7 @@ flag (`--steps 0`), else by its config key (`steps=0`); both are the same name (
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -272,3 +272,126 @@ def check_vae_type(vae_type: str, vae_pruning: float | None, model_vae: str, *, 
         raise ValueError(f"{said('vae_pruning', vae_pruning, cli)} applies to random weights only: a checkpoint's "
                          f"rate is read off the file (decoder.conv_in's width); drop {flag('vae_pruning', cli)}, or "
                          f"run on random weights ({flag('random_weights', cli)}) without a VAE file")
+
+
+GATE_KINDS = {
+    "ratio_min": "value / the reference's ≥ limit (e.g. vbench_total ≥ 0.99 × the reference's)",
+    "max": "value ≤ limit (absolute)",
+    "min": "value ≥ limit (absolute)",
+    "within": "|value − the reference's| ≤ limit",
+    "within_spread": "|mean over the configuration's seeds − the reference's mean| ≤ limit × the reference's "
+                     "seed-to-seed spread (max − min)",
+    "max_ratio_of": "value ≤ limit × the value of the `baseline` row",
+}
+"""Check kinds of a quality gate (`gates` of an experiment; judged by longlive.report.gates) and what each checks."""
+REFERENCE_KINDS = ("ratio_min", "within", "within_spread")
+"""Kinds that compare a row with its gate's `reference` row(s)."""
+GATE_KEYS = ("name", "family", "reference", "match", "checks")
+CHECK_KEYS = ("metric", "kind", "value", "baseline")
+DEFAULT_GATE_MATCH = ("model", "frames", "gpu_name", "steps")
+"""Columns a row shares with its reference (and baseline) row when a gate gives no `match` (those in the table)."""
+
+
+def _is_scalar(v: object) -> bool:
+    return v is None or isinstance(v, str | int | float | bool)
+
+
+def _check_selector(where: str, sel: object, *, lists: bool, nulls: bool, fix: str) -> None:
+    """A {column: value} selector: string keys, scalar values (a list of them where `lists`; null where `nulls`)."""
+    if not isinstance(sel, Mapping):
+        raise ValueError(f"{where}={sel!r} must be a mapping of column → value: {fix}")
+    for k, v in sel.items():
+        if not isinstance(k, str) or not k:
+            raise ValueError(f"{where} has the key {k!r}: keys are result columns (model, precision, steps, ...)")
+        ok = (_is_scalar(v) and (nulls or v is not None)) or (
+            lists and isinstance(v, Sequence) and not isinstance(v, str) and all(_is_scalar(x) for x in v))
+        if not ok:
+            allowed = "a value" + (" or a list of values" if lists else "") + (" or null (the row's own)" if nulls
+                                                                                else "")
+            raise ValueError(f"{where}.{k}={v!r} must be {allowed}: {fix}")
+
+
+def _check_one_gate(i: int, gate: object, names: set[str]) -> None:
+    if not isinstance(gate, Mapping):
+        raise ValueError(f"gates[{i}]={gate!r} must be a mapping with keys {', '.join(GATE_KEYS)}: e.g. "
+                         "{name: fidelity, family: {workload: infer}, reference: {precision: bf16}, checks: "
+                         "[{metric: latent_rel_err_vs_ref, kind: max, value: 0.05}]}")
+    name = gate.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"gates[{i}] has no name (got name={name!r}): give each gate a name, e.g. name: fidelity")
+    at = f"gate {name!r} (gates[{i}])"
+    if name in names:
+        raise ValueError(f"{at}: another gate has the name {name!r}: give each gate of an experiment its own name")
+    names.add(name)
+    unknown = [k for k in gate if k not in GATE_KEYS]
+    if unknown:
+        raise ValueError(f"{at}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; a "
+                         f"gate has {', '.join(GATE_KEYS)}")
+    _check_selector(f"{at}: family", gate.get("family") or {}, lists=True, nulls=False,
+                    fix="which rows the gate judges, e.g. family: {workload: infer, precision: [fp8, nvfp4]}")
+    reference = gate.get("reference")
+    if reference is not None:
+        _check_selector(f"{at}: reference", reference, lists=False, nulls=True,
+                        fix="the reference row's values, null for the judged row's own, e.g. reference: "
+                            "{precision: bf16, steps: null}")
+    match = gate.get("match")
+    if match is not None and (isinstance(match, str) or not isinstance(match, Sequence)
+                              or not all(isinstance(c, str) and c for c in match)):
+        raise ValueError(f"{at}: match={match!r} must be a list of columns a row shares with its reference, e.g. "
+                         f"match: [{', '.join(DEFAULT_GATE_MATCH)}] (the default)")
+    checks = gate.get("checks")
+    if isinstance(checks, str) or not isinstance(checks, Sequence) or not checks:
+        raise ValueError(f"{at}: checks={checks!r} must be a non-empty list of {{metric, kind, value}}, e.g. checks: "
+                         "[{metric: psnr_vs_ref, kind: min, value: 30}]")
+    for j, check in enumerate(checks):
+        _check_one_check(f"{at}: checks[{j}]", check, has_reference=bool(reference))
+
+
+def _check_one_check(at: str, check: object, has_reference: bool) -> None:
+    kinds = ", ".join(GATE_KINDS)
+    if not isinstance(check, Mapping):
+        raise ValueError(f"{at}={check!r} must be a mapping {{metric, kind, value}}, e.g. "
+                         "{metric: psnr_vs_ref, kind: min, value: 30}")
+    metric, kind, value = check.get("metric"), check.get("kind"), check.get("value")
+    if not isinstance(metric, str) or not metric:
+        raise ValueError(f"{at} has no metric (got metric={metric!r}): give the result column it checks, e.g. "
+                         "metric: latent_rel_err_vs_ref")
+    at = f"{at} ({metric})"
+    unknown = [k for k in check if k not in CHECK_KEYS]
+    if unknown:
+        raise ValueError(f"{at}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; a "
+                         f"check has metric, kind, value (and baseline, for max_ratio_of)")
+    if kind not in GATE_KINDS:
+        raise ValueError(f"{at}: kind={kind!r} is not a check kind; choose one of {kinds}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{at}: value={value!r} must be a finite number (the {kind} limit: "
+                         f"{GATE_KINDS[kind]})")
+    if kind in ("within", "within_spread") and value < 0:
+        raise ValueError(f"{at}: value={value!r} is an allowance of {kind}: give a number ≥ 0")
+    if kind in ("ratio_min", "max_ratio_of") and value <= 0:
+        raise ValueError(f"{at}: value={value!r} is a factor of {kind}: give a number > 0")
+    if kind in REFERENCE_KINDS and not has_reference:
+        raise ValueError(f"{at}: kind {kind} compares with the gate's reference row, and the gate has none: add "
+                         "reference: {column: value, ...} to the gate (e.g. {precision: bf16, steps: null})")
+    baseline = check.get("baseline")
+    if kind == "max_ratio_of":
+        if not baseline:
+            raise ValueError(f"{at}: kind max_ratio_of needs baseline: {{column: value, ...}}, the row whose "
+                             f"{metric} the limit multiplies (e.g. baseline: {{precision: fp8, attn: cudnn}})")
+        _check_selector(f"{at}: baseline", baseline, lists=False, nulls=True,
+                        fix="the baseline row's values, null for the judged row's own")
+    elif baseline is not None:
+        raise ValueError(f"{at}: baseline is read only by kind max_ratio_of (this check is {kind}): drop it")
+
+
+def check_gates(gates: object) -> None:
+    """An experiment's `gates` (quality gates, judged when rows are read by longlive.report.gates): each gate a
+    mapping with a unique name, a family selector, a reference selector, match columns and a list of checks of a
+    known kind with a numeric limit. Checked when the sweep is composed, so a typo stops it before any cell runs."""
+    if gates is None:
+        return
+    if isinstance(gates, str | Mapping) or not isinstance(gates, Sequence):
+        raise ValueError(f"gates={gates!r} must be a list of gates: gates: [{{name: ..., checks: [...]}}]")
+    names: set[str] = set()
+    for i, gate in enumerate(gates):
+        _check_one_gate(i, gate, names)

@@ -26,6 +26,7 @@ from longlive.experiments.rules import (
     check_exchange,
     check_finite,
     check_frames,
+    check_gates,
     check_geometry,
     check_prompts,
     check_release_options,
@@ -63,6 +64,8 @@ from longlive.text.prompts import DEFAULT_NEGATIVE_PROMPT, SCENE_CUT_PREFIX
 DEFAULT_PROMPTS = ("A red ball bounces across a blue floor",
                    f"{SCENE_CUT_PREFIX}A green square slides to the right over a grey floor")
 """A run's prompts unless given: two shots, so a default sweep exercises a scene cut."""
+UNREPEATED_WORKLOADS = ("tiny_default", "attn_error")
+"""Workloads whose rows hold no timed metric (runner.schema.TIMED_METRICS): `repeats` must stay 1."""
 
 
 @dataclass
@@ -226,6 +229,8 @@ class RunSpec:
     roofline: bool = True                # infer: measure GEMM / attention ceilings in the cell's process
     profile: bool = False                # infer: profile a window-filling run after the timed one (profile.txt)
     train_minutes: float = 14.0          # tiny_default: the wall-clock budget of the whole tiny recipe
+    repeats: int = 1                     # timed runs of the cell; timed metrics: median and interval (measure.spread)
+    gates: list[Any] = field(default_factory=list)  # quality gates per cell family, applied when rows are read
     cell_timeout_s: int = 1800
     results_dir: str | None = None    # `python -m longlive.runner.hydra_app`: where rows go
     force: bool = False                  # hydra_app: redo a finished cell
@@ -263,12 +268,16 @@ def check_spec(spec: RunSpec) -> None:
     check_steps(spec.steps)
     check_seed(spec.seed)
     check_window_quality(spec.quality.window_metrics, spec.quality.metrics, spec.quality.window_seconds)
+    check_gates(spec.gates)
     generates, frames_in_chunks = spec.workload.name in INFERENCE_WORKLOADS, spec.workload.name in TRAINING_WORKLOADS
     if generates or frames_in_chunks:
         check_frames(spec.frames, get_preset(spec.model.name))
-    for name in ("frames", "sp", "dp", "train_iters", "dmd_iters", "lora_rank", "decode_chunks",
+    for name in ("frames", "sp", "dp", "repeats", "train_iters", "dmd_iters", "lora_rank", "decode_chunks",
                  "dfake_gen_update_ratio"):
         check_at_least(name, getattr(spec, name), 1)
+    if spec.repeats > 1 and spec.workload.name in UNREPEATED_WORKLOADS:
+        raise ValueError(f"repeats={spec.repeats}: workload {spec.workload.name} has no timed metric to repeat (each "
+                         "repeat would rerun it whole); give repeats=1")
     check_training_knobs(spec)
     for name in ("max_chunks_per_shot", "min_latent_frames"):
         check_at_least(name, getattr(spec, name), 0, meaning="0: off")

@@ -21,6 +21,7 @@ of the same spec do exactly the same work.
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from tqdm import tqdm
 
 import longlive.quant.attention  # noqa: F401  (registers the low-precision attention backends by name)
 from longlive.infer.compile import compile_and_warm, compile_vae
-from longlive.infer.decode import Decoder, make_decoder
+from longlive.infer.decode import Decoder, make_decoder, switch_latencies
 from longlive.infer.pipeline import GenerationSpec, generate, video_frames
 from longlive.infer.training_weights import is_training_checkpoint, load_training_weights, read_checkpoint
 from longlive.infer.video import VideoRequest, check_vae, vae_paths, validate
@@ -74,6 +75,16 @@ GUIDANCE_DEFINITION = ("guidance_scale != 1 ran classifier-free guidance: each d
                        "two forwards (the chunk's text and the negative prompt, each against its own KV cache), so "
                        "denoise_fps, e2e_fps and kv_cache_gb include both branches; forwards_per_chunk = (steps + 1) "
                        "x 2 then, steps + 1 at guidance_scale 1")
+SWITCH_LATENCY_DEFINITION = (
+    "switch_latency_s: for each prompt switch of the video (a chunk after the first whose prompt differs from the "
+    "chunk before's, or that opens a shot: infer.pipeline.prompt_switches over the per-chunk texts), the seconds from "
+    "the moment the new prompt is submitted - time.perf_counter when the chunk loop starts that chunk, after the "
+    "generator's device stream has finished the chunk before - to the moment that chunk's first decoded frame is in "
+    "host memory (the decoder's land time for the chunk, after the device-to-host copy has synchronised); the median "
+    "over the switches, each in switch_latency_s_per_switch in chunk order. Per decode mode: batch decodes the whole "
+    "video after the last chunk, so its latency includes every later chunk; streaming (and tiles, over the SP ranks) "
+    "decodes each chunk in the loop before the next starts; async and device decode on a worker thread (own CUDA "
+    "stream), overlapping the next chunks. None with decode=none or without a switch")
 ACT_SCALE_DEFINITION = (
     "act_scale=static: each FP8 block Linear quantises its input with one frozen per-tensor scale = amax x "
     "act_scale_margin / 448, amax = max |x| it saw over a calibration run of act_scale_calibration_chunks chunks "
@@ -419,6 +430,15 @@ def vae_columns(vae_type: str, vae: nn.Module | None) -> dict[str, Any]:
     return {"vae_type": vae_type, "vae_pruning": config.pruning if vae_type != "wan" and config is not None else None}
 
 
+def switch_columns(submitted: dict[int, float], dec: Decoder | None) -> dict[str, Any]:
+    """switch_latency_s (median over the video's prompt switches) and switch_latency_s_per_switch (chunk order), from
+    the switch chunks' submit times and a finished decoder's land times (SWITCH_LATENCY_DEFINITION); None for both
+    without a decoder or a switch."""
+    per_switch = switch_latencies(submitted, dec.land_times) if dec is not None and submitted else []
+    return {"switch_latency_s": statistics.median(per_switch) if per_switch else None,
+            "switch_latency_s_per_switch": per_switch or None}
+
+
 def run(p: Pipeline, out: Path) -> VideoResult:
     """Generate (and decode) one video; on the first rank write video.mp4, strip.png[, latents.safetensors] to
     `out`. Speed, memory and KV-cache columns land in `VideoResult.metrics`."""
@@ -463,11 +483,12 @@ def run(p: Pipeline, out: Path) -> VideoResult:
             save_file({"latents": latents.contiguous()}, str(tmp))
         artifacts["latents"] = "latents.safetensors"
     n_frames = video_frames(req.frames)
+    switch = switch_columns(res.switch_submitted, dec)
     forwards_per_chunk = (req.steps + 1) * (2 if p.spec.guided else 1)  # steps + clean re-run, per CFG branch
     forwards = n_chunks * forwards_per_chunk
     metrics = {
         "compile": req.compile, "linear_quant": p.linear_quant, "linear_backend": p.linear_backend,
-        "weight_rule": p.weight_rule, **res.stats.summary(), "e2e_s": e2e_s, "e2e_fps": n_frames / e2e_s,
+        "weight_rule": p.weight_rule, **res.stats.summary(), "e2e_s": e2e_s, "e2e_fps": n_frames / e2e_s, **switch,
         "guidance_scale": req.guidance_scale, "negative_prompt": req.negative_prompt if p.spec.guided else None,
         "forwards_per_chunk": forwards_per_chunk, "timestep_shift": req.timestep_shift,
         "window_frames": cfg.window_frames, "sink_frames": cfg.sink_frames, "shot_rope_offset": cfg.shot_rope_offset,
@@ -483,6 +504,8 @@ def run(p: Pipeline, out: Path) -> VideoResult:
     return VideoResult(metrics=metrics, artifacts=artifacts, video=frames, latents=latents,
                        timing_definition={"denoise_fps": res.stats.timing_definition, "e2e_fps": E2E_DEFINITION,
                                           "guidance_scale": GUIDANCE_DEFINITION,
+                                          **({"switch_latency_s": SWITCH_LATENCY_DEFINITION}
+                                             if switch["switch_latency_s"] is not None else {}),
                                           **({"act_scale": ACT_SCALE_DEFINITION} if static else {})},
                        chunk_ms=res.stats.chunk_ms, windows=res.windows, notes=p.notes)
 

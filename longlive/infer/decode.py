@@ -7,6 +7,7 @@ All modes share one interface, so the generator and the benchmarks can swap them
         dec.submit(chunk)
     video = dec.finish()             # torch.uint8 [B, T, H, W, 3] on CPU, all frames in order
     dec.last_frame_time              # time.perf_counter() when the last frame reached host memory
+    dec.land_times                   # per submitted chunk: when its frames reached host memory
 
 - ``batch``: keep the latents, decode everything in ``finish()``.
 - ``streaming``: decode each chunk in ``submit()``, carrying the VAE's causal caches.
@@ -21,6 +22,10 @@ All modes share one interface, so the generator and the benchmarks can swap them
 Every mode yields exactly the frames of ``vae.decode`` on all latents (the streaming decoder is
 bit-identical to a batch decode). Errors raised in a worker are re-raised in the caller by the next
 ``submit()`` or by ``finish()``.
+
+``land_times`` is what the prompt-switch latency reads (``switch_latencies``): a chunk's frames are copied to the
+host together, so its land time is when its first frame is in host memory; in ``batch`` every chunk lands at once,
+after the last one was submitted.
 """
 
 from __future__ import annotations
@@ -90,6 +95,15 @@ def _module_device(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
+def switch_latencies(submitted: dict[int, float], land_times: list[float]) -> list[float]:
+    """Seconds from each prompt switch's submission (chunk → perf_counter, `GenerationResult.switch_submitted`) to
+    that chunk's frames in host memory (`Decoder.land_times`), in chunk order."""
+    if missing := sorted(c for c in submitted if not 0 <= c < len(land_times)):
+        raise ValueError(f"switch chunks {missing} never landed: the decoder holds {len(land_times)} chunks (was it "
+                         f"finished before reading the switch latency?)")
+    return [land_times[c] - t for c, t in sorted(submitted.items())]
+
+
 class Decoder:
     """Base class: collects host frames per chunk with the time each chunk landed."""
 
@@ -103,6 +117,7 @@ class Decoder:
         self.submit_times: list[float] = []  # perf_counter at each submit()
         self.chunk_times: list[float] = []  # perf_counter when each decoded chunk was in host memory
         self.chunk_frames: list[int] = []  # frames per landed chunk
+        self.land_times: list[float] = []  # per submitted chunk, in order: perf_counter when its frames were on host
         self._host: list[Tensor] = []
         self._finished = False
 
@@ -154,10 +169,13 @@ class Decoder:
         if self._finished:
             raise RuntimeError(f"{self.mode} decoder: submit() after finish()")
 
-    def _land(self, frames: Tensor) -> None:
+    def _land(self, frames: Tensor, chunks: int = 1) -> None:
+        """Frames in host memory: the decode of the next ``chunks`` submitted chunks."""
+        now = time.perf_counter()
         self._host.append(frames)
         self.chunk_frames.append(frames.shape[1])
-        self.chunk_times.append(time.perf_counter())
+        self.chunk_times.append(now)
+        self.land_times += [now] * chunks
 
     def _collect(self) -> Tensor:
         self._finished = True
@@ -184,8 +202,8 @@ class BatchDecoder(Decoder):
     def finish(self) -> Tensor:
         if self._latents:
             video = self.vae.decode(torch.cat(self._latents, dim=2))
+            self._land(to_host(frames_to_uint8(video)), chunks=len(self._latents))
             self._latents.clear()
-            self._land(to_host(frames_to_uint8(video)))
         return self._collect()
 
 

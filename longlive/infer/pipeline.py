@@ -14,10 +14,15 @@ The prompt convention is the release's: a shot is (caption, first chunk). Its fi
 "The scene transitions. <caption>", every later chunk of the shot on the bare caption, as in the release's
 multi-shot training data. `chunk_texts` expands prompts + switch chunks into that per-chunk text; per-chunk text can
 be given explicitly (`GenerationSpec.chunk_texts`), and then a chunk is a cut exactly when its text has the prefix.
+
+Interactivity: a chunk where a new prompt takes over (`prompt_switches`) is stamped when the loop starts it, after the
+generator's device has finished the chunk before (`GenerationResult.switch_submitted`); the decoder stamps when that
+chunk's frames reach host memory, and the difference is the switch latency (`longlive.infer.decode.switch_latencies`).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -101,6 +106,8 @@ class GenerationResult:
     pinned: list[int | None] = field(default_factory=list)  # the shot-sink chunk after each chunk (None: none)
     kv_cache_bytes: int = 0   # everything the caches hold (packed slots + dequantisation scratch; both CFG branches)
     kv_packed_bytes: int = 0  # the stored K/V alone (equal to kv_cache_bytes for a dense cache)
+    # chunk → time.perf_counter() when the loop started it with a new prompt (`prompt_switches`), device caught up
+    switch_submitted: dict[int, float] = field(default_factory=dict)
 
 
 def conditioning_texts(prompts: list[str], prefix: str = SCENE_CUT_PREFIX) -> list[str]:
@@ -120,6 +127,14 @@ def chunk_texts(prompts: list[str], num_chunks: int, switch_chunks: list[int] | 
     for p, (start, end) in enumerate(zip(starts, [*starts[1:], num_chunks], strict=True)):
         texts += [prompts[p]] + [bare_caption(prompts[p], prefix)] * (end - start - 1)
     return texts
+
+
+def prompt_switches(texts: list[str], prefix: str = SCENE_CUT_PREFIX) -> list[int]:
+    """The chunks where a new prompt takes over (what `switch_latency_s` times): every chunk after the first that opens
+    a shot or whose caption differs from the chunk before. A shot's later chunks dropping the scene-cut prefix of its
+    first chunk are no switch: nobody submitted a new prompt there."""
+    return [c for c in range(1, len(texts))
+            if texts[c].startswith(prefix) or bare_caption(texts[c], prefix) != bare_caption(texts[c - 1], prefix)]
 
 
 def plan_chunks(texts: list[str], num_chunks: int, known: list[str] | None = None,
@@ -215,7 +230,12 @@ def generate(
 
     latents = torch.empty((B, cfg.in_channels, spec.frames, h, w), device=device)
     clock, windows, frames_per_chunk, rope_offsets, pinned = Clock(device), [], [], [], []
+    switches, switch_submitted = set(prompt_switches([p.text for p in plans], spec.scene_cut_prefix)), {}
     for c, plan in enumerate(plans):
+        if c in switches:  # the new prompt is submitted at this chunk boundary: once the device has finished the last
+            if device.type == "cuda":  # chunk (the host may run a chunk ahead); the generator's stream only, not a
+                torch.cuda.current_stream(device).synchronize()  # decode worker's
+            switch_submitted[c] = time.perf_counter()
         clock.mark()  # marks 2c / 2c+1 bracket chunk c's device work only (decoding happens outside)
         for cache in caches:
             cache.begin_chunk(c)
@@ -268,6 +288,7 @@ def generate(
         on_progress(n_chunks - 1, n_chunks, chunk_ms[-1])
     stats = ChunkStats(chunk_ms=chunk_ms, chunk_frames=frames_per_chunk, warmup_chunks=spec.warmup_chunks)
     return GenerationResult(latents=latents, stats=stats, plans=plans, windows=windows, rope_offsets=rope_offsets,
-                            pinned=pinned, kv_cache_bytes=sum(k.storage.nbytes() for k in caches),
+                            pinned=pinned, switch_submitted=switch_submitted,
+                            kv_cache_bytes=sum(k.storage.nbytes() for k in caches),
                             kv_packed_bytes=sum(getattr(k.storage, "packed_nbytes", k.storage.nbytes)()
                                                 for k in caches))

@@ -1,18 +1,18 @@
 """Build the Markdown + HTML report of one or more result stores.
 
-The report is read by people deciding whether a number is real, so it shows the timing definition and
-the machine next to every figure, the paper's hardware next to ours, and every failed or skipped cell
-with its reason. Files are replaced atomically (assets first under content-hashed names, then the two
-index files by rename), so a killed build leaves the previous report or the new one, never half of one.
+The report is read by people deciding whether a number is real, so it leads with what they ask first (the Summary,
+summary.py), shows the spread next to every timed number, the timing definition and the machine next to every
+figure, the paper's hardware next to ours, and every failed or skipped cell with its reason. This module holds the
+report's other sections and puts them in order (`build_doc`) into a `Doc` (document.py: the blocks, rendered to
+Markdown and, through the Jinja2 templates, to HTML, so both always say the same thing). Files are replaced
+atomically (assets first under content-hashed names, then the two index files by rename), so a killed build leaves
+the previous report or the new one, never half of one.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
-import html
 import json
-import numbers
 import re
 import shutil
 import tempfile
@@ -36,6 +36,7 @@ from longlive.report.compare import (
     compare_table4,
     dmd_ratio_to_none,
     flag,
+    is_5b,
     is_missing,
     memory_gb,
     norm_kv,
@@ -45,12 +46,17 @@ from longlive.report.compare import (
     norm_rung,
     split_workloads,
 )
+from longlive.report.document import INTERVAL_MARK, Doc, _slug
 from longlive.report.gate import GateRule, as_list, attn_of, gate_table
+from longlive.report.gates import apply_gates, gates_summary, summary_table
 from longlive.report.load import artifact_path, load_results
 from longlive.report.paper import PAPER, TABLE3_HARDWARE, PaperTable, all_tables, table1, table2
 from longlive.report.plots import (
+    GATE_FAIL_LABEL,
     SPEED_DEFS,
     config_label,
+    gate_failed,
+    interval,
     ladder_key,
     long_cells,
     make_plots,
@@ -60,27 +66,33 @@ from longlive.report.plots import (
     varying,
     windowed_metric_names,
 )
-from longlive.runner.schema import AXES
+from longlive.report.summary import (
+    INFER_AXES,
+    SPEED_METRICS,
+    _gated,
+    _overrides,
+    _summary,
+    repeats_rule,
+)
+from longlive.runner.schema import AXES, TIMED_METRICS
 
 KEY_METRICS = (
-    "denoise_fps", "e2e_fps", "e2e_s", "video_seconds", "first_chunk_latency_s", "chunk_ms_median", "ceiling_fps",
-    "fraction_of_ceiling", "iter_s", "tokens_per_s", "mfu", "peak_allocated_gb", "device_used_gb", "kv_cache_gb",
-    "temporal_flickering", "psnr_vs_ref", "latent_rel_err_vs_ref", "vbench_total",
+    "denoise_fps", "e2e_fps", "switch_latency_s", "e2e_s", "video_seconds", "first_chunk_latency_s", "chunk_ms_median",
+    "ceiling_fps", "fraction_of_ceiling", "iter_s", "tokens_per_s", "mfu", "peak_allocated_gb", "device_used_gb",
+    "kv_cache_gb", "temporal_flickering", "psnr_vs_ref", "latent_rel_err_vs_ref", "vbench_total",
 )
-PERCENT_COLUMNS = ("fraction_of_ceiling", "mfu")
-TRAINING_AXES = ("dp", "train_layout", "error_recycling", "dmd_quantised")
-"""Axes only the train / dmd workloads read: never columns of the inference table (a default False there would
-otherwise show as a column of 'no')."""
-INFER_AXES = tuple(a for a in AXES if a not in TRAINING_AXES)
+"""The main table's metric columns, speed first; switch_latency_s (a prompt switch on screen) right after the FPS."""
 TRAIN_METRICS = ("iter_s", "tokens_per_s", "mfu", "peak_allocated_gb", "loss_first", "loss_last")
 DMD_METRICS = ("peak_allocated_gb", "resident_gb", "iter_s", "generator_loss", "critic_loss")
 RSS_COLUMN = "host RSS GB (CPU, no device peak)"
 RATIO_COLUMN = "× of the unquantised rung"
-INT_COLUMNS = ("sp", "dp", "steps", "frames", "seed", "latents", "video_s", "cells", "ok", "failed", "skipped", "total")
-WRAP_COLUMNS = ("reason", "note", "definition", "release run", "paper row", "setting")
 MAX_STRIPS = 12
-MAX_REASON = 400
 ASSET_RE = re.compile(r"^[\w.-]+-[0-9a-f]{12}\.png$")
+GATE_COLUMN = "gate"
+"""The column beside a speed column that says whether the row passes its gate (helper columns gate_passed etc.)."""
+GATE_MARK = {True: "✓ pass", False: "✗ fail", None: "— undecided"}
+MAX_GATE_ROWS = 12
+"""A gate judging more cells shows its failing and undecided ones, the full table folded away."""
 SPEC_DEFINITIONS = {
     "denoise_fps": "video frames ÷ wall time of the chunk loop (all denoising steps, the clean re-run, KV updates), "
                    "device events, warm-up chunks dropped; excludes text encoding, load/compile and VAE decode",
@@ -92,142 +104,9 @@ SPEC_DEFINITIONS = {
     "iter_s": "training: median seconds per iteration after warm-up",
     "peak_allocated_gb / peak_reserved_gb": "torch allocator peaks; device_used_gb from NVML; max over ranks",
 }
-CSS = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d2330;margin:0;background:#fff}
-main{max-width:1240px;margin:0 auto;padding:20px 24px 48px}
-h1{font-size:24px;margin:0 0 6px}h2{font-size:19px;border-bottom:1px solid #d5d9e0;padding-bottom:4px;margin-top:34px}
-h3{font-size:15px;margin:22px 0 6px}p{margin:6px 0}
-nav ul{columns:3;font-size:13px;padding-left:18px}
-.table-wrap{overflow-x:auto;margin:8px 0 14px}
-table{border-collapse:collapse;font-size:12.5px}
-th,td{border:1px solid #d5d9e0;padding:3px 7px;text-align:left;white-space:nowrap;vertical-align:top}
-th{background:#e9edf4;font-weight:600}
-tbody tr:nth-child(even){background:#f6f7f9}
-td.num{text-align:right;font-variant-numeric:tabular-nums}
-td.wrap{white-space:normal;min-width:220px;max-width:520px}
-.note{background:#fff7e0;border-left:4px solid #e3a800;padding:5px 10px;margin:8px 0}
-.meta{color:#4a5468;font-size:13px}
-figure{margin:14px 0}figure img{max-width:100%;border:1px solid #e1e4ea}
-figcaption{font-size:12px;color:#4a5468;margin-top:4px}
-details{margin:6px 0;border:1px solid #d5d9e0;border-radius:4px;padding:4px 10px}
-summary{cursor:pointer;font-weight:600}
-pre{font-size:12px;overflow-x:auto;background:#f6f7f9;padding:8px}
-.ok{color:#1b7f3b}.failed{color:#b00020}.skipped{color:#8a6d00}
-.pass{color:#1b7f3b}.fail{color:#b00020;font-weight:600}
-"""
 
 
-def _slug(s: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", s.lower()).strip("-") or "section"
-
-
-def fmt_cell(col: str, v: Any, exact: bool = False) -> str:
-    """Numbers readable at a glance: ratios as '0.83×', fractions as percent, ~3 significant digits.
-
-    Published numbers (`exact`, or a '... paper' / '... release' column) keep the digits they were printed with.
-    """
-    if is_missing(v):
-        return "—"
-    if isinstance(v, (bool, np.bool_)):
-        return "yes" if v else "no"
-    if isinstance(v, numbers.Real):
-        if "ours/" in col or col.startswith("×"):
-            return f"{v:.2f}×"
-        if col in PERCENT_COLUMNS:
-            return f"{v:.0%}"
-        if isinstance(v, numbers.Integral) or (col in INT_COLUMNS and float(v).is_integer()):
-            return f"{int(v):,}" if abs(v) >= 10000 else str(int(v))
-        if exact or col.endswith((" paper", " release")):
-            return f"{float(v):.6g}"
-        return num(float(v))
-    s = text(v)
-    return s if len(s) <= MAX_REASON else s[: MAX_REASON - 1] + "…"
-
-
-def _numeric(series: pd.Series) -> bool:
-    return pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
-
-
-class Doc:
-    """Builds the Markdown and HTML bodies in step, so both always say the same thing."""
-
-    def __init__(self) -> None:
-        self.md: list[str] = []
-        self.html: list[str] = []
-        self.toc: list[tuple[str, str]] = []
-        self.assets: set[str] = set()
-
-    def heading(self, level: int, title: str) -> None:
-        anchor = _slug(title)
-        if level == 2:
-            self.toc.append((anchor, title))
-        self.md.append(f"{'#' * level} {title}\n")
-        self.html.append(f'<h{level} id="{anchor}">{html.escape(title)}</h{level}>')
-
-    def para(self, s: str, cls: str | None = None) -> None:
-        self.md.append(s + "\n")
-        attr = f' class="{cls}"' if cls else ""
-        self.html.append(f"<p{attr}>{html.escape(s)}</p>")
-
-    def note(self, s: str) -> None:
-        self.md.append(f"> {s}\n")
-        self.html.append(f'<p class="note">{html.escape(s)}</p>')
-
-    def bullets(self, items: list[str]) -> None:
-        self.md.append("\n".join(f"- {i}" for i in items) + "\n")
-        self.html.append("<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>")
-
-    def table(self, df: pd.DataFrame, html_id: str | None = None, status_col: str | None = None,
-              exact: bool = False) -> None:
-        """A formatted table; numbers right-aligned in HTML, pipes escaped in Markdown."""
-        cols = [str(c) for c in df.columns]
-        numeric = {c: _numeric(df[c]) for c in df.columns}
-        cells = [[fmt_cell(str(c), v, exact) for c, v in zip(df.columns, row, strict=True)]
-                 for row in df.itertuples(index=False, name=None)]
-
-        def md_cell(s: str) -> str:
-            return s.replace("|", "\\|").replace("\n", " ")
-
-        self.md.append("| " + " | ".join(md_cell(c) for c in cols) + " |")
-        self.md.append("|" + "|".join("---:" if numeric[c] else "---" for c in df.columns) + "|")
-        self.md.extend("| " + " | ".join(md_cell(v) for v in row) + " |" for row in cells)
-        self.md.append("")
-        id_attr = f' id="{html_id}"' if html_id else ""
-        h = [f'<div class="table-wrap"><table{id_attr}>', "<thead><tr>"]
-        h += [f"<th>{html.escape(c)}</th>" for c in cols]
-        h.append("</tr></thead><tbody>")
-        for row in cells:
-            h.append("<tr>")
-            for c, v in zip(df.columns, row, strict=True):
-                cls = "num" if numeric[c] else "wrap" if str(c) in WRAP_COLUMNS else ""
-                if status_col and c == status_col:
-                    cls = v
-                h.append(f'<td class="{cls}">{html.escape(v)}</td>' if cls else f"<td>{html.escape(v)}</td>")
-            h.append("</tr>")
-        h.append("</tbody></table></div>")
-        self.html.append("".join(h))
-
-    def image(self, src: str, alt: str, caption: str = "") -> None:
-        self.assets.add(Path(src).name)
-        self.md.append(f"![{alt}]({src})\n" + (f"\n*{caption}*\n" if caption else ""))
-        cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
-        self.html.append(f'<figure><img src="{html.escape(src)}" alt="{html.escape(alt)}">{cap}</figure>')
-
-    def details(self, summary: str, body: str) -> None:
-        self.md.append(f"<details><summary>{html.escape(summary)}</summary>\n\n```json\n{body}\n```\n\n</details>\n")
-        self.html.append(f"<details><summary>{html.escape(summary)}</summary><pre>{html.escape(body)}</pre></details>")
-
-    def render(self, title: str) -> tuple[str, str]:
-        toc_md = "\n".join(f"- [{t}](#{a})" for a, t in self.toc)
-        md = f"# {title}\n\n{toc_md}\n\n" + "\n".join(self.md) + "\n"
-        toc_html = "<nav><ul>" + "".join(f'<li><a href="#{a}">{html.escape(t)}</a></li>' for a, t in self.toc)
-        body = "\n".join(self.html)
-        page = (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
-                f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-                f"<title>{html.escape(title)}</title><style>{CSS}</style></head>\n<body><main>\n"
-                f"<h1>{html.escape(title)}</h1>\n{toc_html}</ul></nav>\n{body}\n</main></body></html>\n")
-        return md, page
-
+# --- helpers over the rows ------------------------------------------------------------------------------------------
 
 def _publish(src: Path, assets: Path, stem: str) -> str:
     """Copy a PNG into assets/ under a content-hashed name (never overwriting what an old index shows)."""
@@ -238,6 +117,17 @@ def _publish(src: Path, assets: Path, stem: str) -> str:
         with atomic_path(dest) as tmp:  # a failed copy (full disk) leaves no temp file behind
             shutil.copyfile(src, tmp)
     return f"assets/{name}"
+
+
+def intervals_of(rows: pd.DataFrame, cols: list[str]) -> dict[str, list[tuple[float, float] | None]]:
+    """Per timed column of `cols` whose rows carry `<m>_lo` / `<m>_hi` (repeats > 1): each row's interval or None."""
+    out = {}
+    for c in cols:
+        if c in TIMED_METRICS:
+            spans = [interval(r, c) for _, r in rows.iterrows()]
+            if any(s is not None for s in spans):
+                out[c] = spans
+    return out
 
 
 def _sorted(df: pd.DataFrame) -> pd.DataFrame:
@@ -262,31 +152,32 @@ def _present(df: pd.DataFrame, cols: tuple[str, ...] | list[str]) -> list[str]:
     return [c for c in cols if c in df.columns and df[c].notna().any()]
 
 
-def _summary(doc: Doc, df: pd.DataFrame, sources: list[str]) -> None:
-    doc.heading(2, "Summary")
-    counts = df["status"].value_counts()
-    doc.para(f"{len(df)} cells: {counts.get('ok', 0)} ok, {counts.get('failed', 0)} failed, "
-             f"{counts.get('skipped', 0)} skipped (the last row of each cell_id counts).")
-    if not df.empty:
-        per = pd.crosstab(df["experiment"].map(text), df["status"])
-        for s in ("ok", "failed", "skipped"):
-            if s not in per.columns:
-                per[s] = 0
-        per = per[["ok", "failed", "skipped", *[c for c in per.columns if c not in ("ok", "failed", "skipped")]]]
-        per["total"] = per.sum(axis=1)
-        per.columns.name = None
-        doc.table(per.reset_index(), html_id="summary-table")
-    gpus = sorted({text(g) for g in df.loc[df["status"] == "ok", "gpu_name"]}) if not df.empty else []
-    finished = [t for t in df["finished_at"] if isinstance(t, str)] if not df.empty else []
-    items = [f"results: {', '.join(sources)}", f"GPUs (ours): {', '.join(gpus) or '—'}"]
-    if not df.empty and df["workload"].map(text).nunique() > 1:
-        per_workload = df["workload"].map(text).value_counts()
-        items.append("cells per workload: " + ", ".join(f"{w} {n}" for w, n in per_workload.items()))
-    if finished:
-        items.append(f"cells finished between {min(finished)} and {max(finished)}")
-    items.append(f"report generated {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}")
-    doc.bullets(items)
+def _repeats_cols(df: pd.DataFrame) -> list[str]:
+    """['repeats'] when any row ran its timed metrics more than once."""
+    reps = pd.to_numeric(df["repeats"], errors="coerce") if "repeats" in df.columns else pd.Series(dtype=float)
+    return ["repeats"] if (reps > 1).any() else []
 
+
+def _gate_mark(v: Any) -> str:
+    return GATE_MARK[None if is_missing(v) else bool(v)]
+
+
+def _with_gate_column(t: pd.DataFrame, rows: pd.DataFrame) -> dict[str, list[str]]:
+    """Put the `gate` verdict right after the first speed column of `t` (where any row has a gate) and return the
+    CSS classes that mark the speed cells of rows failing their gate."""
+    if not _gated(rows):
+        return {}
+    speed = [c for c in t.columns if c in (*SPEED_METRICS, "iter_s")]
+    marks = [_gate_mark(v) if not (is_missing(v) and is_missing(n)) else "—"
+             for v, n in zip(rows.get("gate_passed", pd.Series(None, index=rows.index)),
+                             rows.get("gate_name", pd.Series(None, index=rows.index)), strict=True)]
+    at = t.columns.get_loc(speed[0]) + 1 if speed else len(t.columns)
+    t.insert(at, GATE_COLUMN, marks)
+    failing = ["fail" if gate_failed(r) else "" for _, r in rows.iterrows()]
+    return {c: failing for c in speed}
+
+
+# --- the sections after the Summary (summary.py), in build_doc's order ------------------------------------------------
 
 def _device_cols(df: pd.DataFrame) -> list[str]:
     """['gpu_name'] when the device that ran a cell differs from its gpu axis (the hardware request)."""
@@ -299,19 +190,72 @@ def _main_table(doc: Doc, ok: pd.DataFrame, others: int = 0) -> None:
     if ok.empty:
         doc.note("no ok inference cells" + (" (training and DMD cells: see their sections)" if others else ""))
         return
-    cols = [*_identity_cols(ok), *_present(ok, INFER_AXES), *_device_cols(ok), *_present(ok, ["frames"]),
-            *_present(ok, KEY_METRICS)]
+    axes = _present(ok, INFER_AXES)
+    same = [a for a in axes if a not in varying(ok, axes)] if len(ok) > 1 else []
+    cols = [*_identity_cols(ok), *[a for a in axes if a not in same], *_device_cols(ok), *_present(ok, ["frames"]),
+            *_repeats_cols(ok), *_present(ok, KEY_METRICS)]
     t = ok[cols].copy()
     t.insert(0, "cell", ok["cell_id"].map(_short_id))
+    spans = intervals_of(ok, cols)
+    cls = _with_gate_column(t, ok)
+    rule = repeats_rule(ok)
     doc.para("Inference cells (workload infer / quality)"
              + ("; training and DMD cells have their own sections below" if others else "")
-             + ". Metric columns follow the timing definitions listed at the end; memory in GB (1e9 bytes).",
-             cls="meta")
-    doc.table(t, html_id="main-table")
+             + ". Metric columns follow the timing definitions listed at the end; memory in GB (1e9 bytes)."
+             + (" gate: the row's verdict (✗ = fails its gate; its speed in red)." if cls else ""), cls="meta")
+    if same:
+        doc.para("Same in every row: " + _overrides(ok.iloc[0], same) + ".", cls="meta")
+    if spans:
+        doc.para(f"Columns marked {INTERVAL_MARK}: median over the cell's repeats, then the interval — {rule}",
+                 cls="meta")
+    doc.table(t, html_id="main-table", intervals=spans, cell_cls=cls, rule=rule)
 
 
-GATE_MARK = {True: "✓ pass", False: "✗ fail", None: "— undecided"}
 ATTN_ERROR_COLUMNS = ("attn_rel_err_mean", "attn_rel_err_max", "attn_rel_err_vs_fp32", "attn_baseline_rel_err_vs_fp32")
+
+
+def _gates(doc: Doc, df: pd.DataFrame) -> None:
+    """The declared gates (config key `gates`, longlive.report.gates): per gate its rule, its verdict counts and one
+    row per judged cell; one line where no experiment declares a gate."""
+    doc.heading(2, "Gates")
+    entries = gates_summary(df)
+    if not entries:
+        doc.para("No gate declared for these cells (an experiment declares them under the config key `gates`); "
+                 "speeds are compared without a quality condition.", cls="meta")
+        return
+    doc.para("A configuration counts toward a speed target only if it passes its gate(s); gate_margin is the "
+             "smallest slack as a fraction of each allowance (≥ 0 passes, 0 on the limit); undecided = a check could "
+             "not be made (gate_reason says why). Rows that fail are marked ✗ wherever their speed is shown "
+             "(tables, Pareto plots).", cls="meta")
+    for e in entries:
+        doc.heading(3, f"Gate {e['name']}")
+        doc.para(text(e["description"]), cls="meta")
+        if e.get("problem"):
+            doc.note(text(e["problem"]))
+        c = e["counts"]
+        if not e["rows"]:
+            continue
+        doc.para(f"{len(e['rows'])} cells judged ({', '.join(map(text, e['experiments']))}): {c['passed']} pass, "
+                 f"{c['failed']} fail{' (marked ✗)' if c['failed'] else ''}, {c['undecided']} undecided.", cls="meta")
+        t = summary_table(e)
+        verdict = t["gate_passed"].map(lambda v: 1 if is_missing(v) else 2 if bool(v) else 0)
+        t.insert(0, GATE_COLUMN, t.pop("gate_passed").map(_gate_mark))
+        t["cell_id"] = t["cell_id"].map(_short_id)
+        t = t.rename(columns={"cell_id": "cell"})
+        refs = {_short_id(r["cell_id"]) for r in e["rows"] if r["reference"]}
+        if refs:
+            t.insert(2, "role", t["cell"].map(lambda x, refs=refs: "reference" if x in refs else ""))
+        t = t.loc[verdict.sort_values(kind="stable").index]  # failing, then undecided, then passing cells
+        slug = _slug(str(e["name"]))
+        if len(t) <= MAX_GATE_ROWS:
+            doc.table(t, html_id=f"gate-{slug}", status_col=GATE_COLUMN)
+            continue
+        shown = t[verdict.loc[t.index] < 2]
+        if not shown.empty:
+            doc.table(shown, html_id=f"gate-{slug}-not-passing", status_col=GATE_COLUMN)
+        doc.heading(4, f"All {len(t)} cells judged by {e['name']}",
+                    collapsed=f"{len(t)} rows, failing and undecided first")
+        doc.table(t, html_id=f"gate-{slug}", status_col=GATE_COLUMN)
 
 
 def _gate_section(doc: Doc, ok: pd.DataFrame) -> None:
@@ -330,7 +274,7 @@ def _gate_section(doc: Doc, ok: pd.DataFrame) -> None:
     if table.empty:
         doc.note("no ok inference rows to gate")
     else:
-        table.insert(0, "gate", table.pop("gate_passed").map(lambda v: GATE_MARK[None if is_missing(v) else bool(v)]))
+        table.insert(0, "gate", table.pop("gate_passed").map(_gate_mark))
         failing = int(table["gate"].eq(GATE_MARK[False]).sum())
         doc.para(f"{len(table)} configurations: {int(table['gate'].eq(GATE_MARK[True]).sum())} pass, {failing} "
                  f"fail{' (marked ✗)' if failing else ''}. denoise_fps is the speed the gate admits.", cls="meta")
@@ -415,11 +359,11 @@ def _dmd_key(r: pd.Series) -> tuple:
 def _section_table(doc: Doc, rows: pd.DataFrame, axes: list[str], metrics: tuple[str, ...], always: tuple[str, ...],
                    html_id: str, peak_ratio: pd.Series | None = None) -> None:
     """Cell id, axes, device, frames, then the metrics recorded in any row (`always` shown regardless); host RSS
-    and `peak_ratio` (as RATIO_COLUMN) right after peak_allocated_gb."""
+    and `peak_ratio` (as RATIO_COLUMN) right after peak_allocated_gb; timed metrics with their interval."""
     t = pd.DataFrame({"cell": rows["cell_id"].map(_short_id)}, index=rows.index)
     for c in [*_identity_cols(rows), *axes]:
         t[c] = rows[c].map(flag) if c == "error_recycling" else rows[c]
-    for c in ["hardware", *_device_cols(rows), "frames"]:
+    for c in ["hardware", *_device_cols(rows), "frames", *_repeats_cols(rows)]:
         t[c] = rows[c]
     shown = [m for m in metrics if m in always or rows[m].notna().any()]
     for m in metrics:
@@ -429,7 +373,9 @@ def _section_table(doc: Doc, rows: pd.DataFrame, axes: list[str], metrics: tuple
             if peak_ratio is not None:
                 t[RATIO_COLUMN] = peak_ratio
             _with_memory(t, rows)
-    doc.table(t, html_id=html_id)
+    cls = _with_gate_column(t, rows)
+    rule = repeats_rule(rows)
+    doc.table(t, html_id=html_id, intervals=intervals_of(rows, list(t.columns)), cell_cls=cls, rule=rule)
     absent = [m for m in metrics if m not in shown]
     if absent:
         doc.para(f"Not recorded in any of these rows: {', '.join(absent)}.", cls="meta")
@@ -479,13 +425,17 @@ def _not_ok(doc: Doc, bad: pd.DataFrame) -> None:
 
 def _plots(doc: Doc, ok: pd.DataFrame, assets: Path) -> None:
     doc.heading(2, "Plots")
+    doc.para("Each figure splits its configurations into panels by what varies (a few lines per panel); error bars "
+             "are the interval over repeats where a cell has one; a hollow red ring marks a cell that "
+             f"{GATE_FAIL_LABEL}.", cls="meta")
     with tempfile.TemporaryDirectory(prefix="longlive-report-") as tmp:
         for p in make_plots(ok, Path(tmp)):
             doc.heading(3, p.title)
             if p.file is None:
                 doc.note(p.note or "not drawn")
             else:
-                doc.image(_publish(p.file, assets, p.key), p.title, p.caption)
+                doc.image(_publish(p.file, assets, p.key), p.title, p.caption, key=p.key, series=p.series,
+                          labels=p.labels, front=p.front)
 
 
 DRIFT_DOC = ("drift = last window − first window (negative: worse for a higher-is-better metric); worst = the lowest "
@@ -505,7 +455,7 @@ def _quality_over_time(doc: Doc, infer: pd.DataFrame, assets: Path) -> None:
             return
         doc.para(f"Each metric of quality.window_metrics on every quality window of the video; {DRIFT_DOC}",
                  cls="meta")
-        doc.image(_publish(p.file, assets, p.key), p.title, p.caption)
+        doc.image(_publish(p.file, assets, p.key), p.title, p.caption, key=p.key, series=p.series)
     recs = []
     for m in windowed_metric_names(infer):
         for r, t, vals in long_cells(infer, m):
@@ -521,7 +471,17 @@ def _quality_over_time(doc: Doc, infer: pd.DataFrame, assets: Path) -> None:
 
 
 def _comparisons(doc: Doc, ok: pd.DataFrame) -> None:
+    """Ours next to the published numbers; one line where no ok cell is of the model the paper measured, and the
+    tables no cell matches listed in one line rather than one empty section each."""
     doc.heading(2, "Ours vs published numbers")
+    if ok.empty or not ok["model"].map(is_5b).any():
+        models = sorted({text(m) for m in ok["model"]}) if not ok.empty else []
+        devices = sorted({text(g) for g in ok["gpu_name"]}) if not ok.empty else []
+        doc.para("Ours vs published: the paper measured the 5B preset (wan2.2-ti2v-5b) on GPUs; this report holds "
+                 + (f"only {', '.join(models)} cells on {', '.join(devices)}" if models else "no ok cells")
+                 + ", so no row of Tables 1–4 or of the release's measurements applies. The published numbers "
+                 "themselves are listed under 'Published numbers (reference)'.")
+        return
     doc.para("Ratios are ours ÷ theirs: above 1 is faster for FPS, but slower or larger for seconds, ms and memory. "
              "The hardware of each side is a column; different machines are never the same row of evidence.")
     sections = [
@@ -540,17 +500,23 @@ def _comparisons(doc: Doc, ok: pd.DataFrame) -> None:
          "max over ranks). DMD cells matched on the 5B model and the dmd_quantised rung; '× unquantised' is each "
          "side's ratio to its own all-BF16 rung."),
     ]
+    empty = [name for name, t, _ in sections if t.empty]
+    if empty:
+        doc.note(f"no ok cell matches a row of {', '.join(empty)} (a row needs a 5B cell with the same settings: "
+                 "inference for Tables 3–4 and the release, workload train for Table 1, workload dmd for Table 2)")
     for name, t, how in sections:
+        if t.empty:
+            continue
         doc.heading(3, name)
         doc.para(how, cls="meta")
-        if t.empty:
-            doc.note("no ok cell matches a row of this table")
-        else:
-            doc.table(t)
+        doc.table(t)
 
 
-def _paper_tables(doc: Doc) -> None:
+def _paper_tables(doc: Doc, ok: pd.DataFrame) -> None:
     doc.heading(2, "Published numbers (reference)")
+    if ok.empty or not ok["model"].map(is_5b).any():
+        doc.sections[-1].collapsed = (f"{len(all_tables())} tables of the 5B preset on GPUs, for reference only: no "
+                                      "cell of this report is comparable.")
     doc.para(f"From {PAPER} and docs/spec/05-benchmarks.md; each with the hardware and timing definition as stated.")
     for pt in all_tables():
         _paper_table(doc, pt)
@@ -564,7 +530,21 @@ def _paper_table(doc: Doc, pt: PaperTable) -> None:
         doc.para(pt.note, cls="meta")
 
 
+def _spread_out(items: list[list[tuple[pd.Series, Path]]], keys: list[str]) -> list[list[tuple[pd.Series, Path]]]:
+    """Items reordered round-robin over the combinations of `keys` (of each item's first row), order kept within
+    one combination: the first strips shown cover every precision and KV format before repeating one."""
+    seen: dict[tuple, int] = {}
+    ranked = []
+    for pos, cells in enumerate(items):
+        k = tuple(text(cells[0][0].get(c)) for c in keys)
+        ranked.append((seen.get(k, 0), pos, cells))
+        seen[k] = seen.get(k, 0) + 1
+    return [cells for _, _, cells in sorted(ranked, key=lambda t: (t[0], t[1]))]
+
+
 def _strips(doc: Doc, ok: pd.DataFrame, assets: Path) -> None:
+    """Frame strips of the ok cells, one per distinct image: cells whose frames are identical (decode modes, SP
+    degrees that change no pixel) share one strip, its caption naming them all."""
     doc.heading(2, "Frame strips")
     rows = [(r, artifact_path(r, "strip")) for _, r in ok.iterrows()]
     have = [(r, p) for r, p in rows if p is not None]
@@ -572,11 +552,21 @@ def _strips(doc: Doc, ok: pd.DataFrame, assets: Path) -> None:
     if not have:
         doc.note("no frame strips among the ok cells' artifacts")
     axes = varying(ok, ["gpu_name", "model", "precision", "kv_quant", "decode", "steps", "sp", "frames"])
-    for r, p in have[:MAX_STRIPS]:
+    same: dict[str, list[tuple[pd.Series, Path]]] = {}
+    for r, p in have:
+        same.setdefault(hashlib.sha256(p.read_bytes()).hexdigest(), []).append((r, p))
+    distinct = _spread_out(list(same.values()), ["model", "precision", "kv_quant", "frames"])
+    if len(distinct) < len(have):
+        doc.para(f"{len(have)} strips, {len(distinct)} distinct: cells with identical frames share one strip.",
+                 cls="meta")
+    for cells in distinct[:MAX_STRIPS]:
+        r, p = cells[0]
+        names = "; ".join(f"{_short_id(c['cell_id'])}: {config_label(c, axes)}" for c, _ in cells[:8])
+        more = f"; and {len(cells) - 8} more" if len(cells) > 8 else ""
         doc.image(_publish(p, assets, f"strip-{r['cell_id']}"), f"strip {r['cell_id']}",
-                  f"{r['cell_id']}: {config_label(r, axes)}")
-    if len(have) > MAX_STRIPS:
-        doc.para(f"{len(have) - MAX_STRIPS} more strips not shown.", cls="meta")
+                  (f"{len(cells)} cells, identical frames — " if len(cells) > 1 else "") + names + more, key="strip")
+    if len(distinct) > MAX_STRIPS:
+        doc.para(f"{len(distinct) - MAX_STRIPS} more distinct strips not shown.", cls="meta")
     if missing:
         doc.note(f"strip recorded but not found on disk for {len(missing)} cell(s): "
                  + ", ".join(text(r["cell_id"]) for r in missing[:10]))
@@ -641,35 +631,41 @@ def _gc_assets(assets: Path, keep: set[str]) -> None:
             f.unlink(missing_ok=True)
 
 
+def build_doc(df: pd.DataFrame, sources: list[str], assets: Path) -> Doc:
+    """Every section of the report for the loaded (and gated) rows, figures published into `assets`."""
+    ok = _sorted(df[df["status"] == "ok"])
+    bad = _sorted(df[df["status"] != "ok"])
+    infer, train, dmd = split_workloads(ok)
+    doc = Doc()
+    _summary(doc, df, sources, infer, train)
+    _gates(doc, df)
+    _gate_section(doc, infer)
+    _plots(doc, ok, assets)
+    _main_table(doc, infer, others=len(train) + len(dmd))
+    _train_section(doc, train)
+    _dmd_section(doc, dmd)
+    _not_ok(doc, bad)
+    _quality_over_time(doc, infer, assets)
+    _comparisons(doc, ok)
+    _strips(doc, ok, assets)
+    _paper_tables(doc, ok)
+    _manifests(doc, df)
+    _timing(doc, df)
+    return doc
+
+
 def build_report(results: list[Path], out: Path, title: str | None = None) -> Path:
     """Write out/index.md and out/index.html (+ out/assets/*.png) for the given stores; returns index.html."""
     paths = [Path(p) for p in results]
     if not paths:
         raise ValueError("no results given")
     out = check_out_dir(out)
-    df = load_results(paths)
+    df = apply_gates(load_results(paths))  # gate_name / gate_passed / gate_margin / gate_reason; None where undeclared
     assets = out / "assets"
     assets.mkdir(parents=True, exist_ok=True)
     sources = [str(p) for p in paths]
     title = title or f"LongLive benchmark report — {', '.join(p.name or str(p) for p in paths)}"
-
-    ok = _sorted(df[df["status"] == "ok"])
-    bad = _sorted(df[df["status"] != "ok"])
-    infer, train, dmd = split_workloads(ok)
-    doc = Doc()
-    _summary(doc, df, sources)
-    _main_table(doc, infer, others=len(train) + len(dmd))
-    _gate_section(doc, infer)
-    _train_section(doc, train)
-    _dmd_section(doc, dmd)
-    _not_ok(doc, bad)
-    _plots(doc, ok, assets)
-    _quality_over_time(doc, infer, assets)
-    _comparisons(doc, ok)
-    _strips(doc, ok, assets)
-    _paper_tables(doc)
-    _manifests(doc, df)
-    _timing(doc, df)
+    doc = build_doc(df, sources, assets)
     md, page = doc.render(title)
     write_text_atomic(out / "index.md", md)
     write_text_atomic(out / "index.html", page)

@@ -9,8 +9,10 @@ A configuration (attn, precision, kv_quant, steps) passes when
    seed-to-seed spread (max − min over seeds) of the tiny reference configuration's mean.
 
 `gate_margin` is the smallest slack over the checks, as a fraction of each allowance (1 − value / limit): 0 on the
-limit (a tie passes), negative when failing. The rule is data (`GateRule`), so a later gate can reuse the same
-machinery with another baseline, factor or metric list.
+limit (a tie passes), negative when failing. The rule is data (`GateRule`); its checks are those of the general
+quality gates (`report.gates`: max_ratio_of and within_spread), which attn_lowp and attn_lowp_tiny also declare in
+their `gates` so every row carries its verdict. This module keeps the one judgement they cannot make alone: a 5B
+configuration judged by the tiny rows of the same attn / precision / kv_quant (the report's "Fidelity gate").
 """
 
 from __future__ import annotations
@@ -24,6 +26,20 @@ import pandas as pd
 
 from longlive.names import INFERENCE_WORKLOADS
 from longlive.report.compare import is_missing
+from longlive.report.gates import (
+    Check,
+    attn_of,
+    combine,
+    judge_spread,
+    judge_value,
+    number,
+    select,
+    undecided,
+    with_attn,
+)
+
+__all__ = ["CONFIG_KEYS", "GATE_COLUMNS", "GateRule", "apply_gate", "as_list", "attn_of", "gate_table",
+           "tiny_reference_stats", "with_attn"]
 
 CONFIG_KEYS = ("attn", "precision", "kv_quant", "steps")
 """What names a configuration in the gate's table (`attn` is read from the row's config when not a column)."""
@@ -57,24 +73,6 @@ class GateRule:
                 f"reference's seed-to-seed spread (max − min over seeds; reference {ref})")
 
 
-def attn_of(row: pd.Series | dict) -> Any:
-    """The row's `attn`: its column if present, else the cell's config (`auto` as the backend it resolved to)."""
-    v = row.get("attn")
-    if not is_missing(v):
-        return v
-    config = row.get("config") if isinstance(row.get("config"), dict) else {}
-    v = config.get("attn")
-    extra = row.get("metrics_extra") if isinstance(row.get("metrics_extra"), dict) else {}
-    if v in (None, "auto") and extra.get("attn_backend"):
-        return extra["attn_backend"]
-    return v
-
-
-def with_attn(df: pd.DataFrame) -> pd.DataFrame:
-    """The table with an `attn` column (see `attn_of`)."""
-    return df.assign(attn=[attn_of(r) for _, r in df.iterrows()] if len(df) else [])
-
-
 def as_list(v: Any) -> list | None:
     """A list column's value: a list (JSONL), JSON text (the Parquet snapshot) or an array; None when absent."""
     if isinstance(v, str):
@@ -87,33 +85,6 @@ def as_list(v: Any) -> list | None:
     return list(v) if isinstance(v, (list, tuple)) else None
 
 
-def _same(a: Any, b: Any) -> bool:
-    if is_missing(a) and is_missing(b):
-        return True
-    if is_missing(a) or is_missing(b):
-        return False
-    try:
-        return float(a) == float(b)
-    except (TypeError, ValueError):
-        return str(a) == str(b)
-
-
-def _select(df: pd.DataFrame, values: dict[str, Any]) -> pd.DataFrame:
-    mask = pd.Series(True, index=df.index)
-    for k, v in values.items():
-        mask &= df[k].map(lambda x, v=v: _same(x, v)).astype(bool) if k in df.columns else False
-    return df[mask]
-
-
-def _slack(value: float, limit: float) -> float:
-    """1 − value / limit: 0 on the limit, negative beyond it; a zero limit admits only zero (margin 0)."""
-    if math.isnan(value):
-        return -math.inf
-    if limit == 0:
-        return 0.0 if value == 0 else -math.inf
-    return 1.0 - value / limit
-
-
 def _ok_rows(df: pd.DataFrame) -> pd.DataFrame:
     if df.empty:
         return df
@@ -124,7 +95,7 @@ def _ok_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 def tiny_reference_stats(tiny: pd.DataFrame, rule: GateRule) -> dict[str, tuple[float, float, int]]:
     """metric -> (mean, spread = max − min, seeds) over the tiny reference configuration's rows."""
-    ref = _select(tiny, rule.tiny_reference)
+    ref = select(tiny, rule.tiny_reference)
     out = {}
     for m in rule.tiny_metrics:
         vals = pd.to_numeric(ref[m], errors="coerce").dropna() if m in ref.columns else pd.Series(dtype=float)
@@ -133,70 +104,62 @@ def tiny_reference_stats(tiny: pd.DataFrame, rule: GateRule) -> dict[str, tuple[
     return out
 
 
+def _metric_values(rows: pd.DataFrame, metric: str) -> list[float]:
+    return [float(v) for v in pd.to_numeric(rows[metric], errors="coerce").dropna()] if metric in rows.columns else []
+
+
 def apply_gate(df: pd.DataFrame, rule: GateRule | None = None) -> pd.DataFrame:
     """The ok inference rows of models other than the tiny one, with an `attn` column and the gate's columns:
     gate_baseline_err, gate_threshold (factor × baseline), gate_passed (False when a check fails; None when one
     cannot be made: no error, no baseline row, no tiny rows for the configuration), gate_margin (the smallest slack)
-    and gate_rule (each check with its numbers)."""
+    and gate_rule (each check with its numbers). The checks are `report.gates`' max_ratio_of (the latent half) and
+    within_spread (the tiny half, judged on the tiny rows of the row's attn / precision / kv_quant)."""
     rule = rule or GateRule()
     ok = with_attn(_ok_rows(df))
     if ok.empty:
         return ok.assign(**{c: [] for c in GATE_COLUMNS})
     is_tiny = ok["model"].map(lambda m: m == rule.tiny_model)
     rows, tiny = ok[~is_tiny], ok[is_tiny]
-    stats = tiny_reference_stats(tiny, rule)
+    tiny_ref = select(tiny, rule.tiny_reference)
     match = [c for c in rule.match if c in ok.columns]
-    baselines = _select(rows, rule.baseline)
+    baselines = select(rows, rule.baseline)
+    latent = Check(rule.error, "max_ratio_of", rule.factor, dict(rule.baseline))
     out: dict[str, list] = {c: [] for c in GATE_COLUMNS}
     for _, r in rows.iterrows():
-        slacks, notes, missing = [], [], False
-        err = _number(r.get(rule.error))
-        base = _select(baselines, {c: r[c] for c in match})
-        b = _number(base[rule.error].iloc[-1]) if not base.empty and rule.error in base.columns else math.nan
-        thr = rule.factor * b
+        outcomes, notes = [], []
+        err = number(r.get(rule.error))
+        base = select(baselines, {c: r[c] for c in match})
+        b = number(base[rule.error].iloc[-1]) if not base.empty and rule.error in base.columns else math.nan
         if math.isnan(err):
-            missing = True
+            outcomes.append(undecided(latent, "no value"))
             notes.append(f"no {rule.error} (no reference cell, or non-finite latents)")
         elif math.isnan(b):
-            missing = True
+            outcomes.append(undecided(latent, "no baseline"))
             notes.append(f"no baseline {rule.error} ({' '.join(f'{k}={v}' for k, v in rule.baseline.items())}, "
                          f"same {', '.join(match)})")
         else:
-            slacks.append(_slack(err, thr))
-            notes.append(f"{rule.error} {err:.4g} {'≤' if err <= thr else '>'} {rule.factor:g} × {b:.4g} = {thr:.4g}")
+            outcomes.append(judge_value(latent, err, b))
+            notes.append(outcomes[-1].text)
         if rule.tiny_metrics and tiny.empty:
             notes.append("tiny half not checked: no tiny rows in these results")
         elif rule.tiny_metrics:
-            mine = _select(tiny, {k: r[k] for k in rule.tiny_keys if k in r.index})
+            mine = select(tiny, {k: r[k] for k in rule.tiny_keys if k in r.index})
             for m in rule.tiny_metrics:
-                vals = (pd.to_numeric(mine[m], errors="coerce").dropna() if m in mine.columns
-                        else pd.Series(dtype="float64"))
-                if m not in stats or vals.empty:
-                    missing = True
-                    notes.append(f"tiny {m}: no rows for this configuration" if m in stats
-                                 else f"tiny {m}: no reference rows")
+                check = Check(m, "within_spread", rule.spread_factor)
+                vals, refs = _metric_values(mine, m), _metric_values(tiny_ref, m)
+                if not refs or not vals:
+                    outcomes.append(undecided(check, "no rows"))
+                    notes.append(f"tiny {m}: {'no rows for this configuration' if refs else 'no reference rows'}")
                     continue
-                mean, spread, n = stats[m]
-                dev, limit = abs(float(vals.mean()) - mean), rule.spread_factor * spread
-                slacks.append(_slack(dev, limit))
-                notes.append(f"tiny {m} |Δ| {dev:.3g} {'≤' if dev <= limit else '>'} "
-                             f"{rule.spread_factor:g} × spread {spread:.3g} ({len(vals)} vs {n} seeds)")
-        margin = min(slacks) if slacks else math.nan
-        passed = False if slacks and margin < 0 else None if missing or not slacks else True
+                outcomes.append(judge_spread(check, vals, refs, min_seeds=1))  # one seed: a zero allowance
+                notes.append(f"tiny {outcomes[-1].text}")
+        passed, margin = combine(outcomes)
         out["gate_baseline_err"].append(b)
-        out["gate_threshold"].append(thr)
+        out["gate_threshold"].append(rule.factor * b)
         out["gate_passed"].append(passed)
         out["gate_margin"].append(margin)
         out["gate_rule"].append("; ".join(notes))
     return rows.assign(**out)
-
-
-def _number(v: Any) -> float:
-    """A float, NaN for what is missing or not a number."""
-    try:
-        return math.nan if is_missing(v) else float(v)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def gate_table(df: pd.DataFrame, rule: GateRule | None = None) -> pd.DataFrame:

@@ -2,14 +2,17 @@
 
 Each figure is drawn only when the data varies along what the figure is about; otherwise it returns a
 one-line "not enough data" note, because an empty or one-point chart reads like a result. Axis labels
-and titles name the timing definition the plotted column follows (spec 05).
+and titles name the timing definition the plotted column follows (spec 05). A figure never crowds one axes:
+configurations are split into small multiples by what varies (`facet`: at most MAX_LINES lines or MAX_BARS
+configurations per panel), Pareto plots label only their front, timed numbers carry their interval over repeats as
+error bars, and a row that fails its quality gate is drawn hollow red wherever its speed is plotted.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -52,18 +55,33 @@ QUALITY = (
     ("latent_rel_err_vs_ref", False, "latent relative error vs reference (lower = better)"),
 )
 MAX_PANELS = 6
+"""Full-width panels stacked in one figure (the training and DMD bar ladders: one per device and model)."""
+MAX_FACETS = 8
+"""Small multiples of one figure, in a grid of two columns; more are left out and the caption says so."""
+MAX_LINES = 6
+"""Lines (or point groups) per axes: more configurations are split over facets."""
+MAX_BARS = 16
+"""Configurations per full-width bar or per-configuration panel (ladder, per-chunk timings)."""
 MAX_CONFIGS = 24
+"""Bars of one training-ladder panel."""
+GATE_FAIL_LABEL = "fails its gate"
+GATE_FAIL_STYLE = {"marker": "o", "s": 90, "facecolors": "none", "edgecolors": "tab:red", "linewidths": 1.6}
+"""Hollow red ring over a point whose row fails its quality gate (legend: GATE_FAIL_LABEL)."""
 
 
 @dataclass
 class Plot:
-    """A figure written to `file`, or a `note` saying why it was not drawn."""
+    """A figure written to `file`, or a `note` saying why it was not drawn. `series`: lines, point groups or
+    configurations drawn in each axes; `labels`: point labels written; `front`: Pareto-front points."""
 
     key: str
     title: str
     file: Path | None = None
     note: str | None = None
     caption: str = ""
+    series: list[int] = field(default_factory=list)
+    labels: int = 0
+    front: int = 0
 
 
 def text(v: object) -> str:
@@ -138,40 +156,137 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
+def interval(row: pd.Series | dict, metric: str) -> tuple[float, float] | None:
+    """The row's interval over repeats for a timed metric (`<m>_lo`, `<m>_hi`; longlive.measure.spread), or None."""
+    lo, hi = row.get(f"{metric}_lo"), row.get(f"{metric}_hi")
+    try:
+        lo, hi = float(lo), float(hi)
+    except (TypeError, ValueError):
+        return None
+    return (lo, hi) if math.isfinite(lo) and math.isfinite(hi) else None
+
+
+def gate_failed(row: pd.Series | dict) -> bool:
+    """Whether the row's quality gate (report.gates.apply_gates' gate_passed) says it fails: fast but not usable."""
+    v = row.get("gate_passed")
+    return not is_missing(v) and not bool(v)
+
+
+def _span(rows: pd.DataFrame, metric: str) -> tuple[float, float] | None:
+    """The interval of a configuration's rows: the median of their interval ends (one row: its own)."""
+    spans = [s for s in (interval(r, metric) for _, r in rows.iterrows()) if s is not None]
+    if not spans:
+        return None
+    return float(pd.Series([s[0] for s in spans]).median()), float(pd.Series([s[1] for s in spans]).median())
+
+
+def _yerr(value: float, span: tuple[float, float] | None) -> list[float]:
+    """Error-bar lengths below and above `value` (0 where there is no interval)."""
+    if span is None or is_missing(value):
+        return [0.0, 0.0]
+    return [max(value - span[0], 0.0), max(span[1] - value, 0.0)]
+
+
+@dataclass
+class Facet:
+    """One panel of a faceted figure: its title, its series (first row, rows) in ladder order, and the axes that
+    name a series within it."""
+
+    title: str
+    series: list[tuple[pd.Series, pd.DataFrame]]
+    axes: list[str]
+
+
+def facet(d: pd.DataFrame, base: list[str], axes: list[str], per_panel: int) -> list[Facet]:
+    """Split configurations into panels by what varies: `base` columns always split panels; within each base group,
+    the axes of `axes` that vary there move, in order, from naming a series to splitting panels until no panel
+    holds more than `per_panel` series (a small group stays one panel). Panels come in ladder order."""
+    out = []
+    for first, group in groups(d, base):
+        panel_axes, series_axes = [], varying(group, axes)
+        while series_axes and max(len(groups(sub, series_axes)) for _, sub in groups(group, panel_axes)) > per_panel:
+            panel_axes.append(series_axes.pop(0))
+        head = config_label(first, base) if base else ""
+        for f, sub in groups(group, panel_axes):
+            title = " · ".join(t for t in (head, config_label(f, panel_axes) if panel_axes else "") if t)
+            out.append(Facet(title or "all cells", groups(sub, series_axes), series_axes))
+    return out
+
+
+def _grid(fig: Figure, n: int, height: float = 3.6, cols: int = 2, width: float | None = None) -> list:
+    """n axes in a grid of up to `cols` columns (one for a single panel); sets the figure's size (`width` in inches,
+    by default 8 for one column and 14 for two)."""
+    cols = 1 if n == 1 else cols
+    rows = math.ceil(n / cols)
+    fig.set_size_inches(width or (8.0 if cols == 1 else 14.0), height * rows + 0.8)
+    return [fig.add_subplot(rows, cols, i + 1) for i in range(n)]
+
+
+def _left_out(panels: list) -> str:
+    """The caption's note when a figure holds more panels than it draws."""
+    extra = len(panels) - MAX_FACETS
+    return f" {extra} more panels not drawn (at most {MAX_FACETS} per figure)." if extra > 0 else ""
+
+
+def _mark_failing(ax, xs: list[float], ys: list[float], failing: list[bool], labelled: bool) -> bool:
+    """Hollow red rings over the points of rows that fail their gate; True when any was drawn."""
+    pts = [(x, y) for x, y, f in zip(xs, ys, failing, strict=True) if f]
+    if pts:
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], zorder=5, **GATE_FAIL_STYLE,
+                   label=None if labelled else GATE_FAIL_LABEL)
+    return bool(pts)
+
+
 def plot_ladder(ok: pd.DataFrame, path: Path) -> Plot:
-    """(a) Table 3 ladder: denoise and E2E FPS side by side per configuration, one panel per gpu/model."""
+    """(a) Table 3 ladder: denoise and E2E FPS side by side per configuration, in panels by device, model, video
+    length and, where many configurations vary, the leading axes (at most MAX_BARS configurations a panel)."""
     title = "Inference ladder: denoise FPS and E2E FPS per configuration"
     d = ok[ok["denoise_fps"].notna() | ok["e2e_fps"].notna()]
     axes = varying(d, LABEL_AXES)
-    panels = []
-    for first, sub in groups(d, ["gpu_name", "model"]):
-        cfgs = [(f, s["denoise_fps"].median(), s["e2e_fps"].median(), len(s)) for f, s in groups(sub, axes)]
-        if len(cfgs) >= 2:
-            panels.append((f"{text(first['gpu_name'])} · {text(first['model'])}", cfgs[:MAX_CONFIGS]))
-    if not panels:
+    enough = [sub for _, sub in groups(d, ["gpu_name", "model"]) if len(groups(sub, axes)) >= 2]
+    if not enough:
         return Plot("ladder", title, note="not enough data: needs ≥2 configurations (differing in precision, "
                     "kv_quant, decode, steps or sp) with denoise_fps or e2e_fps on one gpu/model")
-    panels = panels[:MAX_PANELS]
-    width = max(8.0, 1.0 * max(len(c) for _, c in panels) + 3)
-    fig = Figure(figsize=(width, 4.2 * len(panels)))
-    for i, (name, cfgs) in enumerate(panels):
-        ax = fig.add_subplot(len(panels), 1, i + 1)
-        xs = list(range(len(cfgs)))
-        for off, col, idx in ((-0.2, "denoise_fps", 1), (0.2, "e2e_fps", 2)):
-            vals = [c[idx] for c in cfgs]
-            bars = ax.bar([x + off for x in xs], [0 if is_missing(v) else v for v in vals], width=0.4,
-                          label=SPEED_SHORT[col])
-            ax.bar_label(bars, labels=[num(v) for v in vals], fontsize=8, padding=2)
-        ax.set_xticks(xs, [config_label(c[0], axes, "\n") + (f"\n(median of {c[3]})" if c[3] > 1 else "")
-                           for c in cfgs], fontsize=8)
-        ax.set_ylabel("frames per second")
-        ax.set_title(name, fontsize=10)
+    d = pd.concat(enough)
+    panels = facet(d, ["gpu_name", "model", *varying(d, ["frames"])], axes, MAX_BARS)
+    drawn = panels[:MAX_FACETS]
+    fig = Figure()
+    fail_any = False
+    for ax, p in zip(_grid(fig, len(drawn), 3.8, cols=1, width=max(8.0, 0.8 * max(len(p.series) for p in drawn) + 2)),
+                     drawn, strict=True):
+        xs = list(range(len(p.series)))
+        for off, col in ((-0.2, "denoise_fps"), (0.2, "e2e_fps")):
+            vals = [s[col].median() for _, s in p.series]
+            heights = [0 if is_missing(v) else v for v in vals]
+            errs = [_yerr(v, _span(s, col)) for v, (_, s) in zip(vals, p.series, strict=True)]
+            bars = ax.bar([x + off for x in xs], heights, width=0.4, label=SPEED_SHORT[col],
+                          yerr=[[e[0] for e in errs], [e[1] for e in errs]] if any(any(e) for e in errs) else None,
+                          capsize=3)
+            ax.bar_label(bars, labels=[num(v) for v in vals], fontsize=7, padding=2)
+            failing = [gate_failed(s.iloc[0]) for _, s in p.series]
+            if col == "denoise_fps":
+                fail_any |= _mark_failing(ax, [x + off for x in xs], heights, failing, fail_any)
+        ax.set_xticks(xs, [config_label(f, p.axes, "\n") + (f"\n(median of {len(s)})" if len(s) > 1 else "")
+                           for f, s in p.series], fontsize=7)
+        ax.set_ylabel("frames per second", fontsize=8)
+        ax.set_title(p.title, fontsize=9)
         ax.margins(y=0.25)
-        ax.legend(fontsize=8, loc="upper left", ncols=2)
+        ax.legend(fontsize=7, loc="upper left", ncols=2)
     fig.suptitle("Table 3 ladder: denoise_fps (denoise loop only) and e2e_fps (noise → decoded frames on host)",
                  fontsize=11)
-    return Plot("ladder", title, _save(fig, path),
-                caption="denoise_fps: " + SPEED_DEFS["denoise_fps"] + ". e2e_fps: " + SPEED_DEFS["e2e_fps"] + ".")
+    fig.set_layout_engine("constrained")
+    return Plot("ladder", title, _save(fig, path), series=[len(p.series) for p in drawn],
+                caption="denoise_fps: " + SPEED_DEFS["denoise_fps"] + ". e2e_fps: " + SPEED_DEFS["e2e_fps"] + "."
+                + (" Error bars: the interval over repeats." if _has_intervals(d, ("denoise_fps", "e2e_fps")) else "")
+                + (f" Red ring: {GATE_FAIL_LABEL}." if fail_any else "") + _left_out(panels))
+
+
+def _has_intervals(d: pd.DataFrame, metrics: tuple[str, ...] | list[str]) -> bool:
+    return any(f"{m}_lo" in d.columns and d[f"{m}_lo"].notna().any() for m in metrics)
+
+
+def _labelled_lines(ax) -> int:
+    return sum(1 for line in ax.get_lines() if not str(line.get_label()).startswith("_"))
 
 
 def plot_memory(ok: pd.DataFrame, path: Path) -> Plot:
@@ -183,57 +298,77 @@ def plot_memory(ok: pd.DataFrame, path: Path) -> Plot:
     xcol = "video_seconds" if ok["video_seconds"].notna().any() else "frames"
     title = f"Peak memory ({mem}) vs video length"
     d = ok[ok[mem].notna() & ok[xcol].notna()]
-    by = ["gpu_name", "model", *varying(d, LABEL_AXES)]
-    lines = [(f, s) for f, s in groups(d, by) if s[xcol].nunique() >= 2]
+    axes = varying(d, LABEL_AXES)
+    lines = [s for _, s in groups(d, ["gpu_name", "model", *axes]) if s[xcol].nunique() >= 2]
     if not lines:
         return Plot("memory", title, note=f"not enough data: needs ≥2 video lengths ({xcol}) for one configuration "
                     f"with {mem}")
-    label_axes = varying(pd.DataFrame([f for f, _ in lines]), by) or by[2:]
-    fig = Figure(figsize=(8, 4.8))
-    ax = fig.add_subplot()
-    for f, s in lines[:MAX_CONFIGS]:
-        pts = s.groupby(xcol)[mem].max().sort_index()
-        ax.plot(pts.index.astype(float), pts.values, marker="o", label=config_label(f, label_axes))
-    ax.set_xlabel("video length (s)" if xcol == "video_seconds" else "latent frames")
-    ax.set_ylabel(f"{mem} (GB, {'torch allocator peak' if mem.startswith('peak') else 'NVML device used'})")
-    ax.set_ylim(bottom=0)
-    ax.set_title(title + " — max over cells at one length", fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return Plot("memory", title, _save(fig, path), caption=f"{mem}: peak during the run, per cell (max over ranks).")
+    d = pd.concat(lines)
+    panels = facet(d, ["gpu_name", "model"], axes, MAX_LINES)
+    drawn = panels[:MAX_FACETS]
+    fig = Figure()
+    for ax, p in zip(_grid(fig, len(drawn)), drawn, strict=True):
+        for f, s in p.series:
+            pts = s.groupby(xcol)[mem].max().sort_index()
+            ax.plot(pts.index.astype(float), pts.values, marker="o", label=config_label(f, p.axes))
+        ax.set_xlabel("video length (s)" if xcol == "video_seconds" else "latent frames", fontsize=8)
+        ax.set_ylabel(f"{mem} (GB, {'torch allocator peak' if mem.startswith('peak') else 'NVML device used'})",
+                      fontsize=8)
+        ax.set_ylim(bottom=0)
+        ax.set_title(p.title, fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title + " — max over cells at one length", fontsize=11)
+    fig.set_layout_engine("constrained")
+    return Plot("memory", title, _save(fig, path), series=[_labelled_lines(ax) for ax in fig.axes],
+                caption=f"{mem}: peak during the run, per cell (max over ranks)." + _left_out(panels))
 
 
 def plot_sp(ok: pd.DataFrame, path: Path) -> Plot:
-    """(c) SP scaling of the denoise loop against ideal linear scaling, efficiency annotated."""
+    """(c) SP scaling of the denoise loop against ideal linear scaling, efficiency annotated; one panel per
+    device, model and video length, split further by the leading axes until each holds at most MAX_LINES lines."""
     title = "SP scaling: denoise_fps vs sp"
     d = ok[ok["denoise_fps"].notna() & ok["sp"].notna()]
     if d["sp"].nunique() < 2:
         return Plot("sp", title, note="not enough data: needs ≥2 values of sp with denoise_fps")
-    by = ["gpu_name", "model", "frames", *varying(d, [a for a in LABEL_AXES if a != "sp"])]
-    lines = [(f, s) for f, s in groups(d, by) if s["sp"].nunique() >= 2]
+    axes = varying(d, [a for a in LABEL_AXES if a != "sp"])
+    lines = [s for _, s in groups(d, ["gpu_name", "model", "frames", *axes]) if s["sp"].nunique() >= 2]
     if not lines:
         return Plot("sp", title, note="not enough data: needs ≥2 values of sp within one configuration")
-    label_axes = varying(pd.DataFrame([f for f, _ in lines]), by) or by[2:]
-    fig = Figure(figsize=(8, 4.8))
-    ax = fig.add_subplot()
-    all_sp: set[int] = set()
-    for f, s in lines[:MAX_CONFIGS]:
-        pts = s.groupby("sp")["denoise_fps"].median().sort_index()
-        sp = [int(v) for v in pts.index]
-        all_sp.update(sp)
-        (line,) = ax.plot(sp, pts.values, marker="o", label=config_label(f, label_axes))
-        ideal = [pts.values[0] * k / sp[0] for k in sp]
-        ax.plot(sp, ideal, ls="--", color=line.get_color(), alpha=0.6)
-        for k, v, ref in zip(sp[1:], pts.values[1:], ideal[1:], strict=True):
-            ax.annotate(f"{v / ref:.0%}", (k, v), textcoords="offset points", xytext=(4, -12), fontsize=8)
-    ax.set_xticks(sorted(all_sp))
-    ax.set_xlabel("sp (GPUs in the sequence-parallel group)")
-    ax.set_ylabel("denoise_fps (frames / s, chunk loop only)")
-    ax.set_title(title + " — dashed: ideal linear scaling; % = efficiency", fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return Plot("sp", title, _save(fig, path), caption="efficiency = denoise_fps ÷ (denoise_fps at the smallest sp × "
-                "sp ratio). denoise_fps: " + SPEED_DEFS["denoise_fps"] + ".")
+    d = pd.concat(lines)
+    panels = facet(d, ["gpu_name", "model", *varying(d, ["frames"])], axes, MAX_LINES)
+    drawn = panels[:MAX_FACETS]
+    fig = Figure()
+    fail_any = False
+    for ax, p in zip(_grid(fig, len(drawn)), drawn, strict=True):
+        all_sp: set[int] = set()
+        for f, s in p.series:
+            by_sp = [(int(k), g) for k, g in s.groupby("sp")]
+            sp = [k for k, _ in by_sp]
+            vals = [float(g["denoise_fps"].median()) for _, g in by_sp]
+            errs = [_yerr(v, _span(g, "denoise_fps")) for v, (_, g) in zip(vals, by_sp, strict=True)]
+            all_sp.update(sp)
+            ideal = [vals[0] * k / sp[0] for k in sp]
+            eff = ", ".join(f"{v / ref:.0%} at sp {k}" for k, v, ref in zip(sp[1:], vals[1:], ideal[1:], strict=True))
+            (line,) = ax.plot(sp, vals, marker="o", label=f"{config_label(f, p.axes)}: {eff}")
+            if any(any(e) for e in errs):
+                ax.errorbar(sp, vals, yerr=[[e[0] for e in errs], [e[1] for e in errs]], fmt="none",
+                            ecolor=line.get_color(), capsize=3)
+            ax.plot(sp, ideal, ls="--", color=line.get_color(), alpha=0.35)
+            fail_any |= _mark_failing(ax, sp, vals, [any(gate_failed(r) for _, r in g.iterrows()) for _, g in by_sp],
+                                      fail_any)
+        ax.set_xticks(sorted(all_sp))
+        ax.set_xlabel("sp (ranks in the sequence-parallel group)", fontsize=8)
+        ax.set_ylabel("denoise_fps (frames / s)", fontsize=8)
+        ax.set_title(p.title, fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title + " — dashed: ideal linear scaling; legend: efficiency at each larger sp", fontsize=11)
+    fig.set_layout_engine("constrained")
+    return Plot("sp", title, _save(fig, path), series=[_labelled_lines(ax) for ax in fig.axes],
+                caption="efficiency = denoise_fps ÷ (denoise_fps at the smallest sp × sp ratio). denoise_fps: "
+                + SPEED_DEFS["denoise_fps"] + "." + (f" Red ring: {GATE_FAIL_LABEL}." if fail_any else "")
+                + _left_out(panels))
 
 
 def pareto_mask(x: list[float], y: list[float], higher_is_better: bool) -> list[bool]:
@@ -247,8 +382,39 @@ def pareto_mask(x: list[float], y: list[float], higher_is_better: bool) -> list[
     return mask
 
 
+def _colour_axis(d: pd.DataFrame, axes: list[str]) -> str | None:
+    """The axis that colours a scatter: the first varying one with at most MAX_LINES values."""
+    return next((a for a in axes if 2 <= d[a].map(text).nunique() <= MAX_LINES), None)
+
+
+LABEL_OFFSETS = ((6, 8), (6, -14), (6, 22), (6, -28), (6, 36), (6, -42), (6, 50), (6, -56))
+"""Candidate label positions (points right of and above/below the point), tried in order."""
+
+
+def _label_offsets(ax, points: list[tuple[float, float]], texts: list[str], size: float = 7.0) -> list[tuple]:
+    """An offset per label (LABEL_OFFSETS) whose box, estimated from the text length in points, overlaps no label
+    placed before it; the first candidate where all overlap."""
+    fig = ax.figure
+    scale = 72.0 / fig.dpi  # display pixels to points
+    placed: list[tuple[float, float, float, float]] = []
+    out = []
+    for (px, py), s in zip(points, texts, strict=True):
+        x0, y0 = ax.transData.transform((px, py)) * scale
+        w, h = 0.6 * size * len(s), 1.3 * size
+        choice = LABEL_OFFSETS[0]
+        for dx, dy in LABEL_OFFSETS:
+            box = (x0 + dx, y0 + dy, x0 + dx + w, y0 + dy + h)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+                choice = (dx, dy)
+                break
+        placed.append((x0 + choice[0], y0 + choice[1], x0 + choice[0] + w, y0 + choice[1] + h))
+        out.append(choice)
+    return out
+
+
 def plot_pareto(ok: pd.DataFrame, out_dir: Path) -> list[Plot]:
-    """(d) Speed against each recorded quality column, the Pareto front highlighted."""
+    """(d) Speed against each recorded quality column: every cell a point coloured by its leading axis, the Pareto
+    front drawn and only its points labelled, rows failing their gate ringed red, speed intervals as error bars."""
     plots = []
     for q, higher, qlabel in QUALITY:
         finite = ok[q].map(lambda v: not is_missing(v) and math.isfinite(v))  # PSNR of the reference itself is inf
@@ -260,23 +426,45 @@ def plot_pareto(ok: pd.DataFrame, out_dir: Path) -> list[Plot]:
         axes = varying(d, ["gpu_name", "model", *LABEL_AXES, "frames"])
         x, y = d[speed].astype(float).tolist(), d[q].astype(float).tolist()
         mask = pareto_mask(x, y, higher)
-        fig = Figure(figsize=(8, 5))
+        fig = Figure(figsize=(9, 5.5))
         ax = fig.add_subplot()
-        ax.scatter(x, y, color="0.6", label="cells")
-        front = sorted((xi, yi) for xi, yi, m in zip(x, y, mask, strict=True) if m)
-        ax.plot([p[0] for p in front], [p[1] for p in front], "-o", color="tab:red", label="Pareto front")
-        rank = {i: k for k, i in enumerate(sorted(range(len(x)), key=lambda i: (x[i], y[i])))}
-        for i, ((_, r), xi, yi, m) in enumerate(zip(d.iterrows(), x, y, mask, strict=True)):
-            ax.annotate(config_label(r, axes), (xi, yi), textcoords="offset points", fontsize=7,  # alternate sides
-                        xytext=(5, 4 if rank[i] % 2 == 0 else -11), color="black" if m else "0.45")
+        colour = _colour_axis(d, axes)
+        keys = d[colour].map(text).tolist() if colour else ["cells"] * len(d)
+        for k in dict.fromkeys(keys):
+            idx = [i for i, kk in enumerate(keys) if kk == k]
+            ax.scatter([x[i] for i in idx], [y[i] for i in idx], s=22, alpha=0.75,
+                       label=config_label(d.iloc[idx[0]], [colour]) if colour else "cells")
+        spans = [interval(r, speed) for _, r in d.iterrows()]
+        if any(s is not None for s in spans):
+            errs = [_yerr(xi, s) for xi, s in zip(x, spans, strict=True)]
+            ax.errorbar(x, y, xerr=[[e[0] for e in errs], [e[1] for e in errs]], fmt="none", ecolor="0.55",
+                        elinewidth=0.8, capsize=2)
+        front_idx = sorted((i for i, m in enumerate(mask) if m), key=lambda i: (x[i], y[i]))
+        ax.plot([x[i] for i in front_idx], [y[i] for i in front_idx], "-", color="tab:red", lw=1.2, zorder=4,
+                label="Pareto front (labelled)")
+        failing = [gate_failed(r) for _, r in d.iterrows()]
+        fail_any = _mark_failing(ax, x, y, failing, False)
+        label_axes = [a for a in axes if a != colour] if colour else axes
+        ax.margins(x=0.12, y=0.12)
+        ax.autoscale_view()
+        texts = [config_label(d.iloc[i], [colour, *label_axes] if colour else label_axes, " · ") for i in front_idx]
+        for i, s, off in zip(front_idx, texts, _label_offsets(ax, [(x[i], y[i]) for i in front_idx], texts),
+                             strict=True):  # only the front is labelled, each label clear of the others
+            ax.annotate(s, (x[i], y[i]), textcoords="offset points", fontsize=7, xytext=off,
+                        arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.6})
         ax.set_xlabel(f"{speed}: {SPEED_SHORT[speed]}, frames / s")
         ax.set_ylabel(qlabel)
         title = f"Speed–quality: {q} vs {speed}"
         ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, loc="best")
         ax.grid(alpha=0.3)
-        plots.append(Plot(f"pareto_{q}", title, _save(fig, out_dir / f"pareto_{q}.png"),
-                          caption=f"{speed}: {SPEED_DEFS[speed]}. Front: no other cell is both faster and better."
+        n_groups = len(dict.fromkeys(keys))
+        plots.append(Plot(f"pareto_{q}", title, _save(fig, out_dir / f"pareto_{q}.png"), series=[n_groups],
+                          labels=len(ax.texts), front=len(front_idx),
+                          caption=f"{speed}: {SPEED_DEFS[speed]}. Front: no other cell is both faster and better; "
+                          f"only its {len(front_idx)} point(s) are labelled"
+                          + (f", the {len(d)} cells coloured by {colour}" if colour else "") + "."
+                          + (f" Red ring: {GATE_FAIL_LABEL}." if fail_any else "")
                           + (f" {left_out} cell(s) with a non-finite {q} (e.g. the reference run itself) left out."
                              if left_out else "")))
     if not plots:
@@ -287,65 +475,90 @@ def plot_pareto(ok: pd.DataFrame, out_dir: Path) -> list[Plot]:
 
 
 def plot_chunks(ok: pd.DataFrame, path: Path) -> Plot:
-    """(e) Per-chunk denoise time: median with p10-p90 bars, every recorded chunk (incl. warm-up) as dots."""
+    """(e) Per-chunk denoise time: median with p10-p90 bars, every recorded chunk (incl. warm-up) as dots; panels
+    of at most MAX_BARS configurations."""
     title = "Per-chunk denoise time (chunk_ms p10 / median / p90)"
     d = ok[ok["chunk_ms_median"].notna()]
-    axes = varying(d, ["gpu_name", "model", *LABEL_AXES, "frames"])
-    cfgs = groups(d, axes)[:MAX_CONFIGS]
-    if len(cfgs) < 2:
+    axes = varying(d, LABEL_AXES)
+    panels = facet(d, ["gpu_name", "model", *varying(d, ["frames"])], axes, MAX_BARS)
+    if sum(len(p.series) for p in panels) < 2:
         return Plot("chunks", title, note="not enough data: needs ≥2 configurations with per-chunk timings "
                     "(chunk_ms_median)")
-    fig = Figure(figsize=(max(8.0, 0.9 * len(cfgs) + 3), 4.8))
-    ax = fig.add_subplot()
-    for i, (_, s) in enumerate(cfgs):
-        r = s.iloc[-1]
-        med, lo, hi = r["chunk_ms_median"], r["chunk_ms_p10"], r["chunk_ms_p90"]
-        yerr = [[med - lo if not is_missing(lo) else 0], [hi - med if not is_missing(hi) else 0]]
-        ax.errorbar([i], [med], yerr=yerr, fmt="o", color="tab:blue", capsize=4,
-                    label="median, p10–p90 (after warm-up)" if i == 0 else None)
-        raw = r.get("chunk_ms")
-        if not isinstance(raw, list) and isinstance(r["metrics_extra"], dict):
-            raw = r["metrics_extra"].get("chunk_ms")
-        raw = raw.tolist() if hasattr(raw, "tolist") else raw
-        if isinstance(raw, list) and raw:
-            ax.scatter([i + 0.15] * len(raw), raw, s=10, color="0.5",
-                       label="every chunk incl. warm-up" if i == 0 else None)
-    ax.set_xticks(range(len(cfgs)), [config_label(f, axes, "\n") for f, _ in cfgs], fontsize=8)
-    ax.set_ylabel("ms per chunk (device events)")
-    ax.set_ylim(bottom=0)
-    ax.set_title(title + " — denoise loop timing", fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, axis="y")
-    return Plot("chunks", title, _save(fig, path), caption="chunk_ms_*: device time of one chunk of the denoise loop "
-                "(all steps, the clean re-run and KV update); percentiles over steady chunks.")
+    drawn = panels[:MAX_FACETS]
+    fig = Figure()
+    for n, (ax, p) in enumerate(zip(_grid(fig, len(drawn), cols=1, width=max(8.0, 0.6 * max(len(p.series)
+                                                                                            for p in drawn) + 3)),
+                                    drawn, strict=True)):
+        for i, (_, s) in enumerate(p.series):
+            r = s.iloc[-1]
+            med, lo, hi = r["chunk_ms_median"], r["chunk_ms_p10"], r["chunk_ms_p90"]
+            yerr = [[med - lo if not is_missing(lo) else 0], [hi - med if not is_missing(hi) else 0]]
+            ax.errorbar([i], [med], yerr=yerr, fmt="o", color="tab:blue", capsize=4,
+                        label="median, p10–p90 (after warm-up)" if i == 0 else None)
+            raw = r.get("chunk_ms")
+            if not isinstance(raw, list) and isinstance(r["metrics_extra"], dict):
+                raw = r["metrics_extra"].get("chunk_ms")
+            raw = raw.tolist() if hasattr(raw, "tolist") else raw
+            if isinstance(raw, list) and raw:
+                ax.scatter([i + 0.15] * len(raw), raw, s=8, color="0.5",
+                           label="every chunk incl. warm-up" if i == 0 else None)
+        ax.set_xticks(range(len(p.series)), [config_label(f, p.axes, "\n") for f, _ in p.series], fontsize=7)
+        ax.set_ylabel("ms per chunk (device events)", fontsize=8)
+        ax.set_ylim(bottom=0)
+        ax.set_title(p.title, fontsize=9)
+        if n == 0:
+            ax.legend(fontsize=7)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(title + " — denoise loop timing", fontsize=11)
+    fig.set_layout_engine("constrained")
+    return Plot("chunks", title, _save(fig, path), series=[len(p.series) for p in drawn],
+                caption="chunk_ms_*: device time of one chunk of the denoise loop (all steps, the clean re-run and KV "
+                "update); percentiles over steady chunks." + _left_out(panels))
+
+
+CHUNK_ERROR_IDENTITY = ("gpu_name", "model", "frames", "attn", "precision", "kv_quant", "steps")
+"""What makes a latent-error curve its own line; cells differing only in other axes (decode, sp, seed) are pooled."""
 
 
 def plot_chunk_error(infer: pd.DataFrame, path: Path) -> Plot:
-    """Latent error against the reference cell per chunk of the rollout, one line per cell: where a low-precision
-    configuration drifts (the fidelity gate's long-rollout view)."""
+    """Latent error against the reference cell per chunk of the rollout, one line per configuration (the per-chunk
+    median over its cells): where a low-precision configuration drifts (the fidelity gate's long-rollout view);
+    panels of at most MAX_LINES lines."""
     title = "Latent error vs reference per chunk"
-    series = []
-    for _, r in infer.iterrows():
+    keep = []
+    for i, r in infer.iterrows():
         errs = as_list(r.get("latent_rel_err_per_chunk"))
         if errs and any(not is_missing(e) and e > 0 for e in errs):  # the reference itself: all zero, not drawn
-            series.append((r, errs))
-    if not series:
+            keep.append(i)
+    if not keep:
         return Plot("chunk_error", title, note="not enough data: needs a cell with latent_rel_err_per_chunk against "
                     "a reference (quality.reference) other than the reference itself")
-    fig = Figure(figsize=(9.0, 5.0))
-    ax = fig.add_subplot()
-    for r, errs in series[:MAX_CONFIGS]:
-        label = " · ".join(f"{k} {text(v)}" for k, v in (("attn", attn_of(r)), ("precision", r.get("precision")),
-                                                            ("kv_quant", r.get("kv_quant")), ("steps", r.get("steps"))))
-        ax.plot(range(len(errs)), [math.nan if is_missing(e) else e for e in errs], marker=".", label=label)
-    ax.set_xlabel("chunk index")
-    ax.set_ylabel("latent relative error of the chunk vs reference")
-    ax.set_yscale("log")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    return Plot("chunk_error", title, _save(fig, path), caption="||x − ref|| / ||ref|| over each chunk's latents, "
-                "against the cell's reference (quality.reference); one line per cell.")
+    d = infer.loc[keep].assign(attn=[attn_of(r) for _, r in infer.loc[keep].iterrows()])
+    pooled_axes = varying(d, [c for c in ("decode", "sp", "exchange", "seed") if c in d.columns])
+    panels = facet(d, ["model"], [c for c in CHUNK_ERROR_IDENTITY if c != "model"], MAX_LINES)
+    drawn = panels[:MAX_FACETS]
+    fig = Figure()
+    for ax, p in zip(_grid(fig, len(drawn), 4.0), drawn, strict=True):
+        for f, s in p.series:
+            curves = [[math.nan if is_missing(e) else float(e) for e in as_list(r.get("latent_rel_err_per_chunk"))]
+                      for _, r in s.iterrows()]
+            n = max(len(c) for c in curves)
+            med = [float(pd.Series([c[k] for c in curves if k < len(c)]).median()) for k in range(n)]
+            label = config_label(f, p.axes) + (f" (median of {len(curves)})" if len(curves) > 1 else "")
+            ax.plot(range(n), med, marker=".", label=label)
+        ax.set_xlabel("chunk index", fontsize=8)
+        ax.set_ylabel("latent relative error of the chunk vs reference", fontsize=8)
+        ax.set_yscale("log")
+        ax.set_title(p.title, fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=11)
+    fig.set_layout_engine("constrained")
+    return Plot("chunk_error", title, _save(fig, path), series=[_labelled_lines(ax) for ax in fig.axes],
+                caption="||x − ref|| / ||ref|| over each chunk's latents, against the cell's reference "
+                "(quality.reference); one line per configuration"
+                + (f", the per-chunk median over its cells differing only in {', '.join(pooled_axes)}"
+                   if pooled_axes else "") + "." + _left_out(panels))
 
 
 OVER_TIME_LEGEND = ("precision", "kv_quant", "steps")
@@ -389,8 +602,8 @@ def over_time_labels(rows: list[pd.Series]) -> dict[str, str]:
 
 
 def plot_quality_over_time(infer: pd.DataFrame, path: Path) -> Plot:
-    """Each windowed metric against time (window centres), one line per long cell, one panel per metric: whether
-    NVFP4 KV or fewer steps drift sooner than BF16."""
+    """Each windowed metric against time (window centres), one line per long cell, one panel per metric (more than
+    MAX_LINES cells: several panels of one metric): whether NVFP4 KV or fewer steps drift sooner than BF16."""
     title = "Quality over time: metric per window against time"
     panels = [(m, cells) for m in windowed_metric_names(infer) if (cells := long_cells(infer, m))]
     if not panels:
@@ -399,20 +612,24 @@ def plot_quality_over_time(infer: pd.DataFrame, path: Path) -> Plot:
     labels = over_time_labels([r for _, cells in panels for r, _, _ in cells])
     # Every windowed metric gets its panel (no MAX_PANELS cap): the metrics are the ones a run asked to window, and a
     # dropped panel would leave a metric of the drift table without its curve.
-    fig = Figure(figsize=(9.0, 3.8 * len(panels)), layout="constrained")
-    for i, (m, cells) in enumerate(panels):
-        ax = fig.add_subplot(len(panels), 1, i + 1)
+    split = [(m, cells[i:i + MAX_LINES], i // MAX_LINES, math.ceil(len(cells) / MAX_LINES))
+             for m, cells in panels for i in range(0, len(cells), MAX_LINES)]
+    fig = Figure(figsize=(9.0, 3.8 * len(split)), layout="constrained")
+    for i, (m, cells, part, parts) in enumerate(split):
+        ax = fig.add_subplot(len(split), 1, i + 1)
         better = getattr(METRICS.get(m), "higher_is_better", None)
-        for r, t, vals in cells[:MAX_CONFIGS]:
+        for r, t, vals in cells:
             (line,) = ax.plot(t, vals, marker="o", ms=4, label=labels[r["cell_id"]])
             w = int(r[m + WORST_INDEX])
             ax.plot([t[w]], [vals[w]], marker="o", ms=10, mfc="none", color=line.get_color())
         ax.set_xlabel("time (s, window centre)")
         ax.set_ylabel(m + {True: " (higher = better)", False: " (lower = better)"}.get(better, ""), fontsize=9)
-        ax.set_title(f"{m} per window ({len(cells)} long cell{'s' if len(cells) > 1 else ''})", fontsize=10)
+        n = sum(len(c) for mm, c, _, _ in split if mm == m)
+        ax.set_title(f"{m} per window ({n} long cell{'s' if n > 1 else ''})"
+                     + (f", part {part + 1} of {parts}" if parts > 1 else ""), fontsize=10)
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-    return Plot("quality_over_time", title, _save(fig, path),
+    return Plot("quality_over_time", title, _save(fig, path), series=[_labelled_lines(ax) for ax in fig.axes],
                 caption="One line per cell whose video holds at least two quality windows; each point is the metric "
                 "on one window (VBench-Long's clips of quality.window_seconds, the last ending at the last frame), "
                 "at the window's centre; the ringed point is the cell's worst window.")
@@ -430,10 +647,11 @@ def _bar_panels(panels: list[tuple[str, list[tuple[str, float, str]]]], ylabel: 
         ax.set_xticks(xs, [b[0] for b in bars], fontsize=8)
         ax.set_ylabel(ylabel, fontsize=9)
         ax.set_ylim(bottom=0)
-        ax.margins(y=0.2)
+        ax.margins(y=0.25)
         ax.set_title(name, fontsize=10)
         ax.grid(alpha=0.3, axis="y")
     fig.suptitle(suptitle, fontsize=11)
+    fig.set_layout_engine("constrained")  # the suptitle, panel titles and bar labels never overlap
     return fig
 
 
@@ -467,7 +685,8 @@ def plot_train(train: pd.DataFrame, path: Path) -> Plot:
                     "sp, train_layout, error_recycling or frames) with iter_s on one gpu/model")
     fig = _bar_panels(panels[:MAX_PANELS], "iter_s (s / iteration, lower is faster)",
                       f"Stage-1 teacher forcing: iter_s = {ITER_DEF}")
-    return Plot("train", title, _save(fig, path), caption=f"iter_s: {ITER_DEF}, per cell (median across cells "
+    return Plot("train", title, _save(fig, path), series=[len(b) for _, b in panels[:MAX_PANELS]],
+                caption=f"iter_s: {ITER_DEF}, per cell (median across cells "
                 "of one configuration). Bars compare configurations on one device and model only.")
 
 
@@ -498,7 +717,8 @@ def plot_dmd(dmd: pd.DataFrame, path: Path) -> Plot:
              else "host RSS (GB, CPU run: no device peak)")
     fig = _bar_panels(panels[:MAX_PANELS], label, "DMD memory ladder: frozen networks moved to NVFP4 one by one "
                       "(× = ratio to the unquantised rung)")
-    return Plot("dmd", title, _save(fig, path), caption=f"{label}, per cell (median across cells of one rung); "
+    return Plot("dmd", title, _save(fig, path), series=[len(b) for _, b in panels[:MAX_PANELS]],
+                caption=f"{label}, per cell (median across cells of one rung); "
                 "rungs: " + " → ".join(DMD_RUNGS) + ".")
 
 

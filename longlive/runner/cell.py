@@ -1,7 +1,8 @@
 """One cell in its own process: `python -m longlive.runner.cell CELL_JSON ROW_JSON` (or under torchrun).
 
-Reads the cell spec the executor wrote, runs the workload, writes the finished row atomically. Any
-exception becomes a `failed` row with a classified reason, so the sweep records it and moves on.
+Reads the cell spec the executor wrote, runs the workload (`repeats` times, unless it repeats its timed part
+itself), writes the finished row atomically. Any exception becomes a `failed` row with a classified reason, so the
+sweep records it and moves on.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from longlive.experiments.spec import from_config
+from longlive.experiments.spec import RunSpec, from_config
 from longlive.measure.manifest import manifest
+from longlive.measure.spread import aggregate_repeats
 from longlive.output import write_text_atomic
 from longlive.parallel.groups import shutdown_parallel
-from longlive.runner.schema import empty_row
-from longlive.workloads import CellContext, get_workload
+from longlive.runner.schema import TIMED_METRICS, empty_row
+from longlive.workloads import CellContext, Workload, get_workload
 
 
 def now() -> str:
@@ -52,11 +54,19 @@ def build_row(spec: dict[str, Any], status: str, reason: str | None, metrics: di
     row = empty_row(spec["cell_id"], cfg.get("experiment", "adhoc"), cfg["workload"]["name"], spec["axes"],
                     cfg.get("frames"), cfg.get("seed"))
     row.update(status=status, reason=reason, config=cfg, started_at=started, finished_at=now(),
-               duration_s=time.perf_counter() - t0)
+               duration_s=time.perf_counter() - t0, repeats=int(cfg.get("repeats") or 1))
     for k, v in (metrics or {}).items():
         row[k] = v
     row["manifest"] = manifest(cfg, cfg.get("seed"))
     return row
+
+
+def run_workload(workload: Workload, spec: RunSpec, ctx: CellContext) -> dict[str, Any]:
+    """The row's metrics: one run, or `spec.repeats` runs aggregated (median and interval of each timed metric,
+    longlive.measure.spread); a workload with `repeats_inside` repeats its own timed part instead."""
+    if spec.repeats == 1 or getattr(workload, "repeats_inside", False):
+        return workload.run(spec, ctx)
+    return aggregate_repeats([workload.run(spec, ctx.for_repeat(k)) for k in range(spec.repeats)], TIMED_METRICS)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -73,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = CellContext(out=Path(spec["out"]), reference_dir=Path(ref) if ref else None)
     try:
         workload = get_workload(spec["config"]["workload"]["name"])
-        metrics = workload.run(from_config(spec["config"]), ctx)
+        metrics = run_workload(workload, from_config(spec["config"]), ctx)
         row = build_row(spec, "ok", None, metrics, started, t0)
         code = 0
     except Exception as exc:  # recorded as a failed row; the sweep goes on

@@ -29,8 +29,8 @@ from longlive.names import INFERENCE_WORKLOADS
 from longlive.runner.schema import AXES
 from longlive.workloads import get_workload
 
-NOT_IDENTITY = ("cell_timeout_s", "hydra", "matrices", "results_dir", "force")
-"""Keys that do not change what a cell measures (excluded from its id)."""
+NOT_IDENTITY = ("cell_timeout_s", "hydra", "matrices", "results_dir", "force", "gates")
+"""Keys that do not change what a cell measures (excluded from its id): `gates` judge rows when they are read."""
 
 
 @dataclass

@@ -135,7 +135,10 @@ class PCACodec(CodecShape, nn.Module):
             raise ValueError(f"decode expects latents [B, {self.z_dim}, T, h, w], got shape {tuple(latents.shape)}")
         if latents.shape[2] == 0:
             raise ValueError("decode needs at least one latent frame")
-        coef = latents.to(self.device, self.dtype).permute(0, 2, 3, 4, 1) * self.latent_std + self.latent_mean
+        # the latent stats stay float32 when a stats file is applied after a BF16 load (vae.loading.apply_stats): take
+        # them in the codec's dtype so the basis products see one dtype
+        std, mean = self.latent_std.to(self.dtype), self.latent_mean.to(self.dtype)
+        coef = latents.to(self.device, self.dtype).permute(0, 2, 3, 4, 1) * std + mean
         out = []
         if first and bool(self.first_tube):  # the still tube's least-squares frame: the mean of its 4 frames
             tube = self._unpatch(coef[:, :1] @ self.group_basis + self.group_mean, self.stride[0])

@@ -1,9 +1,10 @@
 """Workloads registered by name: what one cell of a sweep does.
 
 The runner only calls `check(spec)` (cheap, in the sweep's process: why the cell cannot run here, or None) and
-`run(spec, ctx)` (in the cell's own process: the row's metric columns); it knows nothing else about them
-(lm-evaluation-harness's habit). Each workload lives in its own module, imported only when a cell names it, so a
-cell's process loads what its workload needs and no more. A workload of your own registers with
+`run(spec, ctx)` (in the cell's own process: the row's metric columns), `spec.repeats` times unless the workload
+says `repeats_inside = True` and repeats its timed part itself (build once, time n times); it knows nothing else
+about them (lm-evaluation-harness's habit). Each workload lives in its own module, imported only when a cell names
+it, so a cell's process loads what its workload needs and no more. A workload of your own registers with
 `register_workload("name", "package.module:Class")`.
 """
 
@@ -22,9 +23,15 @@ class CellContext:
     out: Path                      # this cell's artifact folder
     reference_dir: Path | None     # the fidelity reference cell's artifact folder, when it has finished
 
+    def for_repeat(self, k: int) -> CellContext:
+        """The context of run k (0-based) of a repeated cell: the first writes the cell's folder (its files are the
+        row's artifacts), later runs `repeat<k+1>/` inside it, so no run overwrites another's files."""
+        return self if k == 0 else CellContext(out=self.out / f"repeat{k + 1}", reference_dir=self.reference_dir)
+
 
 class Workload(Protocol):
     name: str
+    repeats_inside: bool  # optional (False when absent): run() handles spec.repeats itself and aggregates
 
     def check(self, spec: RunSpec) -> str | None: ...
 

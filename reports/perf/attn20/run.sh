@@ -7,9 +7,10 @@
 #                 new modules (pytest -m gpu), one call
 #   PHASE=ladder  longlive sweep +experiment=attn_lowp (speed + per-chunk fidelity against BF16 attention) and
 #                 the per-layer attention error (attn_error workload)
+#   PHASE=kernels, ladder2, decode2: three calls that fit one session's 30 min (see each)
 #   PHASE=decode  longlive sweep +experiment=vae_decode over vae_type/vae_pruning, and the one-GPU end to end cells
 # Each phase writes $OUT/<phase>.log and the rows flat in $OUT (copied every few seconds, so a cut-off call keeps
-# finished rows). Extra sweep overrides: $ARGS.
+# finished rows). Extra sweep overrides: $ARGS; TLIMIT=seconds bounds one sweep.
 set -euo pipefail
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
 OUT=${OUT:?set OUT}
@@ -28,7 +29,7 @@ sweep() {  # $1: experiment, $2: a tag for the results folder, then the sweep's 
   local res=/tmp/results/$tag
   (while sleep 5; do cp "$res/results.jsonl" "$OUT/sweep_$tag.jsonl" 2>/dev/null || true; done) &
   local copier=$!
-  python3 -m longlive.cli sweep "$@" --results "$res" 2>&1 | tr '\r' '\n' | grep -v "it/s\]$" \
+  timeout "${TLIMIT:-86400}" python3 -m longlive.cli sweep "$@" --results "$res" 2>&1 | tr '\r' '\n' | grep -v "it/s\]$" \
     | tail -8 | tee -a "$LOG" || true
   kill $copier; cp "$res/results.jsonl" "$OUT/sweep_$tag.jsonl" || true
   python3 - "$OUT/sweep_$tag.jsonl" <<'PY' | tee -a "$LOG"
@@ -63,6 +64,38 @@ case "$PHASE" in
       tests/test_kv_fp8_window.py tests/test_act_scale.py 2>&1 || true) | tail -15 | tee -a "$LOG" ;;
   vae)  # the full Wan2.2 VAE: eager, compiled, each fusion off in turn, a profile
     (timeout 200 python3 reports/perf/attn20/probe_vae.py 2>&1 || echo "probe_vae: exit $?") | tail -40 | tee -a "$LOG" ;;
+  one)  # when a session may get only one call: int8-fp8 on the GPU, the gate's 4/2-step cells, the one-GPU end to end
+    (OUT=$OUT timeout 80 python3 reports/perf/attn20/probe_triton.py 2>&1 || echo "probe_triton: exit $?") | tail -30 | tee -a "$LOG"
+    R=(+experiment=attn_lowp "matrices=[]" frames=96)
+    TLIMIT=130 sweep attn_lowp attn_lowp "${R[@]}" attn=cudnn precision=bf16,fp8 kv_quant=none steps=2
+    TLIMIT=60 sweep attn_lowp attn_lowp "${R[@]}" attn=cudnn-fp8 precision=fp8-static kv_quant=fp8 steps=2
+    TLIMIT=110 sweep attn_lowp attn_lowp "${R[@]}" attn=int8-fp8 precision=fp8-static kv_quant=fp8 steps=4
+    TLIMIT=150 sweep perf_ladder e2e +experiment=perf_ladder "quality.add_reference=false" attn=cudnn-fp8 \
+      precision=fp8-static kv_quant=fp8 steps=2 decode=async vae_type=mg_lightvae vae_pruning=0.75 frames=96 ;;
+  kernels)  # one call of a 30-min session: the Triton kernel, the GPU tests, the VAE probe, then the tiny gate
+    (OUT=$OUT timeout 110 python3 reports/perf/attn20/probe_triton.py 2>&1 || echo "probe_triton: exit $?") | tail -30 | tee -a "$LOG"
+    (timeout 120 python3 -m pytest -q -m gpu tests/test_attention_int8_fp8.py tests/test_attention_cudnn_fp8.py \
+      tests/test_kv_fp8_window.py tests/test_act_scale.py tests/test_lightvae.py tests/test_compile_vae_fusion.py \
+      tests/test_attn_error.py 2>&1 || true) | tail -15 | tee -a "$LOG"
+    (timeout 190 python3 reports/perf/attn20/probe_vae.py 2>&1 || echo "probe_vae: exit $?") | tail -40 | tee -a "$LOG"
+    R=(+experiment=attn_lowp_tiny "matrices=[]")
+    TLIMIT=70 sweep attn_lowp_tiny tiny "${R[@]}" attn=cudnn-fp8 precision=fp8-static kv_quant=fp8
+    TLIMIT=40 sweep attn_lowp_tiny tiny "${R[@]}" attn=int8-fp8 precision=fp8-static kv_quant=fp8
+    TLIMIT=30 sweep attn_lowp_tiny tiny "${R[@]}" attn=cudnn precision=fp8 kv_quant=none ;;
+  ladder2)  # one call: the 4/2-step references, the passing config at 2 steps, then the cells that separate causes
+    R=(+experiment=attn_lowp "matrices=[]" ${ARGS:-})
+    sweep attn_lowp attn_lowp "${R[@]}" attn=cudnn precision=bf16,fp8 kv_quant=none steps=4,2
+    sweep attn_lowp attn_lowp "${R[@]}" attn=cudnn-fp8 precision=fp8-static kv_quant=fp8 steps=2,4
+    sweep attn_lowp attn_lowp "${R[@]}" attn=int8-fp8 precision=fp8-static kv_quant=fp8 steps=4
+    sweep attn_lowp attn_lowp "${R[@]}" attn=cudnn-fp8 precision=bf16 kv_quant=fp8 steps=4
+    sweep attn_lowp attn_lowp "${R[@]}" attn=cudnn precision=fp8-static kv_quant=none steps=4 ;;
+  decode2)  # one call: full VAE and MG-LightVAE compiled, one-GPU end to end, then the per-layer attention error
+    sweep vae_decode vae_decode +experiment=vae_decode compile=default decode_chunks=6 vae_type=mg_lightvae \
+      vae_pruning=0,0.5,0.75
+    sweep perf_ladder e2e +experiment=perf_ladder "quality.add_reference=false" attn=cudnn-fp8 precision=fp8-static kv_quant=fp8 steps=2 \
+      decode=async vae_type=mg_lightvae vae_pruning=0.75 frames=96
+    sweep attn_lowp attn_error +experiment=attn_lowp "hydra.sweeper.params={}" workload=attn_error precision=bf16 \
+      steps=4 compile=none attn=cudnn-fp8,int8-fp8 kv_quant=fp8 frames=48 ;;
   ladder)  # the gate's cells in priority order, one results folder (reference cells first: they are reused)
     R=(+experiment=attn_lowp "matrices=[]" ${ARGS:-})
     sweep attn_lowp attn_lowp "${R[@]}" attn=cudnn precision=bf16,fp8 kv_quant=none steps=4,2
