@@ -46,10 +46,11 @@ def _fps(precision: str, kv: str, steps: int, sp: int) -> float:
 
 
 def _row(precision: str, kv: str, steps: int, sp: int, *, gates: bool = True, repeats: bool = False) -> dict:
+    """A smoke-shaped row of an experiment with no preset file, so the report judges it by the gates it carries."""
     axes = {"model": "tiny", "precision": precision, "kv_quant": kv, "decode": "streaming", "steps": steps, "sp": sp,
             "hardware": "cpu", "attn": "auto", "exchange": "none", "compile": "none"}
     cell = f"{precision}-{kv}-{steps}-{sp}"
-    r = empty_row(cell, "smoke", "infer", axes, frames=16, seed=0)
+    r = empty_row(cell, "smoke-like", "infer", axes, frames=16, seed=0)
     fps = _fps(precision, kv, steps, sp)
     r.update(status="ok", denoise_fps=fps, e2e_fps=fps * 0.8, chunk_ms_median=1e4 / fps, chunk_ms_p10=9e3 / fps,
              chunk_ms_p90=1.1e4 / fps, switch_latency_s=0.05, video_seconds=2.5,
@@ -263,7 +264,7 @@ def test_no_gates_declared_says_so(tmp_path: Path) -> None:
 
 def test_html_escapes_row_text(tmp_path: Path) -> None:
     rows = smoke_rows(gates=False)[:2]
-    bad = empty_row("x<script>", "smoke", "infer", {"model": "tiny", "precision": "fp32"}, frames=16, seed=0)
+    bad = empty_row("x<script>", "smoke-like", "infer", {"model": "tiny", "precision": "fp32"}, frames=16, seed=0)
     bad.update(status="failed", reason="<script>alert(1)</script> & more")
     index = build_report([_write(tmp_path / "run", [*rows, bad])], tmp_path / "out")
     page = index.read_text()

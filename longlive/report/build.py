@@ -16,6 +16,7 @@ import json
 import re
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ from longlive.report.compare import (
 )
 from longlive.report.document import INTERVAL_MARK, Doc, _slug
 from longlive.report.gate import GateRule, as_list, attn_of, gate_table
-from longlive.report.gates import apply_gates, gates_summary, summary_table
+from longlive.report.gates import apply_gates, gates_summary, preset_gates, summary_table
 from longlive.report.load import artifact_path, load_results
 from longlive.report.paper import PAPER, TABLE3_HARDWARE, PaperTable, all_tables, table1, table2
 from longlive.report.plots import (
@@ -214,11 +215,11 @@ def _main_table(doc: Doc, ok: pd.DataFrame, others: int = 0) -> None:
 ATTN_ERROR_COLUMNS = ("attn_rel_err_mean", "attn_rel_err_max", "attn_rel_err_vs_fp32", "attn_baseline_rel_err_vs_fp32")
 
 
-def _gates(doc: Doc, df: pd.DataFrame) -> None:
+def _gates(doc: Doc, df: pd.DataFrame, gates: Mapping[str, list] | None = None) -> None:
     """The declared gates (config key `gates`, longlive.report.gates): per gate its rule, its verdict counts and one
     row per judged cell; one line where no experiment declares a gate."""
     doc.heading(2, "Gates")
-    entries = gates_summary(df)
+    entries = gates_summary(df, gates)
     if not entries:
         doc.para("No gate declared for these cells (an experiment declares them under the config key `gates`); "
                  "speeds are compared without a quality condition.", cls="meta")
@@ -631,14 +632,14 @@ def _gc_assets(assets: Path, keep: set[str]) -> None:
             f.unlink(missing_ok=True)
 
 
-def build_doc(df: pd.DataFrame, sources: list[str], assets: Path) -> Doc:
+def build_doc(df: pd.DataFrame, sources: list[str], assets: Path, gates: Mapping[str, list] | None = None) -> Doc:
     """Every section of the report for the loaded (and gated) rows, figures published into `assets`."""
     ok = _sorted(df[df["status"] == "ok"])
     bad = _sorted(df[df["status"] != "ok"])
     infer, train, dmd = split_workloads(ok)
     doc = Doc()
     _summary(doc, df, sources, infer, train)
-    _gates(doc, df)
+    _gates(doc, df, gates)
     _gate_section(doc, infer)
     _plots(doc, ok, assets)
     _main_table(doc, infer, others=len(train) + len(dmd))
@@ -660,12 +661,14 @@ def build_report(results: list[Path], out: Path, title: str | None = None) -> Pa
     if not paths:
         raise ValueError("no results given")
     out = check_out_dir(out)
-    df = apply_gates(load_results(paths))  # gate_name / gate_passed / gate_margin / gate_reason; None where undeclared
+    df = load_results(paths)
+    gates = preset_gates(df["experiment"].unique()) if "experiment" in df else {}  # today's, not the rows' own
+    df = apply_gates(df, gates)  # gate_name / gate_passed / gate_margin / gate_reason; None where undeclared
     assets = out / "assets"
     assets.mkdir(parents=True, exist_ok=True)
     sources = [str(p) for p in paths]
     title = title or f"LongLive benchmark report — {', '.join(p.name or str(p) for p in paths)}"
-    doc = build_doc(df, sources, assets)
+    doc = build_doc(df, sources, assets, gates)
     md, page = doc.render(title)
     write_text_atomic(out / "index.md", md)
     write_text_atomic(out / "index.html", page)

@@ -25,10 +25,13 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
+from longlive.experiments import EXPERIMENTS_DIR
 from longlive.experiments.rules import DEFAULT_GATE_MATCH, GATE_KINDS, REFERENCE_KINDS, check_gates
 from longlive.report.compare import is_missing
 from longlive.runner.schema import AXES, IDENTITY
@@ -451,6 +454,22 @@ def judge(df: pd.DataFrame, gates: Mapping[str, list] | None = None) -> list[Jud
             judged.outcomes[p], is_ref = lookups.judge(p)
             if is_ref:
                 judged.references.add(p)
+    return out
+
+
+def preset_gates(experiments: Iterable[Any], config_dir: Path = EXPERIMENTS_DIR) -> dict[str, list]:
+    """experiment → the gates its preset (`experiment/<name>.yaml`) declares today. A report judges with these rather
+    than with the gates stored in the rows: `gates` is not part of a cell's id, so a row reused by a later sweep keeps
+    the gates of the sweep that wrote it, and a gate tightened in the preset would otherwise never apply. Experiments
+    without a preset file, or whose preset declares no `gates`, are left out (their rows keep their own)."""
+    out: dict[str, list] = {}
+    for name in {e for e in experiments if isinstance(e, str)}:
+        path = config_dir / "experiment" / f"{name}.yaml"
+        if not path.is_file():
+            continue
+        declared = (yaml.safe_load(path.read_text()) or {}).get("gates")
+        if declared:
+            out[name] = list(declared)
     return out
 
 

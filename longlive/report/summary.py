@@ -211,8 +211,10 @@ def _fastest_items(rows: pd.DataFrame, what: str, speed: str, higher: bool) -> l
                                       f"{_overrides(best, axes)} — {_facts(best, speed, memory, quality)} ✗ "
                                       f"({text(best.get('gate_reason'))})", "fail"))
             elif is_missing(best.get("gate_passed")):
-                why = "no gate judges it" if is_missing(best.get("gate_name")) else text(best.get("gate_reason"))
-                items.append(HeadItem(f"Faster, gate undecided{where}", f"{_overrides(best, axes)} — "
+                judged = not is_missing(best.get("gate_name"))
+                label = "Faster, gate undecided" if judged else "Faster, outside every gate's family"
+                why = text(best.get("gate_reason")) if judged else "no gate judges it"
+                items.append(HeadItem(f"{label}{where}", f"{_overrides(best, axes)} — "
                                       f"{_facts(best, speed, memory, quality)} ({why})", "undecided"))
         else:
             items.append(HeadItem(f"Fastest {what}{where}", f"{_overrides(best, axes)} — "
