@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
-import subprocess
 import warnings
 from pathlib import Path
 
@@ -24,9 +21,6 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MODEL = "wan2.2-ti2v-5b"
 GPU = "NVIDIA H200"  # the device, from the manifest
 GPU_AXIS = "gpu"  # the hardware request on the axis: "whatever CUDA GPU this machine has"
-CHROMIUM = next((Path(p) for p in map(shutil.which, (os.environ.get("LONGLIVE_CHROMIUM", "chromium"), "chromium",
-                                                     "chromium-browser", "google-chrome")) if p), None)
-"""A headless browser found on PATH (or LONGLIVE_CHROMIUM); where `.ci/run` installed one it requires the test."""
 
 
 def _manifest(commit: str = "abc1234def5678") -> dict:
@@ -219,19 +213,9 @@ def test_pareto_mask() -> None:
     assert pareto_mask([1, 2], [0.1, 0.2], False) == [True, True]
 
 
-def test_html_renders_in_chromium(report: tuple[Path, Path], tmp_path: Path) -> None:
-    if CHROMIUM is None:
-        assert not os.environ.get("LONGLIVE_REQUIRE_CHROMIUM"), (
-            ".ci/run installed chromium and asks for this test, but no chromium is on PATH (or LONGLIVE_CHROMIUM)")
-        pytest.skip("no chromium on PATH (apt-get install -y chromium, or set LONGLIVE_CHROMIUM)")
+def test_html_renders_in_chromium(report: tuple[Path, Path], chromium_screenshot) -> None:
     _, index = report
-    shot = tmp_path / "shot.png"
-    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1280,2000",
-           index.resolve().as_uri()]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert shot.exists(), f"no screenshot; chromium rc={proc.returncode}: {proc.stderr[-2000:]}"
+    shot = chromium_screenshot(index, (1280, 2000))
     with Image.open(shot) as im:
         assert im.size == (1280, 2000)
         gray = im.convert("L")

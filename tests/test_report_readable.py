@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import html as html_lib
 import json
-import os
 import re
-import shutil
-import subprocess
 from itertools import product
 from pathlib import Path
 
@@ -37,8 +34,6 @@ GATE = {"name": "flicker", "reference": {"precision": "fp32", "kv_quant": "none"
         "checks": [{"metric": "temporal_flickering", "kind": "within", "value": 0.004}]}
 """nvfp4 Linears flicker 0.01 more than fp32: they fail; every other configuration passes."""
 RULE = "repeats = 3 timed runs; [m_lo, m_hi] = min and max of the runs"
-CHROMIUM = next((Path(p) for p in map(shutil.which, (os.environ.get("LONGLIVE_CHROMIUM", "chromium"), "chromium",
-                                                     "chromium-browser", "google-chrome")) if p), None)
 
 
 def _fps(precision: str, kv: str, steps: int, sp: int) -> float:
@@ -284,18 +279,9 @@ def test_templates_ship_as_package_data() -> None:
     assert "report.html.j2" in TEMPLATES.list_templates()
 
 
-def test_smoke_report_renders_in_chromium(smoke_report: tuple[str, str, Path], tmp_path: Path) -> None:
-    if CHROMIUM is None:
-        assert not os.environ.get("LONGLIVE_REQUIRE_CHROMIUM"), "chromium was installed for this run but is not found"
-        pytest.skip("no chromium on PATH (apt-get install -y chromium, or set LONGLIVE_CHROMIUM)")
+def test_smoke_report_renders_in_chromium(smoke_report: tuple[str, str, Path], chromium_screenshot) -> None:
     _, _, out = smoke_report
-    shot = tmp_path / "shot.png"
-    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1280,1400",
-           (out / "index.html").resolve().as_uri()]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert shot.exists(), f"no screenshot; chromium rc={proc.returncode}: {proc.stderr[-2000:]}"
+    shot = chromium_screenshot(out / "index.html", (1280, 1400))
     with Image.open(shot) as im:
         rgb = im.convert("RGB")
     assert ImageStat.Stat(rgb.convert("L")).stddev[0] > 20  # not blank

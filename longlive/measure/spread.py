@@ -107,3 +107,13 @@ def aggregate_repeats(per_repeat: list[dict[str, Any]], timed: Iterable[str]) ->
     definition = first.get("timing_definition")
     out["timing_definition"] = {**(definition if isinstance(definition, dict) else {}), "repeats": REPEATS_RULE}
     return out
+
+
+def row_interval(row: Any, metric: str) -> tuple[float, float] | None:
+    """A result row's interval of a repeated metric (`<metric>_lo`, `<metric>_hi`, as `aggregate_repeats` writes
+    them), or None for a single run or a missing, non-finite or inverted pair. `row`: a dict or a pandas row."""
+    try:
+        lo, hi = float(row.get(f"{metric}_lo")), float(row.get(f"{metric}_hi"))
+    except (TypeError, ValueError):
+        return None
+    return (lo, hi) if math.isfinite(lo) and math.isfinite(hi) and lo <= hi else None

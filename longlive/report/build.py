@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from longlive.eval.drift import DRIFT, WORST, WORST_INDEX
+from longlive.measure.spread import row_interval
 from longlive.names import ATTN_LOWP
 from longlive.output import atomic_path, check_out_dir, write_text_atomic
 from longlive.report.compare import (
@@ -57,7 +58,6 @@ from longlive.report.plots import (
     SPEED_DEFS,
     config_label,
     gate_failed,
-    interval,
     ladder_key,
     long_cells,
     make_plots,
@@ -125,7 +125,7 @@ def intervals_of(rows: pd.DataFrame, cols: list[str]) -> dict[str, list[tuple[fl
     out = {}
     for c in cols:
         if c in TIMED_METRICS:
-            spans = [interval(r, c) for _, r in rows.iterrows()]
+            spans = [row_interval(r, c) for _, r in rows.iterrows()]
             if any(s is not None for s in spans):
                 out[c] = spans
     return out

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 
 from longlive.eval.drift import PER_WINDOW, WINDOW_CENTRES, WORST_INDEX
 from longlive.eval.metrics import METRICS
+from longlive.measure.spread import row_interval
 from longlive.output import atomic_path
 from longlive.report.compare import (
     DECODE_ORDER,
@@ -156,16 +157,6 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def interval(row: pd.Series | dict, metric: str) -> tuple[float, float] | None:
-    """The row's interval over repeats for a timed metric (`<m>_lo`, `<m>_hi`; longlive.measure.spread), or None."""
-    lo, hi = row.get(f"{metric}_lo"), row.get(f"{metric}_hi")
-    try:
-        lo, hi = float(lo), float(hi)
-    except (TypeError, ValueError):
-        return None
-    return (lo, hi) if math.isfinite(lo) and math.isfinite(hi) else None
-
-
 def gate_failed(row: pd.Series | dict) -> bool:
     """Whether the row's quality gate (report.gates.apply_gates' gate_passed) says it fails: fast but not usable."""
     v = row.get("gate_passed")
@@ -174,7 +165,7 @@ def gate_failed(row: pd.Series | dict) -> bool:
 
 def _span(rows: pd.DataFrame, metric: str) -> tuple[float, float] | None:
     """The interval of a configuration's rows: the median of their interval ends (one row: its own)."""
-    spans = [s for s in (interval(r, metric) for _, r in rows.iterrows()) if s is not None]
+    spans = [s for s in (row_interval(r, metric) for _, r in rows.iterrows()) if s is not None]
     if not spans:
         return None
     return float(pd.Series([s[0] for s in spans]).median()), float(pd.Series([s[1] for s in spans]).median())
@@ -434,7 +425,7 @@ def plot_pareto(ok: pd.DataFrame, out_dir: Path) -> list[Plot]:
             idx = [i for i, kk in enumerate(keys) if kk == k]
             ax.scatter([x[i] for i in idx], [y[i] for i in idx], s=22, alpha=0.75,
                        label=config_label(d.iloc[idx[0]], [colour]) if colour else "cells")
-        spans = [interval(r, speed) for _, r in d.iterrows()]
+        spans = [row_interval(r, speed) for _, r in d.iterrows()]
         if any(s is not None for s in spans):
             errs = [_yerr(xi, s) for xi, s in zip(x, spans, strict=True)]
             ax.errorbar(x, y, xerr=[[e[0] for e in errs], [e[1] for e in errs]], fmt="none", ecolor="0.55",

@@ -35,6 +35,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from longlive.eval.drift import DRIFT, WORST
 from longlive.eval.metrics import METRICS as QUALITY_METRICS
 from longlive.experiments.spec import RunSpec
+from longlive.measure.spread import row_interval
 from longlive.report.compare import is_missing
 from longlive.report.load import load_results, resolve_results_path
 from longlive.runner.schema import AXES, METRICS
@@ -348,14 +349,6 @@ def number(v: Any) -> float | None:
     return None if math.isnan(v) else float(v)
 
 
-def interval(row: pd.Series | dict, metric: str) -> tuple[float, float] | None:
-    """The row's (lo, hi) of a repeated metric, None for a single run."""
-    lo, hi = number(row.get(f"{metric}_lo")), number(row.get(f"{metric}_hi"))
-    if lo is None or hi is None or lo > hi:
-        return None
-    return lo, hi
-
-
 def relative_change(a: float, b: float) -> tuple[float, float]:
     """(ratio B / A, change relative to |A|); equal values are (1, 0) even at 0 or infinity."""
     if a == b:
@@ -471,7 +464,7 @@ def compare_sets(a: ResultSet, b: ResultSet, metrics: Iterable[str] | None = Non
             va, vb = number(cell.a.get(metric)), number(cell.b.get(metric))
             if va is None or vb is None:
                 continue
-            ia, ib = interval(cell.a, metric), interval(cell.b, metric)
+            ia, ib = row_interval(cell.a, metric), row_interval(cell.b, metric)
             verdict, basis, ratio, change, beyond = judge(metric, va, vb, ia, ib, noise, threshold)
             changes.append(Change(cell.label, metric, va, vb, ratio, change, verdict, basis, beyond, ia, ib))
     if not changes:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from longlive.measure.spread import row_interval
 from longlive.report.compare import (
     DECODE_ORDER,
     DMD_RUNGS,
@@ -30,7 +31,8 @@ from longlive.report.compare import (
     norm_rung,
 )
 from longlive.report.document import INTERVAL_MARK, Doc, HeadItem
-from longlive.report.plots import QUALITY, gate_failed, interval, num, text, varying
+from longlive.report.plots import QUALITY, gate_failed, num, text, varying
+from longlive.report.regress import direction, direction_text
 from longlive.runner.schema import AXES
 
 SPEED_METRICS = ("denoise_fps", "e2e_fps")
@@ -67,7 +69,7 @@ def _overrides(r: pd.Series, axes: list[str]) -> str:
 
 
 def _with_spread(r: pd.Series, m: str) -> str:
-    span = interval(r, m)
+    span = row_interval(r, m)
     return f"{num(float(r[m]))}" + (f" [{num(span[0])}–{num(span[1])}]" if span else "")
 
 
@@ -236,16 +238,12 @@ def _effects_table(doc: Doc, rows: pd.DataFrame, axes: tuple[str, ...], speed: s
              f"of {what} cells that differ only in that axis of value ÷ the axis's first value ('vs'). "
              f"{speed} {'below' if speed == 'iter_s' else 'above'} 1× is faster"
              + (f"; {memory} above 1× is more memory" if memory else "")
-             + (f"; {quality}: {'higher is better' if _higher(quality) else 'lower is better'}" if quality else "")
+             + (f"; {quality}: {direction_text(direction(quality))}" if quality else "")
              + ".", cls="meta")
     t = eff.copy()
     for label in metrics:
         t[label] = t[label].map(_ratio_text)
     doc.table(t, html_id=html_id)
-
-
-def _higher(metric: str) -> bool:
-    return next((h for q, h, _ in QUALITY if q == metric), True)
 
 
 def _summary(doc: Doc, df: pd.DataFrame, sources: list[str], infer: pd.DataFrame, train: pd.DataFrame) -> None:

@@ -13,8 +13,9 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
+from longlive.measure.spread import row_interval
 from longlive.output import atomic_path
-from longlive.report.regress import Comparison, ResultSet, direction, interval, number, rows_by_key
+from longlive.report.regress import Comparison, ResultSet, direction, number, rows_by_key
 
 MAX_PANELS = 12
 MAX_LEGEND = 12
@@ -40,7 +41,7 @@ def trend_table(sets: list[ResultSet], cmp: Comparison, max_panels: int = MAX_PA
                 v = number(row.get(m))
                 if v is None or math.isinf(v):
                     continue
-                iv = interval(row, m)
+                iv = row_interval(row, m)
                 records.append((i, rs.label, label, m, v, iv[0] if iv else None, iv[1] if iv else None))
     table = pd.DataFrame.from_records(records, columns=list(TREND_COLUMNS))
     notes = [f"{len(dropped)} more metric(s) not plotted ({', '.join(dropped)}): choose with --metrics"
