@@ -44,7 +44,7 @@ from longlive.quant.nvfp4 import RULES as NVFP4_RULES
 from longlive.quant.recipes import DEFAULT_ACT_RULE
 from longlive.report import add_report_parser
 from longlive.report.compare_cli import add_compare_parser
-from longlive.runner.executor import run_sweep
+from longlive.runner.executor import Interrupted, run_sweep
 from longlive.runner.matrix import expand
 from longlive.runner.schema import empty_row
 from longlive.runner.store import ResultsStore
@@ -565,11 +565,30 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, OutputWriteError) as exc:  # incl. BackendUnavailable; a full disk
         print(f"longlive {a.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as exc:  # Ctrl-C; SIGTERM too in a sweep or report (runner.executor.Interrupted)
+    except KeyboardInterrupt as exc:  # Ctrl-C; SIGTERM too (`entry`; a sweep or report: executor.Interrupted)
         print(f"longlive {a.command}: {str(exc) or 'interrupted (Ctrl-C)'}; what finished is kept: rerun the same "
               f"command to resume", file=sys.stderr)
         return 128 + getattr(exc, "signum", signal.SIGINT)
 
 
+def entry() -> None:
+    """The `longlive` console script: `main` with SIGTERM raised like Ctrl-C (`Interrupted`) for the whole command,
+    then ignored once its exit status is final. Without this a SIGTERM between the end of a sweep (whose own handler
+    is gone by then) and the interpreter's exit killed a finished sweep by the signal (status -15, not 0 or 143)."""
+    finished: list[bool] = []
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        if not finished:
+            raise Interrupted(signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        code = main()
+    except KeyboardInterrupt as exc:  # a SIGTERM in the instant after `main` returned, before the flag below
+        code = 128 + getattr(exc, "signum", signal.SIGINT)
+    finished.append(True)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

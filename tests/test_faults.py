@@ -211,6 +211,27 @@ def test_signals_at_random_moments_of_a_sweep_lose_nothing(tmp_path):
     assert index.read_text().rstrip().endswith("</html>")
 
 
+ENTRY = ("import os, signal, sys, time\n"
+         "from longlive import cli\n"
+         "{setup}\n"
+         "cli.entry()\n")
+
+
+@pytest.mark.parametrize("moment, code", [("after", 0), ("during", 128 + signal.SIGTERM)])
+def test_sigterm_around_the_end_of_a_command_gives_its_status_not_a_death(moment, code):
+    """The console script's SIGTERM handling (`cli.entry`): a SIGTERM while the command runs stops it like Ctrl-C
+    (143); one after it returned, while the interpreter exits, leaves its status (0) instead of killing the process
+    by the signal (-15: what a sweep's last instant gave before, seen in CI)."""
+    if moment == "after":  # the signal lands between the command's return and the process's exit
+        setup = ("cli.main = lambda: 0\nexit_ = sys.exit\n"
+                 "sys.exit = lambda c: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(0.2), exit_(c))")
+    else:
+        setup = "cli.main = lambda: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(5), 0)[2]"
+    done = subprocess.run([sys.executable, "-c", ENTRY.format(setup=setup)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == code, done.stderr[-2000:]
+
+
 def _default_sigint() -> None:
     """SIGINT back to its default in a child: a shell without job control starts background jobs (`make test &`)
     with SIGINT ignored, children inherit that, and Python then installs no KeyboardInterrupt handler — the
