@@ -361,7 +361,10 @@ def tune_long(model, samples: list[dict], out: Path, *, seconds: float, lr: floa
     trainer.cfg.train_steps, trainer.cfg.ema_start = steps, steps // 2
     trainer.run(until=steps // 2)
     if fixed is None:
-        per = (time.perf_counter() - t_probe) / max(1, trainer.step - probe_steps)
+        # the rate since the probe, where steps were taken since (a short budget's half-way point can fall inside
+        # the probe: a rate over no steps planned 1,355 steps for a 2 s phase)
+        if trainer.step > probe_steps:
+            per = (time.perf_counter() - t_probe) / (trainer.step - probe_steps)
         steps = max(trainer.step + 10, trainer.step + int((seconds - (time.perf_counter() - t0)) / per))
         trainer.cfg.train_steps = steps
     summary = trainer.run()

@@ -8,6 +8,8 @@
 #   PHASE=ladder  longlive sweep +experiment=attn_lowp (speed + per-chunk fidelity against BF16 attention) and
 #                 the per-layer attention error (attn_error workload)
 #   PHASE=kernels, ladder2, decode2: three calls that fit one session's 30 min (see each)
+#   PHASE=memory2 the memory target's gated candidate (NVFP4 KV read through an FP8 window) at two lengths, and a
+#                 profile of the fastest gated FP8 4-step chunk (what stands between it and 40 FPS)
 #   PHASE=decode  longlive sweep +experiment=vae_decode over vae_type/vae_pruning, and the one-GPU end to end cells
 # Each phase writes $OUT/<phase>.log and the rows flat in $OUT (copied every few seconds, so a cut-off call keeps
 # finished rows). Extra sweep overrides: $ARGS; TLIMIT=seconds bounds one sweep.
@@ -96,6 +98,16 @@ case "$PHASE" in
       decode=async vae_type=mg_lightvae vae_pruning=0.75 frames=96
     sweep attn_lowp attn_error +experiment=attn_lowp "hydra.sweeper.params={}" workload=attn_error precision=bf16 \
       steps=4 compile=none attn=cudnn-fp8,int8-fp8 kv_quant=fp8 frames=48 ;;
+  memory2)  # one call: FP8 weights + NVFP4 KV in an FP8 window (static bytes 5.10 + 2.92 + 0.17 GB), gated (the BF16
+            # reference and the FP8 baseline first), the profile, then 384 frames (the window is fixed: the peak must
+            # not grow with length)
+    R=(+experiment=attn_lowp "matrices=[]")
+    TLIMIT=170 sweep attn_lowp attn_lowp "${R[@]}" attn=cudnn precision=fp8 kv_quant=none steps=2 frames=96
+    TLIMIT=100 sweep attn_lowp attn_lowp "${R[@]}" attn=cudnn-fp8 precision=fp8-static kv_quant=nvfp4 steps=2 frames=96
+    TLIMIT=130 sweep perf_ladder profile +experiment=perf_ladder "quality.add_reference=false" attn=cudnn-fp8 \
+      precision=fp8-static kv_quant=fp8 steps=4 frames=96 profile=true
+    cp -r /tmp/results/profile/cells "$OUT/profile_cells" 2>/dev/null || true
+    sweep attn_lowp attn_lowp "${R[@]}" attn=cudnn-fp8 precision=fp8-static kv_quant=nvfp4 steps=2 frames=384 ;;
   ladder)  # the gate's cells in priority order, one results folder (reference cells first: they are reused)
     R=(+experiment=attn_lowp "matrices=[]" ${ARGS:-})
     sweep attn_lowp attn_lowp "${R[@]}" attn=cudnn precision=bf16,fp8 kv_quant=none steps=4,2
