@@ -240,6 +240,22 @@ def test_fp8_window_dequantize_within_e4m3_rounding():
     assert (err > 2.0**-6 * x.abs()).any(), f"seed {seed}: E4M3 rounding should be visible (not a passthrough)"
 
 
+def test_fp8_window_codes_are_x_times_the_reciprocal_scale_in_every_rank():
+    """The codes are e4m3(clamp(x · (1 / scale), ±448)) in fp32 (the FP8 cache's write, one Triton pass on CUDA):
+    a [B, L, H, D] operand (through `write_e4m3`) and the same values in any other rank give the same bytes, the
+    largest element lands on 448 and signed zeros and tiny values keep their sign."""
+    seed = fresh_seed()
+    x = (torch.randn(2, 40, 3, 32, generator=gen(seed)) * 7).to(torch.bfloat16)
+    x.view(-1)[:5] = torch.tensor([0.0, -0.0, 1e-30, -1e-30, 100.0])  # 100: the amax
+    w4, w2 = fp8_window(x), fp8_window(x.reshape(-1, 32))
+    expected = (x.float() * torch.reciprocal(w4.scale)).clamp(-448.0, 448.0).to(FP8)
+    assert torch.equal(w4.scale, w2.scale)
+    assert torch.equal(w4.data.view(torch.uint8), expected.view(torch.uint8)), f"seed {seed}"
+    assert torch.equal(w2.data.reshape(x.shape).view(torch.uint8), expected.view(torch.uint8)), f"seed {seed}"
+    assert w4.data.view(-1)[4].float().item() == 448.0
+    assert w4.data.view(torch.uint8).view(-1)[:4].tolist() == [0x00, 0x80, 0x00, 0x80]  # ±0, underflow keeps sign
+
+
 def test_fp8_window_non_finite_inputs_never_dequantise_finite():
     """A NaN fails the `amax > 0` test, so the window gets scale 1 and keeps the NaN code (0x7F) where it was; an
     Inf makes the scale Inf, so everything dequantises to NaN. Either way the bad element never comes back finite,

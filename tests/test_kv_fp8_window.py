@@ -20,6 +20,7 @@ from longlive.model.attention import FP8Window
 from longlive.model.dit import build_model
 from longlive.model.kv_cache import CacheGeometry, DenseKVStorage, KVCache
 from longlive.model.presets import get_preset
+from longlive.quant import e4m3 as e4m3mod
 from longlive.quant import kv as kvmod
 from longlive.quant.formats import to_e4m3
 from longlive.quant.kv import (
@@ -213,7 +214,7 @@ def test_scales_belong_to_each_cache():
 _INTERPRET_CHECK = """
 import torch
 from longlive.model.kv_cache import heads_first_buffer
-from longlive.quant import kv
+from longlive.quant import e4m3
 torch.manual_seed(0)
 for D, dtype in ((16, torch.bfloat16), (32, torch.float32), (64, torch.float16)):
     B, T, H = 2, 5, 3
@@ -222,11 +223,11 @@ for D, dtype in ((16, torch.bfloat16), (32, torch.float32), (64, torch.float16))
     inv = torch.tensor([100.0 / 3.0])
     ref, got = (heads_first_buffer(B, 20, H, D, torch.float8_e4m3fn, "cpu") for _ in range(2))
     n_ref, n_got = torch.zeros((), dtype=torch.int64), torch.zeros((), dtype=torch.int64)
-    kv.write_e4m3(ref[:, 7:7 + T], x, inv, n_ref)
+    e4m3.write_e4m3(ref[:, 7:7 + T], x, inv, n_ref)
     dst = got[:, 7:7 + T]
     rows, br = B * T * H, 4096 // D
-    kv._write_kernel()[(-(-rows // br),)](x, dst.view(torch.uint8), inv, n_got, rows, T, H, *x.stride()[:3],
-                                          *dst.stride()[:3], D=D, BLOCK_R=br, COUNT=True)
+    e4m3._write_kernel()[(-(-rows // br),)](x, dst.view(torch.uint8), inv, n_got, rows, T, H, *x.stride()[:3],
+                                            *dst.stride()[:3], D=D, BLOCK_R=br, COUNT=True)
     assert n_ref.item() == n_got.item() > 0, (n_ref, n_got)
     assert torch.equal(ref.view(torch.uint8), got.view(torch.uint8)), D
 print("ok")
@@ -256,7 +257,7 @@ def test_triton_write_equals_torch_ops_on_gpu(monkeypatch, d, dtype):
     for inp in (x, strided):
         out, counts = [], []
         for triton_on in (True, False):
-            monkeypatch.setattr(kvmod, "_use_triton", lambda *_, on=triton_on: on)
+            monkeypatch.setattr(e4m3mod, "_use_triton", lambda *_, on=triton_on: on)
             buf = torch.zeros(B, h, 3 * t, d, dtype=torch.float8_e4m3fn, device="cuda").transpose(1, 2)
             n = torch.zeros((), dtype=torch.int64, device="cuda")
             write_e4m3(buf[:, t : 2 * t], inp, inv, n)
