@@ -19,14 +19,19 @@ ACT_SCALE = ("dynamic", "static")
 """act_scale: how FP8 Linears scale their activations. dynamic: per token, from each activation's amax (a reduction
 per quantise); static: one per-tensor scale per Linear, calibrated on a short run and then frozen (no reduction)."""
 
-ATTN = ("auto", "math", "flash", "efficient", "cudnn", "cudnn-fp8", "int8-fp8")
+ATTN = ("auto", "math", "flash", "efficient", "cudnn", "cudnn-fp8", "int8-fp8", "cudnn-fp8-emulated",
+        "int8-fp8-emulated")
 """attn: the self-attention kernel. auto/math/flash/efficient/cudnn are PyTorch's SDPA kernels (BF16); cudnn-fp8
 (cuDNN frontend's FP8 SDPA: E4M3 Q, K, V and output, per-tensor scales) and int8-fp8 (a Triton kernel: INT8
 per-block Q·Kᵀ with K smoothing, FP8 P·V) are the low-precision backends of `longlive.quant.attention`, which
-read an FP8 KV cache as it is stored (spec 03, "FP8 attention")."""
+read an FP8 KV cache as it is stored (spec 03, "FP8 attention"); each `-emulated` twin is the same arithmetic in
+PyTorch (the backend's reference), on any device, for fidelity questions where no sm_90 GPU is at hand."""
 
-ATTN_LOWP = ("cudnn-fp8", "int8-fp8")
-"""The `attn` values that run in low precision: they read FP8 K/V windows and need an sm_90 GPU."""
+ATTN_LOWP = ("cudnn-fp8", "int8-fp8", "cudnn-fp8-emulated", "int8-fp8-emulated")
+"""The `attn` values that run in low precision: they read FP8 K/V windows; all but ATTN_EMULATED need an sm_90 GPU."""
+
+ATTN_EMULATED = ("cudnn-fp8-emulated", "int8-fp8-emulated")
+"""Low-precision attention emulated in PyTorch: the kernels' arithmetic at PyTorch speed, any device."""
 
 EXCHANGE = ("none", "fp8", "nvfp4")
 """exchange: compression of K and V in the sequence-parallel all-to-alls."""

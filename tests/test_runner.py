@@ -117,7 +117,8 @@ def test_every_experiment_preset_expands():
 
 
 def test_bad_experiment_or_axis_value_fails_before_work():
-    with pytest.raises(ValueError, match="unknown experiment 'nope'; known: attn_lowp, attn_lowp_tiny, foundation_5b"):
+    with pytest.raises(ValueError, match="unknown experiment 'nope'; known: attn_lowp, attn_lowp_tiny, "
+                                         "attn_lowp_tiny_emulated, foundation_5b"):
         expand("nope")
     with pytest.raises(ValueError, match="Could not find 'precision/fp99'"):
         expand("smoke", ["precision=fp99"])

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from longlive.names import ATTN, ATTN_LOWP
+from longlive.names import ATTN, ATTN_EMULATED, ATTN_LOWP
 
 SDPA_BACKENDS: dict[str, SDPBackend] = {
     "math": SDPBackend.MATH,
@@ -72,14 +72,17 @@ def reads_fp8(name: str) -> bool:
 
 
 def sdpa_backend(name: str) -> str:
-    """The PyTorch SDPA kernel for attention a low-precision backend does not take (cross-attention): cuDNN."""
+    """The PyTorch SDPA kernel for attention a low-precision backend does not take (cross-attention): cuDNN, or
+    math for an emulated backend (which runs on any device)."""
+    if name in ATTN_EMULATED:
+        return "math"
     return "cudnn" if name in ATTN_LOWP else name
 
 
 def unavailable_reason(name: str, device: torch.device | str) -> str | None:
     """Why backend `name` cannot run on `device`, or None (also for PyTorch's kernels on CUDA)."""
     device = torch.device(device)
-    if name in ("cudnn", "flash", "efficient", *ATTN_LOWP) and device.type != "cuda":
+    if name in ("cudnn", "flash", "efficient", *ATTN_LOWP) and name not in ATTN_EMULATED and device.type != "cuda":
         return f"attention backend {name!r} needs a CUDA device, but the model is on {device.type}"
     if name in ATTN_LOWP:
         if name not in _LOWP:
@@ -103,7 +106,9 @@ def resolve_backend(name: str, device: torch.device | str, dtype: torch.dtype | 
         return "cudnn" if major >= 9 else "flash"
     reason = unavailable_reason(name, device)
     if reason is not None:
-        raise ValueError(f"{reason}; use attn=auto" + (" (or math)" if device.type != "cuda" else ""))
+        twin = f"{name}-emulated"
+        hint = f", or attn={twin} for its arithmetic in PyTorch" if twin in ATTN_EMULATED else ""
+        raise ValueError(f"{reason}; use attn=auto" + (" (or math)" if device.type != "cuda" else "") + hint)
     if name in ATTN_LOWP and dtype == torch.float32:
         raise ValueError(f"attention backend {name!r} takes BF16/FP16 activations, not FP32; use attn=auto")
     return name
