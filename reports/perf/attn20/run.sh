@@ -74,8 +74,9 @@ case "$PHASE" in
     TLIMIT=110 sweep attn_lowp attn_lowp "${R[@]}" attn=int8-fp8 precision=fp8-static kv_quant=fp8 steps=4
     TLIMIT=150 sweep perf_ladder e2e +experiment=perf_ladder "quality.add_reference=false" attn=cudnn-fp8 \
       precision=fp8-static kv_quant=fp8 steps=2 decode=async vae_type=mg_lightvae vae_pruning=0.75 frames=96 ;;
-  kernels)  # one call of a 30-min session: the Triton kernel, the GPU tests, the VAE probe, then the tiny gate
-    (OUT=$OUT timeout 110 python3 reports/perf/attn20/probe_triton.py 2>&1 || echo "probe_triton: exit $?") | tail -30 | tee -a "$LOG"
+  kernels)  # one call of a 30-min session: the cuDNN probe (Q quantisation and O dequantisation per call, the
+            # two-pass fp8_window), the GPU tests, the VAE probe, then the tiny gate
+    (OUT=$OUT timeout 75 python3 reports/perf/attn20/probe_cudnn.py 2>&1 || echo "probe_cudnn: exit $?") | tail -25 | tee -a "$LOG"
     (timeout 120 python3 -m pytest -q -m gpu tests/test_attention_int8_fp8.py tests/test_attention_cudnn_fp8.py \
       tests/test_kv_fp8_window.py tests/test_act_scale.py tests/test_lightvae.py tests/test_compile_vae_fusion.py \
       tests/test_attn_error.py 2>&1 || true) | tail -15 | tee -a "$LOG"
