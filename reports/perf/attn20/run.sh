@@ -13,18 +13,21 @@
 #   PHASE=decode  longlive sweep +experiment=vae_decode over vae_type/vae_pruning, and the one-GPU end to end cells
 # Each phase writes $OUT/<phase>.log and the rows flat in $OUT (copied every few seconds, so a cut-off call keeps
 # finished rows). Extra sweep overrides: $ARGS; TLIMIT=seconds bounds one sweep.
+# DRY_RUN=1 (any machine, no GPU): every sweep of the phase is expanded and checked (`longlive sweep --list`), nothing
+# runs; a typo in an override fails here instead of costing device time (tests/test_device_plan.py).
 set -euo pipefail
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
 OUT=${OUT:?set OUT}
 PHASE=${PHASE:?set PHASE=probe, ladder or decode}
 SRC=$PWD
-if [ -d .whl ]; then
+DRY=${DRY_RUN:-0}
+if [ -d .whl ] && [ "$DRY" != 1 ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
   python3 -c "import imageio_ffmpeg" 2>/dev/null || export PYTHONPATH=$PYTHONPATH:$PWD/.whl/stub
 fi
 export PYTHONPATH=$SRC:${PYTHONPATH:-}
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv > "$OUT/nvidia-smi.txt"
+[ "$DRY" = 1 ] || nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv > "$OUT/nvidia-smi.txt"
 LOG="$OUT/run.log"
 sweep() {  # $1: experiment, $2: a tag for the results folder, then the sweep's arguments
   local exp=$1 tag=$2; shift 2
@@ -38,12 +41,21 @@ sweep() {  # $1: experiment, $2: a tag for the results folder, then the sweep's 
 import json, sys
 keys = ('attn', 'precision', 'act_scale', 'kv_quant', 'steps', 'vae_type', 'vae_pruning', 'decode', 'status',
         'denoise_fps', 'e2e_fps', 'ceiling_fps', 'latent_rel_err_vs_ref', 'latent_rel_err_max_chunk',
-        'kv_saturated_share', 'peak_memory_gib', 'decode_ms_median', 'decode_fps', 'reason')
+        'kv_saturated_share', 'peak_allocated_gb', 'decode_ms_median', 'decode_fps', 'reason')
 for line in open(sys.argv[1]):
     r = json.loads(line)
     print({k: r.get(k) for k in keys if r.get(k) is not None})
 PY
 }
+if [ "$DRY" = 1 ]; then
+  sweep() {  # expand and check only
+    local exp=$1 tag=$2; shift 2
+    python3 -m longlive.cli sweep "$@" --results "/tmp/dry_results/$tag" --list > "$OUT/dry_$tag.txt" \
+      || { echo "dry run: sweep $exp ($tag) $*: refused (above)"; exit 1; }
+    echo "dry run: sweep $exp ($tag): $(wc -l < "$OUT/dry_$tag.txt") cells"
+  }
+  timeout() { echo "dry run: not run: ${*:2}"; }  # every other timed step is a probe or the GPU tests
+fi
 case "$PHASE" in
   core)  # when one call is all there is: the two kernel probes, then the ladder's cells (ARGS=frames=96 keeps it short)
     for p in probe_cudnn probe_triton; do
