@@ -87,7 +87,7 @@ def fp8_window(x: torch.Tensor, amax: torch.Tensor | None = None) -> FP8Window:
     reference quantiser's x / scale (they can differ by one fp32 ulp before the E4M3 rounding): on CUDA a [B, L, H, D]
     operand then costs two passes (the amax reduction, one Triton write) instead of five unfused ones.
     """
-    a = abs_max(x).reshape(1) if amax is None else amax.float().reshape(1)
+    a = abs_max(x.detach()).reshape(1) if amax is None else amax.float().reshape(1)
     scale = torch.where(a > 0, a / e4m3_max(a.device), torch.ones_like(a))
     inv = torch.reciprocal(scale)
     if x.ndim == 4:
