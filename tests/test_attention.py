@@ -18,7 +18,8 @@ def test_resolve_backend_on_cpu():
             resolve_backend(gpu_only, "cpu")
     with pytest.raises(ValueError, match="unknown attention backend 'fa9'"):
         resolve_backend("fa9", "cpu")
-    assert set(BACKENDS) == {"auto", "math", "flash", "efficient", "cudnn", "cudnn-fp8", "int8-fp8"}
+    assert set(BACKENDS) == {"auto", "math", "flash", "efficient", "cudnn", "cudnn-fp8", "int8-fp8",
+                             "cudnn-fp8-emulated", "int8-fp8-emulated"}
 
 
 def test_sdpa_on_strided_cache_views_matches_reference():

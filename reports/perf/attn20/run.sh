@@ -48,11 +48,10 @@ for line in open(sys.argv[1]):
 PY
 }
 if [ "$DRY" = 1 ]; then
-  sweep() {  # expand and check only
+  PLAN="$OUT/dry_plan.txt"; : > "$PLAN"
+  sweep() {  # noted here, expanded and checked together after the phase (one process: see the end)
     local exp=$1 tag=$2; shift 2
-    python3 -m longlive.cli sweep "$@" --results "/tmp/dry_results/$tag" --list > "$OUT/dry_$tag.txt" \
-      || { echo "dry run: sweep $exp ($tag) $*: refused (above)"; exit 1; }
-    echo "dry run: sweep $exp ($tag): $(wc -l < "$OUT/dry_$tag.txt") cells"
+    { echo "SWEEP $exp $tag"; printf '%s\n' "$@"; echo "END"; } >> "$PLAN"
   }
   timeout() { echo "dry run: not run: ${*:2}"; }  # every other timed step is a probe or the GPU tests
 fi
@@ -136,3 +135,25 @@ case "$PHASE" in
     sweep perf_ladder e2e +experiment=perf_ladder "quality.add_reference=false" attn=cudnn-fp8 precision=fp8-static kv_quant=fp8 steps=2 \
       decode=async vae_type=mg_lightvae vae_pruning=0.75 frames=96 ;;
 esac
+if [ "$DRY" = 1 ]; then  # each noted sweep through `longlive sweep --list`, in one Python process
+  python3 - "$PLAN" "$OUT" <<'PY'
+import contextlib, io, sys
+from longlive.cli import main
+plan, out = open(sys.argv[1]).read().splitlines(), sys.argv[2]
+n = 0
+while plan:
+    _, exp, tag = plan.pop(0).split(" ", 2)
+    args = []
+    while (line := plan.pop(0)) != "END":
+        args.append(line)
+    n += 1
+    listing = io.StringIO()
+    with contextlib.redirect_stdout(listing):
+        code = main(["sweep", *args, "--results", f"/tmp/dry_results/{tag}", "--list"])
+    if code:
+        print(f"dry run: sweep {exp} ({tag}) {' '.join(args)}: refused (above)")
+        sys.exit(1)
+    open(f"{out}/dry_{n}_{tag}.txt", "w").write(listing.getvalue())
+    print(f"dry run: sweep {exp} ({tag}): {len(listing.getvalue().splitlines())} cells")
+PY
+fi
