@@ -120,6 +120,11 @@ case "$PHASE" in
       precision=fp8-static kv_quant=fp8 steps=4 frames=96 profile=true
     cp -r /tmp/results/profile/cells "$OUT/profile_cells" 2>/dev/null || true
     sweep attn_lowp attn_lowp "${R[@]}" attn=cudnn-fp8 precision=fp8-static kv_quant=nvfp4 steps=2 frames=384 ;;
+  tiny)  # the tiny half on the kernels (PHASE=kernels' last three sweeps), cells that failed earlier redone
+    R=(+experiment=attn_lowp_tiny "matrices=[]")  # --retry-failed goes last: argparse takes no options in between
+    TLIMIT=100 sweep attn_lowp_tiny tiny "${R[@]}" attn=cudnn-fp8 precision=fp8-static kv_quant=fp8 --retry-failed
+    TLIMIT=60 sweep attn_lowp_tiny tiny "${R[@]}" attn=int8-fp8 precision=fp8-static kv_quant=fp8 --retry-failed
+    TLIMIT=60 sweep attn_lowp_tiny tiny "${R[@]}" attn=cudnn precision=fp8 kv_quant=none --retry-failed ;;
   ladder)  # the gate's cells in priority order, one results folder (reference cells first: they are reused)
     R=(+experiment=attn_lowp "matrices=[]" ${ARGS:-})
     sweep attn_lowp attn_lowp "${R[@]}" attn=cudnn precision=bf16,fp8 kv_quant=none steps=4,2
