@@ -54,6 +54,7 @@ import torch
 
 from longlive.model.attention import KV, FP8Window
 
+from .e4m3 import abs_max, e4m3_max
 from .formats import E4M3_MAX
 from .fp8 import fp8_window
 
@@ -264,7 +265,8 @@ def _int8_block_kernel(x_ptr, xs_ptr, mean_ptr, out_ptr, scale_ptr, H, L, L_pad,
 def _v_kmajor_kernel(x_ptr, xs_ptr, out_ptr, H, L, L_out, sb, sl, sh, sd,
                      D: tl.constexpr, ROWS: tl.constexpr, QUANT: tl.constexpr):
     """V [B, L, H, D] (any strides) → out [B, H, D, L_out] E4M3 with keys contiguous. QUANT: x is BF16/FP16/FP32
-    and becomes e4m3(clamp(x / scale, ±448)) (RNE; `fp8_window`'s rule, scale at xs_ptr); else x is E4M3, copied."""
+    and becomes e4m3(clamp(x · (1 / scale), ±448)) (the reciprocal correctly rounded, then one fp32 multiply, RNE:
+    `fp8_window`'s rule, scale at xs_ptr); else x is E4M3, copied."""
     blk = tl.program_id(0)
     bh = tl.program_id(1)
     base = x_ptr + (bh // H).to(tl.int64) * sb + (bh % H).to(tl.int64) * sh
@@ -272,7 +274,7 @@ def _v_kmajor_kernel(x_ptr, xs_ptr, out_ptr, H, L, L_out, sb, sl, sh, sd,
     d = tl.arange(0, D)
     x = tl.load(base + r.to(tl.int64)[:, None] * sl + d[None, :] * sd, mask=(r < L)[:, None], other=0.0)
     if QUANT:
-        y = tl.math.div_rn(x.to(tl.float32), tl.load(xs_ptr))
+        y = x.to(tl.float32) * tl.math.div_rn(1.0, tl.load(xs_ptr))
         y = tl.where(y > 448.0, 448.0, tl.where(y < -448.0, -448.0, y))
         x = _to_e4m3(y)
     tl.store(out_ptr + (bh.to(tl.int64) * D + d[:, None]) * L_out + r[None, :], tl.trans(x), mask=(r < L)[None, :])
@@ -437,8 +439,8 @@ def _check(q: torch.Tensor, k: KV, v: KV) -> tuple[int, int, int, int, int]:
 def _v_scale(v: torch.Tensor) -> torch.Tensor:
     """V's per-tensor scale, the same value as `fp8_window`'s (the GPU tests compare the codes): max |v| by one
     reduction (the ∞-norm; `abs().amax()` would first write |v| out), NaN kept, then fp8_window's expression."""
-    a = torch.linalg.vector_norm(v.detach(), ord=float("inf")).float().reshape(1)
-    return torch.where(a > 0, a / E4M3_MAX, torch.ones_like(a))
+    a = abs_max(v.detach()).reshape(1)
+    return torch.where(a > 0, a / e4m3_max(a.device), torch.ones_like(a))
 
 
 def prepare(q: torch.Tensor, k: KV, v: KV, v_transpose: bool | None = None) -> Prepared:
