@@ -14,11 +14,16 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "reports" / "perf" / "attn20" / "run.sh"
 
 
+def _dry(out: Path, phase: str, **extra: str) -> subprocess.CompletedProcess:
+    """`run.sh` dry for one phase, with this interpreter's folder first on PATH (its python3 has longlive)."""
+    env = {**os.environ, "DRY_RUN": "1", "OUT": str(out), "PHASE": phase, **extra,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run(["bash", str(RUN)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
 @pytest.mark.parametrize("phase", ["kernels", "ladder2", "memory2", "decode2"])
 def test_every_sweep_of_the_next_device_phases_expands(tmp_path, phase):
-    env = {**os.environ, "DRY_RUN": "1", "OUT": str(tmp_path), "PHASE": phase,
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    done = subprocess.run(["bash", str(RUN)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    done = _dry(tmp_path, phase)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     said = [ln for ln in done.stdout.splitlines() if ln.startswith("dry run: sweep")]
     assert said and all(ln.endswith(" cells") and " 0 cells" not in ln for ln in said), done.stdout
@@ -28,7 +33,5 @@ def test_every_sweep_of_the_next_device_phases_expands(tmp_path, phase):
 
 
 def test_a_bad_override_in_a_phase_fails_the_dry_run(tmp_path):
-    env = {**os.environ, "DRY_RUN": "1", "OUT": str(tmp_path), "PHASE": "ladder2", "ARGS": "kv_rulez=mse",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    done = subprocess.run(["bash", str(RUN)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    done = _dry(tmp_path, "ladder2", ARGS="kv_rulez=mse")
     assert done.returncode == 1 and "refused" in done.stdout and "Key 'kv_rulez' not in 'RunSpec'" in done.stderr

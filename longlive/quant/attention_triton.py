@@ -54,7 +54,7 @@ import torch
 
 from longlive.model.attention import KV, FP8Window
 
-from .e4m3 import abs_max, e4m3_max
+from .e4m3 import abs_max, scale_for
 from .formats import E4M3_MAX
 from .fp8 import fp8_window
 
@@ -440,7 +440,7 @@ def _v_scale(v: torch.Tensor) -> torch.Tensor:
     """V's per-tensor scale, the same value as `fp8_window`'s (the GPU tests compare the codes): max |v| by one
     reduction (the ∞-norm; `abs().amax()` would first write |v| out), NaN kept, then fp8_window's expression."""
     a = abs_max(v.detach()).reshape(1)
-    return torch.where(a > 0, a / e4m3_max(a.device), torch.ones_like(a))
+    return scale_for(a)
 
 
 def prepare(q: torch.Tensor, k: KV, v: KV, v_transpose: bool | None = None) -> Prepared:

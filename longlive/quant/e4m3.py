@@ -27,6 +27,12 @@ def e4m3_max(device: torch.device) -> torch.Tensor:
     return _E4M3_MAX_T[device]
 
 
+def scale_for(amax: torch.Tensor) -> torch.Tensor:
+    """The per-tensor E4M3 scale for a device amax: amax / 448 (a correctly rounded division), 1 where amax is zero
+    or NaN (no host sync)."""
+    return torch.where(amax > 0, amax / e4m3_max(amax.device), torch.ones_like(amax))
+
+
 def abs_max(x: torch.Tensor) -> torch.Tensor:
     """max |x| as a 0-d fp32 tensor on x's device (one reduction kernel, NaN propagates, no host sync)."""
     return torch.linalg.vector_norm(x, math.inf, dtype=torch.float32)

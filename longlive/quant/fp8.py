@@ -16,7 +16,7 @@ import torch
 
 from longlive.model.attention import FP8Window
 
-from .e4m3 import abs_max, e4m3_max, write_e4m3
+from .e4m3 import abs_max, scale_for, write_e4m3
 from .formats import E4M3_MAX, to_e4m3
 from .tensors import FP8Tensor
 
@@ -88,7 +88,7 @@ def fp8_window(x: torch.Tensor, amax: torch.Tensor | None = None) -> FP8Window:
     operand then costs two passes (the amax reduction, one Triton write) instead of five unfused ones.
     """
     a = abs_max(x.detach()).reshape(1) if amax is None else amax.float().reshape(1)
-    scale = torch.where(a > 0, a / e4m3_max(a.device), torch.ones_like(a))
+    scale = scale_for(a)
     inv = torch.reciprocal(scale)
     if x.ndim == 4:
         data = torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device)

@@ -30,7 +30,7 @@ import torch
 from longlive.model.attention import FP8Window
 from longlive.model.kv_cache import QUANTISED, CacheGeometry, KVCache, heads_first_buffer
 from longlive.quant import kernels
-from longlive.quant.e4m3 import abs_max, e4m3_max, write_e4m3
+from longlive.quant.e4m3 import abs_max, e4m3_max, scale_for, write_e4m3
 from longlive.quant.tensors import FP8Tensor, NVFP4Tensor
 
 DEFAULT_KV_RULE = "mse"
@@ -136,7 +136,7 @@ class QuantKVStorage:
         for kv, (x, buf) in enumerate(zip((k, v), self.scratch, strict=True)):
             stored = self.amax[layer, kv]
             amax = torch.cat((stored[:slot], stored[slot + 1 : filled], abs_max(x).reshape(1, 1))).amax().reshape(1)
-            scale = torch.where(amax > 0, amax / e4m3_max(amax.device), torch.ones_like(amax))
+            scale = scale_for(amax)
             inv = torch.reciprocal(scale)
             for s in past:
                 deq = self._load(layer, kv, s, torch.float32)
